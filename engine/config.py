@@ -1,0 +1,133 @@
+"""kvchat's settings: nested pydantic models, loaded from one TOML file.
+
+Every model forbids unknown keys, so a typo is an error naming the key instead of a
+setting silently ignored. Settings are passed into constructors; nothing here reads
+the environment or the disk at import time.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from engine.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True,
+                              validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    path: Path | None = None
+    """GGUF file to load; empty means the bundled Gemma 3 270M Q4_K_M."""
+    n_ctx: int = Field(4096, ge=64, le=1_048_576)
+    """Context size in tokens (KV cells) reserved at load."""
+    n_batch: int = Field(512, ge=1, le=65_536)
+    """Tokens evaluated per llama_decode call while reading a prompt."""
+    n_gpu_layers: int = Field(-1, ge=-1)
+    """Layers to offload to the GPU; -1 means all that the backend can take."""
+    n_threads: int | None = Field(None, ge=1)
+    """CPU threads for decoding; empty means one per core."""
+    use_mmap: bool = True
+    """Map the weights from the file instead of reading them into memory."""
+    flash_attn: bool | None = None
+    """Flash attention: true, false, or empty to let llama.cpp decide."""
+    chat_format: str = "auto"
+    """Turn format: auto (the GGUF's template, else one chosen by architecture) or a
+    built-in name: gemma, llama3, chatml."""
+
+
+class SamplingConfig(_Section):
+    temperature: float = Field(0.7, ge=0.0, le=5.0)
+    """0 means greedy decoding."""
+    top_k: int = Field(40, ge=0)
+    """Keep the k most likely tokens; 0 disables."""
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    min_p: float = Field(0.05, ge=0.0, le=1.0)
+    repeat_penalty: float = Field(1.0, ge=0.0)
+    """Penalty on tokens seen in the last ``repeat_last_n``; 1.0 disables."""
+    repeat_last_n: int = Field(64, ge=0)
+    seed: int | None = Field(None, ge=0)
+    """Fixed seed for reproducible sampling; empty means a fresh one per reply."""
+    max_tokens: int = Field(512, ge=1)
+    """Most tokens generated for one reply."""
+
+
+class ChatConfig(_Section):
+    system_prompt: str = "You are a helpful assistant. Answer clearly and concisely."
+    """Sent at the start of every conversation; empty for none."""
+
+
+class UIConfig(_Section):
+    theme: str = "textual-dark"
+    """Theme name; themes in themes/ are registered at start."""
+    token_flush_ms: int = Field(33, ge=0, le=1000)
+    """How often the chat pane repaints a streaming reply."""
+
+
+class KvchatConfig(_Section):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    chat: ChatConfig = Field(default_factory=ChatConfig)
+    ui: UIConfig = Field(default_factory=UIConfig)
+
+
+def default_config_path() -> Path:
+    """``$KVCHAT_HOME/config.toml`` if set, else the platform's config dir."""
+    home = os.environ.get("KVCHAT_HOME")
+    if home:
+        return Path(home).expanduser() / "config.toml"
+    return Path(platformdirs.user_config_dir("kvchat")) / "config.toml"
+
+
+def load_config(path: Path | None = None) -> KvchatConfig:
+    """Load and validate the config file.
+
+    An explicit ``path`` must exist; the default path may be absent (defaults apply).
+    Raises :class:`ConfigError` with one line naming the file and the key.
+    """
+    explicit = path is not None
+    path = Path(path).expanduser() if path is not None else default_config_path()
+    if not path.exists():
+        if explicit:
+            raise ConfigError(f"config file not found: {path}")
+        return KvchatConfig()
+    if path.is_dir():
+        raise ConfigError(f"{path} is a directory, not a config file")
+    try:
+        data = tomllib.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    return parse_config(data, source=str(path))
+
+
+def parse_config(data: dict[str, Any], source: str = "config") -> KvchatConfig:
+    try:
+        return KvchatConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {describe_validation_error(exc)}") from None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """The first problem as ``key.path: message``, plus a count of the rest."""
+    errors = exc.errors()
+    first = errors[0]
+    key = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    if first["type"] == "extra_forbidden":
+        message = "unknown key"
+    else:
+        message = first["msg"]
+        if "input" in first and not isinstance(first["input"], dict | list):
+            message += f" (got {first['input']!r})"
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{key}: {message}{more}"

@@ -1,0 +1,77 @@
+"""Errors the engine raises, each meant to be shown to a person as one line.
+
+Every error the engine API documents derives from :class:`KvchatError`. ``usage``
+errors are the user's to fix (a bad path, a bad config value, an empty prompt): the
+CLI exits with code 2 for them, 1 for the rest.
+"""
+
+from __future__ import annotations
+
+
+class KvchatError(Exception):
+    """Base of every error kvchat reports to a person."""
+
+    code = "error"
+    usage = False
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ModelFileError(KvchatError):
+    """The model file is missing, unreadable or not a valid GGUF."""
+
+    code = "model_file"
+    usage = True
+
+
+class ModelLoadError(KvchatError):
+    """llama.cpp refused a file that passed our header checks."""
+
+    code = "model_load"
+
+
+class ConfigError(KvchatError):
+    """The config file is unreadable, not TOML, or has a wrong key or value."""
+
+    code = "config"
+    usage = True
+
+
+class PromptError(KvchatError):
+    """The prompt cannot be sent: empty, not UTF-8, or longer than the context."""
+
+    code = "prompt"
+    usage = True
+
+    def __init__(self, message: str, code: str = "prompt") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class ConversationNotFound(KvchatError):
+    code = "conversation_not_found"
+    usage = True
+
+
+class StoreError(KvchatError):
+    """The conversation store cannot be opened or written."""
+
+    code = "store"
+
+
+class EngineBusy(KvchatError):
+    """A reply is already in flight; the engine runs one at a time."""
+
+    code = "busy"
+
+
+class EngineClosed(KvchatError):
+    code = "closed"
+
+
+class DecodeError(KvchatError):
+    """llama.cpp failed to evaluate a batch."""
+
+    code = "decode"

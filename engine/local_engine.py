@@ -1,0 +1,161 @@
+"""The local llama.cpp backend: one thread owns the model, asyncio sees events.
+
+llama.cpp contexts are not thread-safe, so every call that touches the model runs
+on one worker thread, fed by a job queue. Results cross back into asyncio through
+futures (load, close) and an :class:`EventChannel` (replies).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import queue
+import threading
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.api import ChatEngine, check_prompt
+from engine.channel import EventChannel
+from engine.chat_format import ChatMessage
+from engine.config import ModelConfig, SamplingConfig
+from engine.errors import EngineClosed, KvchatError
+from engine.events import Error, Event, ModelLoaded
+from engine.generation import ChatRequest, Generator
+from engine.loader import LoadedModel, load_model
+
+log = logging.getLogger("kvchat.engine")
+
+
+@dataclass
+class _Job:
+    run: Callable[[], Any]
+    cancel: threading.Event
+    future: concurrent.futures.Future[Any] = field(default_factory=concurrent.futures.Future)
+
+
+class LocalEngine(ChatEngine):
+    def __init__(self, model: ModelConfig, sampling: SamplingConfig | None = None) -> None:
+        self._model_config = model
+        self._default_sampling = sampling or SamplingConfig()
+        self._jobs: queue.Queue[_Job | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._lm: LoadedModel | None = None
+        self._gen: Generator | None = None
+        self._info: ModelLoaded | None = None
+        self._current: _Job | None = None
+        self._closed = False
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    @property
+    def info(self) -> ModelLoaded | None:
+        return self._info
+
+    async def start(self) -> ModelLoaded:
+        if self._info is not None:
+            return self._info
+        return await asyncio.wrap_future(self._submit(self._load).future)
+
+    def start_sync(self) -> ModelLoaded:
+        """``start`` for callers without an event loop (tests, scripts)."""
+        if self._info is not None:
+            return self._info
+        return self._submit(self._load).future.result()
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self.cancel()
+        job = self._submit(self._unload)
+        self._closed = True
+        self._jobs.put(None)
+        await asyncio.wrap_future(job.future)
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join)
+
+    def cancel(self) -> None:
+        job = self._current
+        if job is not None:
+            job.cancel.set()
+
+    # -- replies ------------------------------------------------------------------
+
+    def chat(self, messages: Sequence[ChatMessage], sampling: SamplingConfig | None = None,
+             *, ignore_eos: bool = False) -> AsyncIterator[Event]:
+        if self._closed:
+            raise EngineClosed("the engine is closed")
+        for msg in messages:
+            if msg.role == "user":
+                check_prompt(msg.content)
+        request = ChatRequest(list(messages), sampling or self._default_sampling, ignore_eos)
+        return self._stream(request)
+
+    async def _stream(self, request: ChatRequest) -> AsyncIterator[Event]:
+        channel = EventChannel(asyncio.get_running_loop())
+        cancel = threading.Event()
+        job = self._submit(lambda: self._reply(request, channel, cancel), cancel)
+        finished = False
+        try:
+            async for event in channel:
+                yield event
+            finished = True
+        finally:
+            if not finished:
+                job.cancel.set()  # the consumer left early: stop generating for nobody
+
+    def _reply(self, request: ChatRequest, channel: EventChannel,
+               cancel: threading.Event) -> None:
+        if self._gen is None:
+            channel.put(Error(code="not_loaded", message="the model is not loaded"))
+            return
+        try:
+            self._gen.run(request, channel.put, cancel)
+        except KvchatError as exc:
+            channel.put(Error(code=exc.code, message=exc.message))
+        except Exception as exc:  # never let the engine thread die with a reply open
+            log.exception("reply failed")
+            channel.put(Error(code="internal", message=f"{type(exc).__name__}: {exc}"))
+
+    # -- the engine thread ----------------------------------------------------------
+
+    def _submit(self, run: Callable[[], Any], cancel: threading.Event | None = None) -> _Job:
+        if self._closed:
+            raise EngineClosed("the engine is closed")
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._serve, name="kvchat-engine",
+                                            daemon=True)
+            self._thread.start()
+        job = _Job(run, cancel=cancel or threading.Event())
+        self._jobs.put(job)
+        return job
+
+    def _serve(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            if not job.future.set_running_or_notify_cancel():
+                continue
+            self._current = job
+            try:
+                job.future.set_result(job.run())
+            except BaseException as exc:
+                job.future.set_exception(exc)
+            finally:
+                self._current = None
+
+    def _load(self) -> ModelLoaded:
+        if self._lm is None:
+            self._lm = load_model(self._model_config)
+            self._gen = Generator(self._lm)
+            self._info = self._lm.info
+        assert self._info is not None
+        return self._info
+
+    def _unload(self) -> None:
+        if self._gen is not None:
+            self._gen.close()
+            self._gen = None
+        if self._lm is not None:
+            self._lm.close()
+            self._lm = None
+

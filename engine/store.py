@@ -1,0 +1,367 @@
+"""Conversations and messages kept in one SQLite file.
+
+Every write is its own committed transaction, so a process killed mid-reply loses at
+most the tokens since the last ``update_message`` call. The schema is versioned with
+``PRAGMA user_version``: append a script to :data:`MIGRATIONS` to change it, never
+edit one that has shipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal, get_args
+
+import platformdirs
+from pydantic import BaseModel, ConfigDict
+
+from engine.errors import ConversationNotFound, StoreError
+
+Role = Literal["system", "user", "assistant"]
+Status = Literal["complete", "streaming", "cancelled", "interrupted", "error"]
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_TITLE_MAX = 60
+
+# Index i holds the script that takes the schema from version i to i + 1.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE conversations (
+        id INTEGER PRIMARY KEY,
+        title TEXT NOT NULL,
+        model TEXT,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE messages (
+        id INTEGER PRIMARY KEY,
+        conversation_id INTEGER NOT NULL
+            REFERENCES conversations(id) ON DELETE CASCADE,
+        role TEXT NOT NULL CHECK (role IN ('system', 'user', 'assistant')),
+        content TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN
+            ('complete', 'streaming', 'cancelled', 'interrupted', 'error')),
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        stats TEXT
+    );
+    CREATE INDEX messages_conversation ON messages(conversation_id, id);
+    """,
+)
+
+
+def default_data_dir() -> Path:
+    """``$KVCHAT_HOME`` if set, else the platform's data dir; not created here."""
+    home = os.environ.get("KVCHAT_HOME")
+    if home:
+        return Path(home).expanduser()
+    return Path(platformdirs.user_data_dir("kvchat"))
+
+
+def title_from_prompt(text: str) -> str:
+    """A one-line title from a prompt's first non-blank line, at most 60 characters."""
+    line = next((ln for ln in text.splitlines() if ln.strip()), "")
+    title = " ".join(line.split())
+    if not title:
+        return "Untitled"
+    if len(title) > _TITLE_MAX:
+        title = title[: _TITLE_MAX - 1].rstrip() + "…"
+    return title
+
+
+class ConversationRow(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    id: int
+    title: str
+    model: str | None
+    created_at: float
+    updated_at: float
+    message_count: int
+
+
+class MessageRow(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    id: int
+    conversation_id: int
+    role: Role
+    content: str
+    status: Status
+    created_at: float
+    updated_at: float
+    stats: dict[str, Any] | None
+
+
+def _statements(script: str) -> Iterator[str]:
+    # executescript() commits any open transaction first, which would let a failed
+    # migration leave a half-built schema; run statement by statement instead.
+    pending = ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            yield pending
+            pending = ""
+    if pending.strip():
+        yield pending
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+class Store:
+    """The conversation store. Safe to share between threads; one lock serialises use."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path).expanduser()
+        self._lock = threading.Lock()
+        self._check_header()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create {self.path.parent}: {_one_line(exc)}") from exc
+        try:
+            # isolation_level=None: no implicit transactions, so each statement commits
+            # at once unless we open one ourselves.
+            self._conn = sqlite3.connect(self.path, isolation_level=None,
+                                         check_same_thread=False, timeout=5.0)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open store {self.path}: {_one_line(exc)}") from exc
+        try:
+            self._configure()
+            self._migrate()
+        except sqlite3.Error as exc:
+            self._conn.close()
+            raise StoreError(f"cannot open store {self.path}: {_one_line(exc)}") from exc
+        except StoreError:
+            self._conn.close()
+            raise
+
+    @classmethod
+    def open_default(cls) -> Store:
+        return cls(default_data_dir() / "kvchat.db")
+
+    def _check_header(self) -> None:
+        # SQLite already refuses a foreign file, but checking first means we never hand
+        # it to SQLite at all, so nothing (a -wal file, a journal) is created beside it.
+        try:
+            with self.path.open("rb") as f:
+                head = f.read(len(_SQLITE_MAGIC))
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise StoreError(f"cannot read store {self.path}: {_one_line(exc)}") from exc
+        if head and head != _SQLITE_MAGIC:
+            raise StoreError(f"{self.path} is not a kvchat store (not an SQLite database)")
+
+    def _configure(self) -> None:
+        self._conn.execute("PRAGMA busy_timeout = 5000")
+        self._conn.execute("PRAGMA journal_mode = WAL")
+        # In WAL mode NORMAL still survives a killed process; it only risks the last
+        # commits on power loss, which is fine for chat history.
+        self._conn.execute("PRAGMA synchronous = NORMAL")
+        self._conn.execute("PRAGMA foreign_keys = ON")
+
+    def _migrate(self) -> None:
+        conn = self._conn
+        # IMMEDIATE takes the write lock before reading the version, so two processes
+        # starting together cannot both run the same migration.
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > len(MIGRATIONS):
+                raise StoreError(f"{self.path} has schema version {version}, newer than "
+                                 f"this kvchat understands ({len(MIGRATIONS)})")
+            for number in range(version, len(MIGRATIONS)):
+                for statement in _statements(MIGRATIONS[number]):
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {number + 1}")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            try:
+                yield self._conn
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot read {self.path}: {_one_line(exc)}") from exc
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One transaction, committed before the lock is released."""
+        with self._lock:
+            conn = self._conn
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot write {self.path}: {_one_line(exc)}") from exc
+
+    # -- conversations -------------------------------------------------------------
+
+    _CONVERSATION_SELECT = """
+        SELECT c.id, c.title, c.model, c.created_at, c.updated_at,
+               (SELECT COUNT(*) FROM messages m WHERE m.conversation_id = c.id)
+        FROM conversations c
+    """
+
+    @staticmethod
+    def _conversation(row: tuple[Any, ...]) -> ConversationRow:
+        return ConversationRow(id=row[0], title=row[1], model=row[2], created_at=row[3],
+                               updated_at=row[4], message_count=row[5])
+
+    def create_conversation(self, title: str, model: str | None) -> int:
+        now = time.time()
+        with self._write() as conn:
+            cur = conn.execute(
+                "INSERT INTO conversations (title, model, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?)", (title, model, now, now))
+            return int(cur.lastrowid or 0)
+
+    def get_conversation(self, cid: int) -> ConversationRow:
+        with self._read() as conn:
+            row = conn.execute(self._CONVERSATION_SELECT + " WHERE c.id = ?",
+                               (cid,)).fetchone()
+        if row is None:
+            raise ConversationNotFound(f"no conversation with id {cid}")
+        return self._conversation(row)
+
+    def list_conversations(self, limit: int | None = None) -> list[ConversationRow]:
+        """Most recently updated first; ``limit=None`` means all."""
+        with self._read() as conn:
+            rows = conn.execute(
+                self._CONVERSATION_SELECT + " ORDER BY c.updated_at DESC, c.id DESC LIMIT ?",
+                (-1 if limit is None else limit,)).fetchall()
+        return [self._conversation(r) for r in rows]
+
+    def rename_conversation(self, cid: int, title: str) -> None:
+        with self._write() as conn:
+            cur = conn.execute("UPDATE conversations SET title = ?, updated_at = ? WHERE id = ?",
+                               (title, time.time(), cid))
+            if cur.rowcount == 0:
+                raise ConversationNotFound(f"no conversation with id {cid}")
+
+    def delete_conversation(self, cid: int) -> None:
+        """Deletes the conversation and, through the foreign key, its messages."""
+        with self._write() as conn:
+            cur = conn.execute("DELETE FROM conversations WHERE id = ?", (cid,))
+            if cur.rowcount == 0:
+                raise ConversationNotFound(f"no conversation with id {cid}")
+
+    # -- messages ------------------------------------------------------------------
+
+    @staticmethod
+    def _check(role: str | None, status: str | None) -> None:
+        # The CHECK constraints would catch these too, but as an opaque IntegrityError.
+        if role is not None and role not in get_args(Role):
+            raise ValueError(f"unknown message role {role!r}")
+        if status is not None and status not in get_args(Status):
+            raise ValueError(f"unknown message status {status!r}")
+
+    def add_message(self, cid: int, role: Role, content: str, status: Status = "complete",
+                    stats: dict[str, Any] | None = None) -> int:
+        self._check(role, status)
+        stats_json = None if stats is None else json.dumps(stats)
+        now = time.time()
+        with self._write() as conn:
+            touched = conn.execute("UPDATE conversations SET updated_at = ? WHERE id = ?",
+                                   (now, cid))
+            if touched.rowcount == 0:
+                raise ConversationNotFound(f"no conversation with id {cid}")
+            cur = conn.execute(
+                "INSERT INTO messages (conversation_id, role, content, status, created_at,"
+                " updated_at, stats) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (cid, role, content, status, now, now, stats_json))
+            return int(cur.lastrowid or 0)
+
+    def update_message(self, mid: int, *, content: str | None = None,
+                       status: Status | None = None,
+                       stats: dict[str, Any] | None = None) -> None:
+        """Changes the fields given; ``None`` leaves a field as it is."""
+        self._check(None, status)
+        fields: dict[str, Any] = {"content": content, "status": status,
+                                  "stats": None if stats is None else json.dumps(stats)}
+        changes = {k: v for k, v in fields.items() if v is not None}
+        now = time.time()
+        changes["updated_at"] = now
+        # Keys come from the fixed dict above, never from the caller.
+        assignments = ", ".join(f"{k} = ?" for k in changes)
+        with self._write() as conn:
+            cur = conn.execute(f"UPDATE messages SET {assignments} WHERE id = ?",
+                               (*changes.values(), mid))
+            if cur.rowcount == 0:
+                raise StoreError(f"no message with id {mid} in {self.path}")
+            conn.execute("UPDATE conversations SET updated_at = ? WHERE id ="
+                         " (SELECT conversation_id FROM messages WHERE id = ?)", (now, mid))
+
+    def messages(self, cid: int) -> list[MessageRow]:
+        """The conversation's messages, oldest first."""
+        with self._read() as conn:
+            if conn.execute("SELECT 1 FROM conversations WHERE id = ?", (cid,)).fetchone() is None:
+                raise ConversationNotFound(f"no conversation with id {cid}")
+            rows = conn.execute(
+                "SELECT id, conversation_id, role, content, status, created_at, updated_at,"
+                " stats FROM messages WHERE conversation_id = ? ORDER BY id", (cid,)).fetchall()
+        return [MessageRow(id=r[0], conversation_id=r[1], role=r[2], content=r[3], status=r[4],
+                           created_at=r[5], updated_at=r[6],
+                           stats=None if r[7] is None else json.loads(r[7]))
+                for r in rows]
+
+    def recover_interrupted(self) -> int:
+        """Marks replies left 'streaming' by a dead process as 'interrupted'.
+
+        Call once at start-up, before anything streams: a live stream would be marked too.
+        """
+        with self._write() as conn:
+            cur = conn.execute("UPDATE messages SET status = 'interrupted', updated_at = ?"
+                               " WHERE status = 'streaming'", (time.time(),))
+            return cur.rowcount
+
+    # -- export --------------------------------------------------------------------
+
+    def export_markdown(self, cid: int) -> str:
+        conv = self.get_conversation(cid)
+        parts = [f"# {conv.title}"]
+        if conv.model:
+            parts.append(f"_Model: {conv.model}_")
+        for msg in self.messages(cid):
+            parts.append(f"## {msg.role.capitalize()}")
+            if msg.content:
+                parts.append(msg.content.rstrip("\n"))
+            if msg.status != "complete":
+                parts.append(f"_({msg.status})_")
+        return "\n\n".join(parts) + "\n"
+
+    def export_json(self, cid: int) -> dict[str, Any]:
+        conv = self.get_conversation(cid)
+        data = conv.model_dump(mode="json")
+        data["messages"] = [m.model_dump(mode="json") for m in self.messages(cid)]
+        return data

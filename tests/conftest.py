@@ -1,0 +1,83 @@
+"""Shared fixtures. Every engine test runs the real bundled model through llama.cpp."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from engine.config import ModelConfig, SamplingConfig
+from engine.loader import bundled_model_path
+from engine.local_engine import LocalEngine
+
+ROOT = Path(__file__).resolve().parent.parent
+GREEDY = SamplingConfig(temperature=0.0, max_tokens=24, seed=0)
+
+
+@pytest.fixture(autouse=True)
+def kvchat_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own data and config dir."""
+    home = tmp_path / "kvchat-home"
+    monkeypatch.setenv("KVCHAT_HOME", str(home))
+    return home
+
+
+@pytest.fixture(scope="session")
+def model_path() -> Path:
+    return bundled_model_path()
+
+
+@pytest.fixture
+async def engine() -> AsyncIterator[LocalEngine]:
+    eng = LocalEngine(ModelConfig(n_ctx=1024), GREEDY)
+    await eng.start()
+    yield eng
+    await eng.close()
+
+
+def kvchat_exe() -> str:
+    exe = Path(sys.executable).with_name("kvchat")
+    return str(exe) if exe.exists() else shutil.which("kvchat") or "kvchat"
+
+
+def run_kvchat(*args: str | bytes, home: Path, stdin: bytes | None = None,
+               timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "KVCHAT_HOME": str(home)}
+    proc = subprocess.run([kvchat_exe(), *args], input=stdin, capture_output=True,
+                          env=env, timeout=timeout)
+    return subprocess.CompletedProcess(proc.args, proc.returncode,
+                                       proc.stdout.decode("utf-8", "replace"),
+                                       proc.stderr.decode("utf-8", "replace"))
+
+
+@pytest.fixture
+def bad_files(tmp_path: Path, model_path: Path) -> Iterator[dict[str, Path]]:
+    """Files that must be refused with a clear message, never crash llama.cpp."""
+    files = tmp_path / "bad"
+    files.mkdir()
+    empty = files / "empty.gguf"
+    empty.write_bytes(b"")
+    text = files / "notes.gguf"
+    text.write_text("this is a text file, not a model\n" * 20)
+    truncated = files / "truncated.gguf"
+    with open(model_path, "rb") as src:
+        truncated.write_bytes(src.read(8 * 1024 * 1024))
+    header_cut = files / "header-cut.gguf"
+    with open(model_path, "rb") as src:
+        header_cut.write_bytes(src.read(4096))
+    garbage = files / "garbage.gguf"
+    garbage.write_bytes(b"GGUF" + (3).to_bytes(4, "little") + os.urandom(4096))
+    yield {
+        "missing": files / "missing.gguf",
+        "directory": files,
+        "empty": empty,
+        "text": text,
+        "truncated": truncated,
+        "header_cut": header_cut,
+        "garbage": garbage,
+    }

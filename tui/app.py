@@ -1,0 +1,196 @@
+"""The Textual app: chat pane, input box, status line.
+
+The app sees the model only through ``engine.api.ChatEngine`` and the store through
+``ChatSession``. Workers talk to the UI by posting messages; handlers own widgets.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+from textual import on, work
+from textual.app import App, ComposeResult
+from textual.binding import Binding, BindingType
+from textual.widgets import Footer, Input
+
+from engine.api import ChatEngine
+from engine.config import KvchatConfig
+from engine.errors import KvchatError
+from engine.events import Done, Error, KVUsage, TokenChunk, TurnStarted
+from engine.session import ChatSession
+from engine.store import Store
+from tui.messages import (
+    EngineEvent,
+    ModelFailed,
+    ModelReady,
+    PromptSubmitted,
+    ReplyChunk,
+    ReplyFailed,
+    ReplyFinished,
+    ReplyStarted,
+)
+from tui.widgets.chat_pane import ChatPane, ReplyMessage, done_note
+from tui.widgets.status_line import StatusLine
+
+
+class KvchatApp(App[int]):
+    CSS_PATH = Path(__file__).with_name("app.tcss")
+    TITLE = "kvchat"
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "cancel_reply", "Cancel reply", priority=True),
+        Binding("ctrl+c", "cancel_reply", "Cancel reply", show=False, priority=True),
+        Binding("ctrl+q", "quit", "Quit"),
+    ]
+
+    def __init__(self, config: KvchatConfig, engine: ChatEngine, store: Store,
+                 conversation_id: int | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.engine = engine
+        self.store = store
+        self.session = ChatSession(engine, store, config.chat.system_prompt)
+        self.conversation_id = conversation_id
+        self.ready = False
+        self.replying = False
+        self._reply: ReplyMessage | None = None
+
+    def compose(self) -> ComposeResult:
+        yield ChatPane(id="chat")
+        yield Input(placeholder="Loading the model…", id="prompt")
+        yield StatusLine(id="status")
+        yield Footer()
+
+    async def on_mount(self) -> None:
+        if self.config.ui.theme in self.available_themes:
+            self.theme = self.config.ui.theme
+        else:
+            self.notify(f"unknown theme {self.config.ui.theme!r}", severity="warning")
+        if self.conversation_id is not None:
+            await self._show_history(self.conversation_id)
+        self.query_one("#prompt", Input).focus()
+        self.load_model()
+
+    async def _show_history(self, conversation_id: int) -> None:
+        pane = self.query_one(ChatPane)
+        for row in self.store.messages(conversation_id):
+            if row.role == "user":
+                await pane.add_user(row.content)
+            elif row.role == "assistant":
+                note = "" if row.status == "complete" else row.status
+                await pane.add_reply(row.content, note)
+
+    # -- model ----------------------------------------------------------------------
+
+    @work(exclusive=True, group="load", exit_on_error=False)
+    async def load_model(self) -> None:
+        try:
+            info = await self.engine.start()
+        except KvchatError as exc:
+            self.post_message(ModelFailed(exc.message))
+            return
+        self.post_message(ModelReady(info))
+
+    @on(ModelReady)
+    def _model_ready(self, message: ModelReady) -> None:
+        self.ready = True
+        status = self.query_one(StatusLine)
+        status.model_name = message.info.name
+        status.backend = message.info.backend
+        status.ctx_total = message.info.n_ctx
+        status.state = "ready"
+        self.query_one("#prompt", Input).placeholder = "Message (Enter sends, Esc cancels)"
+
+    @on(ModelFailed)
+    def _model_failed(self, message: ModelFailed) -> None:
+        self.query_one(StatusLine).state = "model failed to load"
+        self.query_one("#prompt", Input).placeholder = "The model could not be loaded"
+        self.notify(message.message, title="Model", severity="error", timeout=30)
+
+    # -- the reply chain --------------------------------------------------------------
+
+    @on(Input.Submitted, "#prompt")
+    def _submit(self, event: Input.Submitted) -> None:
+        text = event.value
+        if not text.strip():
+            return
+        if not self.ready:
+            self.notify("The model is still loading.", severity="warning")
+            return
+        if self.replying:
+            self.notify("A reply is in flight: Esc cancels it.", severity="warning")
+            return
+        event.input.value = ""
+        self.post_message(PromptSubmitted(text))
+
+    @on(PromptSubmitted)
+    def _send(self, message: PromptSubmitted) -> None:
+        self.replying = True
+        self.query_one(StatusLine).state = "generating…"
+        self.generate_reply(message.text)
+
+    @work(exclusive=True, group="reply", exit_on_error=False)
+    async def generate_reply(self, text: str) -> None:
+        try:
+            async for event in self.session.send(text, self.conversation_id):
+                if isinstance(event, TurnStarted):
+                    self.post_message(ReplyStarted(event, text))
+                elif isinstance(event, TokenChunk):
+                    self.post_message(ReplyChunk(event.text, len(event.token_ids)))
+                elif isinstance(event, Done):
+                    self.post_message(ReplyFinished(event))
+                elif isinstance(event, Error):
+                    self.post_message(ReplyFailed(event.code, event.message))
+                else:
+                    self.post_message(EngineEvent(event))
+        except KvchatError as exc:
+            self.post_message(ReplyFailed(exc.code, exc.message))
+
+    @on(ReplyStarted)
+    async def _reply_started(self, message: ReplyStarted) -> None:
+        self.conversation_id = message.turn.conversation_id
+        pane = self.query_one(ChatPane)
+        await pane.add_user(message.prompt)
+        self._reply = await pane.add_reply()
+        pane.anchor()
+
+    @on(ReplyChunk)
+    async def _reply_chunk(self, message: ReplyChunk) -> None:
+        if self._reply is not None:
+            await self._reply.append(message.text)
+
+    @on(ReplyFinished)
+    async def _reply_finished(self, message: ReplyFinished) -> None:
+        if self._reply is not None:
+            await self._reply.finish(done_note(message.done))
+        self._reply = None
+        self.replying = False
+        status = self.query_one(StatusLine)
+        status.state = "ready"
+        if message.done.completion_tokens > 1:
+            status.tokens_per_s = message.done.tokens_per_s
+
+    @on(ReplyFailed)
+    async def _reply_failed(self, message: ReplyFailed) -> None:
+        if self._reply is not None:
+            await self._reply.finish(f"error: {message.message}")
+        else:
+            await self.query_one(ChatPane).add_notice(f"error: {message.message}")
+        self._reply = None
+        self.replying = False
+        self.query_one(StatusLine).state = "ready"
+        self.notify(message.message, title="Reply failed", severity="error")
+
+    @on(EngineEvent)
+    def _engine_event(self, message: EngineEvent) -> None:
+        if isinstance(message.event, KVUsage):
+            self.query_one(StatusLine).ctx_used = message.event.used_cells
+
+    # -- actions ------------------------------------------------------------------------
+
+    def action_cancel_reply(self) -> None:
+        if self.replying:
+            self.engine.cancel()
+
+    async def on_unmount(self) -> None:
+        await self.engine.close()

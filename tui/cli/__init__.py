@@ -1,0 +1,117 @@
+"""``kvchat``: the Textual app by default, and headless commands beside it.
+
+Every error a person can cause is one line on stderr and exit code 2; other
+failures exit 1; no traceback reaches the terminal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from engine.errors import KvchatError
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _whole(value: str, minimum: int) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
+    if number < minimum:
+        raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {number}")
+    return number
+
+
+def _positive(value: str) -> int:
+    return _whole(value, 1)
+
+
+def _non_negative(value: str) -> int:
+    return _whole(value, 0)
+
+
+def _float(value: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
+
+
+def _model_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
+    default = argparse.SUPPRESS if suppress else None
+    group = parser.add_argument_group("model and sampling")
+    group.add_argument("--model", metavar="PATH", default=default,
+                       help="GGUF file to load (default: the bundled Gemma 3 270M)")
+    group.add_argument("--config", metavar="PATH", default=default,
+                       help="config file (default: config.toml in the platform's config dir)")
+    group.add_argument("--ctx", metavar="N", type=_positive, default=default,
+                       help="context size in tokens")
+    group.add_argument("--max-tokens", metavar="N", type=_positive, default=default,
+                       help="most tokens in one reply")
+    group.add_argument("--temp", metavar="T", type=_float, default=default,
+                       help="sampling temperature (0 = greedy)")
+    group.add_argument("--seed", metavar="S", type=_non_negative, default=default,
+                       help="fixed sampling seed")
+    group.add_argument("--conversation", metavar="ID", type=_positive, default=default,
+                       help="continue a stored conversation")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kvchat",
+        description="Chat with a local GGUF model through llama.cpp, and watch it work.",
+    )
+    _model_options(parser, suppress=False)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    ask = commands.add_parser("ask", help="stream one reply to stdout",
+                              description="Send one prompt and stream the reply to stdout.")
+    ask.add_argument("prompt", help="the prompt; '-' reads it from stdin")
+    ask.add_argument("--events", choices=["jsonl"],
+                     help="print every engine event as one JSON object per line instead")
+    ask.add_argument("--ignore-eos", action="store_true",
+                     help="keep generating to --max-tokens (for benchmarks)")
+    _model_options(ask, suppress=True)
+
+    history = commands.add_parser("history", help="list stored conversations")
+    history.add_argument("--json", action="store_true", help="machine-readable output")
+    history.add_argument("--limit", type=_positive, metavar="N", help="show the newest N")
+
+    export = commands.add_parser("export", help="write out one conversation")
+    export.add_argument("id", type=_positive, metavar="ID", help="conversation id")
+    export.add_argument("--format", choices=["md", "json"], default="md")
+    export.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
+    return parser
+
+
+def _dispatch(args: argparse.Namespace) -> Callable[[argparse.Namespace], int]:
+    if args.command == "ask":
+        from tui.cli.ask import run_ask
+
+        return run_ask
+    if args.command in ("history", "export"):
+        from tui.cli.history import run_export, run_history
+
+        return run_history if args.command == "history" else run_export
+    from tui.cli.chat import run_tui
+
+    return run_tui
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)(args)
+    except KvchatError as exc:
+        print(f"kvchat: error: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE if exc.usage else EXIT_FAILURE
+    except KeyboardInterrupt:
+        print("kvchat: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""``kvchat ask``: one prompt, the reply streamed to stdout (or every event as JSON)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from typing import TextIO
+
+from engine.api import check_prompt
+from engine.errors import KvchatError, PromptError
+from engine.events import Done, Error, Event, TokenChunk
+from engine.local_engine import LocalEngine
+from engine.session import ChatSession
+from engine.store import Store
+from tui.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
+from tui.cli.options import resolve_config
+
+# Error events a person caused (the prompt), as opposed to failures of the machine.
+USAGE_ERROR_CODES = {"prompt_too_long", "prompt_empty", "prompt_not_utf8"}
+
+
+def read_prompt(arg: str, stdin: TextIO = sys.stdin) -> str:
+    if arg != "-":
+        return check_prompt(arg)
+    raw = stdin.buffer.read()
+    try:
+        return check_prompt(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise PromptError(f"the prompt is not valid UTF-8 (byte 0x{raw[exc.start]:02x} at "
+                          f"offset {exc.start})", code="prompt_not_utf8") from None
+
+
+def run_ask(args: argparse.Namespace) -> int:
+    jsonl = args.events == "jsonl"
+    try:
+        prompt = read_prompt(args.prompt)
+        return asyncio.run(_ask(args, prompt, jsonl))
+    except KvchatError as exc:
+        if jsonl:
+            _write_line(Error(code=exc.code, message=exc.message).model_dump_json())
+        raise
+
+
+async def _ask(args: argparse.Namespace, prompt: str, jsonl: bool) -> int:
+    config = resolve_config(args)
+    with Store.open_default() as store:
+        store.recover_interrupted()
+        if args.conversation is not None:
+            store.get_conversation(args.conversation)  # fail before loading the model
+        engine = LocalEngine(config.model, config.sampling)
+        try:
+            info = await engine.start()
+            if jsonl:
+                _write_line(info.model_dump_json())
+            session = ChatSession(engine, store, config.chat.system_prompt)
+            final: Event | None = None
+            async for event in session.send(prompt, args.conversation, config.sampling,
+                                            ignore_eos=args.ignore_eos):
+                final = event
+                if jsonl:
+                    _write_line(event.model_dump_json())
+                elif isinstance(event, TokenChunk):
+                    sys.stdout.write(event.text)
+                    sys.stdout.flush()
+        finally:
+            await engine.close()
+    return _finish(final, jsonl)
+
+
+def _finish(final: Event | None, jsonl: bool) -> int:
+    if isinstance(final, Done):
+        if not jsonl:
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+            if sys.stderr.isatty():
+                print(f"[{final.completion_tokens} tokens, {final.tokens_per_s:.1f} tok/s, "
+                      f"{final.finish_reason}]", file=sys.stderr)
+        return EXIT_OK
+    if isinstance(final, Error):
+        if not jsonl:
+            print(f"\nkvchat: error: {final.message}", file=sys.stderr)
+        return EXIT_USAGE if final.code in USAGE_ERROR_CODES else EXIT_FAILURE
+    return EXIT_FAILURE
+
+
+def _write_line(line: str) -> None:
+    try:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (`| head`): stop quietly, without a second error on exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(EXIT_OK) from None

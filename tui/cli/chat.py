@@ -1,0 +1,30 @@
+"""``kvchat`` with no command: the Textual app."""
+
+from __future__ import annotations
+
+import argparse
+
+from engine.local_engine import LocalEngine
+from engine.store import Store
+from tui.cli import EXIT_OK
+from tui.cli.options import resolve_config
+
+
+def run_tui(args: argparse.Namespace) -> int:
+    config = resolve_config(args)
+    from engine.gguf_header import read_gguf_header
+    from engine.loader import bundled_model_path
+
+    # Check the file before the screen takes over the terminal: a bad path is a
+    # one-line error in the shell, not a dialog.
+    read_gguf_header(config.model.path or bundled_model_path())
+    from tui.app import KvchatApp
+
+    with Store.open_default() as store:
+        store.recover_interrupted()
+        if args.conversation is not None:
+            store.get_conversation(args.conversation)
+        engine = LocalEngine(config.model, config.sampling)
+        app = KvchatApp(config, engine, store, conversation_id=args.conversation)
+        app.run()
+    return app.return_code or EXIT_OK

@@ -1,0 +1,62 @@
+"""The app's message chain: PromptSubmitted -> ReplyStarted -> ReplyChunk* ->
+ReplyFinished | ReplyFailed, plus ModelReady / ModelFailed at start and EngineEvent
+for everything the panes show (kv, prompt stats)."""
+
+from __future__ import annotations
+
+from textual.message import Message
+
+from engine.events import Done, Event, ModelLoaded, TurnStarted
+
+
+class PromptSubmitted(Message):
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
+
+class ReplyStarted(Message):
+    def __init__(self, turn: TurnStarted, prompt: str) -> None:
+        super().__init__()
+        self.turn = turn
+        self.prompt = prompt
+
+
+class ReplyChunk(Message):
+    def __init__(self, text: str, n_tokens: int) -> None:
+        super().__init__()
+        self.text = text
+        self.n_tokens = n_tokens
+
+
+class ReplyFinished(Message):
+    def __init__(self, done: Done) -> None:
+        super().__init__()
+        self.done = done
+
+
+class ReplyFailed(Message):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__()
+        self.code = code
+        self.message = message
+
+
+class ModelReady(Message):
+    def __init__(self, info: ModelLoaded) -> None:
+        super().__init__()
+        self.info = info
+
+
+class ModelFailed(Message):
+    def __init__(self, message: str) -> None:
+        super().__init__()
+        self.message = message
+
+
+class EngineEvent(Message):
+    """Any other engine event, for the panes that show it."""
+
+    def __init__(self, event: Event) -> None:
+        super().__init__()
+        self.event = event
