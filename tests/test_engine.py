@@ -204,3 +204,23 @@ def test_events_round_trip_through_json() -> None:
                 total_s=0.2, text="hi")
     again = parse_event(done.model_dump_json())
     assert again == done and again.type == "done"
+
+
+async def test_valid_gguf_of_an_unknown_architecture_is_a_load_error(tmp_path) -> None:
+    import numpy as np
+    from gguf import GGUFWriter
+
+    from engine.errors import ModelLoadError
+
+    path = tmp_path / "alien.gguf"
+    writer = GGUFWriter(str(path), "alienformer")
+    writer.add_block_count(1)
+    writer.add_tensor("token_embd.weight", np.zeros((8, 4), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    eng = LocalEngine(ModelConfig(path=path))
+    with pytest.raises(ModelLoadError, match=r"cannot load .*alienformer"):
+        await eng.start()
+    await eng.close()

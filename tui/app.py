@@ -15,7 +15,7 @@ from textual.binding import Binding, BindingType
 from textual.widgets import Footer, Input
 
 from engine.api import ChatEngine
-from engine.config import KvchatConfig
+from engine.config import KvchatConfig, default_config_path
 from engine.errors import KvchatError
 from engine.events import Done, Error, KVUsage, TokenChunk, TurnStarted
 from engine.session import ChatSession
@@ -30,6 +30,7 @@ from tui.messages import (
     ReplyFinished,
     ReplyStarted,
 )
+from tui.themes import bundled_theme_files, load_themes
 from tui.widgets.chat_pane import ChatPane, ReplyMessage, done_note
 from tui.widgets.status_line import StatusLine
 
@@ -62,6 +63,11 @@ class KvchatApp(App[int]):
         yield Footer()
 
     async def on_mount(self) -> None:
+        themes, problems = load_themes(bundled_theme_files() + self.user_theme_files())
+        for theme in themes:
+            self.register_theme(theme)
+        for problem in problems:
+            self.notify(problem, title="Theme skipped", severity="warning")
         if self.config.ui.theme in self.available_themes:
             self.theme = self.config.ui.theme
         else:
@@ -70,6 +76,10 @@ class KvchatApp(App[int]):
             await self._show_history(self.conversation_id)
         self.query_one("#prompt", Input).focus()
         self.load_model()
+
+    def user_theme_files(self) -> list[Path]:
+        folder = default_config_path().parent / "themes"
+        return sorted(folder.glob("*.toml")) if folder.is_dir() else []
 
     async def _show_history(self, conversation_id: int) -> None:
         pane = self.query_one(ChatPane)

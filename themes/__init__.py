@@ -1,0 +1,1 @@
+"""Bundled Textual themes, one TOML file each (loaded by tui.themes)."""
