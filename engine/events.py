@@ -83,6 +83,15 @@ class TokenChunk(_Event):
     token_ids: list[int]
 
 
+class Progress(_Event):
+    """Decode progress while a reply streams, measured in the engine thread."""
+
+    type: Literal["progress"] = "progress"
+    completion_tokens: int
+    tokens_per_s: float
+    """Decode rate so far (tokens after the first over the time they took)."""
+
+
 class KVUsage(_Event):
     type: Literal["kv"] = "kv"
     used_cells: int
@@ -127,7 +136,7 @@ class Error(_Event):
 
 
 Event = Annotated[
-    ModelLoaded | TurnStarted | PromptEvaluated | TokenChunk | KVUsage | Done | Error,
+    ModelLoaded | TurnStarted | PromptEvaluated | TokenChunk | Progress | KVUsage | Done | Error,
     Field(discriminator="type"),
 ]
 

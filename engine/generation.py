@@ -18,11 +18,22 @@ from llama_cpp import _internals
 from engine.chat_format import ChatMessage
 from engine.config import SamplingConfig
 from engine.errors import DecodeError
-from engine.events import Done, Error, Event, FinishReason, KVUsage, PromptEvaluated, TokenChunk
+from engine.events import (
+    Done,
+    Error,
+    Event,
+    FinishReason,
+    KVUsage,
+    Progress,
+    PromptEvaluated,
+    TokenChunk,
+)
 from engine.loader import LoadedModel
 from engine.sampling import build_sampler
 
 SEQ = 0
+PROGRESS_EVERY = 16
+"""Tokens between progress and kv events while a reply streams."""
 
 
 @dataclass(frozen=True)
@@ -195,6 +206,12 @@ class Generator:
                 stats.completion_tokens = len(reply)
                 piece = utf8.decode(self.lm.token_piece(token))
                 emit(TokenChunk(text=piece, token_ids=[token]))
+                if len(reply) % PROGRESS_EVERY == 0:
+                    span = stats.last_token_at - stats.first_token_at
+                    emit(Progress(completion_tokens=len(reply),
+                                  tokens_per_s=(stats.sampled - 1) / span if span else 0.0))
+                    emit(self.kv_usage(min(sampling.max_tokens - len(reply),
+                                           self.lm.n_ctx - len(self.kv.tokens))))
                 if len(reply) >= sampling.max_tokens:
                     return reply, "length"
                 if len(self.kv.tokens) + 1 > self.lm.n_ctx:

@@ -9,7 +9,16 @@ import pytest
 from engine.chat_format import ChatMessage
 from engine.config import ModelConfig, SamplingConfig
 from engine.errors import EngineClosed, ModelFileError, PromptError
-from engine.events import Done, Error, Event, KVUsage, PromptEvaluated, TokenChunk, parse_event
+from engine.events import (
+    Done,
+    Error,
+    Event,
+    KVUsage,
+    Progress,
+    PromptEvaluated,
+    TokenChunk,
+    parse_event,
+)
 from engine.local_engine import LocalEngine
 from tests.conftest import GREEDY
 
@@ -131,6 +140,9 @@ async def test_ignore_eos_generates_exactly_max_tokens(engine: LocalEngine) -> N
     assert isinstance(done, Done)
     assert done.completion_tokens == 40 and done.finish_reason == "length"
     assert done.tokens_per_s > 0
+    progress = [e for e in events if isinstance(e, Progress)]
+    assert [p.completion_tokens for p in progress] == [16, 32]
+    assert all(p.tokens_per_s > 0 for p in progress)
 
 
 async def test_prompt_longer_than_context_is_an_error_event() -> None:

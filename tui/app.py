@@ -17,7 +17,7 @@ from textual.widgets import Footer, Input
 from engine.api import ChatEngine
 from engine.config import KvchatConfig, default_config_path
 from engine.errors import KvchatError
-from engine.events import Done, Error, KVUsage, TokenChunk, TurnStarted
+from engine.events import Done, Error, KVUsage, Progress, TokenChunk, TurnStarted
 from engine.session import ChatSession
 from engine.store import Store
 from tui.messages import (
@@ -193,8 +193,11 @@ class KvchatApp(App[int]):
 
     @on(EngineEvent)
     def _engine_event(self, message: EngineEvent) -> None:
-        if isinstance(message.event, KVUsage):
-            self.query_one(StatusLine).ctx_used = message.event.used_cells
+        event = message.event
+        if isinstance(event, KVUsage):
+            self.query_one(StatusLine).ctx_used = event.used_cells
+        elif isinstance(event, Progress):
+            self.query_one(StatusLine).tokens_per_s = event.tokens_per_s
 
     # -- actions ------------------------------------------------------------------------
 
