@@ -58,12 +58,6 @@ class LocalEngine(ChatEngine):
             return self._info
         return await asyncio.wrap_future(self._submit(self._load).future)
 
-    def start_sync(self) -> ModelLoaded:
-        """``start`` for callers without an event loop (tests, scripts)."""
-        if self._info is not None:
-            return self._info
-        return self._submit(self._load).future.result()
-
     async def close(self) -> None:
         if self._closed:
             return

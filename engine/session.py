@@ -18,9 +18,6 @@ from engine.config import SamplingConfig
 from engine.events import Done, Error, Event, TokenChunk, TurnStarted
 from engine.store import MessageRow, Store, title_from_prompt
 
-# Replies in these states carry text the model produced; errors may be empty.
-_CONTEXT_STATUSES = {"complete", "cancelled", "interrupted"}
-
 
 class ChatSession:
     def __init__(self, engine: ChatEngine, store: Store, system_prompt: str = "",
@@ -94,8 +91,8 @@ class ChatSession:
 
 
 def _in_context(row: MessageRow) -> bool:
+    """Unanswered prompts stay out (they failed); replies count when they have text,
+    whether complete, cancelled or cut off."""
     if row.role == "user":
         return row.status != "error"
-    if row.role == "assistant":
-        return bool(row.content) and row.status in _CONTEXT_STATUSES | {"error"}
-    return False
+    return row.role == "assistant" and bool(row.content)
