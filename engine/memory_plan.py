@@ -34,3 +34,47 @@ def kv_bytes_per_token(header: GGUFHeader, kv_type: str = "f16") -> int:
     kv_heads = _per_layer(header.arch_value("attention.head_count_kv", n_head), n_layers)
     elements = sum(h * (key_len + value_len) for h in kv_heads)
     return int(elements * KV_TYPE_BYTES[kv_type])
+
+
+_SIZE_UNITS = {
+    "": 1, "b": 1,
+    "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,
+    "t": 1000**4, "tb": 1000**4,
+    "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4,
+}
+
+
+def parse_size(text: str) -> int:
+    """Bytes from a human size: ``36GiB``, ``36 GB``, ``36000M``, ``1.5T``.
+
+    Decimal units (GB, M) are powers of 1000, binary ones (GiB, MiB) of 1024.
+    Raises ValueError with a message naming the input.
+    """
+    cleaned = text.strip().lower().replace(" ", "").replace("_", "")
+    number = cleaned.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = cleaned[len(number):]
+    try:
+        value = float(number)
+    except ValueError:
+        raise ValueError(f"not a size: {text!r} (try 36GiB, 36 GB or 36000M)") from None
+    if unit not in _SIZE_UNITS:
+        raise ValueError(f"unknown unit {unit!r} in {text!r} (use B, KB, MB, GB, TB, "
+                         "KiB, MiB, GiB or TiB)")
+    if value <= 0:
+        raise ValueError(f"a size must be positive, got {text!r}")
+    return int(value * _SIZE_UNITS[unit])
+
+
+def weights_by_layer(header: GGUFHeader) -> tuple[list[int], int]:
+    """Bytes of each repeating block's tensors (``blk.N.*``), and of everything else
+    (token embeddings, output head, final norm)."""
+    per_layer = [0] * header.n_layers
+    other = 0
+    for tensor in header.tensors:
+        parts = tensor.name.split(".")
+        if parts[0] == "blk" and len(parts) > 1 and parts[1].isdigit() \
+                and int(parts[1]) < len(per_layer):
+            per_layer[int(parts[1])] += tensor.n_bytes
+        else:
+            other += tensor.n_bytes
+    return per_layer, other
