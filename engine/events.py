@@ -49,7 +49,10 @@ class ModelLoaded(_Event):
     chat_format: str
     """How turns are rendered: ``gguf-template`` or a built-in format name."""
     kv_bytes: int
-    """Bytes held by the KV cache for the whole context."""
+    """Bytes the KV cache needs for the whole context, by the architecture's formula."""
+    buffers: dict[str, int] = Field(default_factory=dict)
+    """Bytes llama.cpp reported allocating, e.g. ``{"model CPU_Mapped": ...,
+    "KV CPU": ..., "compute CPU": ...}`` (measured, where kv_bytes is planned)."""
     load_s: float
 
 

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import re
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import llama_cpp
 
@@ -17,6 +20,8 @@ log = logging.getLogger("kvchat.llama")
 _recent: deque[str] = deque(maxlen=50)
 _partial: list[str] = []
 _installed: list[object] = []  # keeps the ctypes callback alive
+_captures: list[list[str]] = []
+_BUFFER_LINE = re.compile(r"(\S+)\s+(model|KV|compute|output) buffer size =\s*([\d.]+) MiB")
 
 
 def _on_log(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
@@ -27,6 +32,8 @@ def _on_log(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
         _partial.clear()
         if line:
             _recent.append(line)
+            for lines in _captures:
+                lines.append(line)
             log.debug(line)
 
 
@@ -37,6 +44,30 @@ def install() -> None:
     callback = llama_cpp.llama_log_callback(_on_log)
     _installed.append(callback)
     llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
+
+
+@contextmanager
+def capture() -> Iterator[list[str]]:
+    """Collect every log line written inside the block (the engine thread's load)."""
+    lines: list[str] = []
+    _captures.append(lines)
+    try:
+        yield lines
+    finally:
+        _captures.remove(lines)
+
+
+def buffer_sizes(lines: list[str]) -> dict[str, int]:
+    """Bytes llama.cpp allocated, from its log: ``{"model CPU_Mapped": ..., "KV CPU":
+    ..., "compute CPU": ...}``; buffers of one kind and device are summed."""
+    sizes: dict[str, int] = {}
+    for line in lines:
+        match = _BUFFER_LINE.search(line)
+        if match:
+            device, kind, mib = match.groups()
+            key = f"{kind} {device}"
+            sizes[key] = sizes.get(key, 0) + round(float(mib) * 1024 * 1024)
+    return sizes
 
 
 def recent_errors(limit: int = 3) -> str:

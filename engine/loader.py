@@ -103,6 +103,43 @@ def load_model(config: ModelConfig) -> LoadedModel:
     header = read_gguf_header(path)  # before llama.cpp sees the file
     llama_log.install()
     started = time.perf_counter()
+    with llama_log.capture() as log_lines:
+        model, ctx = _load(config, path)
+    try:
+        fmt = _chat_format(config, header, model)
+    except ModelLoadError:
+        ctx.close()
+        model.close()
+        raise
+    n_layers = header.n_layers
+    n_gpu_layers = min(n_layers + 1, config.n_gpu_layers if config.n_gpu_layers >= 0
+                       else n_layers + 1) if _has_gpu() else 0
+    bytes_per_cell = kv_bytes_per_token(header)
+    info = ModelLoaded(
+        path=str(path),
+        name=header.name,
+        architecture=header.architecture,
+        description=model.desc(),
+        n_params=model.n_params(),
+        file_bytes=header.file_bytes,
+        weights_bytes=model.size(),
+        n_vocab=model.n_vocab(),
+        n_ctx=ctx.n_ctx(),
+        n_ctx_train=model.n_ctx_train(),
+        n_layers=n_layers,
+        n_gpu_layers=n_gpu_layers,
+        backend=compute_backend(n_gpu_layers),
+        devices=[d.name for d in list_devices()],
+        chat_format=fmt.name,
+        kv_bytes=bytes_per_cell * ctx.n_ctx(),
+        buffers=llama_log.buffer_sizes(log_lines),
+        load_s=time.perf_counter() - started,
+    )
+    return LoadedModel(header, model, ctx, fmt, info, config.n_batch, bytes_per_cell)
+
+
+def _load(config: ModelConfig, path: Path,
+          ) -> tuple[_internals.LlamaModel, _internals.LlamaContext]:
 
     model_params = llama_cpp.llama_model_default_params()
     model_params.n_gpu_layers = 0x7FFFFFFF if config.n_gpu_layers < 0 else config.n_gpu_layers
@@ -131,36 +168,7 @@ def load_model(config: ModelConfig) -> LoadedModel:
         model.close()
         detail = llama_log.recent_errors() or "out of memory?"
         raise ModelLoadError(f"cannot create a {config.n_ctx}-token context: {detail}") from None
-
-    try:
-        fmt = _chat_format(config, header, model)
-    except ModelLoadError:
-        ctx.close()
-        model.close()
-        raise
-    n_layers = header.n_layers
-    n_gpu_layers = min(n_layers + 1, model_params.n_gpu_layers) if _has_gpu() else 0
-    bytes_per_cell = kv_bytes_per_token(header)
-    info = ModelLoaded(
-        path=str(path),
-        name=header.name,
-        architecture=header.architecture,
-        description=model.desc(),
-        n_params=model.n_params(),
-        file_bytes=header.file_bytes,
-        weights_bytes=model.size(),
-        n_vocab=model.n_vocab(),
-        n_ctx=ctx.n_ctx(),
-        n_ctx_train=model.n_ctx_train(),
-        n_layers=n_layers,
-        n_gpu_layers=n_gpu_layers,
-        backend=compute_backend(n_gpu_layers),
-        devices=[d.name for d in list_devices()],
-        chat_format=fmt.name,
-        kv_bytes=bytes_per_cell * ctx.n_ctx(),
-        load_s=time.perf_counter() - started,
-    )
-    return LoadedModel(header, model, ctx, fmt, info, config.n_batch, bytes_per_cell)
+    return model, ctx
 
 
 def _has_gpu() -> bool:

@@ -41,6 +41,9 @@ async def test_model_loaded_reports_the_model(engine: LocalEngine) -> None:
     assert info.chat_format == "gemma"
     # KV per token for Gemma 3 270M: 18 layers x 1 KV head x (256 + 256) dims x 2 bytes
     assert info.kv_bytes == 18 * 1 * 512 * 2 * 1024
+    # llama.cpp's own allocation (sliding-window layers at full size) matches the formula.
+    assert info.buffers["KV CPU"] == info.kv_bytes
+    assert info.buffers["compute CPU"] > 0 and info.buffers["model CPU_Mapped"] > 0
 
 
 async def test_reply_streams_tokens_then_done(engine: LocalEngine) -> None:
