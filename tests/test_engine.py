@@ -142,10 +142,11 @@ async def test_ignore_eos_generates_exactly_max_tokens(engine: LocalEngine) -> N
     done = events[-1]
     assert isinstance(done, Done)
     assert done.completion_tokens == 40 and done.finish_reason == "length"
-    assert done.tokens_per_s > 0
     progress = [e for e in events if isinstance(e, Progress)]
     assert [p.completion_tokens for p in progress] == [16, 32]
-    assert all(p.tokens_per_s > 0 for p in progress)
+    # A rate was measured at each point (its value is machine speed: not tested here).
+    measured = [done.tokens_per_s, *(p.tokens_per_s for p in progress)]
+    assert all(rate > 0 for rate in measured)
 
 
 async def test_prompt_longer_than_context_is_an_error_event() -> None:
