@@ -68,8 +68,6 @@ class UIConfig(_Section):
     theme: str = "kvchat-dark"
     """Theme name: kvchat-dark, kvchat-light, kvchat-high-contrast, a Textual built-in,
     or a TOML theme in the config dir's themes/ folder."""
-    token_flush_ms: int = Field(33, ge=0, le=1000)
-    """How often the chat pane repaints a streaming reply."""
 
 
 class KvchatConfig(_Section):

@@ -112,8 +112,10 @@ def load_model(config: ModelConfig) -> LoadedModel:
         model.close()
         raise
     n_layers = header.n_layers
-    n_gpu_layers = min(n_layers + 1, config.n_gpu_layers if config.n_gpu_layers >= 0
-                       else n_layers + 1) if _has_gpu() else 0
+    # The output layer counts as one more: n_layers + 1 means everything offloaded.
+    offloadable = n_layers + 1
+    requested = offloadable if config.n_gpu_layers < 0 else config.n_gpu_layers
+    n_gpu_layers = min(offloadable, requested) if _has_gpu() else 0
     bytes_per_cell = kv_bytes_per_token(header)
     info = ModelLoaded(
         path=str(path),
@@ -140,7 +142,6 @@ def load_model(config: ModelConfig) -> LoadedModel:
 
 def _load(config: ModelConfig, path: Path,
           ) -> tuple[_internals.LlamaModel, _internals.LlamaContext]:
-
     model_params = llama_cpp.llama_model_default_params()
     model_params.n_gpu_layers = 0x7FFFFFFF if config.n_gpu_layers < 0 else config.n_gpu_layers
     model_params.use_mmap = config.use_mmap
