@@ -64,6 +64,25 @@ class ChatConfig(_Section):
     """Sent at the start of every conversation; empty for none."""
 
 
+class KVCacheConfig(_Section):
+    """How the KV cache makes room when a conversation outgrows the context."""
+
+    evict: bool = True
+    """Slide the window when the cache is full; false stops the reply with
+    ``context_full`` instead (plain llama.cpp behaviour)."""
+    sink_tokens: int = Field(4, ge=0, le=1024)
+    """Tokens at the very start that are never evicted (attention sinks). The system
+    prompt is kept too, so this matters when there is none."""
+    keep_system_prompt: bool = True
+    """Never evict the system prompt's tokens."""
+    discard_fraction: float = Field(0.25, gt=0.0, le=0.9)
+    """Share of the evictable cells (those after the kept prefix) dropped per eviction:
+    larger means fewer, bigger evictions."""
+    reply_reserve: int | None = Field(None, ge=0)
+    """Cells made free for the reply before it starts; empty means the smaller of
+    ``sampling.max_tokens`` and a quarter of the context."""
+
+
 class UIConfig(_Section):
     theme: str = "kvchat-dark"
     """Theme name: kvchat-dark, kvchat-light, kvchat-high-contrast, a Textual built-in,
@@ -74,6 +93,7 @@ class KvchatConfig(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     chat: ChatConfig = Field(default_factory=ChatConfig)
+    kv: KVCacheConfig = Field(default_factory=KVCacheConfig)
     ui: UIConfig = Field(default_factory=UIConfig)
 
 

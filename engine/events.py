@@ -106,6 +106,57 @@ class KVUsage(_Event):
     """KV bytes one token occupies across all layers (K and V)."""
     used_bytes: int
     total_bytes: int
+    kept_cells: int = 0
+    """Cells at the start that eviction never touches (system prompt, sink tokens)."""
+    evicted_total: int = 0
+    """Tokens of this conversation evicted so far (no longer in the cache)."""
+
+
+EvictionReason = Literal["generation", "prompt"]
+
+
+class Eviction(_Event):
+    """Cells dropped from the KV cache to make room, and the rest shifted down in place."""
+
+    type: Literal["eviction"] = "eviction"
+    reason: EvictionReason
+    """generation: the reply filled the cache; prompt: the conversation plus the
+    reply's reserve did not fit before the reply started."""
+    evicted_tokens: int
+    start: int
+    """First evicted position (cache positions before the eviction)."""
+    end: int
+    """One past the last evicted position; ``end - start`` may exceed the cells
+    evicted when part of the span was never in the cache."""
+    kept_tokens: int
+    """Cells kept at the start (system prompt and sink tokens)."""
+    shifted_tokens: int
+    """Cells after the span moved down by ``end - start`` positions, not re-evaluated."""
+    at_turn_boundary: bool
+    """True when the span ends where a turn ends, so no message was cut in two."""
+    used_before: int
+    used_after: int
+    elapsed_s: float
+    """seq_rm + seq_add bookkeeping in llama.cpp."""
+    shift_s: float
+    """The first decode after the eviction, which applies llama.cpp's deferred RoPE
+    shift to every shifted cell (it also evaluates ``shift_tokens`` new tokens)."""
+    shift_tokens: int
+    evicted_total: int
+    """Tokens of this conversation evicted so far, this eviction included."""
+
+
+class PromptTruncated(_Event):
+    """The new message did not fit in the context with room for a reply: its oldest
+    tokens were dropped and the model sees only the rest."""
+
+    type: Literal["prompt_truncated"] = "prompt_truncated"
+    message_tokens: int
+    """Tokens this turn added (the message and its turn markers)."""
+    cut_tokens: int
+    n_ctx: int
+    message: str
+    """One line for a person."""
 
 
 FinishReason = Literal["stop", "length", "cancelled", "context_full"]
@@ -126,6 +177,9 @@ class Done(_Event):
     tokens_per_s: float
     """Decode rate: completion tokens after the first over the time they took."""
     total_s: float
+    evictions: int = 0
+    """Evictions during this turn (prompt and generation)."""
+    evicted_tokens: int = 0
     text: str
     """The whole reply."""
 
@@ -139,7 +193,8 @@ class Error(_Event):
 
 
 Event = Annotated[
-    ModelLoaded | TurnStarted | PromptEvaluated | TokenChunk | Progress | KVUsage | Done | Error,
+    ModelLoaded | TurnStarted | PromptEvaluated | TokenChunk | Progress | KVUsage | Eviction
+    | PromptTruncated | Done | Error,
     Field(discriminator="type"),
 ]
 

@@ -3,6 +3,10 @@
 Runs on the engine thread only. ``KVState.tokens`` is the truth about the KV cache of
 sequence 0: position ``i`` holds ``tokens[i]``. Every path out of a turn, including a
 failed decode or a cancel, leaves the two in step (see ``rewind``).
+
+When the conversation outgrows the context, ``evict`` slides the window in place:
+the kept prefix stays, the oldest span after it leaves, and the rest is shifted down
+with llama.cpp's memory API instead of being evaluated again (see ``kv_window``).
 """
 
 from __future__ import annotations
@@ -13,27 +17,36 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import llama_cpp
 from llama_cpp import _internals
 
 from engine.chat_format import ChatMessage
-from engine.config import SamplingConfig
+from engine.config import KVCacheConfig, SamplingConfig
 from engine.errors import DecodeError
 from engine.events import (
     Done,
     Error,
     Event,
+    Eviction,
+    EvictionReason,
     FinishReason,
     KVUsage,
     Progress,
     PromptEvaluated,
+    PromptTruncated,
     TokenChunk,
 )
+from engine.kv_window import Span, choose_span, turn_boundaries, window
 from engine.loader import LoadedModel
 from engine.sampling import build_sampler
 
 SEQ = 0
 PROGRESS_EVERY = 16
 """Tokens between progress and kv events while a reply streams."""
+MIN_TAIL = 16
+"""Newest prompt tokens no eviction may touch: the reply's turn header and the end
+of the message it answers."""
+_SENTINEL = "\ue000"  # a private-use character no template or tokenizer gives meaning to
 
 
 @dataclass(frozen=True)
@@ -42,12 +55,19 @@ class ChatRequest:
     sampling: SamplingConfig
     ignore_eos: bool = False
     """Ban end-of-turn tokens and generate exactly ``max_tokens`` (for benchmarks)."""
+    reserve: int | None = None
+    """Cells to free for the reply before it starts; None means the KV policy's."""
 
 
 @dataclass
 class KVState:
     tokens: list[int] = field(default_factory=list)
     """Tokens in the cache, by position."""
+    n_keep: int = 0
+    """Positions ``[0, n_keep)`` are never evicted (system prompt, sink tokens)."""
+    dropped: int = 0
+    """Conversation tokens evicted after the kept prefix: the cache holds
+    ``window(rendered_tokens, n_keep, dropped)``."""
     rendered_text: str = ""
     """Prompt + reply text of the last turn, and its tokens as the model saw them:
     the next turn's prompt extends this text, so its tokens extend these exactly."""
@@ -66,33 +86,101 @@ class TurnStats:
     sampled: int = 0
     """Tokens sampled, counting a final end-of-turn token that is not part of the reply."""
     completion_tokens: int = 0
+    evictions: int = 0
+    evicted_tokens: int = 0
+
+
+@dataclass
+class PendingEviction:
+    """An eviction whose event waits for the next decode, which pays for the shift."""
+
+    reason: EvictionReason
+    span: Span
+    evicted: int
+    shifted: int
+    used_before: int
+    elapsed_s: float
 
 
 class Generator:
     """Owns the batch and the cache bookkeeping for one loaded model."""
 
-    def __init__(self, lm: LoadedModel) -> None:
+    def __init__(self, lm: LoadedModel, policy: KVCacheConfig | None = None) -> None:
         self.lm = lm
+        self.policy = policy or KVCacheConfig()
         self.kv = KVState()
         self.batch = _internals.LlamaBatch(n_tokens=lm.n_batch, embd=0, n_seq_max=1)
+        self._emit: Callable[[Event], None] = _drop
+        self._pending: PendingEviction | None = None
+        self._stats: TurnStats | None = None
 
     def close(self) -> None:
         self.batch.close()
 
     # -- prompt -------------------------------------------------------------------
 
-    def tokenize_prompt(self, messages: Sequence[ChatMessage]) -> tuple[str, list[int]]:
+    def tokenize_prompt(self, messages: Sequence[ChatMessage]) -> tuple[str, list[int], bool]:
+        """The rendered prompt, its tokens, and whether they extend the last turn's."""
         text = self.lm.chat_format.render(messages)
         kv = self.kv
         if kv.rendered_text and text.startswith(kv.rendered_text):
             # Extend the last turn's tokens so the reply keeps the tokens it was
             # generated as (re-tokenizing its text may split it differently).
             suffix = text[len(kv.rendered_text):]
-            return text, kv.rendered_tokens + self.lm.tokenize(suffix, add_bos=False)
+            return text, kv.rendered_tokens + self.lm.tokenize(suffix, add_bos=False), True
+        return text, self._tokenize_fresh(text), False
+
+    def _tokenize_fresh(self, text: str) -> list[int]:
         tokens = self.lm.tokenize(text, add_bos=True)
         if len(tokens) > 1 and tokens[0] == tokens[1] == self.lm.bos:
             tokens = tokens[1:]  # template wrote the BOS text and the tokenizer added one
-        return text, tokens
+        return tokens
+
+    def count_kept(self, messages: Sequence[ChatMessage], prompt: list[int]) -> int:
+        """Tokens never evicted: the sink tokens, and the system prompt as rendered.
+
+        The system prompt's extent is found by rendering it before a sentinel message
+        and matching the tokens up to the sentinel against the real prompt, so it works
+        for any format (Gemma folds the system text into the first user turn).
+        """
+        keep = self.policy.sink_tokens
+        system = [m for m in messages if m.role == "system" and m.content]
+        if self.policy.keep_system_prompt and system:
+            probe = self.lm.chat_format.render([*system, ChatMessage(role="user",
+                                                                      content=_SENTINEL)])
+            head = probe[:probe.find(_SENTINEL)] if _SENTINEL in probe else ""
+            keep = max(keep, _common_prefix(self._tokenize_fresh(head), prompt))
+        # Whatever the system prompt, half the context stays free to slide.
+        return min(keep, self.lm.n_ctx // 2, max(0, len(prompt) - MIN_TAIL))
+
+    def fit(self, logical: list[int], new_from: int, reserve: int) -> list[int]:
+        """The window of ``logical`` to prefill, evicting first if it and ``reserve``
+        cells for the reply would not fit. Emits PromptTruncated when the span had
+        to reach into this turn's own tokens (from logical index ``new_from``)."""
+        kv, n_ctx = self.kv, self.lm.n_ctx
+        prompt = window(logical, kv.n_keep, kv.dropped)
+        room = n_ctx - reserve
+        if len(prompt) <= room:
+            return prompt
+        if not self.policy.evict:
+            return prompt  # run() reports context_full / prompt_too_long
+        # Cells past what the new window shares with the cache are stale: drop them so
+        # only cells that belong to the window get shifted.
+        self.rewind(_common_prefix(kv.tokens, prompt))
+        limit = len(prompt) - MIN_TAIL
+        need = min(len(prompt) - room, limit - kv.n_keep)
+        if need <= 0:
+            return prompt
+        bounds = turn_boundaries(prompt, self._is_eog, kv.n_keep)
+        self.evict(choose_span(len(prompt), kv.n_keep, need, need, bounds, limit), "prompt")
+        cut = kv.n_keep + kv.dropped - max(new_from, kv.n_keep)
+        if cut > 0:
+            added = len(logical) - new_from
+            self._emit(PromptTruncated(
+                message_tokens=added, cut_tokens=cut, n_ctx=n_ctx,
+                message=f"the message is {added} tokens and the context holds {n_ctx} with "
+                        f"{reserve} kept for the reply: its first {cut} tokens were cut"))
+        return window(logical, kv.n_keep, kv.dropped)
 
     def prefill(self, prompt: list[int], cancel: threading.Event) -> tuple[int, int]:
         """Make the cache hold ``prompt``, evaluating only what it lacks.
@@ -119,18 +207,66 @@ class Generator:
         """Evaluate ``tokens`` at the next positions and append them to the cache."""
         n_past = len(self.kv.tokens)
         self.batch.set_batch(tokens, n_past=n_past, logits_all=False)
+        started = time.perf_counter()
         try:
             self.lm.ctx.decode(self.batch)
         except RuntimeError as exc:
             raise DecodeError(f"llama.cpp could not evaluate {len(tokens)} tokens "
                               f"at position {n_past}: {exc}") from None
         self.kv.tokens.extend(tokens)
+        if self._pending is not None:
+            self._report_eviction(time.perf_counter() - started, len(tokens))
 
     def rewind(self, n_keep: int) -> None:
         """Drop every cached position from ``n_keep`` on."""
         if n_keep < len(self.kv.tokens):
             self.lm.ctx.kv_cache_seq_rm(SEQ, n_keep, -1)
             del self.kv.tokens[n_keep:]
+
+    def evict(self, span: Span, reason: EvictionReason) -> None:
+        """Drop window positions ``[span.start, span.end)`` and shift what follows down.
+
+        Only cells in the cache move: a span reaching past the cached tokens (a prompt
+        not evaluated yet) just drops the rest from the window. llama.cpp applies the
+        RoPE shift lazily, inside the next decode, which reports the event.
+        """
+        kv = self.kv
+        used = len(kv.tokens)
+        cached_end = min(span.end, used)
+        started = time.perf_counter()
+        if span.start < used:
+            self.lm.ctx.kv_cache_seq_rm(SEQ, span.start, cached_end)
+            if span.end < used:
+                # positions [end, used) become [start, used - size)
+                self.lm.ctx.kv_cache_seq_shift(SEQ, span.end, -1, -span.size)
+            del kv.tokens[span.start:cached_end]
+        kv.dropped += span.size
+        if self._stats is not None:
+            self._stats.evictions += 1
+            self._stats.evicted_tokens += span.size
+        self._pending = PendingEviction(reason, span, max(0, cached_end - span.start),
+                                        max(0, used - span.end), used,
+                                        time.perf_counter() - started)
+
+    def _report_eviction(self, shift_s: float, shift_tokens: int) -> None:
+        ev, self._pending = self._pending, None
+        assert ev is not None
+        self._emit(Eviction(
+            reason=ev.reason, evicted_tokens=ev.span.size, start=ev.span.start,
+            end=ev.span.end, kept_tokens=self.kv.n_keep, shifted_tokens=ev.shifted,
+            at_turn_boundary=ev.span.at_turn_boundary, used_before=ev.used_before,
+            used_after=len(self.kv.tokens) - shift_tokens, elapsed_s=ev.elapsed_s,
+            shift_s=shift_s, shift_tokens=shift_tokens, evicted_total=self.kv.dropped))
+
+    def make_room(self) -> None:
+        """Free cells for the next token by sliding the window (the reply outgrew it)."""
+        kv = self.kv
+        evictable = len(kv.tokens) - kv.n_keep
+        target = max(1, int(evictable * self.policy.discard_fraction))
+        bounds = turn_boundaries(kv.tokens, self._is_eog, kv.n_keep)
+        # The newest token stays: its logits are the ones being sampled from.
+        self.evict(choose_span(len(kv.tokens), kv.n_keep, 1, target, bounds,
+                               len(kv.tokens) - 1), "generation")
 
     def sync_after_failure(self) -> None:
         """``decode`` records tokens only once llama.cpp took them, so a failed batch may
@@ -141,23 +277,40 @@ class Generator:
     def kv_usage(self, reserved: int) -> KVUsage:
         used, n_ctx, per = len(self.kv.tokens), self.lm.n_ctx, self.lm.bytes_per_cell
         return KVUsage(used_cells=used, reserved_cells=reserved, n_ctx=n_ctx,
-                       bytes_per_cell=per, used_bytes=used * per, total_bytes=n_ctx * per)
+                       bytes_per_cell=per, used_bytes=used * per, total_bytes=n_ctx * per,
+                       kept_cells=self.kv.n_keep, evicted_total=self.kv.dropped)
+
+    def _is_eog(self, token: int) -> bool:
+        return bool(llama_cpp.llama_vocab_is_eog(self.lm.model.vocab, token))
+
+    def reserve_for(self, req: ChatRequest) -> int:
+        wanted = req.reserve if req.reserve is not None else self.policy.reply_reserve
+        if wanted is None:
+            wanted = min(req.sampling.max_tokens, self.lm.n_ctx // 4)
+        return max(0, min(wanted, req.sampling.max_tokens, self.lm.n_ctx // 2))
 
     # -- the turn -----------------------------------------------------------------
 
     def run(self, req: ChatRequest, emit: Callable[[Event], None],
             cancel: threading.Event) -> None:
         stats = TurnStats(started=time.perf_counter())
-        text, prompt = self.tokenize_prompt(req.messages)
-        n_ctx = self.lm.n_ctx
-        if len(prompt) >= n_ctx:
-            emit(Error(code="prompt_too_long",
-                       message=f"the conversation is {len(prompt)} tokens; the context holds "
-                               f"{n_ctx} (raise --ctx or start a new conversation)"))
-            return
-        stats.prompt_tokens = len(prompt)
+        self._emit, self._stats = emit, stats
+        text, logical, extends = self.tokenize_prompt(req.messages)
+        kv, n_ctx = self.kv, self.lm.n_ctx
+        if not extends:  # another conversation, or the first turn: a fresh window
+            kv.n_keep, kv.dropped = self.count_kept(req.messages, logical), 0
+        new_from = len(kv.rendered_tokens) if extends else 0
+        reserve = self.reserve_for(req)
         ok = False
         try:
+            prompt = self.fit(logical, new_from, reserve)
+            if len(prompt) >= n_ctx:
+                emit(Error(code="prompt_too_long",
+                           message=f"the conversation is {len(prompt)} tokens; the context "
+                                   f"holds {n_ctx} (raise --ctx or start a new conversation)"))
+                ok = True
+                return
+            stats.prompt_tokens = len(prompt)
             stats.reused_tokens, stats.evaluated_tokens = self.prefill(prompt, cancel)
             stats.prefill_s = time.perf_counter() - stats.started
             if cancel.is_set():
@@ -168,23 +321,25 @@ class Generator:
                                  reused_tokens=stats.reused_tokens,
                                  evaluated_tokens=stats.evaluated_tokens,
                                  prefill_s=stats.prefill_s))
-            reserved = min(req.sampling.max_tokens, n_ctx - len(prompt))
-            emit(self.kv_usage(reserved))
-            reply_tokens, reason = self.generate(req, emit, cancel, stats)
+            emit(self.kv_usage(min(reserve, n_ctx - len(prompt))))
+            reply_tokens, reason = self.generate(req, cancel, stats)
             reply = b"".join(map(self.lm.token_piece, reply_tokens)).decode("utf-8", "replace")
-            self.kv.rendered_text = text + reply
-            self.kv.rendered_tokens = prompt + reply_tokens
+            kv.rendered_text = text + reply
+            kv.rendered_tokens = logical + reply_tokens
             emit(self.kv_usage(0))
             emit(self._done(stats, reason, reply))
             ok = True
         finally:
+            if self._pending is not None:  # no decode followed (cancelled, or the end)
+                self._report_eviction(0.0, 0)
+            self._emit, self._stats = _drop, None
             if not ok:
                 self.sync_after_failure()
 
-    def generate(self, req: ChatRequest, emit: Callable[[Event], None],
-                 cancel: threading.Event, stats: TurnStats) -> tuple[list[int], FinishReason]:
+    def generate(self, req: ChatRequest, cancel: threading.Event,
+                 stats: TurnStats) -> tuple[list[int], FinishReason]:
         """Sample until end of turn, max_tokens, cancel or a full cache."""
-        sampling = req.sampling
+        sampling, emit = req.sampling, self._emit
         banned = self.lm.eog_tokens() if req.ignore_eos else None
         sampler, _seed = build_sampler(sampling, self.lm.model.n_vocab(), banned)
         utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -215,7 +370,9 @@ class Generator:
                 if len(reply) >= sampling.max_tokens:
                     return reply, "length"
                 if len(self.kv.tokens) + 1 > self.lm.n_ctx:
-                    return reply, "context_full"
+                    if not self.policy.evict or len(self.kv.tokens) - self.kv.n_keep < 2:
+                        return reply, "context_full"
+                    self.make_room()
                 self.decode([token])  # position len(kv.tokens); its logits feed the next sample
         finally:
             sampler.close()
@@ -236,6 +393,8 @@ class Generator:
             prefill_tokens_per_s=prefill_rate,
             tokens_per_s=decoded / decode_span if decode_span > 0 else 0.0,
             total_s=end - stats.started,
+            evictions=stats.evictions,
+            evicted_tokens=stats.evicted_tokens,
             text=text,
         )
 
@@ -246,3 +405,7 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     while i < n and a[i] == b[i]:
         i += 1
     return i
+
+
+def _drop(event: Event) -> None:
+    """The emitter between turns: nothing listens."""

@@ -19,7 +19,7 @@ from typing import Any
 from engine.api import ChatEngine, check_prompt
 from engine.channel import EventChannel
 from engine.chat_format import ChatMessage
-from engine.config import ModelConfig, SamplingConfig
+from engine.config import KVCacheConfig, ModelConfig, SamplingConfig
 from engine.errors import EngineClosed, KvchatError
 from engine.events import Error, Event, ModelLoaded
 from engine.generation import ChatRequest, Generator
@@ -36,9 +36,11 @@ class _Job:
 
 
 class LocalEngine(ChatEngine):
-    def __init__(self, model: ModelConfig, sampling: SamplingConfig | None = None) -> None:
+    def __init__(self, model: ModelConfig, sampling: SamplingConfig | None = None,
+                 kv: KVCacheConfig | None = None) -> None:
         self._model_config = model
         self._default_sampling = sampling or SamplingConfig()
+        self._kv_policy = kv or KVCacheConfig()
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._lm: LoadedModel | None = None
@@ -140,7 +142,7 @@ class LocalEngine(ChatEngine):
     def _load(self) -> ModelLoaded:
         if self._lm is None:
             self._lm = load_model(self._model_config)
-            self._gen = Generator(self._lm)
+            self._gen = Generator(self._lm, self._kv_policy)
             self._info = self._lm.info
         assert self._info is not None
         return self._info

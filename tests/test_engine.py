@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from engine.chat_format import ChatMessage
-from engine.config import ModelConfig, SamplingConfig
+from engine.config import KVCacheConfig, ModelConfig, SamplingConfig
 from engine.errors import EngineClosed, ModelFileError, PromptError
 from engine.events import (
     Done,
@@ -149,8 +149,8 @@ async def test_ignore_eos_generates_exactly_max_tokens(engine: LocalEngine) -> N
     assert all(rate > 0 for rate in measured)
 
 
-async def test_prompt_longer_than_context_is_an_error_event() -> None:
-    eng = LocalEngine(ModelConfig(n_ctx=256), GREEDY)
+async def test_prompt_longer_than_context_is_an_error_event_without_eviction() -> None:
+    eng = LocalEngine(ModelConfig(n_ctx=256), GREEDY, KVCacheConfig(evict=False))
     info = await eng.start()
     assert info.n_ctx == 256
     try:
@@ -164,8 +164,8 @@ async def test_prompt_longer_than_context_is_an_error_event() -> None:
         await eng.close()
 
 
-async def test_full_context_finishes_with_context_full() -> None:
-    eng = LocalEngine(ModelConfig(n_ctx=256), GREEDY)
+async def test_full_context_finishes_with_context_full_without_eviction() -> None:
+    eng = LocalEngine(ModelConfig(n_ctx=256), GREEDY, KVCacheConfig(evict=False))
     await eng.start()
     try:
         events = await collect(eng.chat(user("Hi"), SamplingConfig(temperature=0,

@@ -10,7 +10,7 @@ from typing import TextIO
 
 from engine.api import check_prompt
 from engine.errors import KvchatError, PromptError
-from engine.events import Done, Error, Event, TokenChunk
+from engine.events import Done, Error, Event, PromptTruncated, TokenChunk
 from engine.local_engine import LocalEngine
 from engine.session import ChatSession
 from engine.store import Store
@@ -49,7 +49,7 @@ async def _ask(args: argparse.Namespace, prompt: str, jsonl: bool) -> int:
         store.recover_interrupted()
         if args.conversation is not None:
             store.get_conversation(args.conversation)  # fail before loading the model
-        engine = LocalEngine(config.model, config.sampling)
+        engine = LocalEngine(config.model, config.sampling, config.kv)
         try:
             info = await engine.start()
             if jsonl:
@@ -64,6 +64,8 @@ async def _ask(args: argparse.Namespace, prompt: str, jsonl: bool) -> int:
                 elif isinstance(event, TokenChunk):
                     sys.stdout.write(event.text)
                     sys.stdout.flush()
+                elif isinstance(event, PromptTruncated):
+                    print(f"kvchat: note: {event.message}", file=sys.stderr)
         finally:
             await engine.close()
     return _finish(final, jsonl)
@@ -75,8 +77,10 @@ def _finish(final: Event | None, jsonl: bool) -> int:
             sys.stdout.write("\n")
             sys.stdout.flush()
             if sys.stderr.isatty():
+                evicted = (f", {final.evictions} evictions ({final.evicted_tokens} tokens)"
+                           if final.evictions else "")
                 print(f"[{final.completion_tokens} tokens, {final.tokens_per_s:.1f} tok/s, "
-                      f"{final.finish_reason}]", file=sys.stderr)
+                      f"{final.finish_reason}{evicted}]", file=sys.stderr)
         return EXIT_OK
     if isinstance(final, Error):
         if not jsonl:
