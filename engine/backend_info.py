@@ -46,7 +46,13 @@ def _ggml_library() -> ctypes.CDLL | None:
 
 @cache
 def list_devices() -> tuple[Device, ...]:
-    """Devices llama.cpp can use, GPUs first; empty if the registry is unreachable."""
+    """Devices llama.cpp can use, GPUs first; empty if the registry is unreachable.
+    Read once: the free memory is as it was at the first call (see query_devices)."""
+    return query_devices()
+
+
+def query_devices() -> tuple[Device, ...]:
+    """Like :func:`list_devices`, read now (free memory changes as models load)."""
     lib = _ggml_library()
     if lib is None:
         return ()

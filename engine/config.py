@@ -10,10 +10,10 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import platformdirs
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from engine.errors import ConfigError
 
@@ -30,8 +30,23 @@ class ModelConfig(_Section):
     """Context size in tokens (KV cells) reserved at load."""
     n_batch: int = Field(512, ge=1, le=65_536)
     """Tokens evaluated per llama_decode call while reading a prompt."""
+    n_ubatch: int | None = Field(None, ge=1, le=65_536)
+    """Tokens per micro-batch (sizes the compute buffer); empty lets the memory plan
+    choose 512, 256 or 128."""
+    n_outputs_max: int = Field(32, ge=1, le=65_536)
+    """Most tokens per micro-batch that get logits: the compute buffer holds this many
+    rows of n_vocab floats (kvchat asks for one per batch)."""
     n_gpu_layers: int = Field(-1, ge=-1)
-    """Layers to offload to the GPU; -1 means all that the backend can take."""
+    """Layers to offload to the GPU (the output layer counts as one); -1 lets the
+    memory plan choose as many as fit the budget."""
+    kv_type: Literal["auto", "f16", "q8_0", "q4_0"] = "auto"
+    """KV cache type; auto means f16 unless only a quantized cache lets the whole model
+    fit on the GPU. q8_0 and q4_0 need flash attention."""
+    memory_budget: str | None = None
+    """Memory the plan may use, e.g. ``36GiB`` or ``24 GB``; empty means the GPU's free
+    memory when llama.cpp has a GPU backend, else available system memory."""
+    headroom: float = Field(0.05, ge=0.0, lt=0.9)
+    """Share of the budget the plan leaves unused."""
     n_threads: int | None = Field(None, ge=1)
     """CPU threads for decoding; empty means one per core."""
     use_mmap: bool = True
@@ -41,6 +56,15 @@ class ModelConfig(_Section):
     chat_format: str = "auto"
     """Turn format: auto (the GGUF's template, else one chosen by architecture) or a
     built-in name: gemma, llama3, chatml."""
+
+    @field_validator("memory_budget")
+    @classmethod
+    def _budget_parses(cls, value: str | None) -> str | None:
+        if value is not None:
+            from engine.memory_plan import parse_size
+
+            parse_size(value)  # its ValueError names the input
+        return value
 
 
 class SamplingConfig(_Section):

@@ -54,6 +54,51 @@ class ModelLoaded(_Event):
     """Bytes llama.cpp reported allocating, e.g. ``{"model CPU_Mapped": ...,
     "KV CPU": ..., "compute CPU": ...}`` (measured, where kv_bytes is planned)."""
     load_s: float
+    gpu_layers: list[int] = Field(default_factory=list)
+    """Repeating layers on the GPU; the others run on the CPU."""
+    output_on_gpu: bool = False
+    """The output head (n_vocab x n_embd) is on the GPU."""
+    kv_type: str = "f16"
+    """KV cache type (f16, q8_0, q4_0)."""
+    n_batch: int = 0
+    n_ubatch: int = 0
+    """Tokens per micro-batch: sizes the compute buffer."""
+    flash_attn: bool | None = None
+    """Flash attention as requested (None: llama.cpp's choice)."""
+
+
+MemoryStage = Literal["planned", "loaded", "turn"]
+
+
+class MemorySnapshot(_Event):
+    """Memory by llama.cpp buffer: the plan before loading, then what was allocated."""
+
+    type: Literal["memory"] = "memory"
+    stage: MemoryStage
+    """planned: the memory plan; loaded: measured after load; turn: after a reply."""
+    pool: str
+    """gpu, unified or cpu: the kind of memory the budget describes."""
+    device: str
+    budget_bytes: int
+    n_layers: int
+    n_gpu_layers: int
+    buffers: dict[str, int]
+    """Bytes per llama.cpp buffer, keyed as llama.cpp logs them (``model CUDA0``,
+    ``KV CPU``, ``compute CUDA_Host``...): planned, or parsed from its log."""
+    total_bytes: int
+    """Sum of ``buffers``."""
+    planned_total_bytes: int
+    """The plan's sum, for the measured/planned ratio."""
+    kv_bytes: int
+    kv_used_bytes: int = 0
+    """KV bytes holding tokens (turn snapshots)."""
+    rss_bytes: int | None = None
+    """Resident memory of the process (measured snapshots)."""
+    gpu_used_bytes: int | None = None
+    """GPU memory in use on the device, all processes (measured, GPU only)."""
+    fits: bool = True
+    verdict: str = ""
+    warnings: list[str] = Field(default_factory=list)
 
 
 class TurnStarted(_Event):
@@ -193,8 +238,8 @@ class Error(_Event):
 
 
 Event = Annotated[
-    ModelLoaded | TurnStarted | PromptEvaluated | TokenChunk | Progress | KVUsage | Eviction
-    | PromptTruncated | Done | Error,
+    ModelLoaded | MemorySnapshot | TurnStarted | PromptEvaluated | TokenChunk | Progress
+    | KVUsage | Eviction | PromptTruncated | Done | Error,
     Field(discriminator="type"),
 ]
 

@@ -8,20 +8,21 @@ from __future__ import annotations
 import ctypes
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import llama_cpp
 from llama_cpp import _internals
 
 from engine import llama_log
-from engine.backend_info import compute_backend, list_devices
+from engine.backend_info import compute_backend, list_devices, query_devices
 from engine.chat_format import ChatFormat, choose_format
 from engine.config import ModelConfig
-from engine.errors import ModelLoadError
-from engine.events import ModelLoaded
+from engine.errors import ConfigError, ModelLoadError
+from engine.events import MemorySnapshot, MemoryStage, ModelLoaded
 from engine.gguf_header import GGUFHeader, read_gguf_header
-from engine.memory_plan import kv_bytes_per_token
+from engine.memory_budget import detect_budget, process_rss
+from engine.memory_planner import MemoryPlan, PlanRequest, plan_memory
 
 # llama.cpp marks turn markers and special tokens with this attribute.
 TOKEN_ATTR_CONTROL = 1 << 3
@@ -50,6 +51,9 @@ class LoadedModel:
     info: ModelLoaded
     n_batch: int
     bytes_per_cell: int
+    plan: MemoryPlan | None = None
+    memory: list[MemorySnapshot] = field(default_factory=list)
+    """Memory snapshots: planned, then measured after load."""
     _eog_tokens: list[int] | None = field(default=None, repr=False)
     _pieces: dict[int, bytes] = field(default_factory=dict, repr=False)
 
@@ -97,26 +101,41 @@ class LoadedModel:
         self.model.close()
 
 
+def plan_for(config: ModelConfig, header: GGUFHeader) -> MemoryPlan:
+    """The memory plan for loading ``header`` with ``config`` on this machine."""
+    if config.kv_type in ("q8_0", "q4_0") and config.flash_attn is False:
+        raise ConfigError(f"model.kv_type {config.kv_type} needs flash attention: set "
+                          "model.flash_attn to true or leave it empty")
+    budget = detect_budget(config.memory_budget)
+    if not _has_gpu() and budget.kind != "cpu":
+        budget = replace(budget, kind="cpu", device="CPU")
+    request = PlanRequest(
+        n_ctx=config.n_ctx, kv_type=config.kv_type, n_ubatch=config.n_ubatch,
+        n_batch=config.n_batch, n_gpu_layers=config.n_gpu_layers,
+        flash_attn=config.flash_attn, n_outputs_max=config.n_outputs_max,
+        headroom=config.headroom)
+    return plan_memory(header, budget, request, source=str(header.path))
+
+
 def load_model(config: ModelConfig) -> LoadedModel:
-    """Validate the file, then load it. Raises ModelFileError / ModelLoadError."""
+    """Validate the file, plan its memory, then load it by the plan.
+    Raises ModelFileError / ConfigError / ModelLoadError."""
     path = Path(config.path).expanduser() if config.path else bundled_model_path()
     header = read_gguf_header(path)  # before llama.cpp sees the file
+    plan = plan_for(config, header)
     llama_log.install()
     started = time.perf_counter()
     with llama_log.capture() as log_lines:
-        model, ctx = _load(config, path)
+        model, ctx = _load(config, plan, path)
     try:
         fmt = _chat_format(config, header, model)
     except ModelLoadError:
         ctx.close()
         model.close()
         raise
-    n_layers = header.n_layers
-    # The output layer counts as one more: n_layers + 1 means everything offloaded.
-    offloadable = n_layers + 1
-    requested = offloadable if config.n_gpu_layers < 0 else config.n_gpu_layers
-    n_gpu_layers = min(offloadable, requested) if _has_gpu() else 0
-    bytes_per_cell = kv_bytes_per_token(header)
+    n_gpu_layers = plan.n_gpu_layers if _has_gpu() else 0
+    bytes_per_cell = plan.kv_bytes_per_token[plan.kv_type]
+    buffers = llama_log.buffer_sizes(log_lines)
     info = ModelLoaded(
         path=str(path),
         name=header.name,
@@ -128,22 +147,66 @@ def load_model(config: ModelConfig) -> LoadedModel:
         n_vocab=model.n_vocab(),
         n_ctx=ctx.n_ctx(),
         n_ctx_train=model.n_ctx_train(),
-        n_layers=n_layers,
+        n_layers=header.n_layers,
         n_gpu_layers=n_gpu_layers,
         backend=compute_backend(n_gpu_layers),
         devices=[d.name for d in list_devices()],
         chat_format=fmt.name,
         kv_bytes=bytes_per_cell * ctx.n_ctx(),
-        buffers=llama_log.buffer_sizes(log_lines),
+        buffers=buffers,
         load_s=time.perf_counter() - started,
+        gpu_layers=plan.gpu_layers if n_gpu_layers else [],
+        output_on_gpu=plan.output_on_gpu and n_gpu_layers > 0,
+        kv_type=plan.kv_type,
+        n_batch=plan.n_batch,
+        n_ubatch=plan.n_ubatch,
+        flash_attn=_flash_attn(config, plan),
     )
-    return LoadedModel(header, model, ctx, fmt, info, config.n_batch, bytes_per_cell)
+    memory = [planned_snapshot(plan), measured_snapshot(plan, buffers, "loaded")]
+    return LoadedModel(header, model, ctx, fmt, info, plan.n_batch, bytes_per_cell,
+                       plan=plan, memory=memory)
 
 
-def _load(config: ModelConfig, path: Path,
+def planned_snapshot(plan: MemoryPlan) -> MemorySnapshot:
+    total = sum(plan.buffers.values())
+    return MemorySnapshot(
+        stage="planned", pool=plan.pool, device=plan.device, budget_bytes=plan.budget_bytes,
+        n_layers=plan.n_layers, n_gpu_layers=plan.n_gpu_layers, buffers=plan.buffers,
+        total_bytes=total, planned_total_bytes=total, kv_bytes=plan.kv_bytes,
+        fits=plan.fits, verdict=plan.verdict, warnings=plan.warnings)
+
+
+def measured_snapshot(plan: MemoryPlan, buffers: dict[str, int], stage: MemoryStage,
+                      kv_used_bytes: int = 0) -> MemorySnapshot:
+    """What llama.cpp allocated (its logged buffer sizes), the process's resident
+    memory and, on a GPU, the device memory in use."""
+    gpu_used = None
+    for dev in query_devices():
+        if dev.name == plan.device and dev.kind == "gpu" and dev.total_bytes:
+            gpu_used = dev.total_bytes - dev.free_bytes
+    return MemorySnapshot(
+        stage=stage, pool=plan.pool, device=plan.device, budget_bytes=plan.budget_bytes,
+        n_layers=plan.n_layers, n_gpu_layers=plan.n_gpu_layers, buffers=buffers,
+        total_bytes=sum(buffers.values()), planned_total_bytes=sum(plan.buffers.values()),
+        kv_bytes=sum(v for k, v in buffers.items() if k.startswith("KV ")),
+        kv_used_bytes=kv_used_bytes, rss_bytes=process_rss(), gpu_used_bytes=gpu_used,
+        fits=plan.fits, verdict=plan.verdict, warnings=plan.warnings)
+
+
+def _flash_attn(config: ModelConfig, plan: MemoryPlan) -> bool | None:
+    # A quantized V cache needs flash attention; otherwise the user's choice or auto.
+    if plan.kv_type != "f16":
+        return True
+    return config.flash_attn
+
+
+_GGML_KV_TYPES = {"f16": 1, "q8_0": 8, "q4_0": 2}
+
+
+def _load(config: ModelConfig, plan: MemoryPlan, path: Path,
           ) -> tuple[_internals.LlamaModel, _internals.LlamaContext]:
     model_params = llama_cpp.llama_model_default_params()
-    model_params.n_gpu_layers = 0x7FFFFFFF if config.n_gpu_layers < 0 else config.n_gpu_layers
+    model_params.n_gpu_layers = plan.n_gpu_layers
     model_params.use_mmap = config.use_mmap
     try:
         # verbose=True only stops llama-cpp-python from redirecting fds 1 and 2;
@@ -156,13 +219,17 @@ def _load(config: ModelConfig, path: Path,
     n_threads = config.n_threads or default_threads()
     ctx_params = llama_cpp.llama_context_default_params()
     ctx_params.n_ctx = config.n_ctx
-    ctx_params.n_batch = config.n_batch
-    ctx_params.n_ubatch = min(config.n_batch, 512)
+    ctx_params.n_batch = plan.n_batch
+    ctx_params.n_ubatch = plan.n_ubatch
+    ctx_params.n_outputs_max = plan.n_outputs_max
     ctx_params.n_threads = n_threads
     ctx_params.n_threads_batch = n_threads
+    ctx_params.type_k = _GGML_KV_TYPES[plan.kv_type]
+    ctx_params.type_v = _GGML_KV_TYPES[plan.kv_type]
     ctx_params.no_perf = True
-    if config.flash_attn is not None:
-        ctx_params.flash_attn_type = int(config.flash_attn)  # 0 disabled, 1 enabled
+    flash_attn = _flash_attn(config, plan)
+    if flash_attn is not None:
+        ctx_params.flash_attn_type = int(flash_attn)  # 0 disabled, 1 enabled
     try:
         ctx = _internals.LlamaContext(model=model, params=ctx_params, verbose=True)
     except ValueError:
