@@ -13,7 +13,7 @@ CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGM
 endif
 export CMAKE_ARGS
 
-.PHONY: setup run test lint clean
+.PHONY: setup run test lint clean bench-kv
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,9 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+bench-kv: $(STAMP)
+	$(PY) benchmarks/long_conversation.py $(ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check engine tui tests benchmarks

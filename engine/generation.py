@@ -153,6 +153,18 @@ class Generator:
         # Whatever the system prompt, half the context stays free to slide.
         return min(keep, self.lm.n_ctx // 2, max(0, len(prompt) - MIN_TAIL))
 
+    def message_start(self, messages: Sequence[ChatMessage], prompt: list[int]) -> int:
+        """Where the last message's turn starts in ``prompt``: what comes before it is
+        history, which may be evicted without telling the user their message was cut."""
+        if not messages:
+            return 0
+        probe = self.lm.chat_format.render([*messages[:-1], ChatMessage(
+            role=messages[-1].role, content=_SENTINEL)])
+        if _SENTINEL not in probe:
+            return 0
+        head = self._tokenize_fresh(probe[:probe.find(_SENTINEL)])
+        return _common_prefix(head, prompt)
+
     def fit(self, logical: list[int], new_from: int, reserve: int) -> list[int]:
         """The window of ``logical`` to prefill, evicting first if it and ``reserve``
         cells for the reply would not fit. Emits PromptTruncated when the span had
@@ -297,9 +309,11 @@ class Generator:
         self._emit, self._stats = emit, stats
         text, logical, extends = self.tokenize_prompt(req.messages)
         kv, n_ctx = self.kv, self.lm.n_ctx
-        if not extends:  # another conversation, or the first turn: a fresh window
+        if extends:
+            new_from = len(kv.rendered_tokens)
+        else:  # another conversation, or the first turn: a fresh window
             kv.n_keep, kv.dropped = self.count_kept(req.messages, logical), 0
-        new_from = len(kv.rendered_tokens) if extends else 0
+            new_from = self.message_start(req.messages, logical)
         reserve = self.reserve_for(req)
         ok = False
         try:

@@ -95,7 +95,6 @@ def test_bad_model_file_in_jsonl_mode_is_an_error_event(kvchat_home: Path, bad_f
     (("",), "the prompt is empty"),
     (("   ",), "the prompt is empty"),
     ((b"caf\xe9",), "not valid UTF-8 (byte 0xe9"),
-    (("--ctx", "256", "word " * 400), "the context holds 256"),
     (("--conversation", "999", "Hi"), "no conversation with id 999"),
     (("--ctx", "lots", "Hi"), "expected a whole number"),
     (("--ctx", "16", "Hi"), "option --ctx"),
@@ -123,13 +122,37 @@ def test_config_typo_is_one_line_naming_the_key(kvchat_home: Path, tmp_path: Pat
     assert proc.stderr.strip() == f"kvchat: error: {config}: sampling.temprature: unknown key"
 
 
-def test_failed_prompt_loses_nothing_stored(kvchat_home: Path) -> None:
+def test_generation_runs_through_a_small_context_with_evictions(kvchat_home: Path) -> None:
+    proc = run_kvchat("ask", "--ctx", "512", "--ignore-eos", "--max-tokens", "2000",
+                      "--events", "jsonl", "Tell me a story.", home=kvchat_home, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    events = [parse_event(line) for line in proc.stdout.splitlines()]
+    done = events[-1]
+    assert done.type == "done" and done.completion_tokens == 2000
+    assert done.finish_reason == "length"
+    evictions = [e for e in events if e.type == "eviction"]
+    assert len(evictions) >= 4 and done.evictions == len(evictions)
+    assert all(e.used_before <= 512 for e in evictions)
+
+
+def test_prompt_longer_than_the_context_is_cut_with_a_note(kvchat_home: Path) -> None:
+    proc = run_kvchat(*ASK, "--ctx", "256", "word " * 400, home=kvchat_home)
+    assert proc.returncode == 0, proc.stderr
+    note = next(line for line in proc.stderr.splitlines() if "note:" in line)
+    assert "the context holds 256" in note and "tokens were cut" in note
+    no_traceback(proc)
+
+
+def test_failed_prompt_loses_nothing_stored(kvchat_home: Path, tmp_path: Path) -> None:
+    # Without eviction, a prompt longer than the context is refused: a failed turn.
+    config = tmp_path / "no-evict.toml"
+    config.write_text("[kv]\nevict = false\n")
     ok = run_kvchat(*ASK, "--ctx", "256", "--events", "jsonl", "Hi there", home=kvchat_home)
     cid = next(parse_event(ln) for ln in ok.stdout.splitlines()
                if '"turn_started"' in ln).conversation_id
-    too_long = run_kvchat(*ASK, "--ctx", "256", "--conversation", str(cid), "word " * 400,
-                          home=kvchat_home)
-    assert too_long.returncode == 2
+    too_long = run_kvchat(*ASK, "--ctx", "256", "--config", str(config), "--conversation",
+                          str(cid), "word " * 400, home=kvchat_home)
+    assert too_long.returncode == 2 and "the context holds 256" in too_long.stderr
     again = run_kvchat(*ASK, "--ctx", "256", "--conversation", str(cid), "Bye",
                        home=kvchat_home)
     assert again.returncode == 0, again.stderr

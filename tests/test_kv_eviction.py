@@ -175,3 +175,24 @@ async def test_without_filling_the_context_the_manager_changes_nothing() -> None
             await eng.close()
 
     assert await two_turns(KVCacheConfig()) == await two_turns(KVCacheConfig(evict=False))
+
+
+async def test_long_history_is_windowed_at_a_turn_boundary_without_a_cut_note(
+        small: LocalEngine) -> None:
+    texts: list[str] = []
+    for i in range(12):
+        texts += [f"Tell me fact number {i} about the sea.",
+                  f"Fact {i}: " + "the sea is deep, wide and cold. " * 6]
+    events = await collect(small.chat(convo(*texts, "And the last fact?"),
+                                      SamplingConfig(temperature=0, max_tokens=8)))
+    assert isinstance(events[-1], Done), events[-1]
+    # Old turns went, the new message is whole: no note for the user.
+    assert not any(isinstance(e, PromptTruncated) for e in events)
+    evictions = [e for e in events if isinstance(e, Eviction)]
+    assert len(evictions) == 1
+    ev = evictions[0]
+    assert ev.reason == "prompt" and ev.at_turn_boundary
+    assert ev.used_before == 0 and ev.shifted_tokens == 0  # nothing was cached yet
+    view = await on_engine_thread(small, _view)
+    assert view.n_keep > 4
+    assert_in_step(view)

@@ -17,7 +17,15 @@ from textual.widgets import Footer, Input
 from engine.api import ChatEngine
 from engine.config import KvchatConfig, default_config_path
 from engine.errors import KvchatError
-from engine.events import Done, Error, KVUsage, Progress, TokenChunk, TurnStarted
+from engine.events import (
+    Done,
+    Error,
+    KVUsage,
+    Progress,
+    PromptTruncated,
+    TokenChunk,
+    TurnStarted,
+)
 from engine.session import ChatSession
 from engine.store import Store
 from tui.messages import (
@@ -192,12 +200,22 @@ class KvchatApp(App[int]):
         self.notify(message.message, title="Reply failed", severity="error")
 
     @on(EngineEvent)
-    def _engine_event(self, message: EngineEvent) -> None:
+    async def _engine_event(self, message: EngineEvent) -> None:
         event = message.event
         if isinstance(event, KVUsage):
-            self.query_one(StatusLine).ctx_used = event.used_cells
+            status = self.query_one(StatusLine)
+            status.ctx_used = event.used_cells
+            status.evicted = event.evicted_total
         elif isinstance(event, Progress):
             self.query_one(StatusLine).tokens_per_s = event.tokens_per_s
+        elif isinstance(event, PromptTruncated):
+            # Said where it happened, above the reply, and not only in a toast.
+            pane = self.query_one(ChatPane)
+            if self._reply is not None:
+                await pane.add_notice(f"note: {event.message}", before=self._reply)
+            else:
+                await pane.add_notice(f"note: {event.message}")
+            self.notify(event.message, title="Message cut", severity="warning")
 
     # -- actions ------------------------------------------------------------------------
 

@@ -57,6 +57,8 @@ def done_note(done: Done) -> str:
     parts = [f"{done.completion_tokens} tokens", f"{done.tokens_per_s:.1f} tok/s",
              f"ttft {done.ttft_s * 1000:.0f} ms",
              f"prompt {done.evaluated_tokens} new / {done.reused_tokens} cached"]
+    if done.evictions:
+        parts.append(f"{done.evictions} evictions ({done.evicted_tokens} tokens)")
     if done.finish_reason != "stop":
         parts.append(done.finish_reason.replace("_", " "))
     return " · ".join(parts)
@@ -78,5 +80,5 @@ class ChatPane(VerticalScroll):
         await self.mount(widget)
         return widget
 
-    async def add_notice(self, text: str) -> None:
-        await self.mount(Static(text, classes="notice", markup=False))
+    async def add_notice(self, text: str, before: ReplyMessage | None = None) -> None:
+        await self.mount(Static(text, classes="notice", markup=False), before=before)

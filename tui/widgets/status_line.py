@@ -13,6 +13,8 @@ class StatusLine(Static):
     tokens_per_s: reactive[float] = reactive(0.0)
     ctx_used: reactive[int] = reactive(0)
     ctx_total: reactive[int] = reactive(0)
+    evicted: reactive[int] = reactive(0)
+    """Tokens of this conversation evicted from the KV cache so far."""
 
     def render(self) -> str:
         parts = [self.model_name or "(no model)"]
@@ -24,4 +26,6 @@ class StatusLine(Static):
         if self.ctx_total:
             pct = 100 * self.ctx_used / self.ctx_total
             parts.append(f"ctx {self.ctx_used}/{self.ctx_total} ({pct:.0f}%)")
+        if self.evicted:
+            parts.append(f"{self.evicted} evicted")
         return "  │  ".join(parts)
