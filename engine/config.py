@@ -33,9 +33,10 @@ class ModelConfig(_Section):
     n_ubatch: int | None = Field(None, ge=1, le=65_536)
     """Tokens per micro-batch (sizes the compute buffer); empty lets the memory plan
     choose 512, 256 or 128."""
-    n_outputs_max: int = Field(32, ge=1, le=65_536)
+    n_outputs_max: int = Field(128, ge=1, le=65_536)
     """Most tokens per micro-batch that get logits: the compute buffer holds this many
-    rows of n_vocab floats (kvchat asks for one per batch)."""
+    rows of n_vocab floats. A prompt needs one; speculative verification one per
+    drafted token plus one. llama.cpp's default (n_batch) costs 512 x n_vocab floats."""
     n_gpu_layers: int = Field(-1, ge=-1)
     """Layers to offload to the GPU (the output layer counts as one); -1 lets the
     memory plan choose as many as fit the budget."""

@@ -21,7 +21,7 @@ from engine.channel import EventChannel
 from engine.chat_format import ChatMessage
 from engine.config import KVCacheConfig, ModelConfig, SamplingConfig
 from engine.errors import EngineClosed, KvchatError
-from engine.events import Error, Event, ModelLoaded
+from engine.events import Error, Event, MemorySnapshot, ModelLoaded
 from engine.generation import ChatRequest, Generator
 from engine.loader import LoadedModel, load_model
 
@@ -54,6 +54,12 @@ class LocalEngine(ChatEngine):
     @property
     def info(self) -> ModelLoaded | None:
         return self._info
+
+    @property
+    def memory(self) -> list[MemorySnapshot]:
+        """The load's memory snapshots: planned, then measured (empty before start)."""
+        lm = self._lm
+        return list(lm.memory) if lm is not None else []
 
     async def start(self) -> ModelLoaded:
         if self._info is not None:

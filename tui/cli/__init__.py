@@ -49,6 +49,10 @@ def _model_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
                        help="config file (default: config.toml in the platform's config dir)")
     group.add_argument("--ctx", metavar="N", type=_positive, default=default,
                        help="context size in tokens")
+    group.add_argument("--kv-type", choices=["auto", "f16", "q8_0", "q4_0"], default=default,
+                       help="KV cache type (auto: f16 unless quantizing makes the model fit)")
+    group.add_argument("--budget", metavar="SIZE", default=default,
+                       help="memory the model may use, e.g. 36GiB (default: detected)")
     group.add_argument("--max-tokens", metavar="N", type=_positive, default=default,
                        help="most tokens in one reply")
     group.add_argument("--temp", metavar="T", type=_float, default=default,
@@ -80,6 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("--json", action="store_true", help="machine-readable output")
     history.add_argument("--limit", type=_positive, metavar="N", help="show the newest N")
 
+    from tui.cli.plan import add_plan_parser
+    from tui.cli.synth import add_synth_parser
+
+    add_plan_parser(commands, _positive)
+    add_synth_parser(commands, _non_negative)
+
     export = commands.add_parser("export", help="write out one conversation")
     export.add_argument("id", type=_positive, metavar="ID", help="conversation id")
     export.add_argument("--format", choices=["md", "json"], default="md")
@@ -92,6 +102,14 @@ def _dispatch(args: argparse.Namespace) -> Callable[[argparse.Namespace], int]:
         from tui.cli.ask import run_ask
 
         return run_ask
+    if args.command == "plan":
+        from tui.cli.plan import run_plan
+
+        return run_plan
+    if args.command == "synth":
+        from tui.cli.synth import run_synth
+
+        return run_synth
     if args.command in ("history", "export"):
         from tui.cli.history import run_export, run_history
 

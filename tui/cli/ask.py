@@ -54,6 +54,12 @@ async def _ask(args: argparse.Namespace, prompt: str, jsonl: bool) -> int:
             info = await engine.start()
             if jsonl:
                 _write_line(info.model_dump_json())
+            for snapshot in engine.memory:  # planned, then measured after load
+                if jsonl:
+                    _write_line(snapshot.model_dump_json())
+                elif snapshot.stage == "planned":
+                    for warning in snapshot.warnings:
+                        print(f"kvchat: note: {warning}", file=sys.stderr)
             session = ChatSession(engine, store, config.chat.system_prompt)
             final: Event | None = None
             async for event in session.send(prompt, args.conversation, config.sampling,

@@ -14,6 +14,8 @@ from engine.errors import ConfigError
 _OVERRIDES = {
     "model": ("model", "path"),
     "ctx": ("model", "n_ctx"),
+    "kv_type": ("model", "kv_type"),
+    "budget": ("model", "memory_budget"),
     "max_tokens": ("sampling", "max_tokens"),
     "temp": ("sampling", "temperature"),
     "seed": ("sampling", "seed"),

@@ -1,0 +1,144 @@
+"""``kvchat plan``: will this model fit, and how would it be split? Reads the GGUF
+header only (or a built-in shape); never loads weights."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tui.cli import EXIT_OK
+
+if TYPE_CHECKING:  # the engine is imported when the command runs, not for --help
+    from engine.gguf_header import GGUFHeader
+    from engine.memory_planner import MemoryPlan
+
+GiB = 1024**3
+MiB = 1024**2
+
+
+def add_plan_parser(commands: argparse._SubParsersAction, positive: object) -> None:
+    plan = commands.add_parser(
+        "plan", help="plan how a model fits in memory (reads the header only)",
+        description="Plan how a GGUF model fits in memory: weights per layer, KV cache per "
+                    "token and for the context, compute buffers, the GPU/CPU split, and "
+                    "what would fit when it does not. Loads no weights.")
+    plan.add_argument("model", nargs="?", metavar="MODEL.gguf",
+                      help="GGUF file (default: the configured model)")
+    plan.add_argument("--shape", metavar="NAME:QUANT",
+                      help="a built-in shape instead of a file, e.g. llama-3.1-70b:Q4_K_M")
+    plan.add_argument("--budget", metavar="SIZE",
+                      help="memory to plan for, e.g. 36GiB (default: the GPU's free memory, "
+                           "else available system memory)")
+    plan.add_argument("--memory", choices=["gpu", "unified", "cpu"],
+                      help="kind of memory the budget is: a discrete GPU's, unified "
+                           "(Apple Silicon), or system RAM (default: this machine's)")
+    plan.add_argument("--ctx", type=positive, metavar="N", help="context size in tokens")
+    plan.add_argument("--kv-type", choices=["auto", "f16", "q8_0", "q4_0"],
+                      help="KV cache type (default auto: f16 unless quantizing makes it fit)")
+    plan.add_argument("--ubatch", type=positive, metavar="N",
+                      help="micro-batch size (default: 512, smaller if that makes it fit)")
+    plan.add_argument("--gpu-layers", type=int, metavar="N",
+                      help="force n_gpu_layers instead of choosing (the output layer counts)")
+    plan.add_argument("--config", metavar="PATH", help="config file for the defaults")
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON")
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    from engine.config import load_config
+    from engine.errors import ConfigError
+    from engine.memory_budget import detect_budget
+    from engine.memory_planner import PlanRequest, plan_memory
+
+    config = load_config(Path(args.config) if args.config else None).model
+    if args.shape and args.model:
+        raise ConfigError("give a MODEL.gguf or --shape, not both")
+    header, source = _header(args, config.path)
+    if args.gpu_layers is not None and args.gpu_layers < 0:
+        raise ConfigError("--gpu-layers must be 0 or more")
+    budget = detect_budget(args.budget or config.memory_budget, args.memory)
+    request = PlanRequest(
+        n_ctx=args.ctx or config.n_ctx, kv_type=args.kv_type or config.kv_type,
+        n_ubatch=args.ubatch or config.n_ubatch, n_batch=config.n_batch,
+        n_gpu_layers=args.gpu_layers if args.gpu_layers is not None else config.n_gpu_layers,
+        flash_attn=config.flash_attn, n_outputs_max=config.n_outputs_max,
+        headroom=config.headroom)
+    plan = plan_memory(header, budget, request, source=source)
+    if args.json:
+        print(plan.model_dump_json(indent=2))
+    else:
+        sys.stdout.write(render(plan))
+    return EXIT_OK
+
+
+def _header(args: argparse.Namespace, configured: Path | None) -> tuple[GGUFHeader, str]:
+    from engine.gguf_header import read_gguf_header
+    from engine.shapes import parse_shape, shape_header
+
+    if args.shape:
+        shape, mix = parse_shape(args.shape)
+        return shape_header(shape, mix), f"shape {shape.name}:{mix.name}"
+    if args.model:
+        path = Path(args.model)
+    elif configured:
+        path = Path(configured)
+    else:
+        from engine.loader import bundled_model_path
+
+        path = bundled_model_path()
+    header = read_gguf_header(path)
+    return header, str(path)
+
+
+def _size(n: int) -> str:
+    sign = "-" if n < 0 else ""
+    n = abs(n)
+    return f"{sign}{n / GiB:.2f} GiB" if n >= GiB else f"{sign}{n / MiB:.1f} MiB"
+
+
+def render(p: MemoryPlan) -> str:
+    """The plan as a readable table."""
+    per = p.weights_per_layer
+    kv = " · ".join(f"{k} {v / 1024:.1f} KiB" for k, v in p.kv_bytes_per_token.items())
+    gpu = (f"layers {p.gpu_layers[0]}-{p.gpu_layers[-1]}" if p.gpu_layers else "no layers") \
+        + (" + output" if p.output_on_gpu else "")
+    rows = [
+        ("model", f"{p.model} ({p.architecture}, {p.n_layers} layers) — {p.source}"),
+        ("budget", f"{_size(p.budget_bytes)} {p.pool} on {p.device} ({p.budget_source})"),
+        ("weights", f"{_size(p.weights_bytes)}: {p.n_layers} layers of "
+                    f"{_size(min(per))}–{_size(max(per))}, embeddings/output "
+                    f"{_size(p.weights_other_bytes)}"),
+        ("KV / token", kv),
+        ("context", f"{p.n_ctx} tokens (trained on {p.n_ctx_train}): KV cache "
+                    f"{_size(p.kv_bytes)} as {p.kv_type}"),
+        ("batching", f"n_batch {p.n_batch}, n_ubatch {p.n_ubatch}, logits for up to "
+                     f"{p.n_outputs_max} tokens: compute {_size(p.compute_bytes)}, flash "
+                     f"attention {'on' if p.flash_attn else 'off'}"),
+        ("split", f"n_gpu_layers {p.n_gpu_layers} of {p.n_layers + 1}: {gpu} on the GPU"
+         if p.pool != "cpu" else "everything on the CPU"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    out = [f"{k:<{width}}  {v}" for k, v in rows]
+    out.append("")
+    out.append(f"{'buffer (as llama.cpp names it)':<34}{'planned':>12}")
+    for key, value in p.buffers.items():
+        out.append(f"  {key:<32}{_size(value):>12}")
+    out.append(f"  {'runtime reserve':<32}{_size(p.reserve_bytes):>12}")
+    out.append(f"  {'needed from the budget':<32}{_size(p.pool_bytes):>12}")
+    if p.host_bytes:
+        out.append(f"  {'needed in system RAM':<32}{_size(p.host_bytes):>12}")
+    out.append(f"  {'headroom':<32}{_size(p.headroom_bytes):>12}")
+    out.append("")
+    partial = p.pool == "gpu" and p.n_gpu_layers < p.n_layers + 1
+    status = "DOES NOT FIT" if not p.fits else "PARTIAL" if partial else "FITS"
+    out.append(f"{status}: {p.verdict}")
+    for warning in p.warnings:
+        out.append(f"warning: {warning}")
+    if p.alternatives:
+        out.append("")
+        out.append("what would change it:")
+        for alt in p.alternatives:
+            mark = "fits" if alt.fits else "no"
+            out.append(f"  {alt.change:<22}{_size(alt.total_bytes):>12}  {mark:<5} {alt.detail}")
+    return "\n".join(out) + "\n"
