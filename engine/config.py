@@ -108,6 +108,29 @@ class KVCacheConfig(_Section):
     ``sampling.max_tokens`` and a quarter of the context."""
 
 
+class SpeculativeConfig(_Section):
+    """Speculative decoding: draft several tokens cheaply, verify them in one batch."""
+
+    mode: Literal["auto", "prompt-lookup", "draft", "off"] = "off"
+    """off (the default for now): plain decoding; auto: a draft model when one is set,
+    else prompt lookup (n-grams from the conversation)."""
+    draft_model: Path | None = None
+    """A smaller GGUF with the same vocabulary as the main model, for ``draft`` mode."""
+    max_draft: int = Field(12, ge=1, le=64)
+    """Most tokens drafted per round; the length in use follows the acceptance rate."""
+    min_ngram: int = Field(2, ge=1, le=16)
+    """Shortest match prompt lookup accepts: longer means fewer, better drafts."""
+    max_ngram: int = Field(4, ge=1, le=16)
+    """Longest suffix prompt lookup tries to find earlier in the conversation."""
+    exact: bool = True
+    """Under greedy sampling, let a plain decode decide any verified token that leads
+    its runner-up by less than 3 logits: llama.cpp's batched kernels differ from its
+    one-token path by about a logit, and such a near-tie could otherwise flip."""
+    adaptive: bool = True
+    """Switch speculation off for the rest of a reply while it costs more time than
+    it saves, and back on when the text turns repetitive again."""
+
+
 class UIConfig(_Section):
     theme: str = "kvchat-dark"
     """Theme name: kvchat-dark, kvchat-light, kvchat-high-contrast, a Textual built-in,
@@ -119,6 +142,7 @@ class KvchatConfig(_Section):
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     chat: ChatConfig = Field(default_factory=ChatConfig)
     kv: KVCacheConfig = Field(default_factory=KVCacheConfig)
+    speculative: SpeculativeConfig = Field(default_factory=SpeculativeConfig)
     ui: UIConfig = Field(default_factory=UIConfig)
 
 

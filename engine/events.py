@@ -191,6 +191,36 @@ class Eviction(_Event):
     """Tokens of this conversation evicted so far, this eviction included."""
 
 
+class SpecStats(_Event):
+    """Speculative decoding at work: sent after verification rounds and when the
+    drafter switches itself off or on."""
+
+    type: Literal["spec"] = "spec"
+    drafter: Literal["prompt-lookup", "draft-model"]
+    active: bool
+    """False while speculation is switched off for costing more than it saves."""
+    reason: str = ""
+    """Why it switched off or on, when this event reports a switch."""
+    rounds: int
+    """Verification rounds in this reply."""
+    drafted: int
+    """Tokens drafted in this reply."""
+    accepted: int
+    """Drafted tokens the target model agreed with, in this reply."""
+    acceptance: float
+    """accepted / drafted in this reply."""
+    running_acceptance: float
+    """accepted / drafted over every reply since the model was loaded."""
+    draft_len: int
+    """Tokens the next round will draft at most."""
+    plain_s_per_token: float
+    """The engine's running measure of one plain decode step (decode + sample)."""
+    spec_s_per_token: float
+    """Time per token emitted by recent verification rounds, drafting included."""
+    speedup: float
+    """plain_s_per_token / spec_s_per_token: above 1 means speculation pays."""
+
+
 class PromptTruncated(_Event):
     """The new message did not fit in the context with room for a reply: its oldest
     tokens were dropped and the model sees only the rest."""
@@ -225,6 +255,10 @@ class Done(_Event):
     evictions: int = 0
     """Evictions during this turn (prompt and generation)."""
     evicted_tokens: int = 0
+    drafted_tokens: int = 0
+    """Tokens drafted by speculative decoding in this reply."""
+    accepted_tokens: int = 0
+    """Drafted tokens the model accepted (each one a decode step saved)."""
     text: str
     """The whole reply."""
 
@@ -239,7 +273,7 @@ class Error(_Event):
 
 Event = Annotated[
     ModelLoaded | MemorySnapshot | TurnStarted | PromptEvaluated | TokenChunk | Progress
-    | KVUsage | Eviction | PromptTruncated | Done | Error,
+    | KVUsage | Eviction | PromptTruncated | SpecStats | Done | Error,
     Field(discriminator="type"),
 ]
 

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import llama_cpp
+import numpy as np
 from llama_cpp import _internals
 
 from engine.chat_format import ChatMessage
@@ -39,10 +40,17 @@ from engine.events import (
 from engine.kv_window import Span, choose_span, turn_boundaries, window
 from engine.loader import LoadedModel
 from engine.sampling import build_sampler
+from engine.speculation import SpecController
 
 SEQ = 0
 PROGRESS_EVERY = 16
 """Tokens between progress and kv events while a reply streams."""
+NEAR_TIE_GUARD = 3.0
+"""Logits: a batched row whose greedy choice leads the runner-up by less is decided
+by a plain decode instead (measured here: rows differ by up to 1.3 between batch
+sizes, so a margin can move by twice that)."""
+SPEC_EVENT_EVERY = 8
+"""Verification rounds between spec events (a switch off or on is sent at once)."""
 MIN_TAIL = 16
 """Newest prompt tokens no eviction may touch: the reply's turn header and the end
 of the message it answers."""
@@ -88,6 +96,16 @@ class TurnStats:
     completion_tokens: int = 0
     evictions: int = 0
     evicted_tokens: int = 0
+    drafted: int = 0
+    accepted: int = 0
+
+
+@dataclass
+class Reply:
+    stats: TurnStats
+    utf8: codecs.IncrementalDecoder
+    """Pieces may end inside a UTF-8 character: text is emitted once it is whole."""
+    tokens: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -105,9 +123,12 @@ class PendingEviction:
 class Generator:
     """Owns the batch and the cache bookkeeping for one loaded model."""
 
-    def __init__(self, lm: LoadedModel, policy: KVCacheConfig | None = None) -> None:
+    def __init__(self, lm: LoadedModel, policy: KVCacheConfig | None = None,
+                 spec: SpecController | None = None) -> None:
         self.lm = lm
         self.policy = policy or KVCacheConfig()
+        self.spec = spec
+        self.n_vocab = lm.model.n_vocab()
         self.kv = KVState()
         self.batch = _internals.LlamaBatch(n_tokens=lm.n_batch, embd=0, n_seq_max=1)
         self._emit: Callable[[Event], None] = _drop
@@ -116,6 +137,8 @@ class Generator:
 
     def close(self) -> None:
         self.batch.close()
+        if self.spec is not None:
+            self.spec.drafter.close()
 
     # -- prompt -------------------------------------------------------------------
 
@@ -215,10 +238,11 @@ class Generator:
 
     # -- cache --------------------------------------------------------------------
 
-    def decode(self, tokens: list[int]) -> None:
-        """Evaluate ``tokens`` at the next positions and append them to the cache."""
+    def decode(self, tokens: list[int], logits_all: bool = False) -> None:
+        """Evaluate ``tokens`` at the next positions and append them to the cache.
+        Logits come back for the last token, or for all of them with ``logits_all``."""
         n_past = len(self.kv.tokens)
-        self.batch.set_batch(tokens, n_past=n_past, logits_all=False)
+        self.batch.set_batch(tokens, n_past=n_past, logits_all=logits_all)
         started = time.perf_counter()
         try:
             self.lm.ctx.decode(self.batch)
@@ -270,14 +294,15 @@ class Generator:
             used_after=len(self.kv.tokens) - shift_tokens, elapsed_s=ev.elapsed_s,
             shift_s=shift_s, shift_tokens=shift_tokens, evicted_total=self.kv.dropped))
 
-    def make_room(self) -> None:
-        """Free cells for the next token by sliding the window (the reply outgrew it)."""
+    def make_room(self, need: int = 1) -> None:
+        """Free ``need`` cells for the next step by sliding the window (the reply
+        outgrew it)."""
         kv = self.kv
         evictable = len(kv.tokens) - kv.n_keep
-        target = max(1, int(evictable * self.policy.discard_fraction))
+        target = max(need, int(evictable * self.policy.discard_fraction))
         bounds = turn_boundaries(kv.tokens, self._is_eog, kv.n_keep)
         # The newest token stays: its logits are the ones being sampled from.
-        self.evict(choose_span(len(kv.tokens), kv.n_keep, 1, target, bounds,
+        self.evict(choose_span(len(kv.tokens), kv.n_keep, need, target, bounds,
                                len(kv.tokens) - 1), "generation")
 
     def sync_after_failure(self) -> None:
@@ -325,6 +350,8 @@ class Generator:
                 ok = True
                 return
             stats.prompt_tokens = len(prompt)
+            if self.spec is not None:
+                self.spec.begin_reply(logical)
             stats.reused_tokens, stats.evaluated_tokens = self.prefill(prompt, cancel)
             stats.prefill_s = time.perf_counter() - stats.started
             if cancel.is_set():
@@ -352,44 +379,138 @@ class Generator:
 
     def generate(self, req: ChatRequest, cancel: threading.Event,
                  stats: TurnStats) -> tuple[list[int], FinishReason]:
-        """Sample until end of turn, max_tokens, cancel or a full cache."""
-        sampling, emit = req.sampling, self._emit
+        """Sample until end of turn, max_tokens, cancel or a full cache.
+
+        One token is always *pending*: sampled and emitted, not yet in the cache. Each
+        step either decodes it alone (plain) or together with drafted tokens (a
+        verification round), and yields the next pending token.
+        """
         banned = self.lm.eog_tokens() if req.ignore_eos else None
-        sampler, _seed = build_sampler(sampling, self.lm.model.n_vocab(), banned)
-        utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        reply: list[int] = []
+        sampler, _seed = build_sampler(req.sampling, self.lm.model.n_vocab(), banned)
+        reply = Reply(stats, codecs.getincrementaldecoder("utf-8")(errors="replace"))
+        spec = self.spec
+        # The near-tie guard keeps greedy speculation identical to plain decoding; with
+        # repeat penalties the chain's own history would see the discarded draw.
+        exact = req.sampling.temperature <= 0 and req.sampling.repeat_penalty == 1.0
+        guard = NEAR_TIE_GUARD if exact and spec is not None and spec.config.exact else 0.0
         try:
+            token = sampler.sample(self.lm.ctx, -1)  # from the prefill's last logits
             while True:
+                if reason := self.take(reply, token, req):
+                    return reply.tokens, reason
                 if cancel.is_set():
-                    return reply, "cancelled"
-                token = sampler.sample(self.lm.ctx, -1)  # logits of the last decoded token
-                sampler.accept(token)
-                now = time.perf_counter()
-                if not stats.first_token_at:
-                    stats.first_token_at = now
-                stats.last_token_at = now
-                stats.sampled += 1
-                if self.lm.ends_turn(token) and not req.ignore_eos:
-                    return reply, "stop"
-                reply.append(token)
-                stats.completion_tokens = len(reply)
-                piece = utf8.decode(self.lm.token_piece(token))
-                emit(TokenChunk(text=piece, token_ids=[token]))
-                if len(reply) % PROGRESS_EVERY == 0:
-                    span = stats.last_token_at - stats.first_token_at
-                    emit(Progress(completion_tokens=len(reply),
-                                  tokens_per_s=(stats.sampled - 1) / span if span else 0.0))
-                    emit(self.kv_usage(min(sampling.max_tokens - len(reply),
-                                           self.lm.n_ctx - len(self.kv.tokens))))
-                if len(reply) >= sampling.max_tokens:
-                    return reply, "length"
-                if len(self.kv.tokens) + 1 > self.lm.n_ctx:
-                    if not self.policy.evict or len(self.kv.tokens) - self.kv.n_keep < 2:
-                        return reply, "context_full"
-                    self.make_room()
-                self.decode([token])  # position len(kv.tokens); its logits feed the next sample
+                    return reply.tokens, "cancelled"
+                started = time.perf_counter()
+                drafts = spec.propose([*self.kv.tokens, token]) if spec else []
+                drafts = self.room_for(drafts)
+                if drafts is None:
+                    return reply.tokens, "context_full"
+                if not drafts:
+                    self.decode([token])  # position len(kv.tokens); its logits feed the next sample
+                    token = sampler.sample(self.lm.ctx, -1)
+                    if spec and (note := spec.after_plain(time.perf_counter() - started, token)):
+                        self._emit(note)
+                    continue
+                base = len(self.kv.tokens)
+                emitted = self.verify(token, drafts, sampler, guard)
+                assert spec is not None
+                if not emitted:  # the first row was a near tie: decide it plainly
+                    self.decode([token])
+                    token = sampler.sample(self.lm.ctx, -1)
+                    emitted = [token]
+                accepted = _common_prefix(emitted, drafts)
+                note = spec.after_round(time.perf_counter() - started, len(drafts), accepted,
+                                        emitted)
+                stats.drafted += len(drafts)
+                stats.accepted += accepted
+                if note.reason or spec.rounds % SPEC_EVENT_EVERY == 0:
+                    self._emit(note)
+                for i, emitted_token in enumerate(emitted[:-1]):
+                    if reason := self.take(reply, emitted_token, req):
+                        # The cache keeps what a plain loop would have decoded by now:
+                        # the pending token and the drafts before this one.
+                        self.rewind(base + 1 + i)
+                        return reply.tokens, reason
+                token = emitted[-1]
         finally:
             sampler.close()
+            if spec and spec.rounds:
+                self._emit(spec.stats())
+
+    def take(self, reply: Reply, token: int, req: ChatRequest) -> FinishReason | None:
+        """Emit one sampled token; the reason to stop if the reply ends with it."""
+        stats = reply.stats
+        now = time.perf_counter()
+        if not stats.first_token_at:
+            stats.first_token_at = now
+        stats.last_token_at = now
+        stats.sampled += 1
+        if self.lm.ends_turn(token) and not req.ignore_eos:
+            return "stop"
+        reply.tokens.append(token)
+        n = stats.completion_tokens = len(reply.tokens)
+        self._emit(TokenChunk(text=reply.utf8.decode(self.lm.token_piece(token)),
+                              token_ids=[token]))
+        if n % PROGRESS_EVERY == 0:
+            span = stats.last_token_at - stats.first_token_at
+            self._emit(Progress(completion_tokens=n,
+                                tokens_per_s=(stats.sampled - 1) / span if span else 0.0))
+            self._emit(self.kv_usage(min(req.sampling.max_tokens - n,
+                                         self.lm.n_ctx - len(self.kv.tokens))))
+        return "length" if n >= req.sampling.max_tokens else None
+
+    def room_for(self, drafts: list[int]) -> list[int] | None:
+        """The drafts that fit after the pending token, evicting if the policy allows;
+        None when not even the pending token fits."""
+        kv, n_ctx = self.kv, self.lm.n_ctx
+        need = 1 + len(drafts)
+        if len(kv.tokens) + need <= n_ctx:
+            return drafts
+        if self.policy.evict and len(kv.tokens) - kv.n_keep > need:
+            self.make_room(need)
+            return drafts
+        if len(kv.tokens) + 1 > n_ctx:
+            return None
+        return drafts[:n_ctx - len(kv.tokens) - 1]
+
+    def verify(self, token: int, drafts: list[int], sampler: _internals.LlamaSampler,
+               guard: float) -> list[int]:
+        """Evaluate the pending token and ``k`` drafts in one batch and return what the
+        model itself chooses: the drafts it agrees with, then one token of its own. The
+        last returned token is the new pending one (not in the cache).
+
+        The batch holds positions base..base+k with logits for those k+1 rows only
+        (row i predicts position base+i+1), never for the whole context. Acceptance:
+        at each row the target's own sampler chain draws a token and the draft is kept
+        only if it equals that draw. For a deterministic draft d this accepts d with
+        probability p(d) and otherwise emits a draw from p restricted to tokens != d,
+        which is speculative sampling's min(1, p/q) rule with q a point mass on d: the
+        output has exactly the target's distribution.
+
+        ``guard`` (greedy only): llama.cpp's kernels change with the batch size, and a
+        batched row's logits may differ from the one-token decode by about a logit. A
+        row whose choice is within ``guard`` of a runner-up is not trusted: the round
+        stops before it and the plain loop decides that token, as it would have.
+        """
+        base = len(self.kv.tokens)
+        self.decode([token, *drafts], logits_all=True)
+        emitted: list[int] = []
+        for row in range(len(drafts) + 1):
+            choice = sampler.sample(self.lm.ctx, row)  # also feeds the chain's history
+            if guard and self._near_tie(row, choice, guard):
+                break  # the last accepted draft (if any) becomes the pending token
+            emitted.append(choice)
+            if row == len(drafts) or choice != drafts[row]:
+                break
+        # Rejected drafts leave the cache, which keeps everything before the new pending
+        # token: the old pending token and the accepted drafts before the last one.
+        self.rewind(base + len(emitted))
+        return emitted
+
+    def _near_tie(self, row: int, choice: int, guard: float) -> bool:
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self.lm.ctx.ctx, row),
+                                       shape=(self.n_vocab,))
+        return int(np.count_nonzero(logits > logits[choice] - guard)) > 1
 
     def _done(self, stats: TurnStats, reason: FinishReason, text: str) -> Done:
         end = time.perf_counter()
@@ -409,6 +530,8 @@ class Generator:
             total_s=end - stats.started,
             evictions=stats.evictions,
             evicted_tokens=stats.evicted_tokens,
+            drafted_tokens=stats.drafted,
+            accepted_tokens=stats.accepted,
             text=text,
         )
 

@@ -19,11 +19,12 @@ from typing import Any
 from engine.api import ChatEngine, check_prompt
 from engine.channel import EventChannel
 from engine.chat_format import ChatMessage
-from engine.config import KVCacheConfig, ModelConfig, SamplingConfig
+from engine.config import KVCacheConfig, ModelConfig, SamplingConfig, SpeculativeConfig
 from engine.errors import EngineClosed, KvchatError
 from engine.events import Error, Event, MemorySnapshot, ModelLoaded
 from engine.generation import ChatRequest, Generator
 from engine.loader import LoadedModel, load_model
+from engine.speculation import build_controller
 
 log = logging.getLogger("kvchat.engine")
 
@@ -37,10 +38,12 @@ class _Job:
 
 class LocalEngine(ChatEngine):
     def __init__(self, model: ModelConfig, sampling: SamplingConfig | None = None,
-                 kv: KVCacheConfig | None = None) -> None:
+                 kv: KVCacheConfig | None = None,
+                 speculative: SpeculativeConfig | None = None) -> None:
         self._model_config = model
         self._default_sampling = sampling or SamplingConfig()
         self._kv_policy = kv or KVCacheConfig()
+        self._spec_config = speculative or SpeculativeConfig()
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._lm: LoadedModel | None = None
@@ -148,7 +151,13 @@ class LocalEngine(ChatEngine):
     def _load(self) -> ModelLoaded:
         if self._lm is None:
             self._lm = load_model(self._model_config)
-            self._gen = Generator(self._lm, self._kv_policy)
+            try:
+                spec = build_controller(self._spec_config, self._lm, self._model_config)
+            except KvchatError:
+                self._lm.close()
+                self._lm = None
+                raise
+            self._gen = Generator(self._lm, self._kv_policy, spec)
             self._info = self._lm.info
         assert self._info is not None
         return self._info

@@ -53,6 +53,10 @@ def _model_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
                        help="KV cache type (auto: f16 unless quantizing makes the model fit)")
     group.add_argument("--budget", metavar="SIZE", default=default,
                        help="memory the model may use, e.g. 36GiB (default: detected)")
+    group.add_argument("--speculative", choices=["auto", "prompt-lookup", "draft", "off"],
+                       default=default, help="speculative decoding (default: off)")
+    group.add_argument("--draft-model", metavar="PATH", default=default,
+                       help="smaller GGUF with the same vocabulary, for --speculative draft")
     group.add_argument("--max-tokens", metavar="N", type=_positive, default=default,
                        help="most tokens in one reply")
     group.add_argument("--temp", metavar="T", type=_float, default=default,

@@ -49,7 +49,8 @@ async def _ask(args: argparse.Namespace, prompt: str, jsonl: bool) -> int:
         store.recover_interrupted()
         if args.conversation is not None:
             store.get_conversation(args.conversation)  # fail before loading the model
-        engine = LocalEngine(config.model, config.sampling, config.kv)
+        engine = LocalEngine(config.model, config.sampling, config.kv,
+                             config.speculative)
         try:
             info = await engine.start()
             if jsonl:

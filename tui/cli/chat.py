@@ -24,7 +24,8 @@ def run_tui(args: argparse.Namespace) -> int:
         store.recover_interrupted()
         if args.conversation is not None:
             store.get_conversation(args.conversation)
-        engine = LocalEngine(config.model, config.sampling, config.kv)
+        engine = LocalEngine(config.model, config.sampling, config.kv,
+                             config.speculative)
         app = KvchatApp(config, engine, store, conversation_id=args.conversation)
         app.run()
     return app.return_code or EXIT_OK

@@ -16,6 +16,8 @@ _OVERRIDES = {
     "ctx": ("model", "n_ctx"),
     "kv_type": ("model", "kv_type"),
     "budget": ("model", "memory_budget"),
+    "speculative": ("speculative", "mode"),
+    "draft_model": ("speculative", "draft_model"),
     "max_tokens": ("sampling", "max_tokens"),
     "temp": ("sampling", "temperature"),
     "seed": ("sampling", "seed"),

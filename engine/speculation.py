@@ -1,0 +1,175 @@
+"""When to speculate, how far, and whether it is paying: measured, not hoped for.
+
+The controller keeps the engine's running cost of one plain decode step and the cost
+per emitted token of recent verification rounds (drafting included). Their ratio is
+the speedup. The draft length follows the acceptance rate; when the speedup stays
+below 1 the controller switches speculation off for the rest of the reply, and keeps
+checking, for free, whether its drafter *would* have been right (shadow drafts). When
+the text turns repetitive again, it switches back on.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from engine.config import ModelConfig, SpeculativeConfig
+from engine.drafting import Drafter, DraftModel, PromptLookup, check_same_vocab
+from engine.errors import ConfigError, ModelLoadError
+from engine.events import SpecStats
+from engine.loader import LoadedModel, load_model
+
+ROUNDS_TO_JUDGE = 4
+"""Recent rounds needed before the speedup is trusted enough to switch off."""
+RECENT_ROUNDS = 8
+SHADOW_WINDOW = 16
+SHADOW_HITS_TO_RESUME = 12
+"""Of the last SHADOW_WINDOW plain steps, how many shadow drafts must have guessed the
+next token before speculation resumes."""
+DRAFT_MODEL_RETRY_AFTER = 64
+"""A draft model's shadow drafts cost a decode each, so once off it only retries
+after this many plain tokens."""
+PLAIN_EMA = 0.1
+
+
+@dataclass
+class SpecController:
+    drafter: Drafter
+    config: SpeculativeConfig
+    max_draft: int = 0
+    """Most drafts per round: the config's, capped at the exact batch size."""
+    draft_len: int = 0
+    active: bool = True
+    plain_s: float | None = None
+    """Running cost of one plain decode step (seconds), kept across replies."""
+    total_drafted: int = 0
+    total_accepted: int = 0
+    # this reply
+    rounds: int = 0
+    drafted: int = 0
+    accepted: int = 0
+    recent: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=RECENT_ROUNDS))
+    """(seconds, tokens emitted) of recent verification rounds."""
+    shadow: deque[bool] = field(default_factory=lambda: deque(maxlen=SHADOW_WINDOW))
+    _shadow_guess: int | None = None
+    _off_tokens: int = 0
+
+    def __post_init__(self) -> None:
+        self.max_draft = self.max_draft or self.config.max_draft
+        self.draft_len = max(1, self.max_draft // 2)
+
+    def begin_reply(self, history: list[int]) -> None:
+        self.drafter.begin(history)
+        self.active = True
+        self.rounds = self.drafted = self.accepted = 0
+        self.recent.clear()
+        self.shadow.clear()
+        self._shadow_guess, self._off_tokens = None, 0
+
+    def propose(self, window: list[int]) -> list[int]:
+        """Drafts for the next round, or [] for a plain step."""
+        if self.plain_s is None or self.max_draft < 1:
+            return []  # measure one plain step first: it is the yardstick
+        if self.active:
+            return self.drafter.draft(window, self.draft_len)
+        if self.drafter.name == "prompt-lookup":
+            guess = self.drafter.draft(window, 1)
+            self._shadow_guess = guess[0] if guess else None
+        elif self._off_tokens >= DRAFT_MODEL_RETRY_AFTER:
+            self.active, self._off_tokens = True, 0
+            return self.drafter.draft(window, self.draft_len)
+        return []
+
+    def after_plain(self, seconds: float, token: int) -> SpecStats | None:
+        """A plain step took ``seconds`` and produced ``token``."""
+        self.plain_s = seconds if self.plain_s is None else \
+            (1 - PLAIN_EMA) * self.plain_s + PLAIN_EMA * seconds
+        self.drafter.extend([token])
+        if self.active:
+            return None
+        self._off_tokens += 1
+        if self._shadow_guess is not None or self.drafter.name == "prompt-lookup":
+            self.shadow.append(self._shadow_guess == token)
+            self._shadow_guess = None
+        hits = sum(self.shadow)
+        if self.config.adaptive and len(self.shadow) == SHADOW_WINDOW \
+                and hits >= SHADOW_HITS_TO_RESUME:
+            self.active = True
+            self.recent.clear()
+            self.shadow.clear()
+            return self.stats(f"the text repeats again: {hits} of the last {SHADOW_WINDOW} "
+                              "tokens were predictable")
+        return None
+
+    def after_round(self, seconds: float, drafted: int, accepted: int,
+                    emitted: list[int]) -> SpecStats:
+        """A verification round of ``drafted`` tokens, ``accepted`` of them right, emitted
+        ``emitted`` (the accepted drafts, then usually the model's own next token)."""
+        self.rounds += 1
+        self.drafted += drafted
+        self.accepted += accepted
+        self.total_drafted += drafted
+        self.total_accepted += accepted
+        self.recent.append((seconds, len(emitted)))
+        self.drafter.extend(emitted)
+        # Grow the draft while every token lands; shrink it towards what does.
+        if accepted == drafted:
+            self.draft_len = min(self.max_draft, self.draft_len + 2)
+        else:
+            self.draft_len = max(1, min(self.draft_len - 1, accepted + 2))
+        speedup = self.speedup()
+        if self.config.adaptive and len(self.recent) >= ROUNDS_TO_JUDGE and speedup < 1.0:
+            self.active = False
+            note = self.stats(f"costing time: {speedup:.2f}x of plain decoding over the last "
+                              f"{len(self.recent)} rounds")
+            self.recent.clear()
+            return note
+        return self.stats()
+
+    def spec_s_per_token(self) -> float:
+        seconds = sum(s for s, _ in self.recent)
+        tokens = sum(n for _, n in self.recent)
+        return seconds / tokens if tokens else 0.0
+
+    def speedup(self) -> float:
+        per_token = self.spec_s_per_token()
+        return (self.plain_s or 0.0) / per_token if per_token else 0.0
+
+    def stats(self, reason: str = "") -> SpecStats:
+        return SpecStats(
+            drafter=self.drafter.name, active=self.active, reason=reason,
+            rounds=self.rounds, drafted=self.drafted, accepted=self.accepted,
+            acceptance=self.accepted / self.drafted if self.drafted else 0.0,
+            running_acceptance=(self.total_accepted / self.total_drafted
+                                if self.total_drafted else 0.0),
+            draft_len=self.draft_len, plain_s_per_token=self.plain_s or 0.0,
+            spec_s_per_token=self.spec_s_per_token(), speedup=self.speedup())
+
+
+def build_controller(config: SpeculativeConfig, target: LoadedModel,
+                     model_config: ModelConfig) -> SpecController | None:
+    """The controller for ``config.mode``, loading and checking a draft model if asked.
+
+    Raises ConfigError (draft mode without a draft model), ModelFileError /
+    ModelLoadError (a bad draft file, or one with another vocabulary).
+    """
+    mode = config.mode
+    if mode == "off":
+        return None
+    if mode == "draft" and config.draft_model is None:
+        raise ConfigError("speculative mode 'draft' needs a draft model "
+                          "(--draft-model PATH or speculative.draft_model)")
+    if config.draft_model is not None and mode in ("auto", "draft"):
+        # The draft follows the target's window plus a round of drafts.
+        draft_config = model_config.model_copy(update={
+            "path": config.draft_model, "n_ctx": target.n_ctx + config.max_draft + 1})
+        draft = load_model(draft_config)
+        try:
+            check_same_vocab(target, draft)
+        except ModelLoadError:
+            draft.close()
+            raise
+        drafter: Drafter = DraftModel(draft)
+    else:
+        drafter = PromptLookup(config.min_ngram, config.max_ngram)
+    return SpecController(drafter, config)

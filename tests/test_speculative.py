@@ -1,0 +1,180 @@
+"""Speculative decoding: drafts, verification on the real model, the controller."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from engine.chat_format import ChatMessage
+from engine.config import KVCacheConfig, ModelConfig, SamplingConfig, SpeculativeConfig
+from engine.drafting import DrafterName, PromptLookup
+from engine.errors import ConfigError, ModelLoadError
+from engine.events import Done, Event, Eviction, SpecStats
+from engine.local_engine import LocalEngine
+from engine.shapes import parse_shape
+from engine.speculation import SHADOW_WINDOW, SpecController
+from engine.synth import write_synthetic
+from tests.test_kv_eviction import _view, assert_in_step, on_engine_thread
+
+ROOT = Path(__file__).resolve().parent.parent
+REPEAT = ("Repeat this text exactly, twice:\n\nThe keeper climbed the stairs of the "
+          "lighthouse every evening, lit the lamp, wound the clock and wrote one line in "
+          "the logbook: all quiet on the sea tonight.")
+
+
+def test_prompt_lookup_drafts_what_followed_the_last_occurrence() -> None:
+    pl = PromptLookup(min_ngram=2, max_ngram=3)
+    pl.begin([1, 2, 3, 4, 5, 9, 1, 2, 3])
+    assert pl.draft([], 3) == [4, 5, 9]
+    pl.extend([7])  # the suffix (3, 7) never occurred: no draft
+    assert pl.draft([], 3) == []
+    # The same conversation grown by one turn keeps its index and extends it.
+    pl.begin([1, 2, 3, 4, 5, 9, 1, 2, 3, 7, 1, 2])
+    assert pl.draft([], 2) == [3, 7]  # the latest occurrence of (1, 2) wins
+
+
+class ScriptedDrafter:
+    """Proposes a fixed token: a drafter that is always wrong for the controller."""
+
+    name: DrafterName = "prompt-lookup"
+
+    def __init__(self) -> None:
+        self.seen: list[int] = []
+
+    def begin(self, history: Sequence[int]) -> None:
+        self.seen = list(history)
+
+    def extend(self, tokens: Sequence[int]) -> None:
+        self.seen.extend(tokens)
+
+    def draft(self, window: Sequence[int], n: int) -> list[int]:
+        return [self.seen[-1]] * n  # predicts a repeat of the last token
+
+    def close(self) -> None:
+        pass
+
+
+def test_controller_switches_off_when_rounds_cost_time_and_back_on_when_text_repeats(
+) -> None:
+    ctl = SpecController(ScriptedDrafter(), SpeculativeConfig(max_draft=8))
+    ctl.begin_reply([5, 6])
+    assert ctl.propose([5, 6]) == []  # no plain step measured yet: measure one first
+    assert ctl.after_plain(0.010, 7) is None
+    notes = []
+    for token in range(100, 110):  # every round: 2x a plain step, nothing accepted
+        drafts = ctl.propose([])
+        if not drafts:
+            break
+        notes.append(ctl.after_round(0.020, len(drafts), 0, [token]))
+    assert not ctl.active
+    switch = notes[-1]
+    assert not switch.active and "costing time" in switch.reason and switch.speedup < 1
+    assert switch.acceptance == 0 and switch.drafted > 0
+    # Off, it keeps shadow-drafting for free; a run of repeats turns it back on.
+    resumed = None
+    for _ in range(SHADOW_WINDOW):
+        assert ctl.propose([]) == []
+        resumed = ctl.after_plain(0.010, ctl.drafter.seen[-1])
+    assert ctl.active and resumed is not None and "repeats again" in resumed.reason
+    assert ctl.propose([]) != []
+
+
+async def collect(stream: AsyncIterator[Event]) -> list[Event]:
+    return [event async for event in stream]
+
+
+async def greedy_tokens(mode: str, prompt: str, n: int, n_ctx: int = 1024,
+                        ) -> tuple[list[int], list[Event], LocalEngine]:
+    eng = LocalEngine(ModelConfig(n_ctx=n_ctx), SamplingConfig(temperature=0, max_tokens=n),
+                      KVCacheConfig(), SpeculativeConfig(mode=mode))  # type: ignore[arg-type]
+    await eng.start()
+    events = await collect(eng.chat([ChatMessage(role="user", content=prompt)],
+                                    ignore_eos=True))
+    tokens = [t for e in events if e.type == "token" for t in e.token_ids]
+    return tokens, events, eng
+
+
+async def test_rejected_drafts_leave_the_cache_and_stats_add_up() -> None:
+    _, events, eng = await greedy_tokens("prompt-lookup", REPEAT, 160)
+    try:
+        done = events[-1]
+        assert isinstance(done, Done) and done.completion_tokens == 160
+        assert done.drafted_tokens > done.accepted_tokens > 0
+        stats = [e for e in events if isinstance(e, SpecStats)]
+        assert stats[-1].drafted == done.drafted_tokens
+        assert stats[-1].accepted == done.accepted_tokens
+        assert stats[-1].acceptance == pytest.approx(done.accepted_tokens / done.drafted_tokens)
+        # Positions past the engine's tokens would be rejected drafts left behind.
+        assert_in_step(await on_engine_thread(eng, _view))
+    finally:
+        await eng.close()
+
+
+async def test_speculation_across_evictions_stays_in_step() -> None:
+    _, events, eng = await greedy_tokens("prompt-lookup", REPEAT, 400, n_ctx=256)
+    try:
+        assert any(isinstance(e, Eviction) for e in events)
+        done = events[-1]
+        assert isinstance(done, Done) and done.completion_tokens == 400
+        assert done.drafted_tokens > 0
+        assert_in_step(await on_engine_thread(eng, _view))
+    finally:
+        await eng.close()
+
+
+async def test_cancel_during_verification_rounds_leaves_the_cache_in_step() -> None:
+    eng = LocalEngine(ModelConfig(n_ctx=512), SamplingConfig(temperature=0, max_tokens=3000),
+                      KVCacheConfig(), SpeculativeConfig(mode="prompt-lookup"))
+    await eng.start()
+    try:
+        events: list[Event] = []
+        async for event in eng.chat([ChatMessage(role="user", content=REPEAT)],
+                                    ignore_eos=True):
+            events.append(event)
+            if isinstance(event, SpecStats) and event.rounds >= 8:
+                eng.cancel()
+        done = events[-1]
+        assert isinstance(done, Done) and done.finish_reason == "cancelled"
+        assert_in_step(await on_engine_thread(eng, _view))
+    finally:
+        await eng.close()
+
+
+async def test_draft_model_with_another_vocabulary_is_refused(tmp_path: Path) -> None:
+    shape, mix = parse_shape("tiny-llama:Q8_0")
+    draft = tmp_path / "tiny.gguf"
+    write_synthetic(shape, mix, draft)
+    eng = LocalEngine(ModelConfig(n_ctx=256), speculative=SpeculativeConfig(
+        mode="draft", draft_model=draft))
+    with pytest.raises(ModelLoadError, match="different vocabulary: 4096 tokens"):
+        await eng.start()
+    await eng.close()
+
+
+async def test_draft_mode_without_a_draft_model_is_a_config_error() -> None:
+    eng = LocalEngine(ModelConfig(n_ctx=256), speculative=SpeculativeConfig(mode="draft"))
+    with pytest.raises(ConfigError, match="needs a draft model"):
+        await eng.start()
+    await eng.close()
+
+
+async def test_a_draft_as_slow_as_the_model_is_switched_off(model_path: Path) -> None:
+    # The model drafting for itself agrees with itself, but each draft costs a full
+    # decode: speculation cannot pay, and the controller must notice.
+    eng = LocalEngine(ModelConfig(n_ctx=1024), SamplingConfig(temperature=0, max_tokens=64),
+                      KVCacheConfig(), SpeculativeConfig(mode="draft", draft_model=model_path))
+    await eng.start()
+    try:
+        events = await collect(eng.chat([ChatMessage(role="user", content=REPEAT)],
+                                        ignore_eos=True))
+        done = events[-1]
+        assert isinstance(done, Done) and done.completion_tokens == 64
+        assert done.drafted_tokens > 0 and done.accepted_tokens > 0
+        off = [e for e in events if isinstance(e, SpecStats) and not e.active]
+        assert off and off[0].drafter == "draft-model" and "costing time" in off[0].reason
+        assert off[0].speedup < 1.0
+        assert_in_step(await on_engine_thread(eng, _view))
+    finally:
+        await eng.close()
