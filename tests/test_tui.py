@@ -69,3 +69,22 @@ async def test_escape_cancels_a_reply_in_flight(kvchat_home: Path) -> None:
         assert finished.done.finish_reason in ("cancelled", "stop")
         assert finished.done.completion_tokens < 3000
         assert not app.replying
+
+
+async def test_a_message_longer_than_the_context_shows_a_note(kvchat_home: Path) -> None:
+    config = KvchatConfig(model=ModelConfig(n_ctx=256),
+                          sampling=SamplingConfig(temperature=0.0, max_tokens=8))
+    app = KvchatApp(config, LocalEngine(config.model, config.sampling, config.kv),
+                    Store(kvchat_home / "kvchat.db"))
+    seen: list[Message] = []
+    async with app.run_test(size=(100, 30), message_hook=seen.append) as pilot:
+        await wait_for(seen, ModelReady, pilot)
+        app.post_message(PromptSubmitted(" ".join(f"item{i}" for i in range(400))))
+        finished = await wait_for(seen, ReplyFinished, pilot)
+        await pilot.pause()
+        notes = [w.render().plain for w in app.query(".notice")]
+        assert len(notes) == 1 and notes[0].startswith("note: the message is")
+        assert "tokens were cut" in notes[0]
+        # The reply still came, and its stats line says the cache slid.
+        assert finished.done.evictions >= 1
+        assert "evictions" in app.query_one(ReplyMessage).query_one(".reply-stats").render().plain
