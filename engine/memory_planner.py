@@ -476,7 +476,7 @@ def _alternatives(m: _Model, budget: Budget, req: PlanRequest, lay: _Layout, n_c
                                detail="no help on unified memory: CPU layers use the same "
                                       "pool (mmap can page weights from disk, far slower)"))
     elif budget.kind == "gpu" and lay.g < full:
-        out.append(Alternative(change=f"--gpu-layers {lay.g}", fits=False,
+        out.append(Alternative(change=f"n_gpu_layers {lay.g}", fits=False,
                                total_bytes=lay.pool_bytes,
                                detail=f"what this plan does: {full - lay.g} layers stay in "
                                       f"system RAM ({_gib(lay.host_bytes)})"))
