@@ -34,7 +34,7 @@ def test_ask_events_jsonl(kvchat_home: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     events = [parse_event(line) for line in proc.stdout.splitlines()]
     types = [e.type for e in events]
-    assert types[0] == "model_loaded" and types[1] == "turn_started"
+    assert types[:4] == ["model_loaded", "memory", "memory", "turn_started"]
     assert "token" in types and types[-1] == "done"
     raw_done = json.loads(proc.stdout.splitlines()[-1])
     for key in ("prompt_tokens", "completion_tokens", "ttft_s", "tokens_per_s", "finish_reason"):
