@@ -6,6 +6,7 @@ Only the engine thread calls this: the model and context it returns belong to it
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import time
 from dataclasses import dataclass, field, replace
@@ -22,7 +23,10 @@ from engine.errors import ConfigError, ModelLoadError
 from engine.events import MemorySnapshot, MemoryStage, ModelLoaded
 from engine.gguf_header import GGUFHeader, read_gguf_header
 from engine.memory_budget import detect_budget, process_rss
-from engine.memory_planner import MemoryPlan, PlanRequest, plan_memory
+from engine.memory_plan import kv_bytes_per_token
+from engine.memory_planner import MemoryPlan, PlanRequest, UnplannableModel, plan_memory
+
+log = logging.getLogger("kvchat.loader")
 
 # llama.cpp marks turn markers and special tokens with this attribute.
 TOKEN_ATTR_CONTROL = 1 << 3
@@ -117,24 +121,57 @@ def plan_for(config: ModelConfig, header: GGUFHeader) -> MemoryPlan:
     return plan_memory(header, budget, request, source=str(header.path))
 
 
+@dataclass(frozen=True)
+class _Settings:
+    """What llama.cpp is given: from the memory plan, or from the config alone when
+    the model cannot be planned."""
+
+    n_gpu_layers: int
+    n_batch: int
+    n_ubatch: int
+    n_outputs_max: int
+    kv_type: str
+    flash_attn: bool | None
+
+    @classmethod
+    def of(cls, config: ModelConfig, plan: MemoryPlan | None) -> _Settings:
+        if plan is not None:
+            # A quantized V cache needs flash attention; otherwise the user's choice.
+            flash = True if plan.kv_type != "f16" else config.flash_attn
+            return cls(plan.n_gpu_layers, plan.n_batch, plan.n_ubatch, plan.n_outputs_max,
+                       plan.kv_type, flash)
+        kv_type = "f16" if config.kv_type == "auto" else config.kv_type
+        return cls(0x7FFFFFFF if config.n_gpu_layers < 0 else config.n_gpu_layers,
+                   config.n_batch, config.n_ubatch or min(config.n_batch, 512),
+                   config.n_outputs_max, kv_type,
+                   True if kv_type != "f16" else config.flash_attn)
+
+
 def load_model(config: ModelConfig) -> LoadedModel:
     """Validate the file, plan its memory, then load it by the plan.
     Raises ModelFileError / ConfigError / ModelLoadError."""
     path = Path(config.path).expanduser() if config.path else bundled_model_path()
     header = read_gguf_header(path)  # before llama.cpp sees the file
-    plan = plan_for(config, header)
+    plan: MemoryPlan | None
+    try:
+        plan = plan_for(config, header)
+    except UnplannableModel as exc:  # llama.cpp decides whether it knows the model
+        log.warning("%s; loading without a memory plan", exc.message)
+        plan = None
+    settings = _Settings.of(config, plan)
     llama_log.install()
     started = time.perf_counter()
     with llama_log.capture() as log_lines:
-        model, ctx = _load(config, plan, path)
+        model, ctx = _load(config, settings, path)
     try:
         fmt = _chat_format(config, header, model)
     except ModelLoadError:
         ctx.close()
         model.close()
         raise
-    n_gpu_layers = plan.n_gpu_layers if _has_gpu() else 0
-    bytes_per_cell = plan.kv_bytes_per_token[plan.kv_type]
+    n_gpu_layers = min(settings.n_gpu_layers, header.n_layers + 1) if _has_gpu() else 0
+    bytes_per_cell = plan.kv_bytes_per_token[plan.kv_type] if plan is not None \
+        else kv_bytes_per_token(header, settings.kv_type)
     buffers = llama_log.buffer_sizes(log_lines)
     info = ModelLoaded(
         path=str(path),
@@ -155,15 +192,17 @@ def load_model(config: ModelConfig) -> LoadedModel:
         kv_bytes=bytes_per_cell * ctx.n_ctx(),
         buffers=buffers,
         load_s=time.perf_counter() - started,
-        gpu_layers=plan.gpu_layers if n_gpu_layers else [],
-        output_on_gpu=plan.output_on_gpu and n_gpu_layers > 0,
-        kv_type=plan.kv_type,
-        n_batch=plan.n_batch,
-        n_ubatch=plan.n_ubatch,
-        flash_attn=_flash_attn(config, plan),
+        gpu_layers=plan.gpu_layers if plan is not None and n_gpu_layers else [],
+        output_on_gpu=n_gpu_layers > header.n_layers if plan is None
+        else plan.output_on_gpu and n_gpu_layers > 0,
+        kv_type=settings.kv_type,
+        n_batch=settings.n_batch,
+        n_ubatch=settings.n_ubatch,
+        flash_attn=settings.flash_attn,
     )
-    memory = [planned_snapshot(plan), measured_snapshot(plan, buffers, "loaded")]
-    return LoadedModel(header, model, ctx, fmt, info, plan.n_batch, bytes_per_cell,
+    memory = [] if plan is None else [planned_snapshot(plan),
+                                      measured_snapshot(plan, buffers, "loaded")]
+    return LoadedModel(header, model, ctx, fmt, info, settings.n_batch, bytes_per_cell,
                        plan=plan, memory=memory)
 
 
@@ -193,17 +232,10 @@ def measured_snapshot(plan: MemoryPlan, buffers: dict[str, int], stage: MemorySt
         fits=plan.fits, verdict=plan.verdict, warnings=plan.warnings)
 
 
-def _flash_attn(config: ModelConfig, plan: MemoryPlan) -> bool | None:
-    # A quantized V cache needs flash attention; otherwise the user's choice or auto.
-    if plan.kv_type != "f16":
-        return True
-    return config.flash_attn
-
-
 _GGML_KV_TYPES = {"f16": 1, "q8_0": 8, "q4_0": 2}
 
 
-def _load(config: ModelConfig, plan: MemoryPlan, path: Path,
+def _load(config: ModelConfig, plan: _Settings, path: Path,
           ) -> tuple[_internals.LlamaModel, _internals.LlamaContext]:
     model_params = llama_cpp.llama_model_default_params()
     model_params.n_gpu_layers = plan.n_gpu_layers
@@ -227,9 +259,8 @@ def _load(config: ModelConfig, plan: MemoryPlan, path: Path,
     ctx_params.type_k = _GGML_KV_TYPES[plan.kv_type]
     ctx_params.type_v = _GGML_KV_TYPES[plan.kv_type]
     ctx_params.no_perf = True
-    flash_attn = _flash_attn(config, plan)
-    if flash_attn is not None:
-        ctx_params.flash_attn_type = int(flash_attn)  # 0 disabled, 1 enabled
+    if plan.flash_attn is not None:
+        ctx_params.flash_attn_type = int(plan.flash_attn)  # 0 disabled, 1 enabled
     try:
         ctx = _internals.LlamaContext(model=model, params=ctx_params, verbose=True)
     except ValueError:

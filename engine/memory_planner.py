@@ -49,6 +49,11 @@ RUNTIME_RESERVE = {"gpu": 768 * MiB, "unified": 512 * MiB, "cpu": 256 * MiB}
 F32 = 4
 
 
+class UnplannableModel(ModelFileError):
+    """The GGUF lacks the hyperparameters planning needs (an architecture the planner
+    does not know); llama.cpp may still load it, without a plan."""
+
+
 @dataclass(frozen=True)
 class PlanRequest:
     """What the user asked for; None / "auto" / -1 leave the choice to the planner."""
@@ -165,7 +170,7 @@ def _model(header: GGUFHeader) -> _Model:
     n_embd = int(header.arch_value("embedding_length", 0) or 0)
     n_head = int(header.arch_value("attention.head_count", 0) or 0)
     if n_layers <= 0 or n_embd <= 0 or n_head <= 0:
-        raise ModelFileError(f"cannot plan for architecture {arch!r}: its GGUF metadata has "
+        raise UnplannableModel(f"cannot plan for architecture {arch!r}: its GGUF metadata has "
                              f"no {arch}.block_count / embedding_length / attention.head_count")
     n_ff_raw = header.arch_value("feed_forward_length", 4 * n_embd)
     n_ff = max(n_ff_raw) if isinstance(n_ff_raw, list) else int(n_ff_raw or 4 * n_embd)
