@@ -1,0 +1,1 @@
+"""Route templates as data: one TOML file per route (see engine/templates.py)."""
