@@ -124,7 +124,7 @@ def test_config_typo_is_one_line_naming_the_key(kvchat_home: Path, tmp_path: Pat
 
 def test_generation_runs_through_a_small_context_with_evictions(kvchat_home: Path) -> None:
     proc = run_kvchat("ask", "--ctx", "512", "--ignore-eos", "--max-tokens", "2000",
-                      "--events", "jsonl", "Tell me a story.", home=kvchat_home, timeout=300)
+                      "--events", "jsonl", "Tell me a story.", home=kvchat_home, timeout=900)
     assert proc.returncode == 0, proc.stderr
     events = [parse_event(line) for line in proc.stdout.splitlines()]
     done = events[-1]
