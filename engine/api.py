@@ -18,6 +18,7 @@ from engine.chat_format import ChatMessage
 from engine.config import SamplingConfig
 from engine.errors import PromptError
 from engine.events import Event, ModelLoaded
+from engine.router import ModelAnswer
 
 
 class ChatEngine(ABC):
@@ -32,12 +33,31 @@ class ChatEngine(ABC):
 
     @abstractmethod
     def chat(self, messages: Sequence[ChatMessage], sampling: SamplingConfig | None = None,
-             *, ignore_eos: bool = False) -> AsyncIterator[Event]:
+             *, ignore_eos: bool = False, reserve: int | None = None) -> AsyncIterator[Event]:
         """Generate the assistant's reply to ``messages`` as a stream of events.
 
         Replies run one at a time; a second call waits for the first to finish.
         Leaving the iterator early cancels the reply.
+
+        ``reserve``: KV cells to make free for the reply before it starts (evicting
+        old turns first if needed), as a route's template decides; None uses the
+        engine's policy (``kv.reply_reserve``). The engine caps it at the reply's
+        ``max_tokens`` and half the context; ``kv`` events report what was kept free
+        (``reserved_cells``).
         """
+
+    def count_tokens(self, text: str) -> int | None:
+        """Tokens ``text`` takes with the loaded model's tokenizer (no BOS, no turn
+        markers), or None when this backend has no local tokenizer or nothing is
+        loaded yet. Callers fall back to an estimate (``engine.token_count``)."""
+        return None
+
+    async def classify(self, text: str, routes: Sequence[str],
+                       descriptions: dict[str, str]) -> ModelAnswer | None:
+        """Ask the model which of ``routes`` ``text`` belongs to, with a one-word
+        grammar-constrained answer that leaves the conversation's KV cache alone; None
+        where the backend cannot (the router's own decision stands)."""
+        return None
 
     @abstractmethod
     def cancel(self) -> None:

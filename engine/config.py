@@ -131,6 +131,21 @@ class SpeculativeConfig(_Section):
     it saves, and back on when the text turns repetitive again."""
 
 
+class RouterConfig(_Section):
+    """How each prompt is routed to a template (templates/ and the config dir's own)."""
+
+    enabled: bool = True
+    """Route every message; false sends every message through the ``chat`` template."""
+    model_fallback: bool = False
+    """When the signals are unsure, ask the loaded model for a one-word route (a
+    grammar-constrained answer in a small side context; costs one short prefill)."""
+    min_confidence: float = Field(0.5, ge=0.0, le=1.0)
+    """Below this confidence the model fallback is asked (when enabled)."""
+    tiktoken_file: Path | None = None
+    """A local ``.tiktoken`` BPE file for estimating tokens before a model is loaded;
+    empty tries tiktoken's cache, then a character-based estimate."""
+
+
 class UIConfig(_Section):
     theme: str = "kvchat-dark"
     """Theme name: kvchat-dark, kvchat-light, kvchat-high-contrast, a Textual built-in,
@@ -143,6 +158,7 @@ class KvchatConfig(_Section):
     chat: ChatConfig = Field(default_factory=ChatConfig)
     kv: KVCacheConfig = Field(default_factory=KVCacheConfig)
     speculative: SpeculativeConfig = Field(default_factory=SpeculativeConfig)
+    router: RouterConfig = Field(default_factory=RouterConfig)
     ui: UIConfig = Field(default_factory=UIConfig)
 
 

@@ -234,6 +234,45 @@ class PromptTruncated(_Event):
     """One line for a person."""
 
 
+class RouteDecision(_Event):
+    """Where a prompt was routed and what that decided, sent before its reply starts."""
+
+    type: Literal["route"] = "route"
+    route: str
+    """The template's name: code, qa, summarize, chat, or a user's own."""
+    confidence: float
+    """0..1: the winner's score against the runner-up (1.0 for an override)."""
+    reason: str
+    """The signals that fired, for a person."""
+    source: Literal["signals", "override", "model", "disabled"] = "signals"
+    """signals: the cheap signals decided; override: ``--route`` or ``/route``;
+    model: the model fallback answered; disabled: routing is off."""
+    signals: list[str] = Field(default_factory=list)
+    """Every signal that fired, as ``route: label (+weight)``."""
+    template: str
+    """Where the template came from: ``bundled`` or the user's file."""
+    output: str
+    """Expected output format: prose, json, code or list."""
+    n_ctx: int
+    prompt_budget: int
+    """Tokens the conversation and the message may take (the template's prompt share)."""
+    prompt_tokens: int
+    """Tokens in the new message with the route's instructions."""
+    token_count: str
+    """How prompt_tokens was counted: exact, tiktoken:<encoding> or estimate."""
+    reply_reserve: int
+    """The template's reply reserve in tokens, before the engine's caps."""
+    kv_reserved: int
+    """KV cells asked to be free for the reply: the reserve capped at max_tokens and
+    half the context (the ``kv`` event shows what was actually kept free)."""
+    max_tokens: int
+    temperature: float
+    route_ms: float
+    """Time the decision took, the model fallback included."""
+    fallback_ms: float | None = None
+    """Time the model fallback took, when it was asked."""
+
+
 FinishReason = Literal["stop", "length", "cancelled", "context_full"]
 
 
@@ -273,7 +312,7 @@ class Error(_Event):
 
 Event = Annotated[
     ModelLoaded | MemorySnapshot | TurnStarted | PromptEvaluated | TokenChunk | Progress
-    | KVUsage | Eviction | PromptTruncated | SpecStats | Done | Error,
+    | KVUsage | Eviction | PromptTruncated | SpecStats | RouteDecision | Done | Error,
     Field(discriminator="type"),
 ]
 

@@ -24,6 +24,8 @@ from engine.errors import EngineClosed, KvchatError
 from engine.events import Error, Event, MemorySnapshot, ModelLoaded
 from engine.generation import ChatRequest, Generator
 from engine.loader import LoadedModel, load_model
+from engine.route_fallback import RouteClassifier
+from engine.router import ModelAnswer
 from engine.speculation import build_controller
 
 log = logging.getLogger("kvchat.engine")
@@ -50,6 +52,7 @@ class LocalEngine(ChatEngine):
         self._gen: Generator | None = None
         self._info: ModelLoaded | None = None
         self._current: _Job | None = None
+        self._classifier: RouteClassifier | None = None
         self._closed = False
 
     # -- lifecycle ----------------------------------------------------------------
@@ -88,14 +91,35 @@ class LocalEngine(ChatEngine):
     # -- replies ------------------------------------------------------------------
 
     def chat(self, messages: Sequence[ChatMessage], sampling: SamplingConfig | None = None,
-             *, ignore_eos: bool = False) -> AsyncIterator[Event]:
+             *, ignore_eos: bool = False, reserve: int | None = None) -> AsyncIterator[Event]:
         if self._closed:
             raise EngineClosed("the engine is closed")
         for msg in messages:
             if msg.role == "user":
                 check_prompt(msg.content)
-        request = ChatRequest(list(messages), sampling or self._default_sampling, ignore_eos)
+        request = ChatRequest(list(messages), sampling or self._default_sampling, ignore_eos,
+                              reserve=reserve)
         return self._stream(request)
+
+    def count_tokens(self, text: str) -> int | None:
+        lm = self._lm
+        # Tokenizing reads only the vocabulary, never the context: safe off the thread.
+        return len(lm.tokenize(text, add_bos=False)) if lm is not None else None
+
+    async def classify(self, text: str, routes: Sequence[str],
+                       descriptions: dict[str, str]) -> ModelAnswer | None:
+        if self._closed or self._lm is None:
+            return None
+        return await asyncio.wrap_future(
+            self._submit(lambda: self._classify(text, routes, descriptions)).future)
+
+    def _classify(self, text: str, routes: Sequence[str],
+                  descriptions: dict[str, str]) -> ModelAnswer | None:
+        if self._lm is None:
+            return None
+        if self._classifier is None:  # made on first use: most sessions never need it
+            self._classifier = RouteClassifier(self._lm)
+        return self._classifier.classify(text, routes, descriptions)
 
     async def _stream(self, request: ChatRequest) -> AsyncIterator[Event]:
         channel = EventChannel(asyncio.get_running_loop())
@@ -163,6 +187,9 @@ class LocalEngine(ChatEngine):
         return self._info
 
     def _unload(self) -> None:
+        if self._classifier is not None:
+            self._classifier.close()
+            self._classifier = None
         if self._gen is not None:
             self._gen.close()
             self._gen = None

@@ -59,6 +59,17 @@ class Routing:
     elapsed_ms: float = 0.0
 
 
+@dataclass(frozen=True)
+class ModelAnswer:
+    """The model fallback's answer (see ``engine.route_fallback``)."""
+
+    route: str
+    confidence: float
+    """Probability of the answer's first token among the routes' first tokens."""
+    elapsed_ms: float
+    prompt_tokens: int
+
+
 class Router:
     def __init__(self, templates: TemplateSet) -> None:
         self.templates = templates
