@@ -23,9 +23,11 @@ from engine.events import (
     KVUsage,
     Progress,
     PromptTruncated,
+    RouteDecision,
     TokenChunk,
     TurnStarted,
 )
+from engine.routing import RouteService
 from engine.session import ChatSession
 from engine.store import Store
 from tui.messages import (
@@ -39,7 +41,7 @@ from tui.messages import (
     ReplyStarted,
 )
 from tui.themes import bundled_theme_files, load_themes
-from tui.widgets.chat_pane import ChatPane, ReplyMessage, done_note
+from tui.widgets.chat_pane import ChatPane, ReplyMessage, done_note, route_note
 from tui.widgets.status_line import StatusLine
 
 
@@ -53,12 +55,18 @@ class KvchatApp(App[int]):
     ]
 
     def __init__(self, config: KvchatConfig, engine: ChatEngine, store: Store,
-                 conversation_id: int | None = None) -> None:
+                 conversation_id: int | None = None, routes: RouteService | None = None,
+                 route: str | None = None) -> None:
         super().__init__()
         self.config = config
         self.engine = engine
         self.store = store
-        self.session = ChatSession(engine, store, config.chat.system_prompt)
+        self.routes = routes or RouteService.from_config(config)
+        self.session = ChatSession(engine, store, config.chat.system_prompt,
+                                   routes=self.routes)
+        self.route = route
+        """A route for every message (``--route``); ``/route NAME`` overrides one."""
+        self._route_note = ""
         self.conversation_id = conversation_id
         self.ready = False
         self.replying = False
@@ -76,6 +84,8 @@ class KvchatApp(App[int]):
             self.register_theme(theme)
         for problem in problems:
             self.notify(problem, title="Theme skipped", severity="warning")
+        for problem in self.routes.templates.problems:
+            self.notify(problem, title="Template skipped", severity="warning")
         if self.config.ui.theme in self.available_themes:
             self.theme = self.config.ui.theme
         else:
@@ -138,19 +148,33 @@ class KvchatApp(App[int]):
         if self.replying:
             self.notify("A reply is in flight: Esc cancels it.", severity="warning")
             return
+        route = self.route
+        if text.startswith("/route"):
+            name, _, rest = text.removeprefix("/route").strip().partition(" ")
+            try:
+                route = self.routes.check_route(name)
+            except KvchatError as exc:
+                self.notify(exc.message, title="/route NAME message", severity="warning")
+                return
+            text = rest.strip()
+            if not text:
+                self.notify("Write the message after the route: /route NAME message",
+                            severity="warning")
+                return
         event.input.value = ""
-        self.post_message(PromptSubmitted(text))
+        self.post_message(PromptSubmitted(text, route))
 
     @on(PromptSubmitted)
     def _send(self, message: PromptSubmitted) -> None:
         self.replying = True
         self.query_one(StatusLine).state = "generating…"
-        self.generate_reply(message.text)
+        self.generate_reply(message.text, message.route)
 
     @work(exclusive=True, group="reply", exit_on_error=False)
-    async def generate_reply(self, text: str) -> None:
+    async def generate_reply(self, text: str, route: str | None = None) -> None:
         try:
-            async for event in self.session.send(text, self.conversation_id):
+            async for event in self.session.send(text, self.conversation_id,
+                                                  self.config.sampling, route=route):
                 if isinstance(event, TurnStarted):
                     self.post_message(ReplyStarted(event, text))
                 elif isinstance(event, TokenChunk):
@@ -180,7 +204,7 @@ class KvchatApp(App[int]):
     @on(ReplyFinished)
     async def _reply_finished(self, message: ReplyFinished) -> None:
         if self._reply is not None:
-            await self._reply.finish(done_note(message.done))
+            await self._reply.finish(self._route_note + done_note(message.done))
         self._reply = None
         self.replying = False
         status = self.query_one(StatusLine)
@@ -202,7 +226,11 @@ class KvchatApp(App[int]):
     @on(EngineEvent)
     async def _engine_event(self, message: EngineEvent) -> None:
         event = message.event
-        if isinstance(event, KVUsage):
+        if isinstance(event, RouteDecision):
+            self._route_note = route_note(event) + " · "
+            if self._reply is not None:
+                self._reply.set_note(route_note(event))
+        elif isinstance(event, KVUsage):
             status = self.query_one(StatusLine)
             status.ctx_used = event.used_cells
             status.evicted = event.evicted_total

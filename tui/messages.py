@@ -10,9 +10,11 @@ from engine.events import Done, Event, ModelLoaded, TurnStarted
 
 
 class PromptSubmitted(Message):
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, route: str | None = None) -> None:
         super().__init__()
         self.text = text
+        self.route = route
+        """The route asked for (``/route NAME`` or ``--route``); None lets the router pick."""
 
 
 class ReplyStarted(Message):

@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Chat with a local GGUF model through llama.cpp, and watch it work.",
     )
     _model_options(parser, suppress=False)
+    parser.add_argument("--route", metavar="NAME",
+                        help="in the app, send every message through route NAME "
+                             "(/route NAME message overrides one)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     ask = commands.add_parser("ask", help="stream one reply to stdout",
@@ -82,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="print every engine event as one JSON object per line instead")
     ask.add_argument("--ignore-eos", action="store_true",
                      help="keep generating to --max-tokens (for benchmarks)")
+    ask.add_argument("--route", metavar="NAME",
+                     help="send this message through route NAME (code, qa, summarize, chat "
+                          "or your own) instead of the router's choice")
     _model_options(ask, suppress=True)
 
     history = commands.add_parser("history", help="list stored conversations")
@@ -92,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     from tui.cli.synth import add_synth_parser
 
     add_plan_parser(commands, _positive)
+    from tui.cli.route import add_route_parser
+
+    add_route_parser(commands, _model_options)
     add_synth_parser(commands, _non_negative)
 
     export = commands.add_parser("export", help="write out one conversation")
@@ -106,6 +115,10 @@ def _dispatch(args: argparse.Namespace) -> Callable[[argparse.Namespace], int]:
         from tui.cli.ask import run_ask
 
         return run_ask
+    if args.command == "route":
+        from tui.cli.route import run_route
+
+        return run_route
     if args.command == "plan":
         from tui.cli.plan import run_plan
 

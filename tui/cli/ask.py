@@ -6,16 +6,19 @@ import argparse
 import asyncio
 import os
 import sys
+from pathlib import Path
 from typing import TextIO
 
 from engine.api import check_prompt
 from engine.errors import KvchatError, PromptError
-from engine.events import Done, Error, Event, PromptTruncated, TokenChunk
+from engine.events import Done, Error, Event, PromptTruncated, RouteDecision, TokenChunk
 from engine.local_engine import LocalEngine
+from engine.routing import RouteService
 from engine.session import ChatSession
 from engine.store import Store
 from tui.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 from tui.cli.options import resolve_config
+from tui.cli.route import pinned_sampling
 
 # Error events a person caused (the prompt), as opposed to failures of the machine.
 USAGE_ERROR_CODES = {"prompt_too_long", "prompt_empty", "prompt_not_utf8"}
@@ -49,6 +52,12 @@ async def _ask(args: argparse.Namespace, prompt: str, jsonl: bool) -> int:
         store.recover_interrupted()
         if args.conversation is not None:
             store.get_conversation(args.conversation)  # fail before loading the model
+        routes = RouteService.from_config(
+            config, Path(args.config) if getattr(args, "config", None) else None)
+        if args.route is not None:
+            routes.check_route(args.route)  # likewise
+        for problem in routes.templates.problems:
+            print(f"kvchat: warning: {problem}", file=sys.stderr)
         engine = LocalEngine(config.model, config.sampling, config.kv,
                              config.speculative)
         try:
@@ -61,10 +70,11 @@ async def _ask(args: argparse.Namespace, prompt: str, jsonl: bool) -> int:
                 elif snapshot.stage == "planned":
                     for warning in snapshot.warnings:
                         print(f"kvchat: note: {warning}", file=sys.stderr)
-            session = ChatSession(engine, store, config.chat.system_prompt)
+            session = ChatSession(engine, store, config.chat.system_prompt, routes=routes)
             final: Event | None = None
             async for event in session.send(prompt, args.conversation, config.sampling,
-                                            ignore_eos=args.ignore_eos):
+                                            ignore_eos=args.ignore_eos, route=args.route,
+                                            pinned=pinned_sampling(args)):
                 final = event
                 if jsonl:
                     _write_line(event.model_dump_json())
@@ -73,6 +83,9 @@ async def _ask(args: argparse.Namespace, prompt: str, jsonl: bool) -> int:
                     sys.stdout.flush()
                 elif isinstance(event, PromptTruncated):
                     print(f"kvchat: note: {event.message}", file=sys.stderr)
+                elif isinstance(event, RouteDecision) and sys.stderr.isatty():
+                    print(f"[route {event.route} ({event.confidence:.2f}): {event.reason}]",
+                          file=sys.stderr)
         finally:
             await engine.close()
     return _finish(final, jsonl)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from engine.local_engine import LocalEngine
+from engine.routing import RouteService
 from engine.store import Store
 from tui.cli import EXIT_OK
 from tui.cli.options import resolve_config
@@ -24,8 +26,12 @@ def run_tui(args: argparse.Namespace) -> int:
         store.recover_interrupted()
         if args.conversation is not None:
             store.get_conversation(args.conversation)
+        routes = RouteService.from_config(config, Path(args.config) if args.config else None)
+        if args.route is not None:
+            routes.check_route(args.route)
         engine = LocalEngine(config.model, config.sampling, config.kv,
                              config.speculative)
-        app = KvchatApp(config, engine, store, conversation_id=args.conversation)
+        app = KvchatApp(config, engine, store, conversation_id=args.conversation,
+                        routes=routes, route=args.route)
         app.run()
     return app.return_code or EXIT_OK

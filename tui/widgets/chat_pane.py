@@ -7,7 +7,7 @@ from textual.containers import Vertical, VerticalScroll
 from textual.widgets import Markdown, Static
 from textual.widgets._markdown import MarkdownStream
 
-from engine.events import Done
+from engine.events import Done, RouteDecision
 
 
 class UserMessage(Static):
@@ -51,6 +51,12 @@ class ReplyMessage(Vertical):
 
     def set_note(self, note: str) -> None:
         self.query_one(".reply-stats", Static).update(note)
+
+
+def route_note(route: RouteDecision) -> str:
+    """``route code 0.67`` (or ``route qa (chosen)`` for an override)."""
+    how = "chosen" if route.source == "override" else f"{route.confidence:.2f}"
+    return f"route {route.route} {how}"
 
 
 def done_note(done: Done) -> str:
