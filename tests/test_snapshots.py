@@ -33,7 +33,8 @@ class ScriptedEngine(ChatEngine):
         return INFO
 
     async def chat(self, messages: Sequence[ChatMessage], sampling: SamplingConfig | None = None,
-                   *, ignore_eos: bool = False) -> AsyncIterator[Event]:
+                   *, ignore_eos: bool = False, reserve: int | None = None,
+                   ) -> AsyncIterator[Event]:
         for i, piece in enumerate(REPLY):
             yield TokenChunk(ts=0, text=piece, token_ids=[i])
         yield KVUsage(ts=0, used_cells=61, reserved_cells=0, n_ctx=4096, bytes_per_cell=2,
