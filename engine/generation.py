@@ -15,17 +15,15 @@ import codecs
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 
 import llama_cpp
 import numpy as np
 from llama_cpp import _internals
 
 from engine.chat_format import ChatMessage
-from engine.config import KVCacheConfig, SamplingConfig
+from engine.config import KVCacheConfig
 from engine.errors import DecodeError
 from engine.events import (
-    Done,
     Error,
     Event,
     Eviction,
@@ -41,6 +39,17 @@ from engine.kv_window import Span, choose_span, turn_boundaries, window
 from engine.loader import LoadedModel
 from engine.sampling import build_sampler
 from engine.speculation import SpecController
+from engine.turn_state import (
+    ChatRequest,
+    KVState,
+    PendingEviction,
+    Reply,
+    TurnStats,
+    common_prefix,
+    done_event,
+)
+
+__all__ = ["ChatRequest", "Generator", "KVState"]
 
 SEQ = 0
 PROGRESS_EVERY = 16
@@ -55,69 +64,6 @@ MIN_TAIL = 16
 """Newest prompt tokens no eviction may touch: the reply's turn header and the end
 of the message it answers."""
 _SENTINEL = "\ue000"  # a private-use character no template or tokenizer gives meaning to
-
-
-@dataclass(frozen=True)
-class ChatRequest:
-    messages: Sequence[ChatMessage]
-    sampling: SamplingConfig
-    ignore_eos: bool = False
-    """Ban end-of-turn tokens and generate exactly ``max_tokens`` (for benchmarks)."""
-    reserve: int | None = None
-    """Cells to free for the reply before it starts; None means the KV policy's."""
-
-
-@dataclass
-class KVState:
-    tokens: list[int] = field(default_factory=list)
-    """Tokens in the cache, by position."""
-    n_keep: int = 0
-    """Positions ``[0, n_keep)`` are never evicted (system prompt, sink tokens)."""
-    dropped: int = 0
-    """Conversation tokens evicted after the kept prefix: the cache holds
-    ``window(rendered_tokens, n_keep, dropped)``."""
-    rendered_text: str = ""
-    """Prompt + reply text of the last turn, and its tokens as the model saw them:
-    the next turn's prompt extends this text, so its tokens extend these exactly."""
-    rendered_tokens: list[int] = field(default_factory=list)
-
-
-@dataclass
-class TurnStats:
-    started: float
-    prompt_tokens: int = 0
-    reused_tokens: int = 0
-    evaluated_tokens: int = 0
-    prefill_s: float = 0.0
-    first_token_at: float = 0.0
-    last_token_at: float = 0.0
-    sampled: int = 0
-    """Tokens sampled, counting a final end-of-turn token that is not part of the reply."""
-    completion_tokens: int = 0
-    evictions: int = 0
-    evicted_tokens: int = 0
-    drafted: int = 0
-    accepted: int = 0
-
-
-@dataclass
-class Reply:
-    stats: TurnStats
-    utf8: codecs.IncrementalDecoder
-    """Pieces may end inside a UTF-8 character: text is emitted once it is whole."""
-    tokens: list[int] = field(default_factory=list)
-
-
-@dataclass
-class PendingEviction:
-    """An eviction whose event waits for the next decode, which pays for the shift."""
-
-    reason: EvictionReason
-    span: Span
-    evicted: int
-    shifted: int
-    used_before: int
-    elapsed_s: float
 
 
 class Generator:
@@ -172,7 +118,7 @@ class Generator:
             probe = self.lm.chat_format.render([*system, ChatMessage(role="user",
                                                                       content=_SENTINEL)])
             head = probe[:probe.find(_SENTINEL)] if _SENTINEL in probe else ""
-            keep = max(keep, _common_prefix(self._tokenize_fresh(head), prompt))
+            keep = max(keep, common_prefix(self._tokenize_fresh(head), prompt))
         # Whatever the system prompt, half the context stays free to slide.
         return min(keep, self.lm.n_ctx // 2, max(0, len(prompt) - MIN_TAIL))
 
@@ -186,7 +132,7 @@ class Generator:
         if _SENTINEL not in probe:
             return 0
         head = self._tokenize_fresh(probe[:probe.find(_SENTINEL)])
-        return _common_prefix(head, prompt)
+        return common_prefix(head, prompt)
 
     def fit(self, logical: list[int], new_from: int, reserve: int) -> list[int]:
         """The window of ``logical`` to prefill, evicting first if it and ``reserve``
@@ -201,7 +147,7 @@ class Generator:
             return prompt  # run() reports context_full / prompt_too_long
         # Cells past what the new window shares with the cache are stale: drop them so
         # only cells that belong to the window get shifted.
-        self.rewind(_common_prefix(kv.tokens, prompt))
+        self.rewind(common_prefix(kv.tokens, prompt))
         limit = len(prompt) - MIN_TAIL
         need = min(len(prompt) - room, limit - kv.n_keep)
         if need <= 0:
@@ -223,7 +169,7 @@ class Generator:
         Returns (reused, evaluated). At least the last prompt token is evaluated so
         its logits are fresh for the first sample.
         """
-        reused = _common_prefix(self.kv.tokens, prompt)
+        reused = common_prefix(self.kv.tokens, prompt)
         reused = min(reused, len(prompt) - 1)
         self.rewind(reused)
         pos = reused
@@ -355,7 +301,7 @@ class Generator:
             stats.reused_tokens, stats.evaluated_tokens = self.prefill(prompt, cancel)
             stats.prefill_s = time.perf_counter() - stats.started
             if cancel.is_set():
-                emit(self._done(stats, "cancelled", ""))
+                emit(done_event(stats, "cancelled", ""))
                 ok = True
                 return
             emit(PromptEvaluated(prompt_tokens=stats.prompt_tokens,
@@ -368,7 +314,7 @@ class Generator:
             kv.rendered_text = text + reply
             kv.rendered_tokens = logical + reply_tokens
             emit(self.kv_usage(0))
-            emit(self._done(stats, reason, reply))
+            emit(done_event(stats, reason, reply))
             ok = True
         finally:
             if self._pending is not None:  # no decode followed (cancelled, or the end)
@@ -418,7 +364,7 @@ class Generator:
                     self.decode([token])
                     token = sampler.sample(self.lm.ctx, -1)
                     emitted = [token]
-                accepted = _common_prefix(emitted, drafts)
+                accepted = common_prefix(emitted, drafts)
                 note = spec.after_round(time.perf_counter() - started, len(drafts), accepted,
                                         emitted)
                 stats.drafted += len(drafts)
@@ -511,38 +457,6 @@ class Generator:
         logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self.lm.ctx.ctx, row),
                                        shape=(self.n_vocab,))
         return int(np.count_nonzero(logits > logits[choice] - guard)) > 1
-
-    def _done(self, stats: TurnStats, reason: FinishReason, text: str) -> Done:
-        end = time.perf_counter()
-        decode_span = stats.last_token_at - stats.first_token_at
-        # The first sample reads the prefill's logits; each later one costs one decode.
-        decoded = max(0, stats.sampled - 1)
-        prefill_rate = stats.evaluated_tokens / stats.prefill_s if stats.prefill_s else 0.0
-        return Done(
-            finish_reason=reason,
-            prompt_tokens=stats.prompt_tokens,
-            reused_tokens=stats.reused_tokens,
-            evaluated_tokens=stats.evaluated_tokens,
-            completion_tokens=stats.completion_tokens,
-            ttft_s=(stats.first_token_at or end) - stats.started,
-            prefill_tokens_per_s=prefill_rate,
-            tokens_per_s=decoded / decode_span if decode_span > 0 else 0.0,
-            total_s=end - stats.started,
-            evictions=stats.evictions,
-            evicted_tokens=stats.evicted_tokens,
-            drafted_tokens=stats.drafted,
-            accepted_tokens=stats.accepted,
-            text=text,
-        )
-
-
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
-
 
 def _drop(event: Event) -> None:
     """The emitter between turns: nothing listens."""
