@@ -26,6 +26,10 @@ SHADOW_WINDOW = 16
 SHADOW_HITS_TO_RESUME = 12
 """Of the last SHADOW_WINDOW plain steps, how many shadow drafts must have guessed the
 next token before speculation resumes."""
+COOLDOWN_TOKENS = 32
+"""Plain tokens after a switch-off before shadow drafts may switch it back on; doubled
+at each further switch-off in the same reply, so text that looks repetitive but does
+not pay (near-ties, short matches) cannot make it flap."""
 DRAFT_MODEL_RETRY_AFTER = 64
 """A draft model's shadow drafts cost a decode each, so once off it only retries
 after this many plain tokens."""
@@ -53,6 +57,7 @@ class SpecController:
     shadow: deque[bool] = field(default_factory=lambda: deque(maxlen=SHADOW_WINDOW))
     _shadow_guess: int | None = None
     _off_tokens: int = 0
+    _switch_offs: int = 0
 
     def __post_init__(self) -> None:
         self.max_draft = self.max_draft or self.config.max_draft
@@ -64,7 +69,7 @@ class SpecController:
         self.rounds = self.drafted = self.accepted = 0
         self.recent.clear()
         self.shadow.clear()
-        self._shadow_guess, self._off_tokens = None, 0
+        self._shadow_guess, self._off_tokens, self._switch_offs = None, 0, 0
 
     def propose(self, window: list[int]) -> list[int]:
         """Drafts for the next round, or [] for a plain step."""
@@ -92,8 +97,9 @@ class SpecController:
             self.shadow.append(self._shadow_guess == token)
             self._shadow_guess = None
         hits = sum(self.shadow)
+        cooldown = COOLDOWN_TOKENS << max(0, self._switch_offs - 1)
         if self.config.adaptive and len(self.shadow) == SHADOW_WINDOW \
-                and hits >= SHADOW_HITS_TO_RESUME:
+                and hits >= SHADOW_HITS_TO_RESUME and self._off_tokens >= cooldown:
             self.active = True
             self.recent.clear()
             self.shadow.clear()
@@ -120,6 +126,8 @@ class SpecController:
         speedup = self.speedup()
         if self.config.adaptive and len(self.recent) >= ROUNDS_TO_JUDGE and speedup < 1.0:
             self.active = False
+            self._switch_offs += 1
+            self._off_tokens = 0
             note = self.stats(f"costing time: {speedup:.2f}x of plain decoding over the last "
                               f"{len(self.recent)} rounds")
             self.recent.clear()

@@ -14,7 +14,7 @@ from engine.errors import ConfigError, ModelLoadError
 from engine.events import Done, Event, Eviction, SpecStats
 from engine.local_engine import LocalEngine
 from engine.shapes import parse_shape
-from engine.speculation import SHADOW_WINDOW, SpecController
+from engine.speculation import COOLDOWN_TOKENS, SpecController
 from engine.synth import write_synthetic
 from tests.test_kv_eviction import _view, assert_in_step, on_engine_thread
 
@@ -73,10 +73,13 @@ def test_controller_switches_off_when_rounds_cost_time_and_back_on_when_text_rep
     assert not switch.active and "costing time" in switch.reason and switch.speedup < 1
     assert switch.acceptance == 0 and switch.drafted > 0
     # Off, it keeps shadow-drafting for free; a run of repeats turns it back on.
+    # Not at once, though: a cool-down keeps text that looks repetitive but does not
+    # pay from flapping it on and off.
     resumed = None
-    for _ in range(SHADOW_WINDOW):
+    for step in range(COOLDOWN_TOKENS):
         assert ctl.propose([]) == []
         resumed = ctl.after_plain(0.010, ctl.drafter.seen[-1])
+        assert (resumed is None) == (step < COOLDOWN_TOKENS - 1)
     assert ctl.active and resumed is not None and "repeats again" in resumed.reason
     assert ctl.propose([]) != []
 
