@@ -249,7 +249,7 @@ class RouteDecision(_Event):
     model: the model fallback answered; disabled: routing is off."""
     signals: list[str] = Field(default_factory=list)
     """Every signal that fired, as ``route: label (+weight)``."""
-    template: str
+    template_source: str
     """Where the template came from: ``bundled`` or the user's file."""
     output: str
     """Expected output format: prose, json, code or list."""

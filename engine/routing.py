@@ -104,7 +104,7 @@ class RouteService:
         event = RouteDecision(
             route=routing.route, confidence=routing.confidence, reason=routing.reason,
             source=routing.source, signals=list(routing.signals),  # type: ignore[arg-type]
-            template=self.templates.sources.get(routing.route, "bundled"),
+            template_source=self.templates.sources.get(routing.route, "bundled"),
             output=template.output, n_ctx=n_ctx,
             prompt_budget=template.budget.prompt_tokens(n_ctx),
             prompt_tokens=count.tokens, token_count=count.method,

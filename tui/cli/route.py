@@ -88,7 +88,7 @@ def describe(event: RouteDecision) -> str:
     lines = [
         f"route       {event.route}  (confidence {event.confidence:.2f}, {event.source})",
         f"reason      {event.reason}",
-        f"template    {event.route} ({event.template}), output {event.output}",
+        f"template    {event.route} ({event.template_source}), output {event.output}",
         f"budget      prompt {event.prompt_tokens}{count} of {event.prompt_budget} tokens; "
         f"reply reserve {event.reply_reserve}, KV reserved {event.kv_reserved} of "
         f"{event.n_ctx} cells",
