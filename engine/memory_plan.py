@@ -25,15 +25,7 @@ def kv_bytes_per_token(header: GGUFHeader, kv_type: str = "f16") -> int:
     sliding-window layers are counted in full because llama.cpp allocates them at
     full context size (``swa_full``).
     """
-    n_layers = header.n_layers
-    n_head = int(header.arch_value("attention.head_count", 0) or 0)
-    n_embd = int(header.arch_value("embedding_length", 0) or 0)
-    head_dim = n_embd // n_head if n_head else 0
-    key_len = int(header.arch_value("attention.key_length", head_dim) or head_dim)
-    value_len = int(header.arch_value("attention.value_length", head_dim) or head_dim)
-    kv_heads = _per_layer(header.arch_value("attention.head_count_kv", n_head), n_layers)
-    elements = sum(h * (key_len + value_len) for h in kv_heads)
-    return int(elements * KV_TYPE_BYTES[kv_type])
+    return sum(kv_bytes_per_layer(header, kv_type))
 
 
 _SIZE_UNITS = {
