@@ -32,9 +32,9 @@ class Drafter(Protocol):
     def extend(self, tokens: Sequence[int]) -> None:
         """Tokens the target model emitted (drafted or its own), in order."""
 
-    def draft(self, window: Sequence[int], n: int) -> list[int]:
-        """Up to ``n`` tokens to follow ``window`` (the target's cache + the pending
-        token). May return fewer, or none when it has no good guess."""
+    def draft(self, cache: Sequence[int], pending: int, n: int) -> list[int]:
+        """Up to ``n`` tokens to follow the target's cache and its pending token. May
+        return fewer, or none when it has no good guess."""
 
     def close(self) -> None: ...
 
@@ -67,9 +67,10 @@ class PromptLookup:
                     self._after[tuple(self.tokens[i - n:i])] = i
             self.tokens.append(token)
 
-    def draft(self, window: Sequence[int], n: int) -> list[int]:
-        # The current suffix itself is never indexed (it has no continuation yet), so
-        # any hit is an earlier occurrence. Longer matches are tried first: fewer, surer.
+    def draft(self, cache: Sequence[int], pending: int, n: int) -> list[int]:
+        # ``extend`` has already seen ``pending``: the suffix ends with it. The suffix
+        # itself is never indexed (it has no continuation yet), so any hit is an earlier
+        # occurrence. Longer matches are tried first: fewer, surer.
         for size in range(self.max_ngram, self.min_ngram - 1, -1):
             if len(self.tokens) < size:
                 continue
@@ -101,7 +102,8 @@ class DraftModel:
     def extend(self, tokens: Sequence[int]) -> None:
         pass
 
-    def draft(self, window: Sequence[int], n: int) -> list[int]:
+    def draft(self, cache: Sequence[int], pending: int, n: int) -> list[int]:
+        window = [*cache, pending]
         n = min(n, self.lm.n_ctx - len(window))
         if n <= 0:
             return []

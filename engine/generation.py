@@ -341,13 +341,15 @@ class Generator:
         guard = NEAR_TIE_GUARD if exact and spec is not None and spec.config.exact else 0.0
         try:
             token = sampler.sample(self.lm.ctx, -1)  # from the prefill's last logits
+            if spec is not None:
+                spec.drafter.extend([token])  # drafters see every emitted token
             while True:
                 if reason := self.take(reply, token, req):
                     return reply.tokens, reason
                 if cancel.is_set():
                     return reply.tokens, "cancelled"
                 started = time.perf_counter()
-                drafts = spec.propose([*self.kv.tokens, token]) if spec else []
+                drafts = spec.propose(self.kv.tokens, token) if spec else []
                 drafts = self.room_for(drafts)
                 if drafts is None:
                     return reply.tokens, "context_full"

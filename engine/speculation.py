@@ -71,18 +71,18 @@ class SpecController:
         self.shadow.clear()
         self._shadow_guess, self._off_tokens, self._switch_offs = None, 0, 0
 
-    def propose(self, window: list[int]) -> list[int]:
+    def propose(self, cache: list[int], pending: int) -> list[int]:
         """Drafts for the next round, or [] for a plain step."""
         if self.plain_s is None or self.max_draft < 1:
             return []  # measure one plain step first: it is the yardstick
         if self.active:
-            return self.drafter.draft(window, self.draft_len)
+            return self.drafter.draft(cache, pending, self.draft_len)
         if self.drafter.name == "prompt-lookup":
-            guess = self.drafter.draft(window, 1)
+            guess = self.drafter.draft(cache, pending, 1)
             self._shadow_guess = guess[0] if guess else None
         elif self._off_tokens >= DRAFT_MODEL_RETRY_AFTER:
             self.active, self._off_tokens = True, 0
-            return self.drafter.draft(window, self.draft_len)
+            return self.drafter.draft(cache, pending, self.draft_len)
         return []
 
     def after_plain(self, seconds: float, token: int) -> SpecStats | None:

@@ -27,12 +27,12 @@ REPEAT = ("Repeat this text exactly, twice:\n\nThe keeper climbed the stairs of 
 def test_prompt_lookup_drafts_what_followed_the_last_occurrence() -> None:
     pl = PromptLookup(min_ngram=2, max_ngram=3)
     pl.begin([1, 2, 3, 4, 5, 9, 1, 2, 3])
-    assert pl.draft([], 3) == [4, 5, 9]
+    assert pl.draft([], 0, 3) == [4, 5, 9]
     pl.extend([7])  # the suffix (3, 7) never occurred: no draft
-    assert pl.draft([], 3) == []
+    assert pl.draft([], 0, 3) == []
     # The same conversation grown by one turn keeps its index and extends it.
     pl.begin([1, 2, 3, 4, 5, 9, 1, 2, 3, 7, 1, 2])
-    assert pl.draft([], 2) == [3, 7]  # the latest occurrence of (1, 2) wins
+    assert pl.draft([], 0, 2) == [3, 7]  # the latest occurrence of (1, 2) wins
 
 
 class ScriptedDrafter:
@@ -49,7 +49,7 @@ class ScriptedDrafter:
     def extend(self, tokens: Sequence[int]) -> None:
         self.seen.extend(tokens)
 
-    def draft(self, window: Sequence[int], n: int) -> list[int]:
+    def draft(self, cache: Sequence[int], pending: int, n: int) -> list[int]:
         return [self.seen[-1]] * n  # predicts a repeat of the last token
 
     def close(self) -> None:
@@ -60,11 +60,11 @@ def test_controller_switches_off_when_rounds_cost_time_and_back_on_when_text_rep
 ) -> None:
     ctl = SpecController(ScriptedDrafter(), SpeculativeConfig(max_draft=8))
     ctl.begin_reply([5, 6])
-    assert ctl.propose([5, 6]) == []  # no plain step measured yet: measure one first
+    assert ctl.propose([5], 6) == []  # no plain step measured yet: measure one first
     assert ctl.after_plain(0.010, 7) is None
     notes = []
     for token in range(100, 110):  # every round: 2x a plain step, nothing accepted
-        drafts = ctl.propose([])
+        drafts = ctl.propose([], 0)
         if not drafts:
             break
         notes.append(ctl.after_round(0.020, len(drafts), 0, [token]))
@@ -77,11 +77,11 @@ def test_controller_switches_off_when_rounds_cost_time_and_back_on_when_text_rep
     # pay from flapping it on and off.
     resumed = None
     for step in range(COOLDOWN_TOKENS):
-        assert ctl.propose([]) == []
+        assert ctl.propose([], 0) == []
         resumed = ctl.after_plain(0.010, ctl.drafter.seen[-1])
         assert (resumed is None) == (step < COOLDOWN_TOKENS - 1)
     assert ctl.active and resumed is not None and "repeats again" in resumed.reason
-    assert ctl.propose([]) != []
+    assert ctl.propose([], 0) != []
 
 
 async def collect(stream: AsyncIterator[Event]) -> list[Event]:
