@@ -40,8 +40,6 @@ PLAIN_EMA = 0.1
 class SpecController:
     drafter: Drafter
     config: SpeculativeConfig
-    max_draft: int = 0
-    """Most drafts per round: the config's, capped at the exact batch size."""
     draft_len: int = 0
     active: bool = True
     plain_s: float | None = None
@@ -60,8 +58,7 @@ class SpecController:
     _switch_offs: int = 0
 
     def __post_init__(self) -> None:
-        self.max_draft = self.max_draft or self.config.max_draft
-        self.draft_len = max(1, self.max_draft // 2)
+        self.draft_len = max(1, self.config.max_draft // 2)
 
     def begin_reply(self, history: list[int]) -> None:
         self.drafter.begin(history)
@@ -73,7 +70,7 @@ class SpecController:
 
     def propose(self, cache: list[int], pending: int) -> list[int]:
         """Drafts for the next round, or [] for a plain step."""
-        if self.plain_s is None or self.max_draft < 1:
+        if self.plain_s is None:
             return []  # measure one plain step first: it is the yardstick
         if self.active:
             return self.drafter.draft(cache, pending, self.draft_len)
@@ -120,7 +117,7 @@ class SpecController:
         self.drafter.extend(emitted)
         # Grow the draft while every token lands; shrink it towards what does.
         if accepted == drafted:
-            self.draft_len = min(self.max_draft, self.draft_len + 2)
+            self.draft_len = min(self.config.max_draft, self.draft_len + 2)
         else:
             self.draft_len = max(1, min(self.draft_len - 1, accepted + 2))
         speedup = self.speedup()
