@@ -18,6 +18,7 @@ from engine.chat_format import ChatMessage
 from engine.config import SamplingConfig
 from engine.errors import PromptError
 from engine.events import Event, ModelLoaded
+from engine.output_spec import OutputSpec
 from engine.router import ModelAnswer
 
 
@@ -33,7 +34,8 @@ class ChatEngine(ABC):
 
     @abstractmethod
     def chat(self, messages: Sequence[ChatMessage], sampling: SamplingConfig | None = None,
-             *, ignore_eos: bool = False, reserve: int | None = None) -> AsyncIterator[Event]:
+             *, ignore_eos: bool = False, reserve: int | None = None,
+             constraint: OutputSpec | None = None) -> AsyncIterator[Event]:
         """Generate the assistant's reply to ``messages`` as a stream of events.
 
         Replies run one at a time; a second call waits for the first to finish.
@@ -44,6 +46,12 @@ class ChatEngine(ABC):
         engine's policy (``kv.reply_reserve``). The engine caps it at the reply's
         ``max_tokens`` and half the context; ``kv`` events report what was kept free
         (``reserved_cells``).
+
+        ``constraint``: decode so that the reply cannot fail ``constraint``'s check (a
+        grammar, or the server's structured-output mode): the retry ladder's strictest
+        step. A backend that cannot enforce it ends the reply with an ``Error`` event of
+        code ``constraint_unsupported`` before generating anything; a schema it cannot
+        compile is code ``constraint_invalid``.
         """
 
     def count_tokens(self, text: str) -> int | None:

@@ -75,3 +75,9 @@ class DecodeError(KvchatError):
     """llama.cpp failed to evaluate a batch."""
 
     code = "decode"
+
+
+class ConstraintError(KvchatError):
+    """A structured-output constraint cannot be turned into a grammar."""
+
+    code = "constraint_invalid"

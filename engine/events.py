@@ -24,23 +24,24 @@ class _Event(BaseModel):
 class ModelLoaded(_Event):
     type: Literal["model_loaded"] = "model_loaded"
     path: str
-    """The GGUF file that was loaded."""
+    """The GGUF file that was loaded (for a remote backend: the server's base URL)."""
     name: str
     """Human-readable model name (general.name, else the file name)."""
     architecture: str
     """GGUF architecture string, e.g. ``gemma3`` or ``llama``."""
     description: str
     """llama.cpp's one-line description (type, size, quant)."""
-    n_params: int
-    file_bytes: int
-    weights_bytes: int
+    n_params: int | None
+    """None: not known (a remote server that does not say)."""
+    file_bytes: int | None
+    weights_bytes: int | None
     """Bytes of weights llama.cpp reports for the model."""
-    n_vocab: int
+    n_vocab: int | None
     n_ctx: int
-    """Context size (KV cells) of the live context."""
-    n_ctx_train: int
-    n_layers: int
-    n_gpu_layers: int
+    """Context size (KV cells) of the live context; see ``n_ctx_source``."""
+    n_ctx_train: int | None
+    n_layers: int | None
+    n_gpu_layers: int | None
     """Layers offloaded to the GPU (0 on a CPU-only build)."""
     backend: str
     """Compute backend as llama.cpp reports it: CPU, CUDA, Metal, Vulkan, ..."""
@@ -48,7 +49,7 @@ class ModelLoaded(_Event):
     """Names of the devices llama.cpp registered, GPU first."""
     chat_format: str
     """How turns are rendered: ``gguf-template`` or a built-in format name."""
-    kv_bytes: int
+    kv_bytes: int | None
     """Bytes the KV cache needs for the whole context, by the architecture's formula."""
     buffers: dict[str, int] = Field(default_factory=dict)
     """Bytes llama.cpp reported allocating, e.g. ``{"model CPU_Mapped": ...,
@@ -65,6 +66,14 @@ class ModelLoaded(_Event):
     """Tokens per micro-batch: sizes the compute buffer."""
     flash_attn: bool | None = None
     """Flash attention as requested (None: llama.cpp's choice)."""
+    n_ctx_source: Literal["model", "server", "assumed"] = "model"
+    """model: the live llama.cpp context; server: what a remote server reported;
+    assumed: the server does not say, so ``n_ctx`` is the config's ``model.n_ctx``,
+    used only to size route budgets."""
+    remote: str | None = None
+    """The server's kind (llama-server, vllm, ollama, llama-cpp-python or
+    openai-compatible) when the model runs behind an HTTP API; None when local.
+    Fields set to None are what that server does not tell."""
 
 
 MemoryStage = Literal["planned", "loaded", "turn"]
@@ -116,11 +125,16 @@ class PromptEvaluated(_Event):
     type: Literal["prompt"] = "prompt"
     prompt_tokens: int
     """Tokens in the whole rendered prompt."""
-    reused_tokens: int
-    """Prompt tokens already in the KV cache from an earlier turn (not evaluated)."""
-    evaluated_tokens: int
-    """Prompt tokens evaluated for this turn."""
+    reused_tokens: int | None
+    """Prompt tokens already in the KV cache from an earlier turn (not evaluated);
+    None when a server does not say."""
+    evaluated_tokens: int | None
+    """Prompt tokens evaluated for this turn; None when a server does not say."""
     prefill_s: float
+    """For a remote backend: request sent to first token, network and queue included."""
+    token_count: str = "exact"
+    """How prompt_tokens was counted: exact, server (its usage fields),
+    tiktoken:<encoding> or estimate."""
 
 
 class TokenChunk(_Event):
@@ -146,15 +160,23 @@ class KVUsage(_Event):
     """KV cells holding tokens of the live conversation."""
     reserved_cells: int
     """Cells set aside for the reply in flight."""
-    n_ctx: int
-    bytes_per_cell: int
-    """KV bytes one token occupies across all layers (K and V)."""
-    used_bytes: int
-    total_bytes: int
+    n_ctx: int | None
+    """None when a server does not say."""
+    bytes_per_cell: int | None
+    """KV bytes one token occupies across all layers (K and V); None for a server."""
+    used_bytes: int | None
+    total_bytes: int | None
     kept_cells: int = 0
     """Cells at the start that eviction never touches (system prompt, sink tokens)."""
     evicted_total: int = 0
     """Tokens of this conversation evicted so far (no longer in the cache)."""
+    source: Literal["engine", "server"] = "engine"
+    """engine: kvchat's own KV manager; server: a remote server's report, where
+    ``used_cells`` is the context this conversation takes (the server manages the
+    cache; kvchat reserves and evicts nothing there)."""
+    server_kv_usage: float | None = None
+    """Share (0..1) of the server's whole KV cache in use, all requests together,
+    from its metrics; None when it does not export one."""
 
 
 EvictionReason = Literal["generation", "prompt"]
@@ -273,6 +295,45 @@ class RouteDecision(_Event):
     """Time the model fallback took, when it was asked."""
 
 
+RetryStrategy = Literal["as_generated", "repair", "stricter_prompt", "grammar"]
+"""How an attempt at a structured reply was made: the reply as generated; the same
+text with trivially broken JSON repaired (no generation); a new reply to a prompt that
+adds the error and stricter instructions; a new reply under grammar-constrained
+decoding."""
+
+
+class OutputCheck(_Event):
+    """What the output checker found in one attempt at a structured reply."""
+
+    type: Literal["output_check"] = "output_check"
+    attempt: int
+    """1 for the reply as generated, then 2, 3, ... for each retry."""
+    strategy: RetryStrategy
+    format: Literal["json", "code", "list"]
+    ok: bool
+    found: str
+    """What the reply holds, for a person: ``a JSON object with 3 keys``,
+    ``2 code blocks (python, json)``, ``a list of 5 items``, ``nothing structured``."""
+    errors: list[str] = Field(default_factory=list)
+    """Each problem, one line each: parse errors with their position, schema
+    violations with their JSON path, syntax errors with their line."""
+    final: bool = False
+    """True on the check that decides the reply (it passed, or no attempt is left)."""
+
+
+class Retry(_Event):
+    """A structured reply failed its check and another attempt starts."""
+
+    type: Literal["retry"] = "retry"
+    attempt: int
+    """The number of the attempt about to be made (2 or more)."""
+    strategy: RetryStrategy
+    reason: str
+    """The error that caused it (the previous check's first error)."""
+    prompt_change: str = ""
+    """What this attempt adds to the prompt; empty when the prompt is unchanged."""
+
+
 FinishReason = Literal["stop", "length", "cancelled", "context_full"]
 
 
@@ -282,24 +343,36 @@ class Done(_Event):
     """stop: end of turn; length: max tokens; cancelled: by the user;
     context_full: the KV cache had no room left."""
     prompt_tokens: int
-    reused_tokens: int
-    evaluated_tokens: int
+    reused_tokens: int | None
+    """None when a server does not say (as for evaluated_tokens)."""
+    evaluated_tokens: int | None
     completion_tokens: int
     ttft_s: float
     """Time from the request reaching the engine thread to the first token sampled."""
-    prefill_tokens_per_s: float
+    prefill_tokens_per_s: float | None
     tokens_per_s: float
     """Decode rate: completion tokens after the first over the time they took."""
     total_s: float
     evictions: int = 0
     """Evictions during this turn (prompt and generation)."""
     evicted_tokens: int = 0
-    drafted_tokens: int = 0
-    """Tokens drafted by speculative decoding in this reply."""
-    accepted_tokens: int = 0
+    drafted_tokens: int | None = 0
+    """Tokens drafted by speculative decoding in this reply (None: a server that
+    does not say)."""
+    accepted_tokens: int | None = 0
     """Drafted tokens the model accepted (each one a decode step saved)."""
+    attempts: int = 1
+    """Attempts this reply took: more than 1 when a structured reply was retried.
+    The counters above are the final attempt's."""
+    output_ok: bool | None = None
+    """For a structured reply: whether the final text passed its check (False means
+    every attempt failed and the reply is marked so); None for prose."""
     text: str
-    """The whole reply."""
+    """The whole reply (the final attempt's text)."""
+    token_count: str = "exact"
+    """How the token counts were made: exact (the model's tokenizer), server (its
+    usage fields), or estimate (streamed chunks and tiktoken, when a server sent no
+    usage: a cancelled reply or a server that never does)."""
 
 
 class Error(_Event):
@@ -312,7 +385,8 @@ class Error(_Event):
 
 Event = Annotated[
     ModelLoaded | MemorySnapshot | TurnStarted | PromptEvaluated | TokenChunk | Progress
-    | KVUsage | Eviction | PromptTruncated | SpecStats | RouteDecision | Done | Error,
+    | KVUsage | Eviction | PromptTruncated | SpecStats | RouteDecision | OutputCheck | Retry
+    | Done | Error,
     Field(discriminator="type"),
 ]
 

@@ -22,7 +22,8 @@ from llama_cpp import _internals
 
 from engine.chat_format import ChatMessage
 from engine.config import KVCacheConfig
-from engine.errors import DecodeError
+from engine.constrained_sampling import ConstrainedSampler, GrammarError
+from engine.errors import ConstraintError, DecodeError
 from engine.events import (
     Error,
     Event,
@@ -37,6 +38,7 @@ from engine.events import (
 )
 from engine.kv_window import Span, choose_span, turn_boundaries, window
 from engine.loader import LoadedModel
+from engine.output_spec import gbnf_for
 from engine.sampling import build_sampler
 from engine.speculation import SpecController
 from engine.turn_state import (
@@ -286,6 +288,7 @@ class Generator:
             kv.n_keep, kv.dropped = self.count_kept(req.messages, logical), 0
             new_from = self.message_start(req.messages, logical)
         reserve = self.reserve_for(req)
+        sampler = self.sampler_for(req)  # first: a bad grammar fails before any work
         ok = False
         try:
             prompt = self.fit(logical, new_from, reserve)
@@ -309,7 +312,7 @@ class Generator:
                                  evaluated_tokens=stats.evaluated_tokens,
                                  prefill_s=stats.prefill_s))
             emit(self.kv_usage(min(reserve, n_ctx - len(prompt))))
-            reply_tokens, reason = self.generate(req, cancel, stats)
+            reply_tokens, reason = self.generate(req, cancel, stats, sampler)
             reply = b"".join(map(self.lm.token_piece, reply_tokens)).decode("utf-8", "replace")
             kv.rendered_text = text + reply
             kv.rendered_tokens = logical + reply_tokens
@@ -317,27 +320,44 @@ class Generator:
             emit(done_event(stats, reason, reply))
             ok = True
         finally:
+            sampler.close()
             if self._pending is not None:  # no decode followed (cancelled, or the end)
                 self._report_eviction(0.0, 0)
             self._emit, self._stats = _drop, None
             if not ok:
                 self.sync_after_failure()
 
-    def generate(self, req: ChatRequest, cancel: threading.Event,
-                 stats: TurnStats) -> tuple[list[int], FinishReason]:
+    def sampler_for(self, req: ChatRequest) -> Sampler:
+        """llama.cpp's sampler chain for ``req``, behind a grammar filter when the
+        request is constrained. Raises ConstraintError for a grammar that cannot be
+        built."""
+        banned = self.lm.eog_tokens() if req.ignore_eos else None
+        chain, _seed = build_sampler(req.sampling, self.n_vocab, banned)
+        if req.constraint is None:
+            return chain
+        try:
+            return ConstrainedSampler(self.lm.model, gbnf_for(req.constraint), chain,
+                                      always=self.lm.eog_tokens())
+        except (ValueError, GrammarError) as exc:
+            chain.close()
+            raise ConstraintError(f"cannot constrain the reply to "
+                                  f"{req.constraint.describe()}: {exc}") from None
+
+    def generate(self, req: ChatRequest, cancel: threading.Event, stats: TurnStats,
+                 sampler: Sampler) -> tuple[list[int], FinishReason]:
         """Sample until end of turn, max_tokens, cancel or a full cache.
 
         One token is always *pending*: sampled and emitted, not yet in the cache. Each
         step either decodes it alone (plain) or together with drafted tokens (a
         verification round), and yields the next pending token.
         """
-        banned = self.lm.eog_tokens() if req.ignore_eos else None
-        sampler, _seed = build_sampler(req.sampling, self.lm.model.n_vocab(), banned)
         reply = Reply(stats, codecs.getincrementaldecoder("utf-8")(errors="replace"))
         spec = self.spec
         # The near-tie guard keeps greedy speculation identical to plain decoding; with
-        # repeat penalties the chain's own history would see the discarded draw.
-        exact = req.sampling.temperature <= 0 and req.sampling.repeat_penalty == 1.0
+        # repeat penalties (or a grammar) the sampler's own state would keep the draw
+        # the guard discards.
+        exact = (req.sampling.temperature <= 0 and req.sampling.repeat_penalty == 1.0
+                 and req.constraint is None)
         guard = NEAR_TIE_GUARD if exact and spec is not None and spec.config.exact else 0.0
         try:
             token = sampler.sample(self.lm.ctx, -1)  # from the prefill's last logits
@@ -381,7 +401,6 @@ class Generator:
                         return reply.tokens, reason
                 token = emitted[-1]
         finally:
-            sampler.close()
             if spec and spec.rounds:
                 self._emit(spec.stats())
 
@@ -421,7 +440,7 @@ class Generator:
             return None
         return drafts[:n_ctx - len(kv.tokens) - 1]
 
-    def verify(self, token: int, drafts: list[int], sampler: _internals.LlamaSampler,
+    def verify(self, token: int, drafts: list[int], sampler: Sampler,
                guard: float) -> list[int]:
         """Evaluate the pending token and ``k`` drafts in one batch and return what the
         model itself chooses: the drafts it agrees with, then one token of its own. The
@@ -459,6 +478,10 @@ class Generator:
         logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self.lm.ctx.ctx, row),
                                        shape=(self.n_vocab,))
         return int(np.count_nonzero(logits > logits[choice] - guard)) > 1
+
+Sampler = _internals.LlamaSampler | ConstrainedSampler
+"""Either draws with ``sample(ctx, idx)``, accepting the token into its own state."""
+
 
 def _drop(event: Event) -> None:
     """The emitter between turns: nothing listens."""

@@ -24,6 +24,7 @@ from engine.errors import EngineClosed, KvchatError
 from engine.events import Error, Event, MemorySnapshot, ModelLoaded
 from engine.generation import ChatRequest, Generator
 from engine.loader import LoadedModel, load_model
+from engine.output_spec import OutputSpec
 from engine.route_fallback import RouteClassifier
 from engine.router import ModelAnswer
 from engine.speculation import build_controller
@@ -91,14 +92,15 @@ class LocalEngine(ChatEngine):
     # -- replies ------------------------------------------------------------------
 
     def chat(self, messages: Sequence[ChatMessage], sampling: SamplingConfig | None = None,
-             *, ignore_eos: bool = False, reserve: int | None = None) -> AsyncIterator[Event]:
+             *, ignore_eos: bool = False, reserve: int | None = None,
+             constraint: OutputSpec | None = None) -> AsyncIterator[Event]:
         if self._closed:
             raise EngineClosed("the engine is closed")
         for msg in messages:
             if msg.role == "user":
                 check_prompt(msg.content)
         request = ChatRequest(list(messages), sampling or self._default_sampling, ignore_eos,
-                              reserve=reserve)
+                              reserve=reserve, constraint=constraint)
         return self._stream(request)
 
     def count_tokens(self, text: str) -> int | None:

@@ -11,12 +11,22 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Iterable
+from typing import Any
 
 from engine.api import ChatEngine, check_prompt
 from engine.chat_format import ChatMessage
 from engine.config import SamplingConfig
-from engine.events import Done, Error, Event, TokenChunk, TurnStarted
-from engine.routing import DEFAULT_N_CTX, RouteService
+from engine.events import Done, Error, Event, Retry, TokenChunk, TurnStarted
+from engine.output_spec import OutputSpec
+from engine.retry_ladder import (
+    DEFAULT_POLICY,
+    Attempt,
+    Ladder,
+    Step,
+    format_instructions,
+    run_ladder,
+)
+from engine.routing import DEFAULT_N_CTX, RoutedTurn, RouteService
 from engine.store import MessageRow, Store, title_from_prompt
 from engine.templates import with_instructions
 
@@ -41,11 +51,11 @@ class ChatSession:
             if _in_context(row):
                 # A routed turn is rebuilt exactly as the model saw it, so this turn's
                 # rendered prompt extends the last one's and the KV cache is reused.
-                instructions = (row.stats or {}).get("instructions", "") \
-                    if row.role == "user" else ""
-                messages.append(ChatMessage(role=row.role,
-                                            content=with_instructions(row.content,
-                                                                      instructions)))
+                stats = (row.stats or {}) if row.role == "user" else {}
+                content = with_suffix(with_instructions(row.content,
+                                                        stats.get("instructions", "")),
+                                      stats.get("format_instructions", ""))
+                messages.append(ChatMessage(role=row.role, content=content))
         return messages
 
     def last_route(self, conversation_id: int) -> str | None:
@@ -58,11 +68,17 @@ class ChatSession:
     async def send(self, text: str, conversation_id: int | None = None,
                    sampling: SamplingConfig | None = None, *,
                    ignore_eos: bool = False, route: str | None = None,
-                   pinned: Iterable[str] = ()) -> AsyncIterator[Event]:
+                   pinned: Iterable[str] = (),
+                   output: OutputSpec | None = None) -> AsyncIterator[Event]:
         """Store ``text``, route it, stream the reply's events, and store the reply.
 
         ``route`` overrides the router for this message; ``pinned`` names sampling
         fields the user set explicitly, which the route's template must not change.
+        ``output`` asks for a structured reply (``--format``/``--schema``); otherwise
+        the route's template says whether the reply is checked. A structured reply
+        runs the retry ladder: its attempts stream one after another, each followed
+        by an ``output_check`` event, each retry announced by a ``retry`` event, and
+        one final ``done``. Every attempt is stored for review.
         Raises PromptError and RouteError (before anything is stored) and
         ConversationNotFound.
         """
@@ -81,32 +97,53 @@ class ChatSession:
                 override=route, pinned=pinned, exact_count=self.engine.count_tokens,
                 ask_model=self.engine.classify)
             sampling = routed.sampling
+        ladder = _ladder_for(output, routed)
         if conversation_id is None:
             model = self.engine.info.name if self.engine.info else None
             conversation_id = self.store.create_conversation(title_from_prompt(text), model)
         model_text = routed.model_text if routed else text
-        messages = [*self.history(conversation_id),
-                    ChatMessage(role="user", content=model_text)]
-        user_stats = ({"route": routed.event.route,
-                       "instructions": routed.template.instructions} if routed else None)
-        user_id = self.store.add_message(conversation_id, "user", text, stats=user_stats)
+        history = self.history(conversation_id)
+        user_stats: dict[str, Any] = ({"route": routed.event.route,
+                                       "instructions": routed.template.instructions}
+                                      if routed else {})
+        if ladder is not None and ladder.base_change:
+            user_stats["format_instructions"] = ladder.base_change
+        user_id = self.store.add_message(conversation_id, "user", text,
+                                         stats=user_stats or None)
         reply_id = self.store.add_message(conversation_id, "assistant", "", status="streaming")
         yield TurnStarted(conversation_id=conversation_id, user_message_id=user_id,
                           reply_message_id=reply_id)
         if routed is not None:
             yield routed.event
 
+        def attempt(step: Step) -> AsyncIterator[Event]:
+            content = with_suffix(model_text, step.prompt_change)
+            return self.engine.chat([*history, ChatMessage(role="user", content=content)],
+                                    sampling, ignore_eos=ignore_eos,
+                                    reserve=routed.reserve if routed else None,
+                                    constraint=step.constraint)
+
+        def record(done: Attempt) -> None:
+            self.store.add_attempt(
+                reply_id, done.number, done.strategy, ladder.spec.format if ladder else "",
+                done.text, done.check.ok, found=done.check.found, errors=done.check.errors,
+                prompt_change=done.prompt_change, completion_tokens=done.completion_tokens,
+                elapsed_s=round(done.elapsed_s, 3))
+
+        events = (run_ladder(ladder, attempt, record) if ladder is not None
+                  else attempt(Step(1, "as_generated")))
         parts: list[str] = []
         last_save = time.monotonic()
         final: Done | Error | None = None
         try:
-            async for event in self.engine.chat(messages, sampling, ignore_eos=ignore_eos,
-                                                reserve=routed.reserve if routed else None):
+            async for event in events:
                 if isinstance(event, TokenChunk):
                     parts.append(event.text)
                     if time.monotonic() - last_save >= self.save_every_s:
                         self.store.update_message(reply_id, content="".join(parts))
                         last_save = time.monotonic()
+                elif isinstance(event, Retry):
+                    parts = []  # the stored partial is the attempt in flight
                 elif isinstance(event, Done | Error):
                     final = event
                 yield event
@@ -131,6 +168,22 @@ class ChatSession:
                 self.store.update_message(user_id, status="error")
         else:  # the consumer left before the end
             self.store.update_message(reply_id, content=partial, status="cancelled")
+
+
+def with_suffix(text: str, suffix: str) -> str:
+    """The user turn with an attempt's added instructions after the message."""
+    return f"{text}\n\n{suffix}" if suffix else text
+
+
+def _ladder_for(output: OutputSpec | None, routed: RoutedTurn | None) -> Ladder | None:
+    """The retry ladder for a structured reply: the user's ``--format`` with the default
+    policy, else the route template's output format and policy; None for prose."""
+    if output is not None:
+        return Ladder(output, DEFAULT_POLICY, base_change=format_instructions(output))
+    if routed is not None and routed.template.output in ("json", "code", "list"):
+        spec = OutputSpec(format=routed.template.output)
+        return Ladder(spec, routed.template.retry)
+    return None
 
 
 def _in_context(row: MessageRow) -> bool:

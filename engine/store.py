@@ -22,6 +22,7 @@ from typing import Any, Literal, get_args
 import platformdirs
 from pydantic import BaseModel, ConfigDict
 
+from engine.attempt_log import ATTEMPTS_SCHEMA, AttemptLog
 from engine.errors import ConversationNotFound, StoreError
 
 Role = Literal["system", "user", "assistant"]
@@ -54,6 +55,7 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX messages_conversation ON messages(conversation_id, id);
     """,
+    ATTEMPTS_SCHEMA,
 )
 
 
@@ -117,7 +119,7 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-class Store:
+class Store(AttemptLog):
     """The conversation store. Safe to share between threads; one lock serialises use."""
 
     def __init__(self, path: Path) -> None:

@@ -90,7 +90,11 @@ class RetryPolicy(_Strict):
     stricter_prompt: bool = True
     """Retry with a prompt that restates the expected format."""
     grammar_fallback: bool = False
-    """As the last attempt, constrain decoding with a grammar (JSON output only)."""
+    """As the last attempt, constrain decoding with a grammar (from the JSON schema, or
+    a generic JSON, code-block or list grammar) that cannot produce malformed output."""
+    repair: bool = True
+    """For JSON: before generating again, try repairing trivially broken JSON
+    (trailing commas, quotes, a value cut off at the end); costs no generation."""
 
 
 class RouteTemplate(_Strict):

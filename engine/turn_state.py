@@ -12,6 +12,7 @@ from engine.chat_format import ChatMessage
 from engine.config import SamplingConfig
 from engine.events import Done, EvictionReason, FinishReason
 from engine.kv_window import Span
+from engine.output_spec import OutputSpec
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,8 @@ class ChatRequest:
     """Ban end-of-turn tokens and generate exactly ``max_tokens`` (for benchmarks)."""
     reserve: int | None = None
     """Cells to free for the reply before it starts; None means the KV policy's."""
+    constraint: OutputSpec | None = None
+    """Decode under the grammar of this output format (the retry ladder's last step)."""
 
 
 @dataclass
