@@ -11,6 +11,7 @@ import os
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -146,6 +147,70 @@ class RouterConfig(_Section):
     empty tries tiktoken's cache, then a character-based estimate."""
 
 
+class EndpointConfig(_Section):
+    """One OpenAI-compatible server: llama-server, vLLM, Ollama, LM Studio..."""
+
+    base_url: str
+    """The API root, ending in /v1: ``http://127.0.0.1:8080/v1`` (llama-server),
+    ``http://127.0.0.1:8000/v1`` (vLLM), ``http://127.0.0.1:11434/v1`` (Ollama)."""
+    api_key_env: str | None = None
+    """Name of the environment variable holding the API key (never the key itself);
+    empty sends no key."""
+    model: str | None = None
+    """Model name as the server lists it at /v1/models; empty takes the first."""
+    timeout: float = Field(60.0, gt=0.0, le=3600.0)
+    """Seconds to wait for the server to answer or to send the next part of a reply."""
+    connect_timeout: float = Field(5.0, gt=0.0, le=600.0)
+    """Seconds to wait for the connection itself."""
+    stats: bool = True
+    """Read the server's /slots, /props and /metrics after each reply, where it has
+    them, for the KV pane."""
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("expected an http:// or https:// URL")
+        return value
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_name(cls, value: str | None) -> str | None:
+        if value is not None and not value.replace("_", "a").isalnum():
+            raise ValueError("expected the name of an environment variable, "
+                             "not the key itself")
+        return value
+
+
+class BackendConfig(_Section):
+    """Where replies are generated: the local llama.cpp model or an HTTP server."""
+
+    kind: Literal["local", "openai"] = "local"
+    """local: load the GGUF here with llama.cpp; openai: an OpenAI-compatible server."""
+    endpoint: str | None = None
+    """Which of ``endpoints`` kind ``openai`` uses; empty takes the only one."""
+    endpoints: dict[str, EndpointConfig] = Field(default_factory=dict)
+    """Named servers, as ``[backend.endpoints.NAME]`` tables."""
+
+    def selected(self) -> tuple[str, EndpointConfig]:
+        """The endpoint kind ``openai`` talks to. ConfigError when none can be chosen."""
+        if self.endpoint is not None:
+            if self.endpoint not in self.endpoints:
+                known = ", ".join(sorted(self.endpoints)) or "none are configured"
+                raise ConfigError(f"backend.endpoint: no endpoint named {self.endpoint!r} "
+                                  f"({known})")
+            return self.endpoint, self.endpoints[self.endpoint]
+        if len(self.endpoints) == 1:
+            return next(iter(self.endpoints.items()))
+        if not self.endpoints:
+            raise ConfigError("the openai backend needs a server: give --base-url URL or "
+                              "a [backend.endpoints.NAME] table in the config")
+        raise ConfigError("backend.endpoint: several endpoints are configured "
+                          f"({', '.join(sorted(self.endpoints))}); choose one")
+
+
 class UIConfig(_Section):
     theme: str = "kvchat-dark"
     """Theme name: kvchat-dark, kvchat-light, kvchat-high-contrast, a Textual built-in,
@@ -160,6 +225,7 @@ class KvchatConfig(_Section):
     speculative: SpeculativeConfig = Field(default_factory=SpeculativeConfig)
     router: RouterConfig = Field(default_factory=RouterConfig)
     ui: UIConfig = Field(default_factory=UIConfig)
+    backend: BackendConfig = Field(default_factory=BackendConfig)
 
 
 def default_config_path() -> Path:

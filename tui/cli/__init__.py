@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Chat with a local GGUF model through llama.cpp, and watch it work.",
     )
     _model_options(parser, suppress=False)
+    from tui.cli.backend import add_backend_options
+
+    add_backend_options(parser, suppress=False)
     parser.add_argument("--route", metavar="NAME",
                         help="in the app, send every message through route NAME "
                              "(/route NAME message overrides one)")
@@ -89,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="send this message through route NAME (code, qa, summarize, chat "
                           "or your own) instead of the router's choice")
     _model_options(ask, suppress=True)
+    add_backend_options(ask, suppress=True)
 
     history = commands.add_parser("history", help="list stored conversations")
     history.add_argument("--json", action="store_true", help="machine-readable output")

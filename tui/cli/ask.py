@@ -17,6 +17,7 @@ from engine.routing import RouteService
 from engine.session import ChatSession
 from engine.store import Store
 from tui.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
+from tui.cli.backend import make_engine
 from tui.cli.options import resolve_config
 from tui.cli.route import pinned_sampling
 
@@ -58,13 +59,13 @@ async def _ask(args: argparse.Namespace, prompt: str, jsonl: bool) -> int:
             routes.check_route(args.route)  # likewise
         for problem in routes.templates.problems:
             print(f"kvchat: warning: {problem}", file=sys.stderr)
-        engine = LocalEngine(config.model, config.sampling, config.kv,
-                             config.speculative)
+        engine = make_engine(config)
         try:
             info = await engine.start()
             if jsonl:
                 _write_line(info.model_dump_json())
-            for snapshot in engine.memory:  # planned, then measured after load
+            memory = engine.memory if isinstance(engine, LocalEngine) else []
+            for snapshot in memory:  # planned, then measured after load
                 if jsonl:
                     _write_line(snapshot.model_dump_json())
                 elif snapshot.stage == "planned":

@@ -5,21 +5,23 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from engine.local_engine import LocalEngine
 from engine.routing import RouteService
 from engine.store import Store
 from tui.cli import EXIT_OK
+from tui.cli.backend import make_engine
 from tui.cli.options import resolve_config
 
 
 def run_tui(args: argparse.Namespace) -> int:
     config = resolve_config(args)
-    from engine.gguf_header import read_gguf_header
-    from engine.loader import bundled_model_path
+    engine = make_engine(config)  # a missing API key variable fails here, in the shell
+    if config.backend.kind == "local":
+        from engine.gguf_header import read_gguf_header
+        from engine.loader import bundled_model_path
 
-    # Check the file before the screen takes over the terminal: a bad path is a
-    # one-line error in the shell, not a dialog.
-    read_gguf_header(config.model.path or bundled_model_path())
+        # Check the file before the screen takes over the terminal: a bad path is a
+        # one-line error in the shell, not a dialog.
+        read_gguf_header(config.model.path or bundled_model_path())
     from tui.app import KvchatApp
 
     with Store.open_default() as store:
@@ -29,8 +31,6 @@ def run_tui(args: argparse.Namespace) -> int:
         routes = RouteService.from_config(config, Path(args.config) if args.config else None)
         if args.route is not None:
             routes.check_route(args.route)
-        engine = LocalEngine(config.model, config.sampling, config.kv,
-                             config.speculative)
         app = KvchatApp(config, engine, store, conversation_id=args.conversation,
                         routes=routes, route=args.route)
         app.run()

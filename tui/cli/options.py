@@ -9,6 +9,7 @@ from pydantic import ValidationError
 
 from engine.config import KvchatConfig, describe_validation_error, load_config
 from engine.errors import ConfigError
+from tui.cli.backend import apply_backend_options
 
 # option dest -> (config section, field)
 _OVERRIDES = {
@@ -35,6 +36,9 @@ def resolve_config(args: argparse.Namespace) -> KvchatConfig:
         if value is not None:
             data[section][key] = value
             changed[f"{section}.{key}"] = dest
+    apply_backend_options(data, args)
+    if getattr(args, "base_url", None) is not None:
+        changed[f"backend.endpoints.{data['backend']['endpoint']}.base_url"] = "base_url"
     try:
         return KvchatConfig.model_validate(data)
     except ValidationError as exc:
