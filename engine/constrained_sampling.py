@@ -66,7 +66,9 @@ class ConstrainedSampler:
                 break
             self.widened += 1
         else:
-            raise GrammarError("the grammar allows no token here")
+            # Nothing is allowed (a finished grammar whose end-of-turn tokens are banned):
+            # end the reply; the token loop stops on an end-of-turn token under a grammar.
+            return int(self._always[0]) if len(self._always) else 0
         # The chain sorts and selects in place; `selected` indexes the (reordered) array.
         llama_cpp.llama_sampler_apply(self.chain.sampler, ctypes.byref(cur))
         token = int(buf["id"][cur.selected])

@@ -81,3 +81,10 @@ class ConstraintError(KvchatError):
     """A structured-output constraint cannot be turned into a grammar."""
 
     code = "constraint_invalid"
+
+
+class SchemaFileError(KvchatError):
+    """A ``--schema`` file that is missing, not JSON, or not a JSON Schema."""
+
+    code = "bad_schema"
+    usage = True

@@ -331,7 +331,8 @@ class Generator:
         """llama.cpp's sampler chain for ``req``, behind a grammar filter when the
         request is constrained. Raises ConstraintError for a grammar that cannot be
         built."""
-        banned = self.lm.eog_tokens() if req.ignore_eos else None
+        # A grammar decides where a constrained reply ends, so EOS is never banned there.
+        banned = self.lm.eog_tokens() if req.ignore_eos and req.constraint is None else None
         chain, _seed = build_sampler(req.sampling, self.n_vocab, banned)
         if req.constraint is None:
             return chain
@@ -412,8 +413,8 @@ class Generator:
             stats.first_token_at = now
         stats.last_token_at = now
         stats.sampled += 1
-        if self.lm.ends_turn(token) and not req.ignore_eos:
-            return "stop"
+        if self.lm.ends_turn(token) and (not req.ignore_eos or req.constraint is not None):
+            return "stop"  # a grammar's end ends the reply even when EOS is ignored
         reply.tokens.append(token)
         n = stats.completion_tokens = len(reply.tokens)
         self._emit(TokenChunk(text=reply.utf8.decode(self.lm.token_piece(token)),

@@ -128,6 +128,30 @@ def schema_problem(schema: Any) -> str | None:
         return f"invalid JSON Schema: {exc.message}"
     except RecursionError:
         return "invalid JSON Schema: nested too deeply"
+    if isinstance(schema, dict) and (ref := _remote_ref(schema)):
+        return f"a $ref outside the schema is not supported (nothing is downloaded): {ref}"
+    try:
+        Draft202012Validator(schema).is_valid(None)  # resolves $refs: a missing one fails
+    except Exception as exc:
+        return f"the schema cannot be applied: {_short(str(exc).splitlines()[0])}"
+    return None
+
+
+def _remote_ref(node: Any, depth: int = 0) -> str | None:
+    if depth > 200:
+        return None
+    if isinstance(node, dict):
+        ref = node.get("$ref")
+        if isinstance(ref, str) and not ref.startswith("#"):
+            return ref
+        children: Any = node.values()
+    elif isinstance(node, list):
+        children = node
+    else:
+        return None
+    for child in children:
+        if found := _remote_ref(child, depth + 1):
+            return found
     return None
 
 
@@ -138,6 +162,8 @@ def schema_errors(value: Any, schema: dict[str, Any]) -> list[str]:
         errors = sorted(validator.iter_errors(value), key=lambda e: [str(p) for p in e.path])
     except RecursionError:
         return ["$: nested too deeply to validate"]
+    except Exception as exc:  # an unresolvable $ref surfaces only while validating
+        return [f"$: the schema cannot be applied: {_short(str(exc).splitlines()[0])}"]
     return [f"{_json_path(e.absolute_path)}: {_violation(e)}" for e in errors[:MAX_ERRORS]]
 
 

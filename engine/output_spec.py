@@ -65,6 +65,10 @@ item  ::= ( "- " | [1-9] [0-9]? ". " ) [^\n]{1,400} "\n"
 """
 
 
+_LOOSE_CHAR = 'char ::= [^"\\\\] |'
+_STRICT_CHAR = 'char ::= [^"\\\\\\x7F\\x00-\\x1F] |'
+
+
 def gbnf_for(spec: OutputSpec) -> str:
     """The GBNF grammar whose every sentence passes :mod:`engine.output_check` for
     ``spec``. ValueError when a schema uses features the converter cannot express."""
@@ -74,9 +78,12 @@ def gbnf_for(spec: OutputSpec) -> str:
         from llama_cpp.llama_grammar import json_schema_to_gbnf
 
         try:
-            return json_schema_to_gbnf(json.dumps(spec.json_schema))
+            grammar = json_schema_to_gbnf(json.dumps(spec.json_schema))
         except Exception as exc:  # the converter raises bare Exceptions/KeyErrors
             raise ValueError(f"the schema cannot be turned into a grammar: {exc}") from None
+        # The converter's string character allows raw control characters, which JSON
+        # forbids inside strings (a newline there makes the value unparseable).
+        return grammar.replace(_LOOSE_CHAR, _STRICT_CHAR)
     if spec.format == "code":
         lang = json.dumps(spec.language) if spec.language else "[a-z0-9+#-]{1,12}"
         return _CODE_GBNF.replace("LANG", lang)

@@ -25,6 +25,8 @@ from engine.templates import RetryPolicy
 
 DEFAULT_POLICY = RetryPolicy(max_attempts=2, stricter_prompt=True, grammar_fallback=True)
 """For ``--format``: one stricter prompt, then the grammar."""
+UNSUPPORTED_CODES = frozenset({"constraint_invalid", "constraint_unsupported"})
+"""Error codes with which a backend refuses a constrained step before generating."""
 SCHEMA_CHARS = 2000
 """Longest schema text quoted in a prompt; a bigger one is summarised by its keys."""
 
@@ -145,18 +147,30 @@ async def run_ladder(ladder: Ladder, generate: Generate, record: Record,
     ``output_ok``). An ``error`` or a cancelled attempt ends the ladder there."""
     spec = ladder.spec
     step: Step | None = ladder.first()
+    previous: Done | None = None
     while step is not None:
         started = time.perf_counter()
         done: Done | None = None
         async for event in generate(step):
             if isinstance(event, Done):
                 done = event  # held back: only the ladder's last Done goes out
+            elif (isinstance(event, Error) and previous is not None
+                  and event.code in UNSUPPORTED_CODES):
+                # The backend cannot do this step: the reply ends failed, saying why.
+                yield OutputCheck(attempt=step.number, strategy=step.strategy,
+                                  format=spec.format, ok=False, found="not attempted",
+                                  errors=[f"{step.strategy} step skipped: {event.message}"],
+                                  final=True)
+                yield previous.model_copy(update={"attempts": step.number - 1,
+                                                  "output_ok": False})
+                return
             else:
                 yield event
-            if isinstance(event, Error):
-                return
+                if isinstance(event, Error):
+                    return
         if done is None:
             return
+        previous = done
         if done.finish_reason == "cancelled":
             yield done.model_copy(update={"attempts": step.number})
             return

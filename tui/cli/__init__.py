@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "or your own) instead of the router's choice")
     _model_options(ask, suppress=True)
     add_backend_options(ask, suppress=True)
+    from tui.cli.structured import add_format_options
+
+    add_format_options(ask)
 
     history = commands.add_parser("history", help="list stored conversations")
     history.add_argument("--json", action="store_true", help="machine-readable output")
@@ -106,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_route_parser(commands, _model_options)
     add_synth_parser(commands, _non_negative)
+    from tui.cli.retries import add_retries_parser
+
+    add_retries_parser(commands, _positive)
 
     export = commands.add_parser("export", help="write out one conversation")
     export.add_argument("id", type=_positive, metavar="ID", help="conversation id")
@@ -127,6 +133,10 @@ def _dispatch(args: argparse.Namespace) -> Callable[[argparse.Namespace], int]:
         from tui.cli.plan import run_plan
 
         return run_plan
+    if args.command == "retries":
+        from tui.cli.retries import run_retries
+
+        return run_retries
     if args.command == "synth":
         from tui.cli.synth import run_synth
 

@@ -11,7 +11,16 @@ from typing import TextIO
 
 from engine.api import check_prompt
 from engine.errors import KvchatError, PromptError
-from engine.events import Done, Error, Event, PromptTruncated, RouteDecision, TokenChunk
+from engine.events import (
+    Done,
+    Error,
+    Event,
+    OutputCheck,
+    PromptTruncated,
+    Retry,
+    RouteDecision,
+    TokenChunk,
+)
 from engine.local_engine import LocalEngine
 from engine.routing import RouteService
 from engine.session import ChatSession
@@ -20,6 +29,7 @@ from tui.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 from tui.cli.backend import make_engine
 from tui.cli.options import resolve_config
 from tui.cli.route import pinned_sampling
+from tui.cli.structured import output_spec
 
 # Error events a person caused (the prompt), as opposed to failures of the machine.
 USAGE_ERROR_CODES = {"prompt_too_long", "prompt_empty", "prompt_not_utf8"}
@@ -49,6 +59,9 @@ def run_ask(args: argparse.Namespace) -> int:
 
 async def _ask(args: argparse.Namespace, prompt: str, jsonl: bool) -> int:
     config = resolve_config(args)
+    output = output_spec(args)  # a bad --schema fails before the model loads
+    # A structured reply may take several attempts: stdout gets only the final text.
+    stream = output is None
     with Store.open_default() as store:
         store.recover_interrupted()
         if args.conversation is not None:
@@ -75,13 +88,24 @@ async def _ask(args: argparse.Namespace, prompt: str, jsonl: bool) -> int:
             final: Event | None = None
             async for event in session.send(prompt, args.conversation, config.sampling,
                                             ignore_eos=args.ignore_eos, route=args.route,
-                                            pinned=pinned_sampling(args)):
+                                            pinned=pinned_sampling(args), output=output):
                 final = event
                 if jsonl:
                     _write_line(event.model_dump_json())
-                elif isinstance(event, TokenChunk):
+                elif isinstance(event, TokenChunk) and stream:
                     sys.stdout.write(event.text)
                     sys.stdout.flush()
+                elif isinstance(event, Retry):
+                    if stream:
+                        sys.stdout.write("\n")
+                    print(f"kvchat: note: attempt {event.attempt - 1} was malformed "
+                          f"({event.reason}); retrying: {event.strategy.replace('_', ' ')}",
+                          file=sys.stderr)
+                elif isinstance(event, OutputCheck) and event.final and not event.ok:
+                    print(f"kvchat: note: attempt {event.attempt} failed its check: "
+                          f"{'; '.join(event.errors[:3])}", file=sys.stderr)
+                elif isinstance(event, Done) and not stream:
+                    sys.stdout.write(event.text)
                 elif isinstance(event, PromptTruncated):
                     print(f"kvchat: note: {event.message}", file=sys.stderr)
                 elif isinstance(event, RouteDecision) and sys.stderr.isatty():
@@ -93,6 +117,12 @@ async def _ask(args: argparse.Namespace, prompt: str, jsonl: bool) -> int:
 
 
 def _finish(final: Event | None, jsonl: bool) -> int:
+    if isinstance(final, Done) and final.output_ok is False:
+        if not jsonl:
+            sys.stdout.write("\n")
+            print(f"kvchat: error: the reply is still malformed after {final.attempts} "
+                  "attempts (kvchat retries lists it)", file=sys.stderr)
+        return EXIT_FAILURE
     if isinstance(final, Done):
         if not jsonl:
             sys.stdout.write("\n")
@@ -100,8 +130,9 @@ def _finish(final: Event | None, jsonl: bool) -> int:
             if sys.stderr.isatty():
                 evicted = (f", {final.evictions} evictions ({final.evicted_tokens} tokens)"
                            if final.evictions else "")
+                retried = f", {final.attempts} attempts" if final.attempts > 1 else ""
                 print(f"[{final.completion_tokens} tokens, {final.tokens_per_s:.1f} tok/s, "
-                      f"{final.finish_reason}{evicted}]", file=sys.stderr)
+                      f"{final.finish_reason}{evicted}{retried}]", file=sys.stderr)
         return EXIT_OK
     if isinstance(final, Error):
         if not jsonl:
