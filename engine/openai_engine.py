@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
@@ -29,7 +29,6 @@ from engine.chat_format import ChatMessage
 from engine.config import EndpointConfig, SamplingConfig
 from engine.errors import EngineClosed, KvchatError
 from engine.events import (
-    Done,
     Error,
     Event,
     KVUsage,
@@ -49,6 +48,7 @@ from engine.remote_errors import (
     error_detail,
     status_error,
 )
+from engine.remote_reply import StreamedReply
 from engine.server_probe import ServerInfo, probe
 from engine.server_stats import read_stats
 from engine.token_count import TokenCounter
@@ -70,24 +70,6 @@ class _End:
 
 class _Cancelled:
     pass
-
-
-@dataclass
-class _Reply:
-    """What one reply has gathered so far."""
-
-    started: float
-    parts: list[str] = field(default_factory=list)
-    chunks: int = 0
-    first_at: float | None = None
-    last_at: float | None = None
-    finish: str | None = None
-    last: Chunk | None = None
-    usage_chunk: Chunk | None = None
-
-    @property
-    def text(self) -> str:
-        return "".join(self.parts)
 
 
 class OpenAIEngine(ChatEngine):
@@ -225,13 +207,12 @@ class OpenAIEngine(ChatEngine):
                          ignore_eos=ignore_eos, constraint=form)
         url = f"{server.base_url}/chat/completions"
         queue: asyncio.Queue[_Item] = asyncio.Queue()
-        reply = _Reply(started=time.perf_counter())
+        reply = StreamedReply(time.perf_counter(), self._estimate_prompt(messages))
         reader = asyncio.create_task(self._read(url, body, queue))
         # A task cancelled before its first step never runs its own handlers.
         reader.add_done_callback(
             lambda task: queue.put_nowait(_Cancelled()) if task.cancelled() else None)
         self._reader = reader
-        estimate = self._estimate_prompt(messages)
         next_progress = reply.started + PROGRESS_EVERY_S
         try:
             while True:
@@ -246,14 +227,15 @@ class OpenAIEngine(ChatEngine):
                     yield self._failure(item, url, reply)
                     return
                 if isinstance(item, _Cancelled):
-                    yield self._done(reply, "cancelled", estimate, None)
+                    reply.report = None  # a mid-stream report is not the whole reply's
+                    yield reply.done("cancelled")
                     return
                 if isinstance(item, _End):
                     if reply.finish is None and not item.saw_done:
                         yield self._failure(StreamCut(
                             f"the stream from {url} ended before the reply did"), url, reply)
                         return
-                    async for event in self._finish(server, reply, estimate):
+                    async for event in self._finish(server, reply):
                         yield event
                     return
                 if item.error is not None:
@@ -262,26 +244,24 @@ class OpenAIEngine(ChatEngine):
                                         url, reply)
                     return
                 if item.usage is not None or item.timings is not None:
-                    reply.usage_chunk = item
+                    reply.report = item
                 reply.finish = item.finish_reason or reply.finish
                 text = item.text
                 if not text:
                     continue
                 now = time.perf_counter()
                 if reply.first_at is None:
-                    reply.first_at = now
-                    yield PromptEvaluated(prompt_tokens=estimate[0], reused_tokens=None,
+                    tokens, method = reply.prompt_estimate
+                    yield PromptEvaluated(prompt_tokens=tokens, reused_tokens=None,
                                           evaluated_tokens=None,
                                           prefill_s=round(now - reply.started, 4),
-                                          token_count=estimate[1])
-                reply.last_at = now
-                reply.chunks += 1
-                reply.parts.append(text)
+                                          token_count=method)
+                reply.add(text, now)
                 yield TokenChunk(text=text, token_ids=[])
                 if now >= next_progress:
                     next_progress = now + PROGRESS_EVERY_S
                     yield Progress(completion_tokens=reply.chunks,
-                                   tokens_per_s=_rate(reply))
+                                   tokens_per_s=reply.rate())
         finally:
             if not reader.done():
                 reader.cancel()  # the consumer left early: close the stream
@@ -325,7 +305,7 @@ class OpenAIEngine(ChatEngine):
         except Exception as exc:  # never leave the consumer waiting on an empty queue
             queue.put_nowait(ServerProtocolError(f"{type(exc).__name__}: {exc}"))
 
-    def _failure(self, exc: BaseException, url: str, reply: _Reply) -> Error:
+    def _failure(self, exc: BaseException, url: str, reply: StreamedReply) -> Error:
         if isinstance(exc, httpx.HTTPError):
             exc = describe(exc, url, self.endpoint.timeout)
         code = exc.code if isinstance(exc, KvchatError) else "server"
@@ -334,12 +314,12 @@ class OpenAIEngine(ChatEngine):
             message += f" (the partial reply, {reply.chunks} chunks, is kept)"
         return Error(code=code, message=message)
 
-    async def _finish(self, server: ServerInfo, reply: _Reply,
-                      estimate: tuple[int, str]) -> AsyncIterator[Event]:
+    async def _finish(self, server: ServerInfo, reply: StreamedReply,
+                      ) -> AsyncIterator[Event]:
         stats = None
         if self.endpoint.stats and server.kind in ("llama-server", "vllm"):
             stats = await read_stats(self._http(), server.root, server.kind)
-        done = self._done(reply, finish_reason(reply.finish), estimate, reply.usage_chunk)
+        done = reply.done(finish_reason(reply.finish))
         used = (done.prompt_tokens + done.completion_tokens
                 if done.token_count == "server" else None)
         if stats is not None and stats.slot_tokens is not None:
@@ -351,40 +331,6 @@ class OpenAIEngine(ChatEngine):
                           source="server",
                           server_kv_usage=stats.kv_usage if stats else None)
         yield done
-
-    def _done(self, reply: _Reply, reason: str, estimate: tuple[int, str],
-              final: Chunk | None) -> Done:
-        usage = final.usage if final is not None else None
-        timings = final.timings if final is not None else None
-        prompt = completion = cached = evaluated = None
-        if usage is not None:
-            prompt, completion = usage.prompt_tokens, usage.completion_tokens
-            if usage.prompt_tokens_details is not None:
-                cached = usage.prompt_tokens_details.cached_tokens
-        if timings is not None:
-            cached = timings.cache_n if timings.cache_n is not None else cached
-            evaluated = timings.prompt_n
-            if prompt is None and timings.prompt_n is not None and timings.cache_n is not None:
-                prompt = timings.prompt_n + timings.cache_n
-            completion = completion if completion is not None else timings.predicted_n
-        if evaluated is None and prompt is not None and cached is not None:
-            evaluated = prompt - cached
-        exact = prompt is not None and completion is not None
-        now = time.perf_counter()
-        ttft = (reply.first_at or now) - reply.started
-        rate = timings.predicted_per_second if timings is not None else None
-        return Done(
-            finish_reason=reason,  # type: ignore[arg-type]
-            prompt_tokens=prompt if prompt is not None else estimate[0],
-            reused_tokens=cached, evaluated_tokens=evaluated,
-            completion_tokens=completion if completion is not None else reply.chunks,
-            ttft_s=round(ttft, 4),
-            prefill_tokens_per_s=timings.prompt_per_second if timings is not None else None,
-            tokens_per_s=round(rate if rate is not None else _rate(reply), 2),
-            total_s=round(now - reply.started, 4),
-            drafted_tokens=timings.draft_n if timings is not None else None,
-            accepted_tokens=timings.draft_n_accepted if timings is not None else None,
-            text=reply.text, token_count="server" if exact else "estimate")
 
     def _estimate_prompt(self, messages: Sequence[ChatMessage]) -> tuple[int, str]:
         method = "estimate"
@@ -414,13 +360,6 @@ class _Refused:
 
 
 _Item = Chunk | _End | _Cancelled | _Refused | BaseException
-
-
-def _rate(reply: _Reply) -> float:
-    if reply.first_at is None or reply.last_at is None or reply.chunks < 2:
-        return 0.0
-    span = reply.last_at - reply.first_at
-    return (reply.chunks - 1) / span if span > 0 else 0.0
 
 
 def _meta_int(meta: dict[str, object], key: str) -> int | None:
