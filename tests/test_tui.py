@@ -6,37 +6,63 @@ import asyncio
 from pathlib import Path
 
 from textual.message import Message
+from textual.pilot import Pilot
 
-from engine.config import KvchatConfig, ModelConfig, SamplingConfig
+from engine.config import KvchatConfig, ModelConfig, SamplingConfig, SpeculativeConfig
+from engine.events import Eviction, KVUsage, OutputCheck, SpecStats
 from engine.local_engine import LocalEngine
 from engine.store import Store
 from tui.app import KvchatApp
-from tui.messages import ModelReady, PromptSubmitted, ReplyChunk, ReplyFinished, ReplyStarted
+from tui.messages import (
+    EngineEvent,
+    ModelReady,
+    PromptSubmitted,
+    ReplyChunk,
+    ReplyFinished,
+    ReplyRetrying,
+    ReplyStarted,
+)
+from tui.prefs import load_prefs
 from tui.widgets.chat_pane import ReplyMessage, UserMessage
+from tui.widgets.kv_pane import KVPane
+from tui.widgets.memory_pane import MemoryPane
+from tui.widgets.prompt_input import PromptInput
+from tui.widgets.segment_bar import SegmentBar
 from tui.widgets.status_line import StatusLine
 
+PINNED = ("max_tokens", "temperature")
 
-def make_app(home: Path, max_tokens: int = 16) -> tuple[KvchatApp, list[Message]]:
-    config = KvchatConfig(model=ModelConfig(n_ctx=1024),
+
+def make_app(home: Path, max_tokens: int = 16, n_ctx: int = 1024, route: str | None = "chat",
+             speculative: SpeculativeConfig | None = None) -> tuple[KvchatApp, list[Message]]:
+    """An app on the real model. ``route`` chat by default: the chat template leaves
+    sampling alone, so replies stay short and tests quick."""
+    config = KvchatConfig(model=ModelConfig(n_ctx=n_ctx),
                           sampling=SamplingConfig(temperature=0.0, max_tokens=max_tokens))
-    store = Store(home / "kvchat.db")
-    app = KvchatApp(config, LocalEngine(config.model, config.sampling), store)
+    engine = LocalEngine(config.model, config.sampling, config.kv, speculative)
+    app = KvchatApp(config, engine, Store(home / "kvchat.db"), route=route, pinned=PINNED,
+                    prefs_file=home / "ui-prefs.json")
     return app, []
 
 
-async def wait_for(seen: list[Message], kind: type[Message], pilot, timeout: float = 60):
+async def wait_for(seen: list[Message], kind: type[Message], pilot: Pilot,
+                   timeout: float = 120, after: int = 0) -> Message:
     async def poll() -> Message:
         while True:
-            for message in seen:
+            for message in seen[after:]:
                 if isinstance(message, kind):
                     return message
             await pilot.pause(0.05)
     return await asyncio.wait_for(poll(), timeout)
 
 
+def events_of(seen: list[Message], kind: type) -> list:
+    return [m.event for m in seen if isinstance(m, EngineEvent) and isinstance(m.event, kind)]
+
+
 async def test_type_send_and_see_the_streamed_reply(kvchat_home: Path) -> None:
     app, seen = make_app(kvchat_home)
-    async with app.run_test(size=(100, 30), message_hook=seen.append) as pilot:
+    async with app.run_test(size=(120, 36), message_hook=seen.append) as pilot:
         await wait_for(seen, ModelReady, pilot)
         await pilot.click("#prompt")
         await pilot.press(*"Name a colour.")
@@ -50,12 +76,30 @@ async def test_type_send_and_see_the_streamed_reply(kvchat_home: Path) -> None:
         assert app.query_one(UserMessage).render().plain == "Name a colour."
         reply = app.query_one(ReplyMessage)
         assert reply.text == finished.done.text and reply.text.strip()
+        # The streamed chunks add up to the reply: nothing lost in coalescing.
+        assert "".join(m.text for m in seen if isinstance(m, ReplyChunk)) == reply.text
+        note = reply.note
+        assert note.startswith("route chat chosen · ")
+        assert f"{finished.done.completion_tokens} tokens" in note and "tok/s" in note
         status = app.query_one(StatusLine)
         assert status.ctx_used > 0 and "Gemma 3 270m" in status.render()
-        # The exchange is in the store.
+        assert status.route == "chat chosen" and "route chat" in str(status.tooltip)
         rows = app.store.messages(app.conversation_id)
         assert [r.role for r in rows] == ["user", "assistant"]
         assert rows[1].content == finished.done.text
+        # The message box is empty again, and Up brings the sent message back.
+        prompt = app.query_one(PromptInput)
+        assert prompt.text == ""
+        await pilot.press("up")
+        assert prompt.text == "Name a colour."
+        await pilot.press("down")
+        assert prompt.text == ""
+        # Ctrl+J adds a line instead of sending.
+        await pilot.press("a", "ctrl+j", "b")
+        assert prompt.text == "a\nb" and not app.replying
+        # Ctrl+Y copies the last reply.
+        await pilot.press("ctrl+y")
+        assert app.clipboard == reply.text
 
 
 async def test_escape_cancels_a_reply_in_flight(kvchat_home: Path) -> None:
@@ -69,22 +113,128 @@ async def test_escape_cancels_a_reply_in_flight(kvchat_home: Path) -> None:
         assert finished.done.finish_reason in ("cancelled", "stop")
         assert finished.done.completion_tokens < 3000
         assert not app.replying
+        await pilot.pause()
+        if finished.done.finish_reason == "cancelled":
+            assert "cancelled" in app.query_one(ReplyMessage).note
+            assert app.store.messages(app.conversation_id)[1].status == "cancelled"
 
 
-async def test_a_message_longer_than_the_context_shows_a_note(kvchat_home: Path) -> None:
-    config = KvchatConfig(model=ModelConfig(n_ctx=256),
-                          sampling=SamplingConfig(temperature=0.0, max_tokens=8))
-    app = KvchatApp(config, LocalEngine(config.model, config.sampling, config.kv),
-                    Store(kvchat_home / "kvchat.db"))
-    seen: list[Message] = []
-    async with app.run_test(size=(100, 30), message_hook=seen.append) as pilot:
+async def test_memory_pane_shows_the_load_and_the_cache(kvchat_home: Path) -> None:
+    app, seen = make_app(kvchat_home, max_tokens=8)
+    async with app.run_test(size=(160, 48), message_hook=seen.append) as pilot:
+        ready = await wait_for(seen, ModelReady, pilot)
+        await pilot.pause()
+        pane = app.query_one(MemoryPane)
+        info = ready.info
+        assert pane.view.info is info
+        segments = dict(app.query_one("#mem-bar", SegmentBar).segments)
+        weights = segments["weights-gpu"] + segments["weights-cpu"]
+        assert weights == sum(v for k, v in info.buffers.items() if k.startswith("model "))
+        layers = str(app.query_one("#mem-layers").render())
+        assert f"layers {info.n_layers}: {info.n_gpu_layers} GPU" in layers
+        if ready.memory:  # the local engine reports its plan: planned vs measured
+            assert pane.view.planned is not None and pane.view.measured is not None
+            label, planned, measured = pane.view.planned_vs_measured()[-1]
+            assert label == "total" and planned == pane.view.planned.total_bytes
+            assert measured == sum(pane.view.measured.buffers.values())
+        assert segments["kv-used"] == 0
+        app.post_message(PromptSubmitted("Say hello."))
+        await wait_for(seen, ReplyFinished, pilot)
+        await pilot.pause()
+        kv = events_of(seen, KVUsage)[-1]
+        segments = dict(app.query_one("#mem-bar", SegmentBar).segments)
+        assert segments["kv-used"] == kv.used_bytes > 0
+        headline = str(app.query_one("#mem-headline").render())
+        assert "free" in headline and "of" in headline
+
+
+async def test_kv_pane_charts_usage_and_logs_evictions(kvchat_home: Path) -> None:
+    app, seen = make_app(kvchat_home, max_tokens=8, n_ctx=256)
+    async with app.run_test(size=(160, 48), message_hook=seen.append) as pilot:
         await wait_for(seen, ModelReady, pilot)
         app.post_message(PromptSubmitted(" ".join(f"item{i}" for i in range(400))))
         finished = await wait_for(seen, ReplyFinished, pilot)
         await pilot.pause()
-        notes = [w.render().plain for w in app.query(".notice")]
+        evictions = events_of(seen, Eviction)
+        usage = events_of(seen, KVUsage)
+        assert finished.done.evictions >= 1 and evictions and usage
+        pane = app.query_one(KVPane)
+        log_lines = list(pane.query_one("#kv-log").lines)
+        assert len(log_lines) == len(evictions)
+        first = evictions[0]
+        assert f"-{first.evicted_tokens} [{first.start},{first.end})" in log_lines[0]
+        assert pane.query_one("#kv-chart").samples[-1] == (usage[-1].used_cells,
+                                                            usage[-1].reserved_cells)
+        headline = str(pane.query_one("#kv-headline").render())
+        assert headline.startswith(f"{usage[-1].used_cells}/256 cells")
+        assert f"evicted {usage[-1].evicted_total}" in headline
+        # The note above the reply says the message was cut.
+        notes = [str(w.render()) for w in app.query(".notice")]
         assert len(notes) == 1 and notes[0].startswith("note: the message is")
-        assert "tokens were cut" in notes[0]
-        # The reply still came, and its stats line says the cache slid.
-        assert finished.done.evictions >= 1
-        assert "evictions" in app.query_one(ReplyMessage).query_one(".reply-stats").render().plain
+
+
+async def test_status_line_shows_speculation_live(kvchat_home: Path) -> None:
+    app, seen = make_app(kvchat_home, max_tokens=48,
+                         speculative=SpeculativeConfig(mode="prompt-lookup", adaptive=False))
+    text = "one two three four five six seven eight nine ten"
+    async with app.run_test(size=(120, 36), message_hook=seen.append) as pilot:
+        await wait_for(seen, ModelReady, pilot)
+        app.post_message(PromptSubmitted(f"Repeat this line three times: {text} {text}"))
+        finished = await wait_for(seen, ReplyFinished, pilot)
+        await pilot.pause()
+        spec = events_of(seen, SpecStats)
+        assert spec, "prompt lookup never drafted on a repetitive reply"
+        status = app.query_one(StatusLine)
+        assert status.spec.startswith("spec ") and f"{spec[-1].acceptance:.0%}" in status.spec
+        if finished.done.drafted_tokens:
+            assert "accepted" in app.query_one(ReplyMessage).note
+
+
+async def test_a_retried_reply_shows_its_earlier_attempts(kvchat_home: Path) -> None:
+    # The code route checks for a fenced block; this tiny model rarely writes one in
+    # 12 tokens, so the retry ladder runs for real.
+    app, seen = make_app(kvchat_home, max_tokens=12, route=None)
+    async with app.run_test(size=(120, 40), message_hook=seen.append) as pilot:
+        await wait_for(seen, ModelReady, pilot)
+        app.post_message(PromptSubmitted("Write a python function that adds two numbers.",
+                                         route="code"))
+        finished = await wait_for(seen, ReplyFinished, pilot, timeout=300)
+        await pilot.pause()
+        done = finished.done
+        reply = app.query_one(ReplyMessage)
+        retries = [m.retry for m in seen if isinstance(m, ReplyRetrying)]
+        checks = events_of(seen, OutputCheck)
+        assert len(checks) == done.attempts and len(retries) == done.attempts - 1
+        folded = reply.query(".attempt")
+        assert len(folded) == done.attempts - 1
+        assert reply.text == done.text
+        if done.output_ok is False:
+            assert f"failed after {done.attempts} attempts" in reply.note
+        elif done.attempts > 1:
+            assert f"retried {done.attempts - 1}×" in reply.note
+        for widget, check in zip(folded, checks, strict=False):
+            assert f"attempt {check.attempt} · " in str(widget.title)
+            assert "malformed" in str(widget.title)
+        stored = app.store.attempts(reply.message_id)
+        assert [a.number for a in stored] == [c.attempt for c in checks]
+
+
+async def test_pane_toggles_and_theme_are_remembered(kvchat_home: Path) -> None:
+    app, seen = make_app(kvchat_home)
+    async with app.run_test(size=(80, 24), message_hook=seen.append) as pilot:
+        side = app.query_one("#side")
+        assert not side.display  # small screen: the chat has the width
+        await pilot.press("f3")
+        assert side.display and app.query_one(KVPane).display
+        await pilot.press("f2")
+        assert not app.query_one(MemoryPane).display
+        app.theme = "kvchat-light"
+        await pilot.pause()
+    prefs = load_prefs(kvchat_home / "ui-prefs.json")
+    assert prefs.theme == "kvchat-light" and prefs.kv_pane and not prefs.memory_pane
+    again, _ = make_app(kvchat_home)
+    async with again.run_test(size=(160, 48)) as pilot:
+        await pilot.pause()
+        assert again.theme == "kvchat-light"
+        assert again.query_one("#side").display
+        assert not again.query_one(MemoryPane).display

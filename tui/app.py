@@ -1,18 +1,23 @@
-"""The Textual app: chat pane, input box, status line.
+"""The Textual app: chat pane and message box, memory and KV-cache panes, status line.
 
 The app sees the model only through ``engine.api.ChatEngine`` and the store through
 ``ChatSession``. Workers talk to the UI by posting messages; handlers own widgets.
+Actions that manage conversations and panes live in :mod:`tui.app_actions`.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Protocol, runtime_checkable
 
 from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
-from textual.widgets import Footer, Input
+from textual.containers import Horizontal, Vertical
+from textual.theme import Theme
+from textual.widgets import Footer
 
 from engine.api import ChatEngine
 from engine.config import KvchatConfig, default_config_path
@@ -20,16 +25,23 @@ from engine.errors import KvchatError
 from engine.events import (
     Done,
     Error,
+    Eviction,
     KVUsage,
+    MemorySnapshot,
+    OutputCheck,
     Progress,
     PromptTruncated,
+    Retry,
     RouteDecision,
+    SpecStats,
     TokenChunk,
     TurnStarted,
 )
 from engine.routing import RouteService
 from engine.session import ChatSession
 from engine.store import Store
+from tui.app_actions import AppActions
+from tui.commands import KvchatCommands
 from tui.messages import (
     EngineEvent,
     ModelFailed,
@@ -38,25 +50,56 @@ from tui.messages import (
     ReplyChunk,
     ReplyFailed,
     ReplyFinished,
+    ReplyRetrying,
     ReplyStarted,
 )
+from tui.notes import done_note, route_note
+from tui.prefs import load_prefs, prefs_path, save_prefs
 from tui.themes import bundled_theme_files, load_themes
-from tui.widgets.chat_pane import ChatPane, ReplyMessage, done_note, route_note
+from tui.widgets.chat_pane import ChatPane, ReplyMessage
+from tui.widgets.kv_pane import KVPane
+from tui.widgets.memory_pane import MemoryPane
+from tui.widgets.prompt_input import PromptInput
 from tui.widgets.status_line import StatusLine
 
+FRAME_S = 1 / 60
+"""Tokens that arrive within one frame of the last update go to the screen together."""
 
-class KvchatApp(App[int]):
+
+@runtime_checkable
+class ReportsMemory(Protocol):
+    """An engine that keeps its load's memory snapshots (the local one does)."""
+
+    @property
+    def memory(self) -> list[MemorySnapshot]: ...
+
+
+class KvchatApp(AppActions, App[int]):
     CSS_PATH = Path(__file__).with_name("app.tcss")
     TITLE = "kvchat"
+    COMMANDS: ClassVar = App.COMMANDS | {KvchatCommands}
+    # Under 100 columns the side panes hide until asked for (F2 / F3).
+    HORIZONTAL_BREAKPOINTS: ClassVar = [(0, "-narrow"), (100, "-wide")]
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("escape", "cancel_reply", "Cancel reply", priority=True),
+        Binding("escape", "cancel_reply", "Cancel", priority=True),
         Binding("ctrl+c", "cancel_reply", "Cancel reply", show=False, priority=True),
-        Binding("ctrl+q", "quit", "Quit"),
+        Binding("ctrl+n", "new_conversation", "New"),
+        Binding("ctrl+o", "conversations", "Chats"),
+        Binding("ctrl+r", "retries", "Retries", priority=True),
+        Binding("ctrl+y", "copy_reply", "Copy", priority=True),
+        Binding("ctrl+b", "copy_code", "Copy code", show=False),
+        Binding("f1", "help", "Help"),
+        Binding("f2", "toggle_pane('memory')", "Memory"),
+        Binding("f3", "toggle_pane('kv')", "KV"),
+        Binding("f4", "resize_side", "Resize", show=False),
+        Binding("f5", "route_detail", "Route", show=False),
+        Binding("ctrl+q", "quit", "Quit", show=False),
     ]
 
     def __init__(self, config: KvchatConfig, engine: ChatEngine, store: Store,
                  conversation_id: int | None = None, routes: RouteService | None = None,
-                 route: str | None = None) -> None:
+                 route: str | None = None, prefs_file: Path | None = None,
+                 pinned: Iterable[str] = ()) -> None:
         super().__init__()
         self.config = config
         self.engine = engine
@@ -66,15 +109,27 @@ class KvchatApp(App[int]):
                                    routes=self.routes)
         self.route = route
         """A route for every message (``--route``); ``/route NAME`` overrides one."""
-        self._route_note = ""
+        self.pinned = frozenset(pinned)
+        """Sampling fields set on the command line, which a route's template keeps."""
+        self.next_route: str | None = None
+        """A route for the next message only, chosen in the command palette."""
+        self.last_route: RouteDecision | None = None
         self.conversation_id = conversation_id
         self.ready = False
         self.replying = False
         self._reply: ReplyMessage | None = None
+        self._reply_route = ""
+        self.prefs_file = prefs_file or prefs_path()
+        self.prefs = load_prefs(self.prefs_file)
 
     def compose(self) -> ComposeResult:
-        yield ChatPane(id="chat")
-        yield Input(placeholder="Loading the model…", id="prompt")
+        with Horizontal(id="main"):
+            with Vertical(id="chat-column"):
+                yield ChatPane(id="chat")
+                yield PromptInput(placeholder="Loading the model…", id="prompt")
+            with Vertical(id="side", classes=f"-auto -side-{self.prefs.side_width}"):
+                yield MemoryPane(id="memory")
+                yield KVPane(id="kv")
         yield StatusLine(id="status")
         yield Footer()
 
@@ -86,27 +141,26 @@ class KvchatApp(App[int]):
             self.notify(problem, title="Theme skipped", severity="warning")
         for problem in self.routes.templates.problems:
             self.notify(problem, title="Template skipped", severity="warning")
-        if self.config.ui.theme in self.available_themes:
-            self.theme = self.config.ui.theme
+        wanted = self.prefs.theme or self.config.ui.theme
+        if wanted in self.available_themes:
+            self.theme = wanted
         else:
-            self.notify(f"unknown theme {self.config.ui.theme!r}", severity="warning")
+            self.notify(f"unknown theme {wanted!r}", severity="warning")
+        self.theme_changed_signal.subscribe(self, self._remember_theme)
+        self.apply_pane_prefs()
         if self.conversation_id is not None:
-            await self._show_history(self.conversation_id)
-        self.query_one("#prompt", Input).focus()
+            await self.show_history(self.conversation_id)
+        self.query_one(PromptInput).focus()
         self.load_model()
 
     def user_theme_files(self) -> list[Path]:
         folder = default_config_path().parent / "themes"
         return sorted(folder.glob("*.toml")) if folder.is_dir() else []
 
-    async def _show_history(self, conversation_id: int) -> None:
-        pane = self.query_one(ChatPane)
-        for row in self.store.messages(conversation_id):
-            if row.role == "user":
-                await pane.add_user(row.content)
-            elif row.role == "assistant":
-                note = "" if row.status == "complete" else row.status
-                await pane.add_reply(row.content, note)
+    def _remember_theme(self, theme: Theme) -> None:
+        if theme.name != self.prefs.theme:
+            self.prefs.theme = theme.name
+            save_prefs(self.prefs, self.prefs_file)
 
     # -- model ----------------------------------------------------------------------
 
@@ -117,7 +171,8 @@ class KvchatApp(App[int]):
         except KvchatError as exc:
             self.post_message(ModelFailed(exc.message))
             return
-        self.post_message(ModelReady(info))
+        memory = self.engine.memory if isinstance(self.engine, ReportsMemory) else []
+        self.post_message(ModelReady(info, memory))
 
     @on(ModelReady)
     def _model_ready(self, message: ModelReady) -> None:
@@ -127,19 +182,24 @@ class KvchatApp(App[int]):
         status.backend = message.info.backend
         status.ctx_total = message.info.n_ctx
         status.state = "ready"
-        self.query_one("#prompt", Input).placeholder = "Message (Enter sends, Esc cancels)"
+        pane = self.query_one(MemoryPane)
+        pane.show_model(message.info)
+        for snapshot in message.memory:
+            pane.show_snapshot(snapshot)
+        self.query_one(PromptInput).placeholder = \
+            "Message (Enter sends, Ctrl+J new line, Esc cancels, F1 help)"
 
     @on(ModelFailed)
     def _model_failed(self, message: ModelFailed) -> None:
         self.query_one(StatusLine).state = "model failed to load"
-        self.query_one("#prompt", Input).placeholder = "The model could not be loaded"
+        self.query_one(PromptInput).placeholder = "The model could not be loaded"
         self.notify(message.message, title="Model", severity="error", timeout=30)
 
     # -- the reply chain --------------------------------------------------------------
 
-    @on(Input.Submitted, "#prompt")
-    def _submit(self, event: Input.Submitted) -> None:
-        text = event.value
+    @on(PromptInput.Submitted, "#prompt")
+    def _submit(self, event: PromptInput.Submitted) -> None:
+        text = event.text
         if not text.strip():
             return
         if not self.ready:
@@ -148,7 +208,7 @@ class KvchatApp(App[int]):
         if self.replying:
             self.notify("A reply is in flight: Esc cancels it.", severity="warning")
             return
-        route = self.route
+        route = self.next_route or self.route
         if text.startswith("/route"):
             name, _, rest = text.removeprefix("/route").strip().partition(" ")
             try:
@@ -161,31 +221,59 @@ class KvchatApp(App[int]):
                 self.notify("Write the message after the route: /route NAME message",
                             severity="warning")
                 return
-        event.input.value = ""
+        event.prompt.remember(event.text)
+        event.prompt.text = ""
+        self.next_route = None
+        self.query_one(StatusLine).next_route = ""
         self.post_message(PromptSubmitted(text, route))
 
     @on(PromptSubmitted)
     def _send(self, message: PromptSubmitted) -> None:
         self.replying = True
         self.query_one(StatusLine).state = "generating…"
+        self.refresh_bindings()
         self.generate_reply(message.text, message.route)
 
     @work(exclusive=True, group="reply", exit_on_error=False)
     async def generate_reply(self, text: str, route: str | None = None) -> None:
+        # Tokens are coalesced per frame here so the message queue carries one chunk per
+        # screen update, whatever the decode rate.
+        pending: list[str] = []
+        n_pending = 0
+        last_post = 0.0
+
+        def flush() -> None:
+            nonlocal n_pending, last_post
+            if pending:
+                self.post_message(ReplyChunk("".join(pending), n_pending))
+                pending.clear()
+                n_pending = 0
+                last_post = time.perf_counter()
+
         try:
             async for event in self.session.send(text, self.conversation_id,
-                                                  self.config.sampling, route=route):
+                                                  self.config.sampling, route=route,
+                                                  pinned=self.pinned):
+                if isinstance(event, TokenChunk):
+                    pending.append(event.text)
+                    n_pending += len(event.token_ids)
+                    if time.perf_counter() - last_post >= FRAME_S:
+                        flush()
+                    continue
+                flush()
                 if isinstance(event, TurnStarted):
                     self.post_message(ReplyStarted(event, text))
-                elif isinstance(event, TokenChunk):
-                    self.post_message(ReplyChunk(event.text, len(event.token_ids)))
+                elif isinstance(event, Retry):
+                    self.post_message(ReplyRetrying(event))
                 elif isinstance(event, Done):
                     self.post_message(ReplyFinished(event))
                 elif isinstance(event, Error):
                     self.post_message(ReplyFailed(event.code, event.message))
                 else:
                     self.post_message(EngineEvent(event))
+            flush()
         except KvchatError as exc:
+            flush()
             self.post_message(ReplyFailed(exc.code, exc.message))
 
     @on(ReplyStarted)
@@ -193,7 +281,8 @@ class KvchatApp(App[int]):
         self.conversation_id = message.turn.conversation_id
         pane = self.query_one(ChatPane)
         await pane.add_user(message.prompt)
-        self._reply = await pane.add_reply()
+        self._reply = await pane.add_reply(message_id=message.turn.reply_message_id)
+        self._reply_route = ""
         pane.anchor()
 
     @on(ReplyChunk)
@@ -201,16 +290,28 @@ class KvchatApp(App[int]):
         if self._reply is not None:
             await self._reply.append(message.text)
 
+    @on(ReplyRetrying)
+    async def _reply_retrying(self, message: ReplyRetrying) -> None:
+        if self._reply is not None:
+            await self._reply.start_attempt(message.retry)
+            self._reply.set_note(f"{self._reply_route}attempt {message.retry.attempt} · "
+                                 f"{message.retry.strategy.replace('_', ' ')} · "
+                                 f"{message.retry.reason}")
+
     @on(ReplyFinished)
     async def _reply_finished(self, message: ReplyFinished) -> None:
+        done = message.done
         if self._reply is not None:
-            await self._reply.finish(self._route_note + done_note(message.done))
+            note = self._reply_route + done_note(done, self._reply.strategies)
+            await self._reply.finish(note, final_text=done.text)
         self._reply = None
-        self.replying = False
-        status = self.query_one(StatusLine)
-        status.state = "ready"
-        if message.done.completion_tokens > 1:
-            status.tokens_per_s = message.done.tokens_per_s
+        self._end_reply()
+        if done.completion_tokens > 1:
+            self.query_one(StatusLine).tokens_per_s = done.tokens_per_s
+        if done.attempts > 1 or done.output_ok is False:
+            self.notify("Ctrl+R reviews its attempts.", title=f"Reply took {done.attempts} "
+                        "attempts", severity="warning" if done.output_ok is False
+                        else "information")
 
     @on(ReplyFailed)
     async def _reply_failed(self, message: ReplyFailed) -> None:
@@ -219,33 +320,51 @@ class KvchatApp(App[int]):
         else:
             await self.query_one(ChatPane).add_notice(f"error: {message.message}")
         self._reply = None
+        self._end_reply()
+        self.notify(message.message, title="Reply failed", severity="error")
+
+    def _end_reply(self) -> None:
         self.replying = False
         self.query_one(StatusLine).state = "ready"
-        self.notify(message.message, title="Reply failed", severity="error")
+        self.refresh_bindings()
 
     @on(EngineEvent)
     async def _engine_event(self, message: EngineEvent) -> None:
         event = message.event
-        if isinstance(event, RouteDecision):
-            self._route_note = route_note(event) + " · "
-            if self._reply is not None:
-                self._reply.set_note(route_note(event))
-        elif isinstance(event, KVUsage):
-            status = self.query_one(StatusLine)
+        status = self.query_one(StatusLine)
+        if isinstance(event, KVUsage):
             status.ctx_used = event.used_cells
             status.evicted = event.evicted_total
+            self.query_one(KVPane).show_usage(event)
+            self.query_one(MemoryPane).show_kv(event)
         elif isinstance(event, Progress):
-            self.query_one(StatusLine).tokens_per_s = event.tokens_per_s
+            status.tokens_per_s = event.tokens_per_s
+        elif isinstance(event, SpecStats):
+            status.show_spec(event)
+        elif isinstance(event, Eviction):
+            self.query_one(KVPane).show_eviction(event)
+        elif isinstance(event, MemorySnapshot):
+            self.query_one(MemoryPane).show_snapshot(event)
+        elif isinstance(event, RouteDecision):
+            self.last_route = event
+            status.show_route(event)
+            self._reply_route = route_note(event) + " · "
+            if self._reply is not None:
+                self._reply.set_note(route_note(event))
+        elif isinstance(event, OutputCheck):
+            if self._reply is not None:
+                self._reply.record_check(event)
         elif isinstance(event, PromptTruncated):
             # Said where it happened, above the reply, and not only in a toast.
             pane = self.query_one(ChatPane)
-            if self._reply is not None:
-                await pane.add_notice(f"note: {event.message}", before=self._reply)
-            else:
-                await pane.add_notice(f"note: {event.message}")
+            await pane.add_notice(f"note: {event.message}", before=self._reply)
             self.notify(event.message, title="Message cut", severity="warning")
 
-    # -- actions ------------------------------------------------------------------------
+    # -- cancel -------------------------------------------------------------------------
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        # Idle, Esc and Ctrl+C go on to the focused widget (copy, closing a dialog).
+        return action != "cancel_reply" or self.replying
 
     def action_cancel_reply(self) -> None:
         if self.replying:

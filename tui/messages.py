@@ -1,12 +1,13 @@
 """The app's message chain: PromptSubmitted -> ReplyStarted -> ReplyChunk* ->
-ReplyFinished | ReplyFailed, plus ModelReady / ModelFailed at start and EngineEvent
-for everything the panes show (kv, prompt stats)."""
+(ReplyRetrying -> ReplyChunk*)* -> ReplyFinished | ReplyFailed, plus ModelReady /
+ModelFailed at start and EngineEvent for everything the panes show (memory, kv,
+evictions, speculation, routes, output checks)."""
 
 from __future__ import annotations
 
 from textual.message import Message
 
-from engine.events import Done, Event, ModelLoaded, TurnStarted
+from engine.events import Done, Event, MemorySnapshot, ModelLoaded, Retry, TurnStarted
 
 
 class PromptSubmitted(Message):
@@ -31,6 +32,14 @@ class ReplyChunk(Message):
         self.n_tokens = n_tokens
 
 
+class ReplyRetrying(Message):
+    """A structured reply failed its check; the next attempt's tokens follow."""
+
+    def __init__(self, retry: Retry) -> None:
+        super().__init__()
+        self.retry = retry
+
+
 class ReplyFinished(Message):
     def __init__(self, done: Done) -> None:
         super().__init__()
@@ -45,9 +54,11 @@ class ReplyFailed(Message):
 
 
 class ModelReady(Message):
-    def __init__(self, info: ModelLoaded) -> None:
+    def __init__(self, info: ModelLoaded, memory: list[MemorySnapshot] | None = None) -> None:
         super().__init__()
         self.info = info
+        self.memory = memory or []
+        """The load's snapshots (planned, then measured) where the engine reports them."""
 
 
 class ModelFailed(Message):

@@ -10,6 +10,7 @@ from engine.store import Store
 from tui.cli import EXIT_OK
 from tui.cli.backend import make_engine
 from tui.cli.options import resolve_config
+from tui.cli.route import pinned_sampling
 
 
 def run_tui(args: argparse.Namespace) -> int:
@@ -32,6 +33,6 @@ def run_tui(args: argparse.Namespace) -> int:
         if args.route is not None:
             routes.check_route(args.route)
         app = KvchatApp(config, engine, store, conversation_id=args.conversation,
-                        routes=routes, route=args.route)
+                        routes=routes, route=args.route, pinned=pinned_sampling(args))
         app.run()
     return app.return_code or EXIT_OK

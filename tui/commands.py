@@ -1,0 +1,47 @@
+"""The app's actions in Textual's command palette (Ctrl+P)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from functools import partial
+from typing import TYPE_CHECKING
+
+from textual.command import DiscoveryHit, Hit, Hits, Provider
+
+if TYPE_CHECKING:
+    from tui.app import KvchatApp
+
+
+class KvchatCommands(Provider):
+    def _commands(self) -> Iterator[tuple[str, Callable[[], object], str]]:
+        app: KvchatApp = self.app  # type: ignore[assignment]
+        yield "New conversation", app.action_new_conversation, "Start an empty conversation"
+        yield "Conversations", app.action_conversations, "Open, rename, delete, export"
+        yield "Retried replies", app.action_retries, "Review malformed outputs and retries"
+        yield "Toggle memory pane", partial(app.action_toggle_pane, "memory"), "F2"
+        yield "Toggle KV-cache pane", partial(app.action_toggle_pane, "kv"), "F3"
+        yield "Resize side panes", app.action_resize_side, "Narrow, normal or wide (F4)"
+        yield "Route detail", app.action_route_detail, "Why the last message went where"
+        yield "Copy last reply", app.action_copy_reply, "To the clipboard"
+        yield "Copy last code block", app.action_copy_code, "To the clipboard"
+        yield ("Export conversation as Markdown", partial(app.action_export, "md"),
+               "Into the data dir's exports/")
+        yield ("Export conversation as JSON", partial(app.action_export, "json"),
+               "Into the data dir's exports/")
+        yield "Help", app.action_help, "Keys and panes"
+        yield ("Route next message: automatic", partial(app.action_next_route, ""),
+               "Let the router choose")
+        for name in sorted(app.routes.templates.templates):
+            yield (f"Route next message: {name}", partial(app.action_next_route, name),
+                   f"Send the next message through the {name} template")
+
+    async def discover(self) -> Hits:
+        for name, run, help_text in self._commands():
+            yield DiscoveryHit(name, run, help=help_text)
+
+    async def search(self, query: str) -> Hits:
+        matcher = self.matcher(query)
+        for name, run, help_text in self._commands():
+            score = matcher.match(name)
+            if score > 0:
+                yield Hit(score, matcher.highlight(name), run, help=help_text)

@@ -1,0 +1,63 @@
+"""KV cells in use over time, drawn against the whole context.
+
+Textual's Sparkline scales each chart between the smallest and largest value it holds,
+so a cache sitting at 95% would draw as a flat floor; this chart's scale is fixed at
+0..n_ctx, so height means share of the context, and the reserve for the reply in
+flight is drawn above the used cells.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import ClassVar
+
+from rich.text import Text
+from textual.widget import Widget
+
+BARS = " ▁▂▃▄▅▆▇█"
+
+
+class CellsChart(Widget):
+    COMPONENT_CLASSES: ClassVar[set[str]] = {"chart--used", "chart--reserved",
+                                             "chart--empty"}
+
+    def __init__(self, history: int = 240, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.samples: deque[tuple[int, int]] = deque(maxlen=history)
+        """(used, reserved) cells, oldest first; bounded so a long session stays cheap."""
+        self.n_ctx = 0
+
+    def add(self, used: int, reserved: int, n_ctx: int) -> None:
+        self.n_ctx = n_ctx
+        if self.samples and self.samples[-1] == (used, reserved):
+            return
+        self.samples.append((used, reserved))
+        self.refresh()
+
+    def render(self) -> Text:
+        width, height = self.size.width, max(1, self.size.height)
+        points = list(self.samples)[-width:] if width else []
+        used_style = self.get_component_rich_style("chart--used")
+        reserved_style = self.get_component_rich_style("chart--reserved")
+        empty_style = self.get_component_rich_style("chart--empty")
+        steps = height * 8
+        columns: list[tuple[int, int]] = []
+        for used, reserved in points:
+            scale = steps / self.n_ctx if self.n_ctx else 0
+            u = round(used * scale)
+            columns.append((u, min(steps, u + round(reserved * scale))))
+        text = Text()
+        pad = width - len(columns)
+        for row in range(height - 1, -1, -1):
+            low = row * 8
+            text.append("·" * pad if row == 0 else " " * pad, empty_style)
+            for used_h, top in columns:
+                if used_h > low:
+                    text.append(BARS[min(8, used_h - low)], used_style)
+                elif top > low:
+                    text.append(BARS[min(8, top - low)], reserved_style)
+                else:
+                    text.append("·" if row == 0 else " ", empty_style)
+            if row:
+                text.append("\n")
+        return text

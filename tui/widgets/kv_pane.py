@@ -1,0 +1,56 @@
+"""The KV cache: cells used against the context over time, the reserve for the reply
+in flight, and every eviction as it happens."""
+
+from __future__ import annotations
+
+import time
+
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.widgets import Log, Static
+
+from engine.events import Eviction, KVUsage
+from tui.widgets.cells_chart import CellsChart
+
+EVICTION_LOG_LINES = 200
+
+
+def eviction_line(ev: Eviction) -> str:
+    """``12:03:04 gen -124 [16,140) 0.8+109.6ms`` (then ``mid-turn`` when the span cut a
+    message): when, why, how many tokens, which cache positions, and how long the
+    bookkeeping and the first decode after it (the deferred shift) took."""
+    when = time.strftime("%H:%M:%S", time.localtime(ev.ts))
+    reason = "gen" if ev.reason == "generation" else "prompt"
+    boundary = "" if ev.at_turn_boundary else " mid-turn"
+    return (f"{when} {reason} -{ev.evicted_tokens} [{ev.start},{ev.end}) "
+            f"{ev.elapsed_s * 1000:.1f}+{ev.shift_s * 1000:.1f}ms{boundary}")
+
+
+class KVPane(Vertical):
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.border_title = "KV cache"
+        self.last: KVUsage | None = None
+        self.evictions = 0
+
+    def compose(self) -> ComposeResult:
+        yield Static("no cache yet", id="kv-headline", markup=False)
+        yield CellsChart(id="kv-chart")
+        yield Static("evictions: none yet", id="kv-log-title", markup=False)
+        yield Log(max_lines=EVICTION_LOG_LINES, id="kv-log", auto_scroll=True)
+
+    def show_usage(self, kv: KVUsage) -> None:
+        self.last = kv
+        self.query_one(CellsChart).add(kv.used_cells, kv.reserved_cells, kv.n_ctx)
+        pct = kv.used_cells / kv.n_ctx if kv.n_ctx else 0.0
+        reserve = kv.reserved_cells / kv.n_ctx if kv.n_ctx else 0.0
+        self.query_one("#kv-headline", Static).update(
+            f"{kv.used_cells}/{kv.n_ctx} cells ({pct:.0%}) · reserved {kv.reserved_cells} "
+            f"({reserve:.0%}) · kept {kv.kept_cells} · evicted {kv.evicted_total}")
+        self.set_class(pct + reserve > 0.9, "-full")
+
+    def show_eviction(self, ev: Eviction) -> None:
+        self.evictions += 1
+        self.query_one("#kv-log", Log).write_line(eviction_line(ev))
+        self.query_one("#kv-log-title", Static).update(
+            f"evictions: {self.evictions}, {ev.evicted_total} tokens in all")

@@ -1,0 +1,97 @@
+"""Where memory goes: the budget bar, the layer split, planned against measured."""
+
+from __future__ import annotations
+
+from rich.table import Table
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.widgets import Static
+
+from engine.events import KVUsage, MemorySnapshot, ModelLoaded
+from tui.memory_view import LABELS, MemoryView, human_bytes
+from tui.widgets.segment_bar import SegmentBar
+
+
+class MemoryPane(Vertical):
+    """Fed by model_loaded, memory and kv events; shows nothing it was not told."""
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.view = MemoryView()
+        self.border_title = "Memory"
+
+    def compose(self) -> ComposeResult:
+        yield Static("waiting for the model…", id="mem-headline", markup=False)
+        yield SegmentBar(id="mem-bar")
+        yield Static(id="mem-legend")
+        yield Static(id="mem-layers")
+        yield Static(id="mem-table")
+
+    def show_model(self, info: ModelLoaded) -> None:
+        self.view.info = info
+        self._refresh_view()
+
+    def show_snapshot(self, snapshot: MemorySnapshot) -> None:
+        self.view.add_snapshot(snapshot)
+        self._refresh_view()
+
+    def show_kv(self, kv: KVUsage) -> None:
+        self.view.kv = kv
+        # Only the bar and the headline move with the cache; the table stays.
+        self._refresh_bar()
+
+    def _refresh_view(self) -> None:
+        self._refresh_bar()
+        self._refresh_layers()
+        self._refresh_table()
+
+    def _refresh_bar(self) -> None:
+        view = self.view
+        segments = view.segments()
+        self.query_one(SegmentBar).segments = tuple(segments)
+        used = sum(size for name, size in segments if name != "free")
+        snap = view.measured or view.planned
+        where = f" {snap.pool} ({snap.device})" if snap is not None else ""
+        self.query_one("#mem-headline", Static).update(
+            f"{human_bytes(used)} of {human_bytes(view.budget)}{where} · "
+            f"{view.headroom:.0%} free")
+        for level in ("ok", "low", "critical"):
+            self.set_class(view.level == level, f"-{level}")
+        legend = Text()
+        bar = self.query_one(SegmentBar)
+        for name, size in segments:
+            if size:
+                legend.append("■ ", bar.get_component_rich_style(f"seg--{name}"))
+                legend.append(f"{LABELS[name]} {human_bytes(size)}  ")
+        self.query_one("#mem-legend", Static).update(legend)
+
+    def _refresh_layers(self) -> None:
+        info = self.view.info
+        if info is None:
+            return
+        gpu = set(info.gpu_layers) if info.n_gpu_layers else set()
+        bar = self.query_one(SegmentBar)
+        gpu_style = bar.get_component_rich_style("seg--weights-gpu")
+        cpu_style = bar.get_component_rich_style("seg--weights-cpu")
+        text = Text(f"layers {info.n_layers}: {len(gpu)} GPU / {info.n_layers - len(gpu)} "
+                    f"CPU · {info.backend} · KV {info.kv_type}\n")
+        for layer in range(info.n_layers):
+            text.append("▮", gpu_style if layer in gpu else cpu_style)
+        text.append(" output " + ("GPU" if info.output_on_gpu else "CPU"))
+        self.query_one("#mem-layers", Static).update(text)
+
+    def _refresh_table(self) -> None:
+        rows = self.view.planned_vs_measured()
+        table = Table(box=None, padding=(0, 1), show_edge=False, expand=True)
+        table.add_column("")
+        table.add_column("planned", justify="right")
+        table.add_column("measured", justify="right")
+        table.add_column("", justify="right")
+        for label, planned, measured in rows:
+            ratio = f"{measured / planned:.2f}×" if planned and measured else ""
+            table.add_row(label, human_bytes(planned), human_bytes(measured), ratio)
+        snap = self.view.measured
+        if snap is not None and snap.rss_bytes:
+            table.add_row("process RSS", "", human_bytes(snap.rss_bytes), "")
+        self.query_one("#mem-table", Static).update(table)

@@ -1,0 +1,81 @@
+"""The message box: several lines, Enter sends, Up/Down on the first/last line walk
+the history of sent messages."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from textual import events
+from textual.binding import Binding, BindingType
+from textual.message import Message
+from textual.widgets import TextArea
+
+
+class PromptInput(TextArea):
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("up", "history_back", "Previous message", show=False),
+        Binding("down", "history_forward", "Next message", show=False),
+        # Terminals send Enter and Shift+Enter alike, so a newline also has keys that
+        # every terminal can send.
+        Binding("shift+enter,ctrl+j,alt+enter", "newline", "New line", show=False),
+    ]
+
+    class Submitted(Message):
+        def __init__(self, prompt: PromptInput, text: str) -> None:
+            super().__init__()
+            self.prompt = prompt
+            self.text = text
+
+        @property
+        def control(self) -> PromptInput:
+            return self.prompt
+
+    def __init__(self, *, placeholder: str = "", id: str | None = None) -> None:
+        super().__init__(id=id, soft_wrap=True, show_line_numbers=False,
+                         tab_behavior="focus", compact=True, placeholder=placeholder)
+        self.sent: list[str] = []
+        self._position: int | None = None
+        """Index into history while walking it; None when editing a new message."""
+        self._draft = ""
+
+    def remember(self, text: str) -> None:
+        if text.strip() and (not self.sent or self.sent[-1] != text):
+            self.sent.append(text)
+        self._position = None
+
+    async def _on_key(self, event: events.Key) -> None:
+        if event.key == "enter":
+            event.stop()
+            event.prevent_default()
+            self.post_message(self.Submitted(self, self.text))
+            return
+        await super()._on_key(event)
+
+    def action_newline(self) -> None:
+        self.insert("\n")
+
+    def action_history_back(self) -> None:
+        if self.cursor_location[0] > 0 or not self.sent:
+            self.action_cursor_up()
+            return
+        if self._position is None:
+            self._draft = self.text
+            self._position = len(self.sent)
+        self._position = max(0, self._position - 1)
+        self._show(self.sent[self._position])
+
+    def action_history_forward(self) -> None:
+        last_row = self.document.line_count - 1
+        if self.cursor_location[0] < last_row or self._position is None:
+            self.action_cursor_down()
+            return
+        self._position += 1
+        if self._position >= len(self.sent):
+            self._position = None
+            self._show(self._draft)
+        else:
+            self._show(self.sent[self._position])
+
+    def _show(self, text: str) -> None:
+        self.text = text
+        self.move_cursor(self.document.end)
