@@ -151,6 +151,7 @@ class AppActions(App[int]):
             self.query_one(f"#{name}").set_class(not getattr(self.prefs, f"{name}_pane"),
                                                  "-hidden")
         side.set_class(not (self.prefs.memory_pane or self.prefs.kv_pane), "-empty")
+        side.set_class(self.prefs.memory_pane != self.prefs.kv_pane, "-solo")
         for width in SIDE_WIDTHS:
             side.set_class(width == self.prefs.side_width, f"-side-{width}")
 

@@ -28,6 +28,9 @@ class MemoryPane(Vertical):
         yield Static(id="mem-layers")
         yield Static(id="mem-table")
 
+    def on_resize(self) -> None:
+        self._refresh_bar()
+
     def show_model(self, info: ModelLoaded) -> None:
         self.view.info = info
         self._refresh_view()
@@ -58,12 +61,17 @@ class MemoryPane(Vertical):
             f"{view.headroom:.0%} free")
         for level in ("ok", "low", "critical"):
             self.set_class(view.level == level, f"-{level}")
-        legend = Text()
+        # A grid, so that a label never wraps away from its size.
+        columns = 2 if self.size.width >= 46 else 1
+        legend = Table.grid(expand=True, padding=(0, 1))
+        for _ in range(columns):
+            legend.add_column(ratio=1)
         bar = self.query_one(SegmentBar)
-        for name, size in segments:
-            if size:
-                legend.append("■ ", bar.get_component_rich_style(f"seg--{name}"))
-                legend.append(f"{LABELS[name]} {human_bytes(size)}  ")
+        cells = [Text.assemble(("■ ", bar.get_component_rich_style(f"seg--{name}")),
+                               f"{LABELS[name]} {human_bytes(size)}")
+                 for name, size in segments if size]
+        for i in range(0, len(cells), columns):
+            legend.add_row(*cells[i:i + columns])
         self.query_one("#mem-legend", Static).update(legend)
 
     def _refresh_layers(self) -> None:
