@@ -181,8 +181,10 @@ def _ladder_for(output: OutputSpec | None, routed: RoutedTurn | None) -> Ladder 
     if output is not None:
         return Ladder(output, DEFAULT_POLICY, base_change=format_instructions(output))
     if routed is not None and routed.template.output in ("json", "code", "list"):
-        spec = OutputSpec(format=routed.template.output)
-        return Ladder(spec, routed.template.retry)
+        template = routed.template
+        spec = OutputSpec(format=template.output,
+                          schema=template.json_schema if template.output == "json" else None)
+        return Ladder(spec, template.retry)
     return None
 
 

@@ -107,13 +107,26 @@ class RouteTemplate(_Strict):
     (not in the system role), so the conversation's prefix and its KV cache survive a
     change of route."""
     output: OutputFormat = "prose"
-    """The reply's expected shape: prose, json, code or list."""
+    """The reply's expected shape: prose, json, code or list. A structured shape is
+    checked after each reply and retried as ``retry`` says."""
+    json_schema: dict[str, Any] | None = Field(None, alias="schema")
+    """For ``output = "json"``: a JSON Schema (an inline TOML table) the reply must
+    validate against; the grammar step is built from it."""
     keywords: tuple[str, ...] = ()
     """Words or phrases that send a prompt here (matched case-insensitively, whole
     words); how a user's own template gets chosen without ``--route``."""
     budget: Budget = Field(default_factory=Budget)
     sampling: SamplingOverrides = Field(default_factory=SamplingOverrides)
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
+
+    @field_validator("json_schema")
+    @classmethod
+    def _schema(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        from engine.output_check import schema_problem
+
+        if value is not None and (problem := schema_problem(value)):
+            raise ValueError(problem)
+        return value
 
     @field_validator("keywords")
     @classmethod

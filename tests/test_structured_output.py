@@ -16,13 +16,23 @@ from engine.config import (
     SamplingConfig,
     SpeculativeConfig,
 )
-from engine.events import Done, Error, Event, Eviction, OutputCheck, Retry, SpecStats
+from engine.events import (
+    Done,
+    Error,
+    Event,
+    Eviction,
+    OutputCheck,
+    Retry,
+    RouteDecision,
+    SpecStats,
+)
 from engine.local_engine import LocalEngine
 from engine.output_check import check_output
 from engine.output_spec import OutputSpec
 from engine.routing import RouteService
 from engine.session import ChatSession
 from engine.store import Store
+from engine.templates import load_templates
 from tests.conftest import run_kvchat
 
 BOOK = {"type": "object",
@@ -197,3 +207,44 @@ def test_cli_bad_schema_is_a_clear_usage_error(tmp_path: Path, kvchat_home: Path
 def test_cli_retries_show_unknown_id(kvchat_home: Path) -> None:
     proc = run_kvchat("retries", "show", "99", home=kvchat_home)
     assert proc.returncode == 2 and "no checked attempts" in proc.stderr
+
+
+async def test_a_user_template_with_a_schema_routes_and_validates(
+        engine: LocalEngine, tmp_path: Path) -> None:
+    folder = tmp_path / "templates"
+    folder.mkdir()
+    (folder / "extract.toml").write_text('''
+name = "extract"
+description = "Pull a book's title and year out of a message"
+instructions = "Answer with JSON only."
+output = "json"
+keywords = ["extract the book"]
+schema = { type = "object", required = ["title", "year"], additionalProperties = false, \
+properties = { title = { type = "string", maxLength = 60 }, year = { type = "integer" } } }
+
+[retry]
+max_attempts = 1
+grammar_fallback = true
+''')
+    templates = load_templates(folder)
+    assert not templates.problems, templates.problems
+    store = Store(tmp_path / "kvchat.db")
+    session = ChatSession(engine, store, "", routes=RouteService(templates))
+    events = await collect(session.send("Extract the book: Dune came out in 1965.",
+                                        sampling=SamplingConfig(temperature=0.0,
+                                                                max_tokens=48)))
+    route = next(e for e in events if isinstance(e, RouteDecision))
+    assert route.route == "extract" and route.output == "json"
+    done = events[-1]
+    assert isinstance(done, Done) and done.output_ok is True
+    value = check_output(done.text, OutputSpec(format="json",
+                                               schema=BOOK)).value
+    assert isinstance(value["year"], int)
+
+
+def test_a_template_with_a_broken_schema_is_skipped_with_a_reason(tmp_path: Path) -> None:
+    (tmp_path / "bad.toml").write_text('name = "bad"\ndescription = "x"\noutput = "json"\n'
+                                       'schema = { type = "banana" }\n')
+    templates = load_templates(tmp_path)
+    assert "bad" not in templates.templates
+    assert any("invalid JSON Schema" in p for p in templates.problems)
