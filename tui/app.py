@@ -62,8 +62,10 @@ from tui.widgets.memory_pane import MemoryPane
 from tui.widgets.prompt_input import PromptInput
 from tui.widgets.status_line import StatusLine
 
-FRAME_S = 1 / 60
-"""Tokens that arrive within one frame of the last update go to the screen together."""
+FRAME_S = 0.1
+"""Tokens that arrive within this long of the last update go to the screen together.
+Every update of a growing reply lays out and redraws the screen; ten a second reads as
+live, and leaves the CPU to decoding (see docs/tui.md for the measurements)."""
 
 
 @runtime_checkable
@@ -99,7 +101,7 @@ class KvchatApp(AppActions, App[int]):
     def __init__(self, config: KvchatConfig, engine: ChatEngine, store: Store,
                  conversation_id: int | None = None, routes: RouteService | None = None,
                  route: str | None = None, prefs_file: Path | None = None,
-                 pinned: Iterable[str] = ()) -> None:
+                 pinned: Iterable[str] = (), ignore_eos: bool = False) -> None:
         super().__init__()
         self.config = config
         self.engine = engine
@@ -111,6 +113,8 @@ class KvchatApp(AppActions, App[int]):
         """A route for every message (``--route``); ``/route NAME`` overrides one."""
         self.pinned = frozenset(pinned)
         """Sampling fields set on the command line, which a route's template keeps."""
+        self.ignore_eos = ignore_eos
+        """Decode every reply to max_tokens, as ``kvchat ask --ignore-eos`` (benchmarks)."""
         self.next_route: str | None = None
         """A route for the next message only, chosen in the command palette."""
         self.last_route: RouteDecision | None = None
@@ -253,7 +257,8 @@ class KvchatApp(AppActions, App[int]):
         try:
             async for event in self.session.send(text, self.conversation_id,
                                                   self.config.sampling, route=route,
-                                                  pinned=self.pinned):
+                                                  pinned=self.pinned,
+                                                  ignore_eos=self.ignore_eos):
                 if isinstance(event, TokenChunk):
                     pending.append(event.text)
                     n_pending += len(event.token_ids)

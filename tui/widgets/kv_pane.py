@@ -11,6 +11,7 @@ from textual.widgets import Log, Static
 
 from engine.events import Eviction, KVUsage
 from tui.widgets.cells_chart import CellsChart
+from tui.widgets.live_text import LiveText
 
 EVICTION_LOG_LINES = 200
 
@@ -34,7 +35,7 @@ class KVPane(Vertical):
         self.evictions = 0
 
     def compose(self) -> ComposeResult:
-        yield Static("no cache yet", id="kv-headline", markup=False)
+        yield LiveText("no cache yet", id="kv-headline")
         yield CellsChart(id="kv-chart")
         yield Static("evictions: none yet", id="kv-log-title", markup=False)
         yield Log(max_lines=EVICTION_LOG_LINES, id="kv-log", auto_scroll=True)
@@ -44,10 +45,12 @@ class KVPane(Vertical):
         self.query_one(CellsChart).add(kv.used_cells, kv.reserved_cells, kv.n_ctx)
         pct = kv.used_cells / kv.n_ctx if kv.n_ctx else 0.0
         reserve = kv.reserved_cells / kv.n_ctx if kv.n_ctx else 0.0
-        self.query_one("#kv-headline", Static).update(
+        self.query_one("#kv-headline", LiveText).show(
             f"{kv.used_cells}/{kv.n_ctx} cells ({pct:.0%}) · reserved {kv.reserved_cells} "
             f"({reserve:.0%}) · kept {kv.kept_cells} · evicted {kv.evicted_total}")
-        self.set_class(pct + reserve > 0.9, "-full")
+        full = pct + reserve > 0.9
+        if full != self.has_class("-full"):  # a class change restyles the pane
+            self.set_class(full, "-full")
 
     def show_eviction(self, ev: Eviction) -> None:
         self.evictions += 1

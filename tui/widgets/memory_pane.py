@@ -10,6 +10,7 @@ from textual.widgets import Static
 
 from engine.events import KVUsage, MemorySnapshot, ModelLoaded
 from tui.memory_view import LABELS, MemoryView, human_bytes
+from tui.widgets.live_text import LiveText
 from tui.widgets.segment_bar import SegmentBar
 
 
@@ -22,9 +23,9 @@ class MemoryPane(Vertical):
         self.border_title = "Memory"
 
     def compose(self) -> ComposeResult:
-        yield Static("waiting for the model…", id="mem-headline", markup=False)
+        yield LiveText("waiting for the model…", id="mem-headline")
         yield SegmentBar(id="mem-bar")
-        yield Static(id="mem-legend")
+        yield LiveText(id="mem-legend")
         yield Static(id="mem-layers")
         yield Static(id="mem-table")
 
@@ -56,11 +57,13 @@ class MemoryPane(Vertical):
         used = sum(size for name, size in segments if name != "free")
         snap = view.measured or view.planned
         where = f" {snap.pool} ({snap.device})" if snap is not None else ""
-        self.query_one("#mem-headline", Static).update(
+        self.query_one("#mem-headline", LiveText).show(
             f"{human_bytes(used)} of {human_bytes(view.budget)}{where} · "
             f"{view.headroom:.0%} free")
-        for level in ("ok", "low", "critical"):
-            self.set_class(view.level == level, f"-{level}")
+        level = f"-{view.level}"
+        if not self.has_class(level):  # a class change restyles the pane: only on change
+            for name in ("-ok", "-low", "-critical"):
+                self.set_class(name == level, name)
         # A grid, so that a label never wraps away from its size.
         columns = 2 if self.size.width >= 46 else 1
         legend = Table.grid(expand=True, padding=(0, 1))
@@ -72,7 +75,7 @@ class MemoryPane(Vertical):
                  for name, size in segments if size]
         for i in range(0, len(cells), columns):
             legend.add_row(*cells[i:i + columns])
-        self.query_one("#mem-legend", Static).update(legend)
+        self.query_one("#mem-legend", LiveText).show(legend)
 
     def _refresh_layers(self) -> None:
         info = self.view.info
