@@ -112,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     from tui.cli.retries import add_retries_parser
 
     add_retries_parser(commands, _positive)
+    from tui.cli.bench import add_bench_parser
+
+    add_bench_parser(commands, _positive)
 
     export = commands.add_parser("export", help="write out one conversation")
     export.add_argument("id", type=_positive, metavar="ID", help="conversation id")
@@ -137,6 +140,10 @@ def _dispatch(args: argparse.Namespace) -> Callable[[argparse.Namespace], int]:
         from tui.cli.retries import run_retries
 
         return run_retries
+    if args.command == "bench":
+        from tui.cli.bench import run_bench_command
+
+        return run_bench_command
     if args.command == "synth":
         from tui.cli.synth import run_synth
 
