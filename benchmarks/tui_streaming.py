@@ -57,7 +57,8 @@ def run_ask(home: Path, args: argparse.Namespace) -> tuple[float, int]:
     config = home / "config.toml"
     config.write_text(f"[model]\nn_threads = {args.threads}\n" if args.threads else "")
     argv = ["ask", "--config", str(config), "--route", "chat", "--ignore-eos",
-            "--temp", "0", "--seed", "0", "--max-tokens", str(args.tokens), "--ctx", str(args.ctx), PROMPT]
+            "--temp", "0", "--seed", "0", "--max-tokens", str(args.tokens),
+            "--ctx", str(args.ctx), PROMPT]
     with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
         code = kvchat_main(argv)
     if code != 0:
@@ -157,6 +158,10 @@ async def long_reply(args: argparse.Namespace) -> dict[str, float | int]:
             await body.append(chunk)
             await pilot.pause()
             times.append(time.perf_counter() - t0)
+            if len(times) % (n_chunks // 10) == 0:
+                tenth_ms = statistics.median(times[-(n_chunks // 10):]) * 1000
+                print(f"long reply: {len(times)}/{n_chunks} chunks, median "
+                      f"{tenth_ms:.1f} ms a chunk in this tenth", file=sys.stderr)
         total = time.perf_counter() - started
         assert body.source == text
     tenth = len(times) // 10
@@ -199,6 +204,9 @@ def main() -> None:
                 delays.extend(keys)
             print(f"rep {rep + 1} {face}: {rate:.2f} tok/s ({n} tokens)", file=sys.stderr)
 
+    if not ask_rates:  # --reps 0: only the long reply
+        print(json.dumps({"long_reply": asyncio.run(long_reply(args))}, indent=2))
+        return
     result: dict[str, object] = {
         "prompt": PROMPT, "tokens": args.tokens, "n_ctx": args.ctx, "reps": args.reps,
         "threads": args.threads,
