@@ -1,20 +1,26 @@
 """Does the app slow decoding down, does typing stay responsive while a reply streams,
 and does a long reply render as fast at its end as at its start?
 
-One process, one model, one prompt, greedy with a fixed token count (``--ignore-eos``):
+One model, one prompt, greedy with a fixed token count (``--ignore-eos``):
 
 1. ``kvchat ask`` (its real entry point, stdout to /dev/null) and the app (headless,
-   through Textual's pilot) take turns, ``--reps`` times each; the decode rate of each
-   run is the one the engine reports in its ``done`` event (stored with the reply).
-   Both ask for route ``chat``, which leaves sampling alone.
+   through Textual's pilot) take turns, ``--reps`` times each, each run in a fresh
+   process; the decode rate of each run is the one the engine reports in its ``done``
+   event (stored with the reply). Both ask for route ``chat``, which leaves sampling
+   alone. Each face runs as a user runs it: ``OMP_WAIT_POLICY`` unset, unless
+   ``--omp-compare`` adds the faces ``ask+passive`` and ``app+passive`` with
+   ``OMP_WAIT_POLICY=PASSIVE`` (llama.cpp's OpenMP threads sleep between ops instead
+   of spinning), taking turns with the others.
 2. While the app streams, a key press is posted every ``--key-every`` seconds; its
    delay is the time from posting the key to the message box's ``Changed`` message
    (queueing behind reply chunks, dispatch, the edit; not the terminal's paint).
-3. A 10,000-token Markdown reply is fed to a reply widget in 4-token chunks, as the
-   reply worker would post them; the time per chunk (Markdown append and the screen
-   update after it) in the first tenth is compared with the last tenth.
+3. A 10,000-token Markdown reply is fed to a reply widget in 4-token chunks from a
+   script at full speed, through the same ``ReplyMessage.append`` the app uses; the
+   time per chunk is the append, the Markdown stream catching up, and one screen
+   update (layout and render), reported by tenths of the reply.
 
-    OMP_WAIT_POLICY=PASSIVE python benchmarks/tui_streaming.py --reps 5 --tokens 256
+    .venv/bin/python benchmarks/tui_streaming.py --reps 5 --tokens 256 --omp-compare \\
+        --json benchmarks/results/tui_streaming.json
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import contextlib
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -39,7 +46,7 @@ from engine.store import Store
 from tui.app import KvchatApp
 from tui.cli import main as kvchat_main
 from tui.messages import ModelReady, PromptSubmitted, ReplyFailed, ReplyFinished
-from tui.widgets.chat_pane import ChatPane
+from tui.widgets.chat_pane import ChatPane, ReplyMessage
 
 PROMPT = "Tell me about the history of the printing press."
 
@@ -148,30 +155,75 @@ async def long_reply(args: argparse.Namespace) -> dict[str, float | int]:
                     Store(Path(tempfile.mkdtemp()) / "kvchat.db"),
                     prefs_file=Path(tempfile.mkdtemp()) / "ui-prefs.json")
     times: list[float] = []
+    tenths: list[float] = []
     async with app.run_test(size=(160, 48)) as pilot:
+        while not app.ready:  # past the model load the app starts on mount
+            await pilot.pause(0.1)
         pane = app.query_one(ChatPane)
         reply = await pane.add_reply()
-        body = reply.body
+        pane.anchor()
         started = time.perf_counter()
         for chunk in chunks:
             t0 = time.perf_counter()
-            await body.append(chunk)
-            await pilot.pause()
+            await reply.append(chunk)
+            await settle(reply)
+            # One frame, as the screen's update timer would run it: layout and render.
+            # (pilot.pause would also walk every widget to wait for its queue, a cost
+            # of the measurement, not of the app.)
+            app.screen._on_timer_update()
             times.append(time.perf_counter() - t0)
-            if len(times) % (n_chunks // 10) == 0:
-                tenth_ms = statistics.median(times[-(n_chunks // 10):]) * 1000
+            if len(times) % (n_chunks // 10) == 0 and len(tenths) < 10:
+                tenths.append(statistics.median(times[-(n_chunks // 10):]) * 1000)
                 print(f"long reply: {len(times)}/{n_chunks} chunks, median "
-                      f"{tenth_ms:.1f} ms a chunk in this tenth", file=sys.stderr)
+                      f"{tenths[-1]:.1f} ms a chunk in this tenth", file=sys.stderr)
         total = time.perf_counter() - started
-        assert body.source == text
-    tenth = len(times) // 10
-    first, last = statistics.median(times[:tenth]), statistics.median(times[-tenth:])
-    return {"tokens": n_tokens, "chunks": n_chunks, "first_tenth_ms": first * 1000,
-            "last_tenth_ms": last * 1000, "ratio": last / first, "total_s": total}
+        await reply.finish("")
+        await pilot.pause()
+        sources = [block.source for block in reply.blocks]
+        assert "".join(sources) == text == reply.text
+    return {"tokens": n_tokens, "chunks": n_chunks, "markdown_blocks": len(sources),
+            "median_ms_by_tenth": [round(t, 2) for t in tenths],
+            "first_tenth_ms": tenths[0], "last_tenth_ms": tenths[-1],
+            "ratio": tenths[-1] / tenths[0], "total_s": total}
+
+
+async def settle(reply: ReplyMessage) -> None:
+    """Let the reply's Markdown stream write what it was given."""
+    for _ in range(100):
+        await asyncio.sleep(0)
+        stream = reply._stream
+        if stream is None or (not stream._pending and not stream._new_markup.is_set()
+                              and not reply.body.lock.is_locked):
+            return
 
 
 def spread(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+FACES = {"ask": ("ask", None), "app": ("app", None),
+         "ask+passive": ("ask", "PASSIVE"), "app+passive": ("app", "PASSIVE")}
+
+
+def run_face(face: str, argv: list[str]) -> dict[str, object]:
+    """One run of a face in a fresh process, so OpenMP reads its environment anew."""
+    kind, policy = FACES[face]
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if policy is not None:
+        env["OMP_WAIT_POLICY"] = policy
+    out = subprocess.run([sys.executable, __file__, "--face", kind, *argv], env=env,
+                         check=True, stdout=subprocess.PIPE, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def one_face(args: argparse.Namespace) -> None:
+    home = Path(tempfile.mkdtemp(prefix=f"kvchat-bench-{args.face}-"))
+    if args.face == "ask":
+        rate, n = run_ask(home, args)
+        keys: list[float] = []
+    else:
+        rate, n, keys = asyncio.run(run_app(home, args))
+    print(json.dumps({"rate": rate, "tokens": n, "key_delays": keys}))
 
 
 def main() -> None:
@@ -184,45 +236,57 @@ def main() -> None:
     parser.add_argument("--key-every", type=float, default=0.1)
     parser.add_argument("--long-tokens", type=int, default=10_000)
     parser.add_argument("--skip-long", action="store_true")
+    parser.add_argument("--omp-compare", action="store_true",
+                        help="also run both faces with OMP_WAIT_POLICY=PASSIVE")
+    parser.add_argument("--face", choices=("ask", "app"), help=argparse.SUPPRESS)
     parser.add_argument("--json", metavar="FILE", help="also write the results here")
     args = parser.parse_args()
-
-    ask_rates: list[float] = []
-    app_rates: list[float] = []
-    delays: list[float] = []
-    for rep in range(args.reps):
-        # Alternate which face goes first, so drift on a shared machine hits both.
-        order = ("ask", "app") if rep % 2 == 0 else ("app", "ask")
-        for face in order:
-            home = Path(tempfile.mkdtemp(prefix=f"kvchat-bench-{face}-"))
-            if face == "ask":
-                rate, n = run_ask(home, args)
-                ask_rates.append(rate)
-            else:
-                rate, n, keys = asyncio.run(run_app(home, args))
-                app_rates.append(rate)
-                delays.extend(keys)
-            print(f"rep {rep + 1} {face}: {rate:.2f} tok/s ({n} tokens)", file=sys.stderr)
-
-    if not ask_rates:  # --reps 0: only the long reply
-        print(json.dumps({"long_reply": asyncio.run(long_reply(args))}, indent=2))
+    if args.face:
+        one_face(args)
         return
+
+    argv = ["--tokens", str(args.tokens), "--ctx", str(args.ctx),
+            "--key-every", str(args.key_every)]
+    if args.threads:
+        argv += ["--threads", str(args.threads)]
+    load_start = os.getloadavg()
+    faces = ["ask", "app"] + (["ask+passive", "app+passive"] if args.omp_compare else [])
+    rates: dict[str, list[float]] = {face: [] for face in faces}
+    delays: dict[str, list[float]] = {face: [] for face in faces}
+    for rep in range(args.reps):
+        # Rotate which face goes first, so drift on a shared machine hits all of them.
+        order = faces[rep % len(faces):] + faces[:rep % len(faces)]
+        for face in order:
+            run = run_face(face, argv)
+            rates[face].append(float(run["rate"]))
+            delays[face].extend(run["key_delays"])  # type: ignore[arg-type]
+            print(f"rep {rep + 1} {face}: {run['rate']:.2f} tok/s ({run['tokens']} tokens)",
+                  file=sys.stderr)
+
     result: dict[str, object] = {
         "prompt": PROMPT, "tokens": args.tokens, "n_ctx": args.ctx, "reps": args.reps,
-        "threads": args.threads,
-        "ask_tok_s": spread(ask_rates), "app_tok_s": spread(app_rates),
-        "app_over_ask": statistics.median(app_rates) / statistics.median(ask_rates),
-        "ask_runs": ask_rates, "app_runs": app_rates,
-        "key_delay_ms": {**{k: v * 1000 for k, v in spread(delays).items()},
-                         "p95": sorted(delays)[int(0.95 * (len(delays) - 1))] * 1000,
-                         "n": len(delays)} if delays else None,
-        "cpu_count": os.cpu_count(),
+        "threads": args.threads, "cpu_count": os.cpu_count(),
+        "loadavg_start": load_start, "loadavg_end": os.getloadavg(),
     }
+    if args.reps:
+        ask = statistics.median(rates["ask"])
+        result["tok_s"] = {face: spread(values) for face, values in rates.items()}
+        result["over_ask"] = {face: statistics.median(values) / ask
+                              for face, values in rates.items()}
+        result["runs"] = rates
+        result["key_delay_ms"] = {face: key_stats(values)
+                                  for face, values in delays.items() if values}
     if not args.skip_long:
         result["long_reply"] = asyncio.run(long_reply(args))
     print(json.dumps(result, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+
+
+def key_stats(delays: list[float]) -> dict[str, float]:
+    ordered = sorted(delays)
+    return {**{k: v * 1000 for k, v in spread(delays).items()},
+            "p95": ordered[int(0.95 * (len(ordered) - 1))] * 1000, "n": len(ordered)}
 
 
 if __name__ == "__main__":

@@ -115,6 +115,8 @@ def scripted_app(tmp_path: Path, theme: str) -> KvchatApp:
 async def send_one(pilot) -> None:
     app = pilot.app
     await pilot.pause()
+    # A blinking cursor is drawn or not depending on when the picture is taken.
+    app.query_one("#prompt").cursor_blink = False
     app.post_message(PromptSubmitted("Write an add function in Python."))
     for _ in range(50):
         await pilot.pause(0.05)

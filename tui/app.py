@@ -7,7 +7,6 @@ Actions that manage conversations and panes live in :mod:`tui.app_actions`.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import ClassVar, Protocol, runtime_checkable
@@ -25,6 +24,7 @@ from engine.errors import KvchatError
 from engine.events import (
     Done,
     Error,
+    Event,
     Eviction,
     KVUsage,
     MemorySnapshot,
@@ -34,13 +34,13 @@ from engine.events import (
     Retry,
     RouteDecision,
     SpecStats,
-    TokenChunk,
     TurnStarted,
 )
 from engine.routing import RouteService
 from engine.session import ChatSession
 from engine.store import Store
 from tui.app_actions import AppActions
+from tui.coalesce import ReplyCoalescer
 from tui.commands import KvchatCommands
 from tui.messages import (
     EngineEvent,
@@ -61,11 +61,6 @@ from tui.widgets.kv_pane import KVPane
 from tui.widgets.memory_pane import MemoryPane
 from tui.widgets.prompt_input import PromptInput
 from tui.widgets.status_line import StatusLine
-
-FRAME_S = 0.1
-"""Tokens that arrive within this long of the last update go to the screen together.
-Every update of a growing reply lays out and redraws the screen; ten a second reads as
-live, and leaves the CPU to decoding (see docs/tui.md for the measurements)."""
 
 
 @runtime_checkable
@@ -240,45 +235,31 @@ class KvchatApp(AppActions, App[int]):
 
     @work(exclusive=True, group="reply", exit_on_error=False)
     async def generate_reply(self, text: str, route: str | None = None) -> None:
-        # Tokens are coalesced per frame here so the message queue carries one chunk per
-        # screen update, whatever the decode rate.
-        pending: list[str] = []
-        n_pending = 0
-        last_post = 0.0
+        # Events are gathered here so that the message queue carries one update per
+        # frame, whatever the decode rate (see tui.coalesce).
+        def post_event(event: Event) -> None:
+            if isinstance(event, TurnStarted):
+                self.post_message(ReplyStarted(event, text))
+            elif isinstance(event, Retry):
+                self.post_message(ReplyRetrying(event))
+            elif isinstance(event, Done):
+                self.post_message(ReplyFinished(event))
+            elif isinstance(event, Error):
+                self.post_message(ReplyFailed(event.code, event.message))
+            else:
+                self.post_message(EngineEvent(event))
 
-        def flush() -> None:
-            nonlocal n_pending, last_post
-            if pending:
-                self.post_message(ReplyChunk("".join(pending), n_pending))
-                pending.clear()
-                n_pending = 0
-                last_post = time.perf_counter()
-
+        gather = ReplyCoalescer(lambda chunk, n: self.post_message(ReplyChunk(chunk, n)),
+                                post_event)
         try:
             async for event in self.session.send(text, self.conversation_id,
                                                   self.config.sampling, route=route,
                                                   pinned=self.pinned,
                                                   ignore_eos=self.ignore_eos):
-                if isinstance(event, TokenChunk):
-                    pending.append(event.text)
-                    n_pending += len(event.token_ids)
-                    if time.perf_counter() - last_post >= FRAME_S:
-                        flush()
-                    continue
-                flush()
-                if isinstance(event, TurnStarted):
-                    self.post_message(ReplyStarted(event, text))
-                elif isinstance(event, Retry):
-                    self.post_message(ReplyRetrying(event))
-                elif isinstance(event, Done):
-                    self.post_message(ReplyFinished(event))
-                elif isinstance(event, Error):
-                    self.post_message(ReplyFailed(event.code, event.message))
-                else:
-                    self.post_message(EngineEvent(event))
-            flush()
+                gather.add(event)
+            gather.flush()
         except KvchatError as exc:
-            flush()
+            gather.flush()
             self.post_message(ReplyFailed(exc.code, exc.message))
 
     @on(ReplyStarted)

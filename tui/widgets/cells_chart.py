@@ -14,6 +14,8 @@ from typing import ClassVar
 from rich.text import Text
 from textual.widget import Widget
 
+from tui.widgets.live_text import shown
+
 BARS = " ▁▂▃▄▅▆▇█"
 
 
@@ -32,7 +34,8 @@ class CellsChart(Widget):
         if self.samples and self.samples[-1] == (used, reserved):
             return
         self.samples.append((used, reserved))
-        self.refresh()
+        if shown(self):  # a hidden chart draws its samples when shown again
+            self.refresh()
 
     def render(self) -> Text:
         width, height = self.size.width, max(1, self.size.height)

@@ -10,11 +10,14 @@ import re
 
 from textual.app import ComposeResult
 from textual.containers import Vertical, VerticalScroll
+from textual.events import Resize
+from textual.widget import Widget
 from textual.widgets import Collapsible, Markdown, Static
 from textual.widgets._markdown import MarkdownStream
 
 from engine.events import OutputCheck, Retry
 from tui.notes import attempt_title
+from tui.widgets.reply_blocks import plan_write
 
 FENCE = re.compile(r"^```[^\n]*\n(.*?)^```", re.MULTILINE | re.DOTALL)
 
@@ -33,8 +36,13 @@ class UserMessage(Static):
 
 class ReplyMessage(Vertical):
     """One assistant reply: Markdown body (code fences highlighted by Pygments) and a
-    small stats line. While streaming, text goes through Markdown's own stream, which
-    parses only the last block again instead of the whole reply per token."""
+    small stats line.
+
+    While streaming, text goes through Markdown's own stream, which parses only the
+    last block again instead of the whole reply per token, and a long reply goes into
+    a sequence of ``Markdown`` widgets (see :mod:`tui.widgets.reply_blocks`), so that
+    an append only ever touches the last few hundred lines, and the widgets before it
+    keep their layout. ``text`` is always the whole reply."""
 
     def __init__(self, text: str = "", note: str = "", message_id: int | None = None) -> None:
         super().__init__()
@@ -43,6 +51,12 @@ class ReplyMessage(Vertical):
         self._initial = text
         self._note = note
         self._stream: MarkdownStream | None = None
+        self._block = ""
+        """What the last Markdown widget has been given while streaming."""
+        self._held = ""
+        """The start of a line held back until it is complete (it may start a block)."""
+        self._parked = 0
+        """Lines of finished blocks hidden behind the spacer (see :meth:`park`)."""
         self.text = text
         """The text of the attempt being shown (the final one once finished)."""
         self.attempt = 1
@@ -52,23 +66,109 @@ class ReplyMessage(Vertical):
         self.checks: dict[int, OutputCheck] = {}
 
     def compose(self) -> ComposeResult:
+        yield Widget(classes="reply-parked")
         yield Markdown(self._initial, classes="reply-body")
         yield Static(self._note, classes="reply-stats", markup=False)
 
     @property
+    def blocks(self) -> list[Markdown]:
+        """The Markdown widgets of the attempt shown, in order."""
+        return list(self.query_children(".reply-body").results(Markdown))
+
+    @property
     def body(self) -> Markdown:
-        return self.query_one(".reply-body", Markdown)
+        """The Markdown widget the stream writes to (the last one)."""
+        return self.blocks[-1]
 
     async def append(self, fragment: str) -> None:
+        self.text += fragment
+        pending, self._held = self._held + fragment, ""
+        while pending:
+            plan = plan_write(self._block, pending)
+            await self._write(plan.head)
+            if not plan.cut:
+                self._held = plan.tail
+                return
+            await self._new_block()
+            pending = plan.tail
+
+    async def _write(self, text: str) -> None:
+        if not text:
+            return
         if self._stream is None:
             self._stream = Markdown.get_stream(self.body)
-        self.text += fragment
-        await self._stream.write(fragment)
+        self._block += text
+        await self._stream.write(text)
+
+    async def _new_block(self) -> None:
+        await self._stop_stream()
+        block = Markdown(classes="reply-body")
+        await self.mount(block, after=self.body)
+        self._block = ""
+        # Once laid out, the block just finished has its final height.
+        self.call_after_refresh(self._park_if_out_of_view)
+
+    def _park_if_out_of_view(self) -> None:
+        pane = self.parent
+        if isinstance(pane, ChatPane) and pane.following(self):
+            self.park(pane.scrollable_content_region.height)
+
+    def park(self, keep: int) -> None:
+        """Replace finished blocks that lie more than ``keep`` lines above the end of
+        the reply by one empty spacer of their height.
+
+        Every screen update lays out and walks every widget on the screen, visible or
+        not; a parked block (``display: none``) is skipped, so an update costs the
+        same at the end of a long reply as at its start. The pane unparks them all as
+        soon as they could come into view (the user scrolls up, the width changes)."""
+        blocks = [b for b in self.blocks[:-1] if b.display]  # the last one is streaming
+        below = self.query_one(".reply-stats", Static).outer_size.height + \
+            self.blocks[-1].outer_size.height
+        cut = 0
+        for i in range(len(blocks) - 1, -1, -1):
+            if below >= keep:
+                cut = i + 1
+                break
+            below += blocks[i].outer_size.height
+        if not cut:
+            return
+        spacer = self.query_one(".reply-parked", Widget)
+        height = sum(b.outer_size.height for b in blocks[:cut])
+        with self.app.batch_update():
+            for block in blocks[:cut]:
+                block.display = False
+            self._parked += height
+            spacer.styles.height = self._parked
+            spacer.display = True
+
+    def unpark(self) -> None:
+        spacer = self.query_one(".reply-parked", Widget)
+        if not spacer.display:
+            return
+        with self.app.batch_update():
+            spacer.display = False
+            self._parked = 0
+            spacer.styles.height = 0
+            for block in self.blocks:
+                block.display = True
 
     async def _stop_stream(self) -> None:
+        if self._held:
+            held, self._held = self._held, ""
+            await self._write(held)
         if self._stream is not None:
             await self._stream.stop()
             self._stream = None
+
+    async def _reset_body(self, text: str) -> None:
+        """One Markdown widget showing ``text`` (no stream)."""
+        await self._stop_stream()
+        self.unpark()
+        first, *rest = self.blocks
+        if rest:
+            await self.remove_children(rest)
+        self._block = ""
+        await first.update(text)
 
     def record_check(self, check: OutputCheck) -> None:
         self.checks[check.attempt] = check
@@ -82,21 +182,21 @@ class ReplyMessage(Vertical):
         self.attempt, self.strategy = retry.attempt, retry.strategy
         self.strategies.append(retry.strategy)
         self.text = ""
-        await self.body.update("")
+        await self._reset_body("")
 
     async def add_folded(self, number: int, strategy: str, error: str, text: str) -> None:
         """An earlier attempt, collapsed above the body and marked malformed."""
         raw = Static(text or "(no text)", markup=False, classes="attempt-text")
         folded = Collapsible(raw, title=attempt_title(number, strategy, error),
                              collapsed=True, classes="attempt")
-        await self.mount(folded, before=self.body)
+        await self.mount(folded, before=self.query_one(".reply-parked", Widget))
 
     async def finish(self, note: str, final_text: str | None = None) -> None:
         await self._stop_stream()
         # The final text is authoritative: a repaired reply streamed no tokens of its own.
         if final_text is not None and final_text != self.text:
             self.text = final_text
-            await self.body.update(final_text)
+            await self._reset_body(final_text)
         self.set_note(note)
 
     def set_note(self, note: str) -> None:
@@ -112,6 +212,26 @@ class ChatPane(VerticalScroll):
 
     def on_mount(self) -> None:
         self.anchor()
+
+    def following(self, reply: ReplyMessage) -> bool:
+        """Is the pane at its end, following ``reply`` as the last thing in it?"""
+        return (self.is_anchored and self.scroll_y >= self.max_scroll_y - 1
+                and bool(self.children) and self.children[-1] is reply)
+
+    def unpark(self) -> None:
+        """Show every parked block (see :meth:`ReplyMessage.park`)."""
+        for reply in self.query_children(ReplyMessage):
+            reply.unpark()
+
+    def on_resize(self, event: Resize) -> None:
+        # A new width gives blocks new heights: the spacers' heights would be wrong.
+        self.unpark()
+
+    def watch_scroll_y(self, old_value: float, new_value: float) -> None:
+        super().watch_scroll_y(old_value, new_value)
+        # Following the stream only ever scrolls down; up is the user, who may look.
+        if new_value < old_value:
+            self.unpark()
 
     async def add_user(self, text: str) -> UserMessage:
         widget = UserMessage(text)

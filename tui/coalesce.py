@@ -1,0 +1,84 @@
+"""A reply's events, gathered between screen updates.
+
+On a machine where decoding and the UI share CPU cores, every screen update is time
+the decode does not get (docs/tui.md has the measurements). So the reply worker posts:
+
+- tokens at most every :data:`FRAME_S`, joined into one chunk;
+- gauges (KV usage, decode speed, speculation stats, memory) at most every
+  :data:`GAUGE_S`: every KV sample (the chart draws them all), only the latest of
+  the others, whose panes show a state. Gauges never force out the tokens gathered so
+  far, so they ride along with a token update instead of costing a screen update of
+  their own;
+- everything else (evictions, route, checks, retries, the end) at once and in order,
+  after whatever was gathered before it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from engine.events import Event, KVUsage, MemorySnapshot, Progress, SpecStats, TokenChunk
+
+FRAME_S = 0.1
+"""Tokens that arrive within this long of the last update go to the screen together.
+Ten updates a second reads as live and leaves the CPU to decoding."""
+GAUGE_S = 0.25
+"""Pane updates (KV chart, memory bar, status line speed) at most four a second."""
+
+GAUGES = (KVUsage, Progress, SpecStats, MemorySnapshot)
+
+
+class ReplyCoalescer:
+    """Feed it a reply's events in order; it calls ``post_tokens(text, n_tokens)`` and
+    ``post_event(event)`` as described above. Call :meth:`flush` at the end."""
+
+    def __init__(self, post_tokens: Callable[[str, int], None],
+                 post_event: Callable[[Event], None],
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        self._post_tokens = post_tokens
+        self._post_event = post_event
+        self._clock = clock
+        self._text: list[str] = []
+        self._n_tokens = 0
+        self._gauges: list[Event] = []
+        self._last_tokens = 0.0
+        self._last_gauges = 0.0
+
+    def add(self, event: Event) -> None:
+        now = self._clock()
+        if isinstance(event, TokenChunk):
+            self._text.append(event.text)
+            self._n_tokens += len(event.token_ids)
+            if now - self._last_tokens >= FRAME_S:
+                self._flush_tokens(now)
+                if self._gauges and now - self._last_gauges >= GAUGE_S:
+                    self._flush_gauges(now)
+        elif isinstance(event, GAUGES):
+            if not isinstance(event, KVUsage):
+                self._gauges = [e for e in self._gauges if type(e) is not type(event)]
+            self._gauges.append(event)
+            if not self._text and now - self._last_gauges >= GAUGE_S:
+                self._flush_gauges(now)  # nothing streaming to ride along with
+        else:
+            self.flush()
+            self._post_event(event)
+
+    def flush(self) -> None:
+        now = self._clock()
+        self._flush_tokens(now)
+        self._flush_gauges(now)
+
+    def _flush_tokens(self, now: float) -> None:
+        if self._text:
+            self._post_tokens("".join(self._text), self._n_tokens)
+            self._text.clear()
+            self._n_tokens = 0
+            self._last_tokens = now
+
+    def _flush_gauges(self, now: float) -> None:
+        if self._gauges:
+            for event in self._gauges:
+                self._post_event(event)
+            self._gauges.clear()
+            self._last_gauges = now
