@@ -31,6 +31,7 @@ def main() -> int:
     parser.add_argument("--bases", default="40,100,300")
     parser.add_argument("--sizes", default="2,3,4,5,8,13")
     parser.add_argument("--flash-attn", choices=["on", "off", "auto"], default="auto")
+    parser.add_argument("--kv-type", choices=["f16", "f32"], default="f16")
     args = parser.parse_args()
     path = args.model
     if path is None:
@@ -47,6 +48,8 @@ def main() -> int:
     cp = llama_cpp.llama_context_default_params()
     cp.n_ctx, cp.n_batch, cp.n_ubatch = 2048, 512, 512
     cp.flash_attn_type = {"on": 1, "off": 0, "auto": -1}[args.flash_attn]
+    kv_type = {"f16": llama_cpp.GGML_TYPE_F16, "f32": llama_cpp.GGML_TYPE_F32}[args.kv_type]
+    cp.type_k = cp.type_v = kv_type
     ctx = _internals.LlamaContext(model=model, params=cp, verbose=False)
     batch = _internals.LlamaBatch(n_tokens=512, embd=0, n_seq_max=1)
     n_vocab = model.n_vocab()

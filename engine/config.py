@@ -112,9 +112,12 @@ class KVCacheConfig(_Section):
 class SpeculativeConfig(_Section):
     """Speculative decoding: draft several tokens cheaply, verify them in one batch."""
 
-    mode: Literal["auto", "prompt-lookup", "draft", "off"] = "off"
-    """off (the default for now): plain decoding; auto: a draft model when one is set,
-    else prompt lookup (n-grams from the conversation)."""
+    mode: Literal["auto", "prompt-lookup", "draft", "off"] = "auto"
+    """auto: a draft model when one is set, else prompt lookup (n-grams from the
+    conversation), switched off by the controller wherever it does not pay; under
+    greedy sampling only where the backend is batch-invariant (all layers on a GPU),
+    since elsewhere it could change the output. prompt-lookup / draft: always, also
+    under greedy sampling. off: plain decoding."""
     draft_model: Path | None = None
     """A smaller GGUF with the same vocabulary as the main model, for ``draft`` mode."""
     max_draft: int = Field(12, ge=1, le=64)
@@ -125,8 +128,12 @@ class SpeculativeConfig(_Section):
     """Longest suffix prompt lookup tries to find earlier in the conversation."""
     exact: bool = True
     """Under greedy sampling, let a plain decode decide any verified token that leads
-    its runner-up by less than 3 logits: llama.cpp's batched kernels differ from its
-    one-token path by about a logit, and such a near-tie could otherwise flip."""
+    its runner-up by less than ``tie_margin`` logits: llama.cpp's batched kernels
+    differ from its one-token path, and such a near-tie could otherwise flip."""
+    tie_margin: float = Field(1.0, ge=0.0, le=20.0)
+    """Logits. Teacher-forced on the bundled model, batched and one-token greedy
+    choices differed only where the top-2 margin was below 0.7; a wider margin costs
+    speed (more rounds stop early) for no observed gain."""
     adaptive: bool = True
     """Switch speculation off for the rest of a reply while it costs more time than
     it saves, and back on when the text turns repetitive again."""

@@ -50,13 +50,17 @@ class PromptLookup:
         self.tokens: list[int] = []
         self._after: dict[tuple[int, ...], int] = {}
         """n-gram -> index just after its latest occurrence that has a continuation."""
+        self._copy: tuple[int, int] | None = None
+        """(source index, len(tokens)) when the last draft was made: while the text goes
+        on copying that source, the next draft continues from the same place instead of
+        jumping to the latest occurrence of a short n-gram (code repeats its n-grams)."""
 
     def begin(self, history: Sequence[int]) -> None:
         n = len(self.tokens)
         if n <= len(history) and list(history[:n]) == self.tokens:
             self.extend(history[n:])  # the same conversation, grown: index only the new part
             return
-        self.tokens, self._after = [], {}
+        self.tokens, self._after, self._copy = [], {}, None
         self.extend(history)
 
     def extend(self, tokens: Sequence[int]) -> None:
@@ -71,13 +75,30 @@ class PromptLookup:
         # ``extend`` has already seen ``pending``: the suffix ends with it. The suffix
         # itself is never indexed (it has no continuation yet), so any hit is an earlier
         # occurrence. Longer matches are tried first: fewer, surer.
+        start = self._continued()
         for size in range(self.max_ngram, self.min_ngram - 1, -1):
-            if len(self.tokens) < size:
-                continue
+            if start is not None or len(self.tokens) < size:
+                break
             start = self._after.get(tuple(self.tokens[-size:]))
-            if start is not None:
-                return self.tokens[start:start + n]
-        return []
+        if start is None:
+            self._copy = None
+            return []
+        self._copy = (start, len(self.tokens))
+        return self.tokens[start:start + n]
+
+    def _continued(self) -> int | None:
+        """Where the copy in progress goes on, if the tokens since the last draft
+        followed its source exactly."""
+        if self._copy is None:
+            return None
+        source, then = self._copy
+        here = source + len(self.tokens) - then  # the source position matching the end
+        size = self.min_ngram
+        if here >= then or here < size or self.tokens[here - size:here] != self.tokens[-size:]:
+            return None
+        # ``here`` stays before ``then``: a source that reaches into the text copied since
+        # would be the text copying itself.
+        return here
 
     def close(self) -> None:
         pass

@@ -39,7 +39,7 @@ from engine.events import (
 from engine.kv_window import Span, choose_span, turn_boundaries, window
 from engine.loader import LoadedModel
 from engine.output_spec import gbnf_for
-from engine.sampling import build_sampler
+from engine.sampling import GreedyArgmax, build_sampler
 from engine.speculation import SpecController
 from engine.turn_state import (
     ChatRequest,
@@ -56,10 +56,6 @@ __all__ = ["ChatRequest", "Generator", "KVState"]
 SEQ = 0
 PROGRESS_EVERY = 16
 """Tokens between progress and kv events while a reply streams."""
-NEAR_TIE_GUARD = 3.0
-"""Logits: a batched row whose greedy choice leads the runner-up by less is decided
-by a plain decode instead (measured here: rows differ by up to 1.3 between batch
-sizes, so a margin can move by twice that)."""
 SPEC_EVENT_EVERY = 8
 """Verification rounds between spec events (a switch off or on is sent at once)."""
 MIN_TAIL = 16
@@ -72,10 +68,14 @@ class Generator:
     """Owns the batch and the cache bookkeeping for one loaded model."""
 
     def __init__(self, lm: LoadedModel, policy: KVCacheConfig | None = None,
-                 spec: SpecController | None = None) -> None:
+                 spec: SpecController | None = None, *,
+                 greedy_speculation: bool = True) -> None:
         self.lm = lm
         self.policy = policy or KVCacheConfig()
         self.spec = spec
+        self.greedy_speculation = greedy_speculation
+        """Whether ``auto`` speculation may run under greedy sampling: only where the
+        backend's batched rows equal its one-token decode, or the output would drift."""
         self.n_vocab = lm.model.n_vocab()
         self.kv = KVState()
         self.batch = _internals.LlamaBatch(n_tokens=lm.n_batch, embd=0, n_seq_max=1)
@@ -333,9 +333,11 @@ class Generator:
         built."""
         # A grammar decides where a constrained reply ends, so EOS is never banned there.
         banned = self.lm.eog_tokens() if req.ignore_eos and req.constraint is None else None
-        chain, _seed = build_sampler(req.sampling, self.n_vocab, banned)
+        chain, _seed = build_sampler(req.sampling, self.n_vocab, banned,
+                                     native=req.constraint is not None)
         if req.constraint is None:
             return chain
+        assert isinstance(chain, _internals.LlamaSampler)
         try:
             return ConstrainedSampler(self.lm.model, gbnf_for(req.constraint), chain,
                                       always=self.lm.eog_tokens())
@@ -353,13 +355,14 @@ class Generator:
         verification round), and yields the next pending token.
         """
         reply = Reply(stats, codecs.getincrementaldecoder("utf-8")(errors="replace"))
-        spec = self.spec
+        spec = self.spec_for(req)
         # The near-tie guard keeps greedy speculation identical to plain decoding; with
         # repeat penalties (or a grammar) the sampler's own state would keep the draw
         # the guard discards.
         exact = (req.sampling.temperature <= 0 and req.sampling.repeat_penalty == 1.0
                  and req.constraint is None)
-        guard = NEAR_TIE_GUARD if exact and spec is not None and spec.config.exact else 0.0
+        guard = spec.config.tie_margin if exact and spec is not None and spec.config.exact \
+            else 0.0
         try:
             token = sampler.sample(self.lm.ctx, -1)  # from the prefill's last logits
             if spec is not None:
@@ -404,6 +407,15 @@ class Generator:
         finally:
             if spec and spec.rounds:
                 self._emit(spec.stats())
+
+    def spec_for(self, req: ChatRequest) -> SpecController | None:
+        """The controller for this reply: ``auto`` stands aside for greedy replies where
+        speculation could change the output; an explicit mode always speculates."""
+        spec = self.spec
+        if (spec is not None and spec.config.mode == "auto"
+                and req.sampling.temperature <= 0 and not self.greedy_speculation):
+            return None
+        return spec
 
     def take(self, reply: Reply, token: int, req: ChatRequest) -> FinishReason | None:
         """Emit one sampled token; the reason to stop if the reply ends with it."""
@@ -480,7 +492,7 @@ class Generator:
                                        shape=(self.n_vocab,))
         return int(np.count_nonzero(logits > logits[choice] - guard)) > 1
 
-Sampler = _internals.LlamaSampler | ConstrainedSampler
+Sampler = _internals.LlamaSampler | GreedyArgmax | ConstrainedSampler
 """Either draws with ``sample(ctx, idx)``, accepting the token into its own state."""
 
 

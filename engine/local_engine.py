@@ -183,8 +183,14 @@ class LocalEngine(ChatEngine):
                 self._lm.close()
                 self._lm = None
                 raise
-            self._gen = Generator(self._lm, self._kv_policy, spec)
-            self._info = self._lm.info
+            info = self._lm.info
+            # Batched verification reproduces one-token greedy choices exactly only
+            # where the kernels are batch-invariant: measured so on CUDA, not on the
+            # CPU backend (see docs/speculative.md).
+            invariant = info.n_gpu_layers > info.n_layers
+            self._gen = Generator(self._lm, self._kv_policy, spec,
+                                  greedy_speculation=invariant)
+            self._info = info
         assert self._info is not None
         return self._info
 

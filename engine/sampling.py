@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import random
 
+import llama_cpp
+import numpy as np
 from llama_cpp import _internals
 
 from engine.config import SamplingConfig
@@ -15,10 +17,43 @@ from engine.config import SamplingConfig
 NEG_INF = float("-inf")
 
 
+class GreedyArgmax:
+    """Greedy decoding as an argmax over the logits row, read in place.
+
+    llama.cpp's greedy sampler first builds a candidate array of the whole vocabulary
+    (262k entries for Gemma 3, 128k for Llama 3) on every token: about 0.6 ms on this
+    CPU, and on a GPU it is time the device sits idle. An argmax over a view of the
+    same row picks the same token (the lowest id among equal maxima, as llama.cpp's
+    greedy does). Same ``sample(ctx, idx)`` / ``close()`` as the native chain.
+    """
+
+    def __init__(self, n_vocab: int, banned: list[int] | None = None) -> None:
+        self.n_vocab = n_vocab
+        self.banned = frozenset(banned or ())
+
+    def sample(self, ctx: _internals.LlamaContext, idx: int = -1) -> int:
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx.ctx, idx),
+                                       shape=(self.n_vocab,))
+        token = int(np.argmax(logits))
+        if token in self.banned:  # rare (end-of-turn banned for benchmarks): next best
+            order = np.argsort(logits)[::-1]
+            token = int(next(t for t in order if int(t) not in self.banned))
+        return token
+
+    def close(self) -> None:
+        pass
+
+
 def build_sampler(params: SamplingConfig, n_vocab: int, banned: list[int] | None = None,
-                  ) -> tuple[_internals.LlamaSampler, int]:
-    """The sampler chain and the seed it uses (fresh when ``params.seed`` is empty)."""
+                  *, native: bool = False,
+                  ) -> tuple[_internals.LlamaSampler | GreedyArgmax, int]:
+    """The sampler and the seed it uses (fresh when ``params.seed`` is empty). Plain
+    greedy decoding gets the in-place argmax unless ``native`` asks for llama.cpp's
+    chain (which a grammar filter drives through ``llama_sampler_apply``)."""
     seed = params.seed if params.seed is not None else random.randrange(2**31)
+    if (params.temperature <= 0.0 and not native and not (
+            params.repeat_penalty != 1.0 and params.repeat_last_n)):
+        return GreedyArgmax(n_vocab, banned), seed
     chain = _internals.LlamaSampler()
     if banned:
         chain.add_logit_bias(n_vocab, {tok: NEG_INF for tok in banned})
