@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# On the GPU machine, from the repository root: is llama.cpp's CUDA backend batch-
-# invariant, and is greedy output with speculation identical to plain greedy there?
-# Builds llama.cpp with CUDA (as gpu_bench.sh does), writes synthetic shapes with
-# kvchat synth, then runs batch_invariance.py and spec_identity.py on them.
+# On the GPU machine, from the repository root: is greedy output with speculation
+# identical to plain greedy there? Builds llama.cpp with CUDA (as gpu_bench.sh does),
+# writes synthetic shapes, then runs spec_identity.py with the model drafting for
+# itself. (batch_invariance.py, which reads raw logits rows through llama.cpp's C API,
+# crashes in a CUDA build before printing; the engine-level check is what ran.)
 # Needs .gpu/ (git-ignored; see gpu_bench.sh). Usage: OUT=dir benchmarks/gpu_spec_check.sh
 set -euo pipefail
 ROOT=$(pwd)
@@ -34,13 +35,6 @@ from engine.shapes import parse_shape
 from engine.synth import write_synthetic
 shape, mix = parse_shape(sys.argv[1])
 write_synthetic(shape, mix, sys.argv[2])" "$shape:Q4_K_M" "$M/$shape-Q4_K_M.gguf"
-done
-for shape in gemma-3-270m llama-3.1-8b; do
-  for fa in on off; do
-    echo "== batch invariance: $shape, CUDA, flash attention $fa"
-    python3 benchmarks/batch_invariance.py "$M/$shape-Q4_K_M.gguf" --gpu-layers 999 \
-      --flash-attn $fa --sizes 2,3,4,5,8,9,13 2>/dev/null | tail -4 | tee "$OUT/inv_${shape}_$fa.txt"
-  done
 done
 echo "== greedy identity, self-drafting, llama-3.1-8b shape"
 python3 benchmarks/spec_identity.py "$M/llama-3.1-8b-Q4_K_M.gguf" --gpu-layers 999 --drafter self \
