@@ -81,7 +81,8 @@ async def run_app(home: Path, args: argparse.Namespace) -> tuple[float, int, lis
     app = KvchatApp(config, LocalEngine(config.model, config.sampling, config.kv),
                     Store(home / "kvchat.db"), route="chat", ignore_eos=True,
                     pinned=("max_tokens", "temperature", "seed"),
-                    prefs_file=home / "ui-prefs.json")
+                    prefs_file=home / "ui-prefs.json",
+                    yield_cpu=args.face != "app-samepriority")
     done: list[ReplyFinished | ReplyFailed] = []
     ready: list[ModelReady] = []
     changed_at: list[float] = []
@@ -202,7 +203,8 @@ def spread(values: list[float]) -> dict[str, float]:
 
 
 FACES = {"ask": ("ask", None), "app": ("app", None),
-         "ask+passive": ("ask", "PASSIVE"), "app+passive": ("app", "PASSIVE")}
+         "ask+passive": ("ask", "PASSIVE"), "app+passive": ("app", "PASSIVE"),
+         "app+samepriority": ("app-samepriority", None)}
 
 
 def run_face(face: str, argv: list[str]) -> dict[str, object]:
@@ -238,7 +240,11 @@ def main() -> None:
     parser.add_argument("--skip-long", action="store_true")
     parser.add_argument("--omp-compare", action="store_true",
                         help="also run both faces with OMP_WAIT_POLICY=PASSIVE")
-    parser.add_argument("--face", choices=("ask", "app"), help=argparse.SUPPRESS)
+    parser.add_argument("--priority-compare", action="store_true",
+                        help="also run the app with its UI thread at the decode threads' "
+                             "priority (the app lowers it by default)")
+    parser.add_argument("--face", choices=("ask", "app", "app-samepriority"),
+                        help=argparse.SUPPRESS)
     parser.add_argument("--json", metavar="FILE", help="also write the results here")
     args = parser.parse_args()
     if args.face:
@@ -250,7 +256,8 @@ def main() -> None:
     if args.threads:
         argv += ["--threads", str(args.threads)]
     load_start = os.getloadavg()
-    faces = ["ask", "app"] + (["ask+passive", "app+passive"] if args.omp_compare else [])
+    faces = ["ask", "app"] + (["ask+passive", "app+passive"] if args.omp_compare else []) \
+        + (["app+samepriority"] if args.priority_compare else [])
     rates: dict[str, list[float]] = {face: [] for face in faces}
     delays: dict[str, list[float]] = {face: [] for face in faces}
     for rep in range(args.reps):

@@ -123,7 +123,11 @@ class ChatSession:
                                     reserve=routed.reserve if routed else None,
                                     constraint=step.constraint)
 
+        seen_change = [ladder.base_change if ladder else ""]
+
         def record(done: Attempt) -> None:
+            if done.strategy != "repair":
+                seen_change[0] = done.prompt_change
             self.store.add_attempt(
                 reply_id, done.number, done.strategy, ladder.spec.format if ladder else "",
                 done.text, done.check.ok, found=done.check.found, errors=done.check.errors,
@@ -148,6 +152,11 @@ class ChatSession:
                     final = event
                 yield event
         finally:
+            if seen_change[0] != (ladder.base_change if ladder else ""):
+                # The cache holds the last attempt's prompt: the next turn's history
+                # repeats it, so its tokens extend the cache instead of diverging here.
+                self.store.update_message(user_id, stats={
+                    **user_stats, "format_instructions": seen_change[0]})
             self._finish(user_id, reply_id, "".join(parts), final,
                          routed.event.route if routed else None)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from engine.config import KvchatConfig, RouterConfig, SamplingConfig
-from engine.events import KVUsage, PromptEvaluated, RouteDecision
+from engine.events import KVUsage, PromptEvaluated, Retry, RouteDecision
 from engine.local_engine import LocalEngine
 from engine.routing import RouteError, RouteService
 from engine.session import ChatSession
@@ -66,6 +66,7 @@ async def test_cache_is_reused_when_the_route_changes(engine: LocalEngine,
                                   None)
         assert _first(events, RouteDecision).route == "code"
         first = _first(events, PromptEvaluated)
+        retries = [e for e in events if isinstance(e, Retry)]
         events, _ = await _turn(session, "What is the capital of Italy?", cid)
         route = _first(events, RouteDecision)
         assert route.route == "qa"
@@ -76,8 +77,15 @@ async def test_cache_is_reused_when_the_route_changes(engine: LocalEngine,
         # Only the new turn (instructions, message, turn markers) was evaluated.
         assert second.evaluated_tokens <= route.prompt_tokens + 16
         rows = store.messages(cid)
-        assert rows[0].stats == {"route": "code", "instructions":
-                                 session.routes.templates.get("code").instructions}
+        stats = rows[0].stats or {}
+        assert stats["route"] == "code"
+        assert stats["instructions"] == session.routes.templates.get("code").instructions
+        # A retried code reply: the turn is kept as its last attempt's prompt was, so
+        # the cache (which holds that attempt) is reused by the next turn.
+        if retries:
+            assert stats["format_instructions"] in retries[-1].prompt_change
+        else:
+            assert "format_instructions" not in stats
         assert rows[0].content == "Write a Python function that adds numbers."
         assert rows[1].stats["route"] == "code"
 

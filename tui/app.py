@@ -56,6 +56,7 @@ from tui.messages import (
 from tui.notes import done_note, route_note
 from tui.prefs import load_prefs, prefs_path, save_prefs
 from tui.themes import bundled_theme_files, load_themes
+from tui.ui_priority import yield_cpu_to_decoding
 from tui.widgets.chat_pane import ChatPane, ReplyMessage
 from tui.widgets.kv_pane import KVPane
 from tui.widgets.memory_pane import MemoryPane
@@ -96,8 +97,12 @@ class KvchatApp(AppActions, App[int]):
     def __init__(self, config: KvchatConfig, engine: ChatEngine, store: Store,
                  conversation_id: int | None = None, routes: RouteService | None = None,
                  route: str | None = None, prefs_file: Path | None = None,
-                 pinned: Iterable[str] = (), ignore_eos: bool = False) -> None:
+                 pinned: Iterable[str] = (), ignore_eos: bool = False,
+                 yield_cpu: bool = False) -> None:
         super().__init__()
+        self.yield_cpu = yield_cpu
+        """Lower the UI thread's priority once the model is loaded (tui.ui_priority);
+        the ``kvchat`` command does, embedders and tests keep their thread as it is."""
         self.config = config
         self.engine = engine
         self.store = store
@@ -176,6 +181,8 @@ class KvchatApp(AppActions, App[int]):
     @on(ModelReady)
     def _model_ready(self, message: ModelReady) -> None:
         self.ready = True
+        if self.yield_cpu and self.config.ui.ui_nice:
+            yield_cpu_to_decoding(self.config.ui.ui_nice)
         status = self.query_one(StatusLine)
         status.model_name = message.info.name
         status.backend = message.info.backend

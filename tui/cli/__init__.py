@@ -54,7 +54,8 @@ def _model_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
     group.add_argument("--budget", metavar="SIZE", default=default,
                        help="memory the model may use, e.g. 36GiB (default: detected)")
     group.add_argument("--speculative", choices=["auto", "prompt-lookup", "draft", "off"],
-                       default=default, help="speculative decoding (default: auto, on where it pays)")
+                       default=default,
+                       help="speculative decoding (default: auto, on where it pays)")
     group.add_argument("--draft-model", metavar="PATH", default=default,
                        help="smaller GGUF with the same vocabulary, for --speculative draft")
     group.add_argument("--max-tokens", metavar="N", type=_positive, default=default,

@@ -33,6 +33,7 @@ def run_tui(args: argparse.Namespace) -> int:
         if args.route is not None:
             routes.check_route(args.route)
         app = KvchatApp(config, engine, store, conversation_id=args.conversation,
-                        routes=routes, route=args.route, pinned=pinned_sampling(args))
+                        routes=routes, route=args.route, pinned=pinned_sampling(args),
+                        yield_cpu=True)
         app.run()
     return app.return_code or EXIT_OK
