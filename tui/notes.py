@@ -29,10 +29,15 @@ def retry_note(attempts: int, ok: bool | None, strategies: Sequence[str]) -> str
 
 
 def done_note(done: Done, strategies: Sequence[str] = ()) -> str:
-    parts = [f"{done.completion_tokens} tokens", f"{done.tokens_per_s:.1f} tok/s",
-             f"ttft {done.ttft_s * 1000:.0f} ms",
-             f"prompt {done.evaluated_tokens} new / {done.reused_tokens} cached"]
-    if done.drafted_tokens:
+    approx = "~" if done.token_count == "estimate" else ""
+    parts = [f"{approx}{done.completion_tokens} tokens", f"{done.tokens_per_s:.1f} tok/s",
+             f"ttft {done.ttft_s * 1000:.0f} ms"]
+    if done.evaluated_tokens is None and done.reused_tokens is None:
+        parts.append("prompt cache unknown")  # a server that does not say
+    else:
+        parts.append(f"prompt {_count(done.evaluated_tokens)} new / "
+                     f"{_count(done.reused_tokens)} cached")
+    if done.drafted_tokens and done.accepted_tokens is not None:
         parts.append(f"spec {done.accepted_tokens / done.drafted_tokens:.0%} accepted")
     if done.evictions:
         parts.append(f"{done.evictions} evictions ({done.evicted_tokens} tokens)")
@@ -42,6 +47,10 @@ def done_note(done: Done, strategies: Sequence[str] = ()) -> str:
     if done.finish_reason != "stop":
         parts.append(done.finish_reason.replace("_", " "))
     return " · ".join(parts)
+
+
+def _count(value: int | None) -> str:
+    return "?" if value is None else str(value)
 
 
 def attempt_title(number: int, strategy: str, error: str) -> str:

@@ -81,6 +81,10 @@ class MemoryPane(Vertical):
         info = self.view.info
         if info is None:
             return
+        if info.n_layers is None:  # a server that does not say how the model is split
+            self.query_one("#mem-layers", Static).update(
+                f"layers unknown · {info.backend} (served by {info.remote or 'a server'})")
+            return
         gpu = set(info.gpu_layers) if info.n_gpu_layers else set()
         bar = self.query_one(SegmentBar)
         gpu_style = bar.get_component_rich_style("seg--weights-gpu")
