@@ -373,3 +373,37 @@ def test_metrics_parser_reads_llama_server_and_vllm() -> None:
     slots = stats_from_slots([{"id": 0, "n_ctx": 4096, "is_processing": False},
                               {"id": 1, "n_ctx": 4096, "n_past": 812}])
     assert slots == {"n_ctx": 4096, "slot_tokens": 812}
+
+
+async def test_the_app_chats_through_the_server(server: LlamaCppServer,
+                                                kvchat_home: Path) -> None:
+    # The app as `kvchat --base-url ...` builds it: a reply streams through the same
+    # message chain, the memory pane says the split is unknown, the stats line says
+    # which counts are estimates, and nothing shows "None".
+    from tests.test_tui import wait_for
+    from tui.app import KvchatApp
+    from tui.messages import ModelReady, ReplyFinished
+    from tui.widgets.chat_pane import ReplyMessage
+    from tui.widgets.memory_pane import MemoryPane
+
+    config = KvchatConfig(sampling=SamplingConfig(temperature=0.0, max_tokens=16))
+    engine = OpenAIEngine(endpoint(server.base_url), api_key=SecretStr(API_KEY),
+                          sampling=config.sampling)
+    app = KvchatApp(config, engine, Store(kvchat_home / "kvchat.db"), route="chat",
+                    pinned=("max_tokens", "temperature"),
+                    prefs_file=kvchat_home / "ui-prefs.json")
+    seen: list = []
+    async with app.run_test(size=(160, 48), message_hook=seen.append) as pilot:
+        await wait_for(seen, ModelReady, pilot)
+        await pilot.click("#prompt")
+        await pilot.press(*"Name a colour.")
+        await pilot.press("enter")
+        finished = await wait_for(seen, ReplyFinished, pilot)
+        await pilot.pause()
+        assert isinstance(finished, ReplyFinished) and finished.done.completion_tokens > 0
+        reply = app.query_one(ReplyMessage)
+        assert reply.text == finished.done.text
+        stats = str(reply.query_one(".reply-stats").render())
+        assert "tokens" in stats and "None" not in stats
+        layers = str(app.query_one(MemoryPane).query_one("#mem-layers").render())
+        assert "layers unknown" in layers
