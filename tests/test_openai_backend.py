@@ -219,7 +219,8 @@ async def test_slow_server_past_the_timeout(store: Store) -> None:
     final = events[-1]
     assert isinstance(final, Error) and final.code == "server_timeout"
     assert "1 s" in final.message and "partial reply" in final.message
-    assert elapsed < 4.5  # gave up at the time-out, not when the server finished
+    # Not a speed check: the reply ended before the server would have finished it.
+    assert elapsed < slow.stall_s
     reply = store.messages(events[0].conversation_id)[-1]  # type: ignore[union-attr]
     assert reply.status == "error" and reply.content == "Hello"
 
