@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Sequence
 
 from engine.chat_format import ChatMessage
 from engine.config import SamplingConfig
-from engine.errors import PromptError
+from engine.errors import EngineClosed, PromptError
 from engine.events import Event, ModelLoaded
 from engine.output_spec import OutputSpec
 from engine.router import ModelAnswer
@@ -74,6 +74,17 @@ class ChatEngine(ABC):
     @abstractmethod
     async def close(self) -> None:
         """Cancel anything in flight and free the model."""
+
+
+def check_request(messages: Sequence[ChatMessage], closed: bool) -> list[ChatMessage]:
+    """What every backend's ``chat`` checks before anything starts: the engine is open
+    and each user message can be sent. Returns the messages as a list."""
+    if closed:
+        raise EngineClosed("the engine is closed")
+    for msg in messages:
+        if msg.role == "user":
+            check_prompt(msg.content)
+    return list(messages)
 
 
 def check_prompt(text: str) -> str:

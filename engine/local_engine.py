@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.api import ChatEngine, check_prompt
+from engine.api import ChatEngine, check_request
 from engine.channel import EventChannel
 from engine.chat_format import ChatMessage
 from engine.config import KVCacheConfig, ModelConfig, SamplingConfig, SpeculativeConfig
@@ -94,12 +94,8 @@ class LocalEngine(ChatEngine):
     def chat(self, messages: Sequence[ChatMessage], sampling: SamplingConfig | None = None,
              *, ignore_eos: bool = False, reserve: int | None = None,
              constraint: OutputSpec | None = None) -> AsyncIterator[Event]:
-        if self._closed:
-            raise EngineClosed("the engine is closed")
-        for msg in messages:
-            if msg.role == "user":
-                check_prompt(msg.content)
-        request = ChatRequest(list(messages), sampling or self._default_sampling, ignore_eos,
+        request = ChatRequest(check_request(messages, self._closed),
+                              sampling or self._default_sampling, ignore_eos,
                               reserve=reserve, constraint=constraint)
         return self._stream(request)
 

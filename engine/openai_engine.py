@@ -24,7 +24,7 @@ import httpx
 from httpx_sse import SSEError, aconnect_sse
 from pydantic import SecretStr, ValidationError
 
-from engine.api import ChatEngine, check_prompt
+from engine.api import ChatEngine, check_request
 from engine.chat_format import ChatMessage
 from engine.config import EndpointConfig, SamplingConfig
 from engine.errors import EngineClosed, KvchatError
@@ -155,12 +155,8 @@ class OpenAIEngine(ChatEngine):
              *, ignore_eos: bool = False, reserve: int | None = None,
              constraint: OutputSpec | None = None) -> AsyncIterator[Event]:
         # ``reserve`` has no meaning here: the server owns its KV cache.
-        if self._closed:
-            raise EngineClosed("the engine is closed")
-        for msg in messages:
-            if msg.role == "user":
-                check_prompt(msg.content)
-        return self._stream(list(messages), sampling or self._default_sampling,
+        return self._stream(check_request(messages, self._closed),
+                            sampling or self._default_sampling,
                             ignore_eos, constraint)
 
     async def _stream(self, messages: list[ChatMessage], sampling: SamplingConfig,

@@ -212,15 +212,12 @@ async def test_slow_server_past_the_timeout(store: Store) -> None:
         info = await eng.start()
         assert info.remote == "openai-compatible"
         session = ChatSession(eng, store)
-        began = time.monotonic()
         events = await collect(session.send("Hi", sampling=GREEDY))
-        elapsed = time.monotonic() - began
         await eng.close()
     final = events[-1]
     assert isinstance(final, Error) and final.code == "server_timeout"
     assert "1 s" in final.message and "partial reply" in final.message
-    # Not a speed check: the reply ended before the server would have finished it.
-    assert elapsed < slow.stall_s
+    # A server that finished after its stall would have ended with Done, not this.
     reply = store.messages(events[0].conversation_id)[-1]  # type: ignore[union-attr]
     assert reply.status == "error" and reply.content == "Hello"
 
