@@ -4,27 +4,6 @@
 # Needs .gpu/ (git-ignored): llama.cpp.tar.gz (llama-cpp-python's vendor/llama.cpp,
 # trimmed), py/llama_cpp (its Python files), whl/ (pure-Python wheels kvchat needs).
 set -euo pipefail
-ROOT=$(pwd)
-B=/tmp/llama-build
-OUT=${OUT:-$ROOT/.gpu/out}
-mkdir -p "$OUT" "$B"
-if [ ! -d /tmp/site/pydantic ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .gpu/whl/*.whl
-fi
-if [ ! -f "$B/llama.cpp/build/bin/libllama.so" ]; then
-  tar xzf .gpu/llama.cpp.tar.gz -C "$B"
-  (cd "$B/llama.cpp" && \
-   cmake -B build -G Ninja -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DBUILD_SHARED_LIBS=ON \
-     -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF \
-     -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_CURL=OFF -DGGML_NATIVE=OFF -DGGML_CUDA_NCCL=OFF \
-     -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON \
-     > "$OUT/cmake.log" 2>&1 && \
-   time cmake --build build -j16 --target llama >> "$OUT/cmake.log" 2>&1) \
-   || { tail -40 "$OUT/cmake.log"; exit 1; }
-fi
-export LLAMA_CPP_LIB_PATH="$B/llama.cpp/build/bin"
-export PYTHONPATH="/tmp/site:$ROOT/.gpu/py:$ROOT"
-export PYTHONUNBUFFERED=1
+. benchmarks/gpu_setup.sh
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv
 python3 benchmarks/gpu_plan_check.py --out "$OUT" "$@"
