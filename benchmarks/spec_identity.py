@@ -51,7 +51,8 @@ async def run(args: argparse.Namespace) -> dict:
     from engine.local_engine import LocalEngine
 
     path = Path(args.model) if args.model else bundled_model_path()
-    model = ModelConfig(path=path, n_ctx=args.ctx, n_gpu_layers=args.gpu_layers)
+    model = ModelConfig(path=path, n_ctx=args.ctx, n_gpu_layers=args.gpu_layers,
+                        greedy_in_graph=args.greedy_in_graph)
     sampling = SamplingConfig(temperature=0.0, max_tokens=args.tokens)
     modes = {"off": SpeculativeConfig(mode="off")}
     if args.drafter == "self":
@@ -81,6 +82,7 @@ async def run(args: argparse.Namespace) -> dict:
         for engine in engines.values():
             await engine.close()
     return {"model": str(path), "gpu_layers": args.gpu_layers, "drafter": args.drafter,
+            "greedy_in_graph": args.greedy_in_graph,
             "tokens": args.tokens, "max_draft": args.max_draft, "prompts": results,
             "all_identical": all(r["identical"] for r in results.values())}
 
@@ -93,6 +95,7 @@ def main() -> int:
     parser.add_argument("--tokens", type=int, default=200)
     parser.add_argument("--max-draft", type=int, default=8)
     parser.add_argument("--drafter", choices=["prompt-lookup", "self"], default="prompt-lookup")
+    parser.add_argument("--greedy-in-graph", choices=["auto", "on", "off"], default="auto")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     report = asyncio.run(run(args))

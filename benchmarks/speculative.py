@@ -8,7 +8,10 @@ slow a second measurement in the same process. Reports the median decode tokens/
 each mode, their ratio, the acceptance rate, and whether the outputs are identical.
 
     .venv/bin/python benchmarks/speculative.py [--tokens 400] [--reps 3]
-        [--draft-model PATH] [--json FILE]
+        [--model PATH] [--gpu-layers N] [--draft-model PATH] [--json FILE]
+
+``--model`` defaults to the bundled Gemma 3 270M; ``--gpu-layers`` to the memory
+plan's choice (all layers where they fit).
 """
 
 from __future__ import annotations
@@ -37,14 +40,16 @@ def tasks() -> dict[str, str]:
     }
 
 
-async def measure(task: str, mode: str, tokens: int, draft: str | None) -> dict:
+async def measure(task: str, mode: str, tokens: int, draft: str | None,
+                  model: str | None = None, gpu_layers: int = -1) -> dict:
     from engine.chat_format import ChatMessage
     from engine.config import KVCacheConfig, ModelConfig, SamplingConfig, SpeculativeConfig
     from engine.local_engine import LocalEngine
 
     spec = SpeculativeConfig(mode=mode, draft_model=Path(draft) if draft else None)
-    eng = LocalEngine(ModelConfig(n_ctx=4096), SamplingConfig(temperature=0, max_tokens=tokens),
-                      KVCacheConfig(), spec)
+    eng = LocalEngine(ModelConfig(path=Path(model) if model else None, n_ctx=4096,
+                                  n_gpu_layers=gpu_layers),
+                      SamplingConfig(temperature=0, max_tokens=tokens), KVCacheConfig(), spec)
     await eng.start()
     out: list[int] = []
     done = None
@@ -58,14 +63,26 @@ async def measure(task: str, mode: str, tokens: int, draft: str | None) -> dict:
     finally:
         await eng.close()
     assert done is not None
-    return {"tokens_per_s": done.tokens_per_s, "tokens": out,
+    return {"tokens_per_s": done.tokens_per_s, "tokens": out, "text": done.text,
             "drafted": done.drafted_tokens, "accepted": done.accepted_tokens}
 
 
-def run_child(task: str, mode: str, tokens: int, draft: str | None) -> dict:
-    cmd = [sys.executable, __file__, "--child", task, mode, "--tokens", str(tokens)]
+def first_difference(a: list[int], b: list[int]) -> int | None:
+    """The first index where two token lists differ (None when equal)."""
+    for i, (x, y) in enumerate(zip(a, b, strict=False)):
+        if x != y:
+            return i
+    return None if len(a) == len(b) else min(len(a), len(b))
+
+
+def run_child(task: str, mode: str, tokens: int, draft: str | None,
+              model: str | None, gpu_layers: int) -> dict:
+    cmd = [sys.executable, __file__, "--child", task, mode, "--tokens", str(tokens),
+           "--gpu-layers", str(gpu_layers)]
     if draft:
         cmd += ["--draft-model", draft]
+    if model:
+        cmd += ["--model", model]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(proc.stdout.splitlines()[-1])
 
@@ -75,11 +92,14 @@ def main() -> int:
     parser.add_argument("--tokens", type=int, default=400)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--draft-model", metavar="PATH")
+    parser.add_argument("--model", metavar="PATH")
+    parser.add_argument("--gpu-layers", type=int, default=-1)
     parser.add_argument("--json", metavar="FILE")
     parser.add_argument("--child", nargs=2, metavar=("TASK", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        result = asyncio.run(measure(*args.child, args.tokens, args.draft_model))
+        result = asyncio.run(measure(*args.child, args.tokens, args.draft_model,
+                                     args.model, args.gpu_layers))
         print(json.dumps(result))
         return 0
     spec_mode = "draft" if args.draft_model else "prompt-lookup"
@@ -88,7 +108,8 @@ def main() -> int:
         runs: dict[str, list[dict]] = {"off": [], spec_mode: []}
         for rep in range(args.reps):
             for mode in runs:
-                runs[mode].append(run_child(task, mode, args.tokens, args.draft_model))
+                runs[mode].append(run_child(task, mode, args.tokens, args.draft_model,
+                                            args.model, args.gpu_layers))
                 print(f"{task} rep {rep + 1} {mode}: "
                       f"{runs[mode][-1]['tokens_per_s']:.1f} tok/s", file=sys.stderr)
         plain = [r["tokens_per_s"] for r in runs["off"]]
@@ -102,8 +123,15 @@ def main() -> int:
             "ratio_range": [min(spec) / max(plain), max(spec) / min(plain)],
             "acceptance": accepted / drafted if drafted else 0.0,
             "drafted_per_reply": drafted / args.reps,
+            "spec_text_head": runs[spec_mode][0]["text"][:400],
             "identical": all(r["tokens"] == runs["off"][0]["tokens"]
                              for r in runs["off"] + runs[spec_mode]),
+            # Plain runs agree with each other (the backend is deterministic), and where
+            # the first speculative run leaves the plain output, if it does.
+            "plain_runs_identical": all(r["tokens"] == runs["off"][0]["tokens"]
+                                        for r in runs["off"]),
+            "first_difference": first_difference(runs["off"][0]["tokens"],
+                                                 runs[spec_mode][0]["tokens"]),
         }
     print(f"{'task':<12} {'plain tok/s':>11} {spec_mode + ' tok/s':>19} {'ratio':>6} "
           f"{'acceptance':>10}  identical")

@@ -132,7 +132,7 @@ async def engine(settings: LoadSettings, prompt_tokens: int, tokens: int,
                  profile: bool = False) -> Sample:
     """kvchat's engine through its public API, as ``kvchat ask`` drives it."""
     from engine.chat_format import ChatMessage
-    from engine.config import ModelConfig, SamplingConfig
+    from engine.config import ModelConfig, SamplingConfig, SpeculativeConfig
     from engine.events import Done, TokenChunk
     from engine.local_engine import LocalEngine
     from engine.memory_budget import process_rss
@@ -141,7 +141,10 @@ async def engine(settings: LoadSettings, prompt_tokens: int, tokens: int,
         path=Path(settings.model), n_ctx=settings.n_ctx, n_threads=settings.n_threads,
         n_batch=settings.n_batch, n_ubatch=settings.n_ubatch,
         n_gpu_layers=settings.n_gpu_layers, kv_type=settings.kv_type,  # type: ignore[arg-type]
-        flash_attn=settings.flash_attn))
+        flash_attn=settings.flash_attn),
+        # Plain decoding, as llama-bench and the raw loop do: speculation's gain is a
+        # separate figure (``--extras``), and a random-weight shape has nothing to copy.
+        speculative=SpeculativeConfig(mode="off"))
     await eng.start()
     prompt = fit_prompt(lambda t: eng.count_tokens(t) or 0, prompt_tokens)
     # The end-of-generation scan that banning EOS needs happens once per model: done

@@ -55,6 +55,11 @@ class ModelConfig(_Section):
     """Map the weights from the file instead of reading them into memory."""
     flash_attn: bool | None = None
     """Flash attention: true, false, or empty to let llama.cpp decide."""
+    greedy_in_graph: Literal["auto", "on", "off"] = "auto"
+    """Where greedy replies pick their token. on: inside llama.cpp's graph (an argmax
+    next to the logits), so the host reads one id between two graphs instead of a
+    128k-262k float row; off: an argmax on the host; auto: in the graph when the output
+    layer runs on a GPU (on a CPU backend it only moves the same work between threads)."""
     chat_format: str = "auto"
     """Turn format: auto (the GGUF's template, else one chosen by architecture) or a
     built-in name: gemma, llama3, chatml."""

@@ -17,13 +17,11 @@ import time
 from collections.abc import Callable, Sequence
 
 import llama_cpp
-import numpy as np
 from llama_cpp import _internals
 
 from engine.chat_format import ChatMessage
 from engine.config import KVCacheConfig
-from engine.constrained_sampling import ConstrainedSampler, GrammarError
-from engine.errors import ConstraintError, DecodeError
+from engine.errors import DecodeError
 from engine.events import (
     Error,
     Event,
@@ -38,8 +36,7 @@ from engine.events import (
 )
 from engine.kv_window import Span, choose_span, turn_boundaries, window
 from engine.loader import LoadedModel
-from engine.output_spec import gbnf_for
-from engine.sampling import GreedyArgmax, build_sampler
+from engine.sampler_choice import Sampler, SamplerChoice, near_tie
 from engine.speculation import SpecController
 from engine.turn_state import (
     ChatRequest,
@@ -69,13 +66,14 @@ class Generator:
 
     def __init__(self, lm: LoadedModel, policy: KVCacheConfig | None = None,
                  spec: SpecController | None = None, *,
-                 greedy_speculation: bool = True) -> None:
+                 greedy_speculation: bool = True, greedy_in_graph: bool = False) -> None:
         self.lm = lm
         self.policy = policy or KVCacheConfig()
         self.spec = spec
         self.greedy_speculation = greedy_speculation
         """Whether ``auto`` speculation may run under greedy sampling: only where the
         backend's batched rows equal its one-token decode, or the output would drift."""
+        self.samplers = SamplerChoice(lm, SEQ, greedy_in_graph=greedy_in_graph)
         self.n_vocab = lm.model.n_vocab()
         self.kv = KVState()
         self.batch = _internals.LlamaBatch(n_tokens=lm.n_batch, embd=0, n_seq_max=1)
@@ -84,6 +82,7 @@ class Generator:
         self._stats: TurnStats | None = None
 
     def close(self) -> None:
+        self.samplers.detach()
         self.batch.close()
         if self.spec is not None:
             self.spec.drafter.close()
@@ -320,7 +319,7 @@ class Generator:
             emit(done_event(stats, reason, reply))
             ok = True
         finally:
-            sampler.close()
+            self.samplers.release(sampler)
             if self._pending is not None:  # no decode followed (cancelled, or the end)
                 self._report_eviction(0.0, 0)
             self._emit, self._stats = _drop, None
@@ -328,23 +327,7 @@ class Generator:
                 self.sync_after_failure()
 
     def sampler_for(self, req: ChatRequest) -> Sampler:
-        """llama.cpp's sampler chain for ``req``, behind a grammar filter when the
-        request is constrained. Raises ConstraintError for a grammar that cannot be
-        built."""
-        # A grammar decides where a constrained reply ends, so EOS is never banned there.
-        banned = self.lm.eog_tokens() if req.ignore_eos and req.constraint is None else None
-        chain, _seed = build_sampler(req.sampling, self.n_vocab, banned,
-                                     native=req.constraint is not None)
-        if req.constraint is None:
-            return chain
-        assert isinstance(chain, _internals.LlamaSampler)
-        try:
-            return ConstrainedSampler(self.lm.model, gbnf_for(req.constraint), chain,
-                                      always=self.lm.eog_tokens())
-        except (ValueError, GrammarError) as exc:
-            chain.close()
-            raise ConstraintError(f"cannot constrain the reply to "
-                                  f"{req.constraint.describe()}: {exc}") from None
+        return self.samplers.for_request(req)
 
     def generate(self, req: ChatRequest, cancel: threading.Event, stats: TurnStats,
                  sampler: Sampler) -> tuple[list[int], FinishReason]:
@@ -368,21 +351,32 @@ class Generator:
             if spec is not None:
                 spec.drafter.extend([token])  # drafters see every emitted token
             while True:
-                if reason := self.take(reply, token, req):
+                if reason := self.admit(reply, token, req):
+                    if reason != "stop":
+                        self.publish(reply, token, req)
                     return reply.tokens, reason
                 if cancel.is_set():
+                    self.publish(reply, token, req)
                     return reply.tokens, "cancelled"
                 started = time.perf_counter()
                 drafts = spec.propose(self.kv.tokens, token) if spec else []
                 drafts = self.room_for(drafts)
                 if drafts is None:
+                    self.publish(reply, token, req)
                     return reply.tokens, "context_full"
                 if not drafts:
-                    self.decode([token])  # position len(kv.tokens); its logits feed the next sample
+                    try:
+                        # Position len(kv.tokens); its logits feed the next sample. A GPU
+                        # backend returns once the graph is queued, so the token's event
+                        # is built while the device works, not between two graphs.
+                        self.decode([token])
+                    finally:
+                        self.publish(reply, token, req)
                     token = sampler.sample(self.lm.ctx, -1)
                     if spec and (note := spec.after_plain(time.perf_counter() - started, token)):
                         self._emit(note)
                     continue
+                self.publish(reply, token, req)
                 base = len(self.kv.tokens)
                 emitted = self.verify(token, drafts, sampler, guard)
                 assert spec is not None
@@ -419,6 +413,14 @@ class Generator:
 
     def take(self, reply: Reply, token: int, req: ChatRequest) -> FinishReason | None:
         """Emit one sampled token; the reason to stop if the reply ends with it."""
+        reason = self.admit(reply, token, req)
+        if reason != "stop":
+            self.publish(reply, token, req)
+        return reason
+
+    def admit(self, reply: Reply, token: int, req: ChatRequest) -> FinishReason | None:
+        """Count one sampled token into the reply; the reason to stop if the reply ends
+        with it ("stop": an end of turn, not part of the reply; "length": the last)."""
         stats = reply.stats
         now = time.perf_counter()
         if not stats.first_token_at:
@@ -428,7 +430,12 @@ class Generator:
         if self.lm.ends_turn(token) and (not req.ignore_eos or req.constraint is not None):
             return "stop"  # a grammar's end ends the reply even when EOS is ignored
         reply.tokens.append(token)
-        n = stats.completion_tokens = len(reply.tokens)
+        stats.completion_tokens = len(reply.tokens)
+        return "length" if stats.completion_tokens >= req.sampling.max_tokens else None
+
+    def publish(self, reply: Reply, token: int, req: ChatRequest) -> None:
+        """The events for an admitted token: its text, and progress every few tokens."""
+        stats, n = reply.stats, reply.stats.completion_tokens
         self._emit(TokenChunk(text=reply.utf8.decode(self.lm.token_piece(token)),
                               token_ids=[token]))
         if n % PROGRESS_EVERY == 0:
@@ -437,7 +444,6 @@ class Generator:
                                 tokens_per_s=(stats.sampled - 1) / span if span else 0.0))
             self._emit(self.kv_usage(min(req.sampling.max_tokens - n,
                                          self.lm.n_ctx - len(self.kv.tokens))))
-        return "length" if n >= req.sampling.max_tokens else None
 
     def room_for(self, drafts: list[int]) -> list[int] | None:
         """The drafts that fit after the pending token, evicting if the policy allows;
@@ -477,7 +483,7 @@ class Generator:
         emitted: list[int] = []
         for row in range(len(drafts) + 1):
             choice = sampler.sample(self.lm.ctx, row)  # also feeds the chain's history
-            if guard and self._near_tie(row, choice, guard):
+            if guard and near_tie(sampler, self.lm.ctx, row, choice, guard):
                 break  # the last accepted draft (if any) becomes the pending token
             emitted.append(choice)
             if row == len(drafts) or choice != drafts[row]:
@@ -486,15 +492,6 @@ class Generator:
         # token: the old pending token and the accepted drafts before the last one.
         self.rewind(base + len(emitted))
         return emitted
-
-    def _near_tie(self, row: int, choice: int, guard: float) -> bool:
-        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self.lm.ctx.ctx, row),
-                                       shape=(self.n_vocab,))
-        return int(np.count_nonzero(logits > logits[choice] - guard)) > 1
-
-Sampler = _internals.LlamaSampler | GreedyArgmax | ConstrainedSampler
-"""Either draws with ``sample(ctx, idx)``, accepting the token into its own state."""
-
 
 def _drop(event: Event) -> None:
     """The emitter between turns: nothing listens."""

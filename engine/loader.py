@@ -254,6 +254,9 @@ def _load(config: ModelConfig, plan: _Settings, path: Path,
     ctx_params.n_batch = plan.n_batch
     ctx_params.n_ubatch = plan.n_ubatch
     ctx_params.n_outputs_max = plan.n_outputs_max
+    # An in-graph sampler (engine/device_sampling.py) serves as many rows of one
+    # sequence as a verification batch has: all of n_outputs_max, not llama.cpp's 1.
+    ctx_params.n_outputs_max_per_seq = 0
     ctx_params.n_threads = n_threads
     ctx_params.n_threads_batch = n_threads
     ctx_params.type_k = _GGML_KV_TYPES[plan.kv_type]

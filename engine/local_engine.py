@@ -184,8 +184,11 @@ class LocalEngine(ChatEngine):
             # where the kernels are batch-invariant: measured so on CUDA, not on the
             # CPU backend (see docs/speculative.md).
             invariant = info.n_gpu_layers > info.n_layers
+            in_graph = self._model_config.greedy_in_graph
             self._gen = Generator(self._lm, self._kv_policy, spec,
-                                  greedy_speculation=invariant)
+                                  greedy_speculation=invariant,
+                                  greedy_in_graph=in_graph == "on" or (
+                                      in_graph == "auto" and invariant))
             self._info = info
         assert self._info is not None
         return self._info

@@ -32,13 +32,16 @@ class GreedyArgmax:
         self.banned = frozenset(banned or ())
 
     def sample(self, ctx: _internals.LlamaContext, idx: int = -1) -> int:
-        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx.ctx, idx),
-                                       shape=(self.n_vocab,))
+        logits = self.logits_row(ctx, idx)
         token = int(np.argmax(logits))
         if token in self.banned:  # rare (end-of-turn banned for benchmarks): next best
             order = np.argsort(logits)[::-1]
             token = int(next(t for t in order if int(t) not in self.banned))
         return token
+
+    def logits_row(self, ctx: _internals.LlamaContext, idx: int) -> np.ndarray:
+        return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx.ctx, idx),
+                                     shape=(self.n_vocab,))
 
     def close(self) -> None:
         pass

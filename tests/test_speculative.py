@@ -89,8 +89,10 @@ async def collect(stream: AsyncIterator[Event]) -> list[Event]:
 
 
 async def greedy_tokens(mode: str, prompt: str, n: int, n_ctx: int = 1024,
+                        in_graph: str = "auto",
                         ) -> tuple[list[int], list[Event], LocalEngine]:
-    eng = LocalEngine(ModelConfig(n_ctx=n_ctx), SamplingConfig(temperature=0, max_tokens=n),
+    eng = LocalEngine(ModelConfig(n_ctx=n_ctx, greedy_in_graph=in_graph),  # type: ignore[arg-type]
+                      SamplingConfig(temperature=0, max_tokens=n),
                       KVCacheConfig(), SpeculativeConfig(mode=mode))  # type: ignore[arg-type]
     await eng.start()
     events = await collect(eng.chat([ChatMessage(role="user", content=prompt)],

@@ -1,0 +1,86 @@
+"""Greedy decoding with the argmax inside llama.cpp's graph (``greedy_in_graph``).
+
+Forced on here (``auto`` uses it only where the output layer is on a GPU): the CPU
+backend runs the same in-graph chain, so every path is checked against the host argmax
+on the real model.
+"""
+
+from __future__ import annotations
+
+from engine.chat_format import ChatMessage
+from engine.config import ModelConfig, SamplingConfig, SpeculativeConfig
+from engine.device_sampling import DeviceGreedy
+from engine.events import Done, Eviction
+from engine.local_engine import LocalEngine
+from engine.output_spec import OutputSpec
+from tests.test_kv_eviction import _view, assert_in_step, on_engine_thread
+from tests.test_speculative import REPEAT, STORY, collect, greedy_tokens
+
+
+async def test_in_graph_greedy_is_the_host_argmax_across_evictions() -> None:
+    # ignore_eos bans the end-of-turn ids (a logit bias inside the graph too), and a
+    # 256-cell context makes the reply slide the window several times.
+    host, _, eng = await greedy_tokens("off", REPEAT, 400, n_ctx=256, in_graph="off")
+    await eng.close()
+    graph, events, eng = await greedy_tokens("off", REPEAT, 400, n_ctx=256, in_graph="on")
+    try:
+        assert isinstance(await on_engine_thread(eng, lambda g: g.samplers._device),
+                          DeviceGreedy)
+        assert sum(isinstance(e, Eviction) for e in events) >= 2
+        assert graph == host
+        assert_in_step(await on_engine_thread(eng, _view))
+    finally:
+        await eng.close()
+
+
+async def test_verification_rows_come_from_the_graph_with_the_same_choices() -> None:
+    # Prompt lookup's verification batches several rows of one sequence through the
+    # in-graph chain, and the near-tie guard reads the chain's copy of each row.
+    host, host_events, eng = await greedy_tokens("prompt-lookup", STORY, 160, in_graph="off")
+    await eng.close()
+    graph, events, eng = await greedy_tokens("prompt-lookup", STORY, 160, in_graph="on")
+    try:
+        done, host_done = events[-1], host_events[-1]
+        assert isinstance(done, Done) and isinstance(host_done, Done)
+        assert done.accepted_tokens > 0
+        assert graph == host
+        assert (done.drafted_tokens, done.accepted_tokens) == (
+            host_done.drafted_tokens, host_done.accepted_tokens)
+        assert_in_step(await on_engine_thread(eng, _view))
+    finally:
+        await eng.close()
+
+
+async def test_other_samplers_detach_the_graph_chain_and_greedy_reattaches() -> None:
+    prompt = [ChatMessage(role="user", content="Name a colour.")]
+    sampled = SamplingConfig(temperature=0.9, seed=7, max_tokens=24)
+    greedy = SamplingConfig(temperature=0, max_tokens=24)
+
+    async def replies(in_graph: str) -> list[str]:
+        eng = LocalEngine(ModelConfig(n_ctx=512, greedy_in_graph=in_graph),  # type: ignore[arg-type]
+                          speculative=SpeculativeConfig(mode="off"))
+        await eng.start()
+        texts = []
+        try:
+            for params in (greedy, sampled, greedy):
+                done = (await collect(eng.chat(prompt, params)))[-1]
+                assert isinstance(done, Done)
+                texts.append(done.text)
+                kind = await on_engine_thread(eng, lambda g: type(g.samplers._device))
+                # attached for greedy replies only, and kept between them
+                assert kind is (DeviceGreedy if in_graph == "on" and params is greedy
+                                else type(None))
+            # The grammar filter reads raw logits rows, which an attached chain would
+            # leave stale: its reply must be the one the host-only engine gives.
+            done = (await collect(eng.chat(prompt, greedy,
+                                           constraint=OutputSpec(format="list"))))[-1]
+            assert isinstance(done, Done)
+            texts.append(done.text)
+        finally:
+            await eng.close()
+        return texts
+
+    on, off = await replies("on"), await replies("off")
+    # A seeded sampled reply is the host chain's draw, not a token the graph picked.
+    assert on == off
+    assert on[0] == on[2] and on[1] != on[0]
