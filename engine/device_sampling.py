@@ -19,8 +19,6 @@ import llama_cpp
 import numpy as np
 from llama_cpp import _internals
 
-NEG_INF = float("-inf")
-
 
 class DeviceSamplerError(RuntimeError):
     """llama.cpp refused to run the chain in its graph (an op or backend without
@@ -32,13 +30,13 @@ class DeviceGreedy:
     host samplers, plus ``logits_row`` for callers that inspect the row (the
     speculative near-tie guard)."""
 
-    def __init__(self, ctx: _internals.LlamaContext, seq: int, n_vocab: int,
-                 banned: frozenset[int] = frozenset()) -> None:
-        self.ctx, self.seq, self.n_vocab, self.banned = ctx, seq, n_vocab, banned
+    def __init__(self, ctx: _internals.LlamaContext, seq: int, n_vocab: int) -> None:
+        self.ctx, self.seq, self.n_vocab = ctx, seq, n_vocab
+        self.banned: frozenset[int] = frozenset()
+        """Ids this reply may not choose (end of turn, for benchmarks). Checked on the
+        host rather than built into the chain: one chain serves every greedy reply,
+        and each new chain would make llama.cpp re-plan its graphs."""
         self.chain: _internals.LlamaSampler | None = _internals.LlamaSampler()
-        if banned:
-            # Ids never chosen: -inf before the argmax, as the host chain does it.
-            self.chain.add_logit_bias(n_vocab, {tok: NEG_INF for tok in banned})
         self.chain.add_greedy()
         if not llama_cpp.llama_set_sampler(ctx.ctx, seq, self.chain.sampler):
             self.chain.close()
@@ -48,12 +46,18 @@ class DeviceGreedy:
 
     def sample(self, ctx: _internals.LlamaContext, idx: int = -1) -> int:
         token = int(llama_cpp.llama_get_sampled_token_ith(ctx.ctx, idx))
-        if token == llama_cpp.LLAMA_TOKEN_NULL:  # row not sampled in the graph
-            token = int(np.argmax(self.logits_row(ctx, idx)))
+        if token == llama_cpp.LLAMA_TOKEN_NULL or token in self.banned:
+            # Not sampled in the graph, or a banned id won (rare): the best allowed
+            # id from the row the graph copied back, as the host argmax does it.
+            logits = self.logits_row(ctx, idx)
+            token = int(np.argmax(logits))
+            if token in self.banned:
+                order = np.argsort(logits)[::-1]
+                token = int(next(t for t in order if int(t) not in self.banned))
         return token
 
     def logits_row(self, ctx: _internals.LlamaContext, idx: int) -> np.ndarray:
-        """Row ``idx``'s logits as the chain saw them (banned ids at -inf)."""
+        """Row ``idx``'s logits, as the graph copied them back next to its choice."""
         count = llama_cpp.llama_get_sampled_logits_count_ith(ctx.ctx, idx)
         ptr = llama_cpp.llama_get_sampled_logits_ith(ctx.ctx, idx)
         if not ptr or count != self.n_vocab:

@@ -185,6 +185,18 @@ class Generator:
 
     # -- cache --------------------------------------------------------------------
 
+    def warm_up(self) -> None:
+        """One throw-away decode at load when an in-graph sampler is attached: attaching
+        makes llama.cpp re-plan its graphs on the next decode (tens of ms on a GPU),
+        which would otherwise land in the first reply's time to first token."""
+        if self.kv.tokens or not self.samplers.prepare():
+            return
+        bos = self.lm.model.token_bos()
+        try:
+            self.decode([bos if bos >= 0 else 0])  # position 0, logits for its row
+        finally:
+            self.rewind(0)
+
     def decode(self, tokens: list[int], logits_all: bool = False) -> None:
         """Evaluate ``tokens`` at the next positions and append them to the cache.
         Logits come back for the last token, or for all of them with ``logits_all``."""

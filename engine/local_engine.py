@@ -189,6 +189,7 @@ class LocalEngine(ChatEngine):
                                   greedy_speculation=invariant,
                                   greedy_in_graph=in_graph == "on" or (
                                       in_graph == "auto" and invariant))
+            self._gen.warm_up()
             self._info = info
         assert self._info is not None
         return self._info

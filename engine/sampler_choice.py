@@ -38,10 +38,10 @@ class SamplerChoice:
         banned = self.lm.eog_tokens() if req.ignore_eos and req.constraint is None else None
         chain, _seed = build_sampler(req.sampling, self.n_vocab, banned,
                                      native=req.constraint is not None)
-        if isinstance(chain, GreedyArgmax) and self.greedy_in_graph:
-            device = self._attach(chain.banned)
-            if device is not None:
-                return device
+        if isinstance(chain, GreedyArgmax) and self.prepare():
+            assert self._device is not None
+            self._device.banned = chain.banned
+            return self._device
         self.detach()  # a host sampler must see the raw logits rows
         if req.constraint is None:
             return chain
@@ -60,17 +60,16 @@ class SamplerChoice:
         if sampler is not self._device:
             sampler.close()
 
-    def _attach(self, banned: frozenset[int]) -> DeviceGreedy | None:
-        """The in-graph greedy chain for ``banned``, kept from the last reply when it
-        bans the same ids; None where the backend cannot run it (host argmax then)."""
-        if self._device is not None and self._device.banned == banned:
-            return self._device
-        self.detach()
-        try:
-            self._device = DeviceGreedy(self.lm.ctx, self.seq, self.n_vocab, banned)
-        except DeviceSamplerError:
-            self.greedy_in_graph = False  # the backend will not change its mind
-        return self._device
+    def prepare(self) -> bool:
+        """Attach the in-graph greedy chain if greedy replies use one; whether one is
+        attached. Falls back to the host argmax for good where the backend cannot run
+        it."""
+        if self._device is None and self.greedy_in_graph:
+            try:
+                self._device = DeviceGreedy(self.lm.ctx, self.seq, self.n_vocab)
+            except DeviceSamplerError:
+                self.greedy_in_graph = False  # the backend will not change its mind
+        return self._device is not None
 
     def detach(self) -> None:
         if self._device is not None:

@@ -11,15 +11,18 @@ from engine.chat_format import ChatMessage
 from engine.config import ModelConfig, SamplingConfig, SpeculativeConfig
 from engine.device_sampling import DeviceGreedy
 from engine.events import Done, Eviction
+from engine.generation import Generator
 from engine.local_engine import LocalEngine
 from engine.output_spec import OutputSpec
+from engine.sampling import GreedyArgmax
+from engine.turn_state import ChatRequest
 from tests.test_kv_eviction import _view, assert_in_step, on_engine_thread
 from tests.test_speculative import REPEAT, STORY, collect, greedy_tokens
 
 
 async def test_in_graph_greedy_is_the_host_argmax_across_evictions() -> None:
-    # ignore_eos bans the end-of-turn ids (a logit bias inside the graph too), and a
-    # 256-cell context makes the reply slide the window several times.
+    # ignore_eos bans the end-of-turn ids (checked on the host next to the graph's
+    # choice), and a 256-cell context makes the reply slide the window several times.
     host, _, eng = await greedy_tokens("off", REPEAT, 400, n_ctx=256, in_graph="off")
     await eng.close()
     graph, events, eng = await greedy_tokens("off", REPEAT, 400, n_ctx=256, in_graph="on")
@@ -84,3 +87,48 @@ async def test_other_samplers_detach_the_graph_chain_and_greedy_reattaches() -> 
     # A seeded sampled reply is the host chain's draw, not a token the graph picked.
     assert on == off
     assert on[0] == on[2] and on[1] != on[0]
+
+
+async def test_one_chain_attached_at_load_serves_every_greedy_reply() -> None:
+    prompt = [ChatMessage(role="user", content="Count to ten.")]
+    greedy = SamplingConfig(temperature=0, max_tokens=16)
+
+    def banned_best(g: Generator) -> tuple[int, int]:
+        """The last row's choice with its winner banned, as the engine's greedy sampler
+        makes it (the in-graph chain or the host argmax)."""
+        sampler = g.samplers.for_request(_request(greedy))
+        assert isinstance(sampler, DeviceGreedy | GreedyArgmax)
+        top = sampler.sample(g.lm.ctx)
+        sampler.banned = frozenset({top})
+        try:
+            return top, sampler.sample(g.lm.ctx)
+        finally:
+            g.samplers.release(sampler)
+
+    results = []
+    for in_graph in ("on", "off"):
+        eng = LocalEngine(ModelConfig(n_ctx=512, greedy_in_graph=in_graph),  # type: ignore[arg-type]
+                          speculative=SpeculativeConfig(mode="off"))
+        await eng.start()
+        try:
+            chain = await on_engine_thread(eng, lambda g: g.samplers._device)
+            # Attached by the warm-up decode at load, which left nothing in the cache.
+            assert isinstance(chain, DeviceGreedy) is (in_graph == "on")
+            assert await on_engine_thread(eng, lambda g: len(g.kv.tokens)) == 0
+            await collect(eng.chat(prompt, greedy, ignore_eos=True))  # bans end of turn
+            done = (await collect(eng.chat(prompt, greedy)))[-1]
+            assert isinstance(done, Done)
+            # Banned ids or not, the same chain: no re-attach, no graph re-planning.
+            assert await on_engine_thread(eng, lambda g: g.samplers._device) is chain
+            results.append((done.text, await on_engine_thread(eng, banned_best)))
+        finally:
+            await eng.close()
+    (graph_text, (graph_top, graph_next)), (host_text, host_best) = results
+    assert graph_text == host_text
+    # A banned winner falls back to the host's choice among the rest of the row.
+    assert graph_next != graph_top
+    assert (graph_top, graph_next) == host_best
+
+
+def _request(sampling: SamplingConfig) -> ChatRequest:
+    return ChatRequest(messages=[], sampling=sampling)
