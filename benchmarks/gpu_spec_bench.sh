@@ -3,8 +3,9 @@
 # decoding on the bundled Gemma 3 270M with every layer on the GPU, where batched
 # verification is measured identical to one-token decoding (docs/speculative.md).
 # Builds llama.cpp with CUDA first, as gpu_bench.sh does. The GGUF (253 MB) is larger
-# than what travels to that machine in one call: send it in pieces (split -b 42M) and
-# append them to $MODEL in consecutive calls, while the machine stays warm.
+# than what travels to that machine in one call: send it in pieces
+# (benchmarks/gpu_pack.sh --model) and append them to $MODEL in consecutive calls,
+# while the machine stays warm.
 # Usage: MODEL=/tmp/model/gemma-3-270m-q4_k_m.gguf OUT=dir benchmarks/gpu_spec_bench.sh
 set -euo pipefail
 . benchmarks/gpu_setup.sh

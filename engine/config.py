@@ -119,10 +119,10 @@ class SpeculativeConfig(_Section):
 
     mode: Literal["auto", "prompt-lookup", "draft", "off"] = "auto"
     """auto: a draft model when one is set, else prompt lookup (n-grams from the
-    conversation), switched off by the controller wherever it does not pay; under
-    greedy sampling only where the backend is batch-invariant (all layers on a GPU),
-    since elsewhere it could change the output. prompt-lookup / draft: always, also
-    under greedy sampling. off: plain decoding."""
+    conversation), switched off by the controller wherever it does not pay; not under
+    greedy sampling, whose output it could change (llama.cpp's batched rows differ
+    slightly from one-token decodes, on the CPU and on CUDA). prompt-lookup / draft:
+    always, also under greedy sampling. off: plain decoding."""
     draft_model: Path | None = None
     """A smaller GGUF with the same vocabulary as the main model, for ``draft`` mode."""
     max_draft: int = Field(12, ge=1, le=64)

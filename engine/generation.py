@@ -66,13 +66,10 @@ class Generator:
 
     def __init__(self, lm: LoadedModel, policy: KVCacheConfig | None = None,
                  spec: SpecController | None = None, *,
-                 greedy_speculation: bool = True, greedy_in_graph: bool = False) -> None:
+                 greedy_in_graph: bool = False) -> None:
         self.lm = lm
         self.policy = policy or KVCacheConfig()
         self.spec = spec
-        self.greedy_speculation = greedy_speculation
-        """Whether ``auto`` speculation may run under greedy sampling: only where the
-        backend's batched rows equal its one-token decode, or the output would drift."""
         self.samplers = SamplerChoice(lm, SEQ, greedy_in_graph=greedy_in_graph)
         self.n_vocab = lm.model.n_vocab()
         self.kv = KVState()
@@ -415,11 +412,13 @@ class Generator:
                 self._emit(spec.stats())
 
     def spec_for(self, req: ChatRequest) -> SpecController | None:
-        """The controller for this reply: ``auto`` stands aside for greedy replies where
-        speculation could change the output; an explicit mode always speculates."""
+        """The controller for this reply: ``auto`` stands aside for greedy replies, whose
+        output a verification batch could change (llama.cpp's batched rows differ from
+        one-token decodes, on CPU and CUDA alike: docs/speculative.md); an explicit mode
+        always speculates."""
         spec = self.spec
         if (spec is not None and spec.config.mode == "auto"
-                and req.sampling.temperature <= 0 and not self.greedy_speculation):
+                and req.sampling.temperature <= 0):
             return None
         return spec
 

@@ -180,15 +180,14 @@ class LocalEngine(ChatEngine):
                 self._lm = None
                 raise
             info = self._lm.info
-            # Batched verification reproduces one-token greedy choices exactly only
-            # where the kernels are batch-invariant: measured so on CUDA, not on the
-            # CPU backend (see docs/speculative.md).
-            invariant = info.n_gpu_layers > info.n_layers
+            # The greedy argmax moves into the graph where the output layer runs on a
+            # GPU: there it saves a device round trip per token; on a CPU backend it
+            # would only move the same scan between threads.
             in_graph = self._model_config.greedy_in_graph
+            on_gpu = info.n_gpu_layers > info.n_layers
             self._gen = Generator(self._lm, self._kv_policy, spec,
-                                  greedy_speculation=invariant,
                                   greedy_in_graph=in_graph == "on" or (
-                                      in_graph == "auto" and invariant))
+                                      in_graph == "auto" and on_gpu))
             self._gen.warm_up()
             self._info = info
         assert self._info is not None

@@ -38,10 +38,13 @@ async def test_in_graph_greedy_is_the_host_argmax_across_evictions() -> None:
 
 async def test_verification_rows_come_from_the_graph_with_the_same_choices() -> None:
     # Prompt lookup's verification batches several rows of one sequence through the
-    # in-graph chain, and the near-tie guard reads the chain's copy of each row.
-    host, host_events, eng = await greedy_tokens("prompt-lookup", STORY, 160, in_graph="off")
+    # in-graph chain, and the near-tie guard reads the chain's copy of each row. The
+    # off switch is off: it follows measured times, and both runs must draft alike.
+    host, host_events, eng = await greedy_tokens("prompt-lookup", STORY, 160, in_graph="off",
+                                                 adaptive=False)
     await eng.close()
-    graph, events, eng = await greedy_tokens("prompt-lookup", STORY, 160, in_graph="on")
+    graph, events, eng = await greedy_tokens("prompt-lookup", STORY, 160, in_graph="on",
+                                             adaptive=False)
     try:
         done, host_done = events[-1], host_events[-1]
         assert isinstance(done, Done) and isinstance(host_done, Done)
