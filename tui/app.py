@@ -17,6 +17,7 @@ from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.theme import Theme
 from textual.widgets import Footer
+from textual.worker import Worker, WorkerState
 
 from engine.api import ChatEngine
 from engine.config import KvchatConfig, default_config_path
@@ -194,6 +195,23 @@ class KvchatApp(AppActions, App[int]):
             pane.show_snapshot(snapshot)
         self.query_one(PromptInput).placeholder = \
             "Message (Enter sends, Ctrl+J new line, Esc cancels, F1 help)"
+
+    @on(Worker.StateChanged)
+    def _worker_died(self, event: Worker.StateChanged) -> None:
+        """A worker ended by an unexpected exception (the engine's documented errors are
+        turned into messages inside the workers): say so, instead of a status line that
+        says "loading" or "generating" forever."""
+        if event.state is not WorkerState.ERROR:
+            return
+        error = event.worker.error
+        text = f"internal error ({type(error).__name__}: {error})"
+        self.log.error(f"worker {event.worker.name!r} failed: {text}")
+        if event.worker.group == "load":
+            self.post_message(ModelFailed(text))
+        elif event.worker.group == "reply":
+            self.post_message(ReplyFailed("internal", text))
+        else:
+            self.notify(text, severity="error", timeout=30)
 
     @on(ModelFailed)
     def _model_failed(self, message: ModelFailed) -> None:
