@@ -41,7 +41,7 @@ from pathlib import Path
 from textual import events
 from textual.widgets import TextArea
 
-from engine.config import KvchatConfig, ModelConfig, SamplingConfig
+from engine.config import KvchatConfig, ModelConfig, SamplingConfig, UIConfig
 from engine.local_engine import LocalEngine
 from engine.store import Store
 from tui.app import KvchatApp
@@ -80,6 +80,7 @@ async def run_app(home: Path, args: argparse.Namespace) -> tuple[float, int, lis
     os.environ["KVCHAT_HOME"] = str(home)
     config = KvchatConfig(model=ModelConfig(path=Path(args.model) if args.model else None,
                                             n_ctx=args.ctx, n_threads=args.threads),
+                          ui=UIConfig(ui_nice=args.ui_nice),
                           sampling=SamplingConfig(temperature=0.0, seed=0,
                                                   max_tokens=args.tokens))
     app = KvchatApp(config, LocalEngine(config.model, config.sampling, config.kv),
@@ -253,6 +254,9 @@ def main() -> None:
     parser.add_argument("--key-every", type=float, default=0.1)
     parser.add_argument("--long-tokens", type=int, default=10_000)
     parser.add_argument("--skip-long", action="store_true")
+    parser.add_argument("--ui-nice", type=int, default=UIConfig().ui_nice,
+                        help="the app's ui.ui_nice (priority steps its screen updates "
+                             "give way to decoding)")
     parser.add_argument("--face-timeout", type=float, default=600,
                         help="seconds one face's process may take before it dumps its "
                              "threads' stacks and exits")
@@ -270,7 +274,8 @@ def main() -> None:
         return
 
     argv = ["--tokens", str(args.tokens), "--ctx", str(args.ctx),
-            "--key-every", str(args.key_every), "--face-timeout", str(args.face_timeout)]
+            "--key-every", str(args.key_every), "--face-timeout", str(args.face_timeout),
+            "--ui-nice", str(args.ui_nice)]
     if args.threads:
         argv += ["--threads", str(args.threads)]
     if args.model:
@@ -292,7 +297,7 @@ def main() -> None:
 
     result: dict[str, object] = {
         "prompt": PROMPT, "model": args.model or "bundled", "tokens": args.tokens,
-        "n_ctx": args.ctx, "reps": args.reps,
+        "n_ctx": args.ctx, "reps": args.reps, "ui_nice": args.ui_nice,
         "threads": args.threads, "cpu_count": os.cpu_count(),
         "loadavg_start": load_start, "loadavg_end": os.getloadavg(),
     }

@@ -228,10 +228,11 @@ class UIConfig(_Section):
     """Theme name: kvchat-dark, kvchat-light, kvchat-high-contrast, a Textual built-in,
     or a TOML theme in the config dir's themes/ folder."""
     ui_nice: int = Field(10, ge=0, le=19)
-    """Scheduling priority steps the app's screen updates give way to decoding (Linux):
-    on a 2-core CPU, 10 took the app from 0.76x to 0.87x of ``kvchat ask``'s decode
-    speed, with key presses answered in 33 ms (median) instead of 1.3 ms; 0 keeps them
-    equal."""
+    """Scheduling priority steps the app's screen updates give way to decoding (Linux).
+    On a 2-core CPU: 0 keeps them equal (the app decodes at 0.76x of ``kvchat ask``);
+    10 gives 0.85-0.87x with key presses answered in about 1-33 ms at the median; 19
+    gives 0.97-0.98x, but key presses wait about 0.27 s while a reply streams
+    (docs/tui.md)."""
 
 
 class KvchatConfig(_Section):
