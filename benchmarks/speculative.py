@@ -8,7 +8,8 @@ slow a second measurement in the same process. Reports the median decode tokens/
 each mode, their ratio, the acceptance rate, and whether the outputs are identical.
 
     .venv/bin/python benchmarks/speculative.py [--tokens 400] [--reps 3]
-        [--model PATH] [--gpu-layers N] [--draft-model PATH] [--json FILE]
+        [--model PATH] [--gpu-layers N] [--draft-model PATH] [--temperature T --seed S]
+        [--json FILE]
 
 ``--model`` defaults to the bundled Gemma 3 270M; ``--gpu-layers`` to the memory
 plan's choice (all layers where they fit).
@@ -41,7 +42,8 @@ def tasks() -> dict[str, str]:
 
 
 async def measure(task: str, mode: str, tokens: int, draft: str | None,
-                  model: str | None = None, gpu_layers: int = -1) -> dict:
+                  model: str | None = None, gpu_layers: int = -1,
+                  temperature: float = 0.0, seed: int = 0) -> dict:
     from engine.chat_format import ChatMessage
     from engine.config import KVCacheConfig, ModelConfig, SamplingConfig, SpeculativeConfig
     from engine.local_engine import LocalEngine
@@ -49,7 +51,8 @@ async def measure(task: str, mode: str, tokens: int, draft: str | None,
     spec = SpeculativeConfig(mode=mode, draft_model=Path(draft) if draft else None)
     eng = LocalEngine(ModelConfig(path=Path(model) if model else None, n_ctx=4096,
                                   n_gpu_layers=gpu_layers),
-                      SamplingConfig(temperature=0, max_tokens=tokens), KVCacheConfig(), spec)
+                      SamplingConfig(temperature=temperature, seed=seed, max_tokens=tokens),
+                      KVCacheConfig(), spec)
     await eng.start()
     out: list[int] = []
     done = None
@@ -76,9 +79,11 @@ def first_difference(a: list[int], b: list[int]) -> int | None:
 
 
 def run_child(task: str, mode: str, tokens: int, draft: str | None,
-              model: str | None, gpu_layers: int) -> dict:
+              model: str | None, gpu_layers: int, temperature: float = 0.0,
+              seed: int = 0) -> dict:
     cmd = [sys.executable, __file__, "--child", task, mode, "--tokens", str(tokens),
-           "--gpu-layers", str(gpu_layers)]
+           "--gpu-layers", str(gpu_layers), "--temperature", str(temperature),
+           "--seed", str(seed)]
     if draft:
         cmd += ["--draft-model", draft]
     if model:
@@ -94,22 +99,30 @@ def main() -> int:
     parser.add_argument("--draft-model", metavar="PATH")
     parser.add_argument("--model", metavar="PATH")
     parser.add_argument("--gpu-layers", type=int, default=-1)
+    parser.add_argument("--temperature", type=float, default=0.0,
+                        help="0: greedy (speculation forced on); above 0 the default "
+                             "`auto` mode runs, as it does for sampled replies")
+    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", metavar="FILE")
     parser.add_argument("--child", nargs=2, metavar=("TASK", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         result = asyncio.run(measure(*args.child, args.tokens, args.draft_model,
-                                     args.model, args.gpu_layers))
+                                     args.model, args.gpu_layers, args.temperature,
+                                     args.seed))
         print(json.dumps(result))
         return 0
     spec_mode = "draft" if args.draft_model else "prompt-lookup"
+    if args.temperature > 0:
+        spec_mode = "auto"  # what a sampled reply gets by default
     report = {}
     for task in tasks():
         runs: dict[str, list[dict]] = {"off": [], spec_mode: []}
         for rep in range(args.reps):
             for mode in runs:
                 runs[mode].append(run_child(task, mode, args.tokens, args.draft_model,
-                                            args.model, args.gpu_layers))
+                                            args.model, args.gpu_layers,
+                                            args.temperature, args.seed))
                 print(f"{task} rep {rep + 1} {mode}: "
                       f"{runs[mode][-1]['tokens_per_s']:.1f} tok/s", file=sys.stderr)
         plain = [r["tokens_per_s"] for r in runs["off"]]
@@ -139,6 +152,8 @@ def main() -> int:
         print(f"{task:<12} {r['plain_tokens_per_s']:>11.1f} {r['spec_tokens_per_s']:>19.1f} "
               f"{r['ratio']:>5.2f}x {r['acceptance']:>10.0%}  {r['identical']}")
     if args.json:
+        report["settings"] = {"tokens": args.tokens, "reps": args.reps, "mode": spec_mode,
+                              "temperature": args.temperature, "seed": args.seed}
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     return 0
 
