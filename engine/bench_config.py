@@ -22,6 +22,11 @@ synthetic shapes' byte-fallback one included) turns it into ordinary tokens."""
 Progress = Callable[[str, int, int], None]
 """Called with (stage description, steps done, steps in all)."""
 
+EXTRAS = ("speculative", "eviction", "tui")
+"""Figures ``--with`` adds, each measured by one of the repository's benchmarks:
+speculative decoding's speedup, eviction cost against re-evaluation, and the app's
+decode speed against ``kvchat ask`` while it streams."""
+
 
 @dataclass(frozen=True)
 class BenchConfig:
@@ -132,10 +137,11 @@ def check_config(config: BenchConfig) -> None:
 
         parse_shape(config.shape)  # raises ConfigError naming the known shapes
     for name in config.extras:
-        if name not in ("speculative", "eviction"):
-            raise ConfigError(f"unknown extra figure {name!r}: choose speculative, eviction")
+        if name not in EXTRAS:
+            raise ConfigError(f"unknown extra figure {name!r}: choose {', '.join(EXTRAS)}")
     if config.extras and (config.model is not None or config.shape is not None):
-        raise ConfigError("the speculative and eviction figures run on the bundled model only")
+        raise ConfigError("the speculative, eviction and tui figures run on the bundled "
+                          "model only")
     if config.llama_bench is not None and not Path(config.llama_bench).is_file():
         raise ConfigError(f"llama-bench binary {config.llama_bench} does not exist")
     if config.prompt_tokens + config.tokens + 8 > config.n_ctx:

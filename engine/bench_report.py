@@ -69,7 +69,13 @@ def extra_line(name: str, extra: dict[str, Any]) -> str:
         return extra["error"]
     if name == "speculative":
         return "; ".join(f"{task} {v['ratio']:.2f}x (acceptance {v['acceptance']:.0%})"
-                         for task, v in extra.items())
+                         for task, v in extra.items() if "ratio" in v)
+    if name == "tui":
+        keys = extra.get("key_delay_ms", {}).get("app", {})
+        return (f"the app decodes at {extra['over_ask']['app']:.3f}x of kvchat ask "
+                f"({extra['tok_s']['app']['median']:.1f} vs {extra['tok_s']['ask']['median']:.1f}"
+                f" tok/s); key press answered in {keys.get('median', float('nan')):.1f} ms "
+                f"(median), {keys.get('p95', float('nan')):.1f} ms (p95)")
     return (f"{extra['evictions']} evictions, slowest {extra['eviction_cost_max_s'] * 1e3:.1f} "
             f"ms vs {extra['reevaluate_window_s'] * 1e3:.0f} ms to re-evaluate the window "
             f"({extra['slowest_eviction_vs_reevaluation']:.3f}x)")

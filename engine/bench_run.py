@@ -212,14 +212,16 @@ def _report(config: BenchConfig, model: Path, planned: dict[str, Any], settings:
 def _extra(name: str, config: BenchConfig) -> dict[str, Any]:
     """A figure one of the repository's benchmarks measures, run as it is (its own
     fresh processes), its JSON taken as it writes it."""
-    script = ROOT / "benchmarks" / ("speculative.py" if name == "speculative"
-                                    else "long_conversation.py")
+    script = ROOT / "benchmarks" / {"speculative": "speculative.py",
+                                    "eviction": "long_conversation.py",
+                                    "tui": "tui_streaming.py"}[name]
     if not script.exists():
         return {"error": f"{script.name} is not here (a source checkout has it)"}
-    args = (["--tokens", str(config.tokens), "--reps", str(max(1, min(config.reps, 3)))]
-            if name == "speculative" else
-            ["--tokens", str(max(4000, 8 * config.tokens)), "--ctx", "1024",
-             "--reply", str(max(256, config.tokens))])
+    reps = str(max(1, min(config.reps, 3)))
+    args = {"speculative": ["--tokens", str(config.tokens), "--reps", reps],
+            "eviction": ["--tokens", str(max(4000, 8 * config.tokens)), "--ctx", "1024",
+                         "--reply", str(max(256, config.tokens))],
+            "tui": ["--tokens", str(config.tokens), "--reps", reps, "--skip-long"]}[name]
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
         proc = subprocess.run([sys.executable, str(script), *args, "--json", str(out)],

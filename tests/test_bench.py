@@ -30,7 +30,7 @@ def kvchat(*args: str) -> subprocess.CompletedProcess[str]:
 def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path]:
     out = tmp_path_factory.mktemp("bench")
     proc = kvchat("bench", "--quick", "--json", "--reps", "2", "--tokens", "6",
-                  "--prompt-tokens", "40", "--ctx", "256", "--out", str(out))
+                  "--prompt-tokens", "40", "--ctx", "256", "--out", str(out), "--with", "tui")
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout), out
 
@@ -77,6 +77,20 @@ def test_out_writes_report_and_chart(quick_run: tuple[dict[str, Any], Path]) -> 
     assert "![decode tokens/s](bench.svg)" in md
     svg = (out / "bench.svg").read_text()
     assert svg.lstrip().startswith("<?xml") and "<svg" in svg
+
+
+def test_with_tui_adds_the_app_against_ask(quick_run: tuple[dict[str, Any], Path]) -> None:
+    # benchmarks/tui_streaming.py ran both faces on the bundled model, in fresh
+    # processes, and its figures went into the report and its Markdown.
+    report, out = quick_run
+    tui = report["extras"]["tui"]
+    assert "error" not in tui, tui.get("error")
+    assert tui["tokens"] == 6 and tui["reps"] == 2
+    assert len(tui["runs"]["ask"]) == len(tui["runs"]["app"]) == 2
+    assert all(rate > 0 for rate in tui["runs"]["ask"] + tui["runs"]["app"])
+    assert tui["over_ask"]["app"] == pytest.approx(
+        tui["tok_s"]["app"]["median"] / tui["tok_s"]["ask"]["median"])
+    assert "tui: the app decodes at " in (out / "bench.md").read_text()
 
 
 @pytest.mark.parametrize("args, message", [

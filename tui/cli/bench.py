@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from engine.bench_config import EXTRAS
 from tui.cli import EXIT_OK
 
 
@@ -49,9 +50,9 @@ def add_bench_parser(commands: argparse._SubParsersAction, positive: object) -> 
     bench.add_argument("--llama-bench", metavar="PATH",
                        help="llama.cpp's llama-bench binary: a third anchor (its C++ loop)")
     bench.add_argument("--with", dest="extras", action="append", default=[],
-                       choices=["speculative", "eviction"],
-                       help="also run the repository's speculative-decoding or KV-eviction "
-                            "benchmark (bundled model; minutes each on a CPU)")
+                       choices=list(EXTRAS),
+                       help="also run the repository's speculative-decoding, KV-eviction or "
+                            "TUI-streaming benchmark (bundled model; minutes each on a CPU)")
 
 
 def run_bench_command(args: argparse.Namespace) -> int:
