@@ -80,7 +80,7 @@ async def run_app(home: Path, args: argparse.Namespace) -> tuple[float, int, lis
     os.environ["KVCHAT_HOME"] = str(home)
     config = KvchatConfig(model=ModelConfig(path=Path(args.model) if args.model else None,
                                             n_ctx=args.ctx, n_threads=args.threads),
-                          ui=UIConfig(ui_nice=args.ui_nice),
+                          ui=UIConfig(ui_nice=args.ui_nice, gil_switch_ms=args.gil_switch_ms),
                           sampling=SamplingConfig(temperature=0.0, seed=0,
                                                   max_tokens=args.tokens))
     app = KvchatApp(config, LocalEngine(config.model, config.sampling, config.kv),
@@ -257,6 +257,8 @@ def main() -> None:
     parser.add_argument("--ui-nice", type=int, default=UIConfig().ui_nice,
                         help="the app's ui.ui_nice (priority steps its screen updates "
                              "give way to decoding)")
+    parser.add_argument("--gil-switch-ms", type=float, default=UIConfig().gil_switch_ms,
+                        help="the app's ui.gil_switch_ms (0: Python's 5 ms)")
     parser.add_argument("--face-timeout", type=float, default=600,
                         help="seconds one face's process may take before it dumps its "
                              "threads' stacks and exits")
@@ -275,7 +277,7 @@ def main() -> None:
 
     argv = ["--tokens", str(args.tokens), "--ctx", str(args.ctx),
             "--key-every", str(args.key_every), "--face-timeout", str(args.face_timeout),
-            "--ui-nice", str(args.ui_nice)]
+            "--ui-nice", str(args.ui_nice), "--gil-switch-ms", str(args.gil_switch_ms)]
     if args.threads:
         argv += ["--threads", str(args.threads)]
     if args.model:
@@ -298,6 +300,7 @@ def main() -> None:
     result: dict[str, object] = {
         "prompt": PROMPT, "model": args.model or "bundled", "tokens": args.tokens,
         "n_ctx": args.ctx, "reps": args.reps, "ui_nice": args.ui_nice,
+        "gil_switch_ms": args.gil_switch_ms,
         "threads": args.threads, "cpu_count": os.cpu_count(),
         "loadavg_start": load_start, "loadavg_end": os.getloadavg(),
     }

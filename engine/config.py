@@ -233,6 +233,11 @@ class UIConfig(_Section):
     10 gives 0.85-0.87x with key presses answered in about 1-33 ms at the median; 19
     gives 0.97-0.98x, but key presses wait about 0.27 s while a reply streams
     (docs/tui.md)."""
+    gil_switch_ms: float = Field(0.5, ge=0.0, le=100.0)
+    """How long (ms) the app's screen update may keep Python's interpreter lock from
+    the engine thread, which needs it between two decodes; 0 leaves Python's 5 ms. On
+    a 2-core CPU, 0.5 took the app from 0.83-0.85x to 0.88-0.91x of ``kvchat ask``,
+    with key presses answered in 3-27 ms at the median (docs/tui.md)."""
 
 
 class KvchatConfig(_Section):

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from pathlib import Path
 
+import pytest
 from textual.message import Message
 from textual.pilot import Pilot
 
-from engine.config import KvchatConfig, ModelConfig, SamplingConfig, SpeculativeConfig
+from engine.config import (
+    KvchatConfig,
+    ModelConfig,
+    SamplingConfig,
+    SpeculativeConfig,
+    UIConfig,
+)
 from engine.events import Eviction, KVUsage, OutputCheck, SpecStats
 from engine.local_engine import LocalEngine
 from engine.store import Store
@@ -260,3 +268,18 @@ async def test_a_load_that_dies_unexpectedly_is_reported_not_awaited(kvchat_home
         await pilot.pause()
         assert app.query_one(StatusLine).state == "model failed to load"
         assert not app.ready
+
+
+async def test_the_engine_gets_the_interpreter_lock_back_sooner_while_the_app_runs(
+        kvchat_home: Path) -> None:
+    # ui_nice 0: this test must not lower the priority of pytest's own thread.
+    config = KvchatConfig(model=ModelConfig(n_ctx=512), ui=UIConfig(ui_nice=0))
+    app = KvchatApp(config, LocalEngine(config.model), Store(kvchat_home / "kvchat.db"),
+                    prefs_file=kvchat_home / "ui-prefs.json", yield_cpu=True)
+    before = sys.getswitchinterval()
+    seen: list[Message] = []
+    async with app.run_test(size=(120, 36), message_hook=seen.append) as pilot:
+        await wait_for(seen, ModelReady, pilot)
+        await pilot.pause()
+        assert sys.getswitchinterval() == pytest.approx(config.ui.gil_switch_ms / 1000)
+    assert sys.getswitchinterval() == before  # a process-wide setting: given back

@@ -57,7 +57,7 @@ from tui.messages import (
 from tui.notes import done_note, route_note
 from tui.prefs import load_prefs, prefs_path, save_prefs
 from tui.themes import bundled_theme_files, load_themes
-from tui.ui_priority import yield_cpu_to_decoding
+from tui.ui_priority import GilHandover, yield_cpu_to_decoding
 from tui.widgets.chat_pane import ChatPane, ReplyMessage
 from tui.widgets.kv_pane import KVPane
 from tui.widgets.memory_pane import MemoryPane
@@ -102,8 +102,10 @@ class KvchatApp(AppActions, App[int]):
                  yield_cpu: bool = False) -> None:
         super().__init__()
         self.yield_cpu = yield_cpu
-        """Lower the UI thread's priority once the model is loaded (tui.ui_priority);
-        the ``kvchat`` command does, embedders and tests keep their thread as it is."""
+        """Lower the UI thread's priority and shorten Python's switch interval once the
+        model is loaded (tui.ui_priority); the ``kvchat`` command does, embedders and
+        tests keep their thread and process as they are."""
+        self._gil = GilHandover()
         self.config = config
         self.engine = engine
         self.store = store
@@ -184,6 +186,8 @@ class KvchatApp(AppActions, App[int]):
         self.ready = True
         if self.yield_cpu and self.config.ui.ui_nice:
             yield_cpu_to_decoding(self.config.ui.ui_nice)
+        if self.yield_cpu and self.config.ui.gil_switch_ms:
+            self._gil.shorten(self.config.ui.gil_switch_ms / 1000)
         status = self.query_one(StatusLine)
         status.model_name = message.info.name
         status.backend = message.info.backend
@@ -382,4 +386,5 @@ class KvchatApp(AppActions, App[int]):
             self.engine.cancel()
 
     async def on_unmount(self) -> None:
+        self._gil.restore()
         await self.engine.close()

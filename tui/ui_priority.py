@@ -1,4 +1,4 @@
-"""Let decoding win the CPU from the app's own screen updates.
+"""Let decoding win the CPU, and the interpreter lock, from the app's screen updates.
 
 On a machine with few cores, the app's main thread (layout and render, about a quarter
 of a core while a reply streams) competes with llama.cpp's decode threads, and those
@@ -30,3 +30,25 @@ def yield_cpu_to_decoding(nice: int = UI_NICE) -> bool:
     except OSError:
         return False
     return True
+
+
+class GilHandover:
+    """While the app runs, Python's thread switch interval is shortened (a process-wide
+    setting, restored by :meth:`restore`). The engine thread runs a little Python
+    between two decodes (the token's events, the next token's bookkeeping) and needs
+    the interpreter lock for it; while the main thread lays out and renders a screen
+    (tens of ms on two cores), the engine thread would wait up to the interval, 5 ms
+    by default, with the decode idle, on every token that lands during an update."""
+
+    def __init__(self) -> None:
+        self._saved: float | None = None
+
+    def shorten(self, interval_s: float) -> None:
+        if self._saved is None:
+            self._saved = sys.getswitchinterval()
+        sys.setswitchinterval(interval_s)
+
+    def restore(self) -> None:
+        if self._saved is not None:
+            sys.setswitchinterval(self._saved)
+            self._saved = None
