@@ -44,7 +44,10 @@ names = ["pydantic", "pydantic-core", "annotated-types", "typing-extensions",
          "platformdirs", "pyyaml", "tqdm", "tiktoken", "regex", "requests", "idna",
          "urllib3", "certifi", "charset-normalizer"]
 if "--tui" in sys.argv:
+    # linkify-it-py: markdown-it-py's "linkify" extra, which Textual's
+    # Markdown widget needs (without them the app dies when a reply starts).
     names += ["textual", "rich", "markdown-it-py", "mdurl", "mdit-py-plugins", "pygments",
+              "linkify-it-py",
               "httpx", "httpx-sse", "httpcore", "h11", "anyio", "prometheus-client",
               "packaging"]
 print(" ".join(f"{n}=={version(n)}" for n in names))

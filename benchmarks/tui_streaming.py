@@ -117,6 +117,8 @@ async def run_app(home: Path, args: argparse.Namespace) -> tuple[float, int, lis
         app.post_message(PromptSubmitted(PROMPT, "chat"))
         await asyncio.sleep(0.5)  # past the prefill: keys land among the tokens
         while not done:
+            if not app.is_running:  # it died (its traceback is on stderr)
+                raise SystemExit("the app stopped before its reply finished")
             # Waiting on events, never polling: the benchmark must not take the CPU
             # that decoding needs.
             before = len(changed_at)
