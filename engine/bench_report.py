@@ -68,8 +68,13 @@ def extra_line(name: str, extra: dict[str, Any]) -> str:
     if "error" in extra:
         return extra["error"]
     if name == "speculative":
-        return "; ".join(f"{task} {v['ratio']:.2f}x (acceptance {v['acceptance']:.0%})"
-                         for task, v in extra.items() if "ratio" in v)
+        run = extra.get("settings", {})
+        how = (f"{run['mode']}, temperature {run['temperature']:g}" if run
+               else "prompt lookup")
+        return f"({how}) " + "; ".join(
+            f"{task} {v['ratio']:.2f}x (acceptance {v['acceptance']:.0%}, "
+            f"{'identical' if v['identical'] else 'not identical'})"
+            for task, v in extra.items() if "ratio" in v)
     if name == "tui":
         keys = extra.get("key_delay_ms", {}).get("app", {})
         return (f"the app decodes at {extra['over_ask']['app']:.3f}x of kvchat ask "

@@ -138,3 +138,17 @@ def test_ceiling_adds_the_time_on_each_device() -> None:
     assert ceiling_tokens_per_s(10**9, 10**9, 10**12, 10**10) == pytest.approx(1 / 0.101)
     with pytest.raises(ValueError):
         ceiling_tokens_per_s(10**9, 0, None, 10**10)
+
+
+def test_speculative_extra_line_names_its_mode_and_identity() -> None:
+    from engine.bench_report import extra_line
+
+    # A result as benchmarks/speculative.py writes it (kept from a real run).
+    result = json.loads((Path(__file__).parent.parent / "benchmarks" / "results"
+                         / "spec_greedy_cpu_2026-11-30.json").read_text())
+    line = extra_line("speculative", result)
+    assert line.startswith("(prompt-lookup, temperature 0) ")
+    assert f"repetitive {result['repetitive']['ratio']:.2f}x" in line
+    assert "free-form" in line and "settings" not in line
+    assert line.count("not identical") == (not result["repetitive"]["identical"]) + (
+        not result["free-form"]["identical"])
