@@ -47,6 +47,7 @@ from engine.store import Store
 from tui.app import KvchatApp
 from tui.cli import main as kvchat_main
 from tui.messages import ModelFailed, ModelReady, PromptSubmitted, ReplyFailed, ReplyFinished
+from tui.ui_priority import spare_a_core
 from tui.widgets.chat_pane import ChatPane, ReplyMessage
 
 PROMPT = "Tell me about the history of the printing press."
@@ -80,9 +81,12 @@ async def run_app(home: Path, args: argparse.Namespace) -> tuple[float, int, lis
     os.environ["KVCHAT_HOME"] = str(home)
     config = KvchatConfig(model=ModelConfig(path=Path(args.model) if args.model else None,
                                             n_ctx=args.ctx, n_threads=args.threads),
-                          ui=UIConfig(ui_nice=args.ui_nice, gil_switch_ms=args.gil_switch_ms),
+                          ui=UIConfig(ui_nice=args.ui_nice, gil_switch_ms=args.gil_switch_ms,
+                                      spare_core=not args.no_spare_core),
                           sampling=SamplingConfig(temperature=0.0, seed=0,
                                                   max_tokens=args.tokens))
+    if args.face != "app-samepriority":
+        config = spare_a_core(config)  # as the kvchat command does
     app = KvchatApp(config, LocalEngine(config.model, config.sampling, config.kv),
                     Store(home / "kvchat.db"), route="chat", ignore_eos=True,
                     pinned=("max_tokens", "temperature", "seed"),
@@ -261,6 +265,8 @@ def main() -> None:
                              "give way to decoding)")
     parser.add_argument("--gil-switch-ms", type=float, default=UIConfig().gil_switch_ms,
                         help="the app's ui.gil_switch_ms (0: Python's 5 ms)")
+    parser.add_argument("--no-spare-core", action="store_true",
+                        help="the app decodes on every core (ui.spare_core off)")
     parser.add_argument("--face-timeout", type=float, default=600,
                         help="seconds one face's process may take before it dumps its "
                              "threads' stacks and exits")
@@ -280,6 +286,8 @@ def main() -> None:
     argv = ["--tokens", str(args.tokens), "--ctx", str(args.ctx),
             "--key-every", str(args.key_every), "--face-timeout", str(args.face_timeout),
             "--ui-nice", str(args.ui_nice), "--gil-switch-ms", str(args.gil_switch_ms)]
+    if args.no_spare_core:
+        argv.append("--no-spare-core")
     if args.threads:
         argv += ["--threads", str(args.threads)]
     if args.model:
@@ -302,7 +310,7 @@ def main() -> None:
     result: dict[str, object] = {
         "prompt": PROMPT, "model": args.model or "bundled", "tokens": args.tokens,
         "n_ctx": args.ctx, "reps": args.reps, "ui_nice": args.ui_nice,
-        "gil_switch_ms": args.gil_switch_ms,
+        "gil_switch_ms": args.gil_switch_ms, "spare_core": not args.no_spare_core,
         "threads": args.threads, "cpu_count": os.cpu_count(),
         "loadavg_start": load_start, "loadavg_end": os.getloadavg(),
     }

@@ -51,6 +51,8 @@ class ModelConfig(_Section):
     """Share of the budget the plan leaves unused."""
     n_threads: int | None = Field(None, ge=1)
     """CPU threads for decoding; empty means one per core."""
+    n_threads_batch: int | None = Field(None, ge=1)
+    """CPU threads for prompt processing; empty means as many as for decoding."""
     use_mmap: bool = True
     """Map the weights from the file instead of reading them into memory."""
     flash_attn: bool | None = None
@@ -228,16 +230,23 @@ class UIConfig(_Section):
     """Theme name: kvchat-dark, kvchat-light, kvchat-high-contrast, a Textual built-in,
     or a TOML theme in the config dir's themes/ folder."""
     ui_nice: int = Field(10, ge=0, le=19)
-    """Scheduling priority steps the app's screen updates give way to decoding (Linux).
-    On a 2-core CPU: 0 keeps them equal (the app decodes at 0.76x of ``kvchat ask``);
-    10 gives 0.85-0.87x with key presses answered in about 1-33 ms at the median; 19
-    gives 0.97-0.98x, but key presses wait about 0.27 s while a reply streams
-    (docs/tui.md)."""
-    gil_switch_ms: float = Field(0.5, ge=0.0, le=100.0)
+    """Scheduling priority steps the app's screen updates give way to decoding (Linux),
+    for when they share cores (``spare_core`` off, or ``model.n_threads`` set). On a
+    2-core CPU sharing both: 0 keeps them equal (the app decodes at 0.76x of ``kvchat
+    ask``); 10 gives 0.85-0.87x with key presses answered in about 1-33 ms at the
+    median; 19 gives 0.97-0.98x, but key presses wait about 0.27 s while a reply
+    streams (docs/tui.md)."""
+    spare_core: bool = True
+    """While the app runs, decode on one core fewer than the machine has (prompt
+    processing keeps them all), so that screen updates never stop llama.cpp's decode
+    threads, which wait for each other at every step, and key presses are answered at
+    once. Decoding reads the weights from memory and gains little from the last
+    core: on a 2-core CPU one thread decoded at 0.92x of two. Only when
+    ``model.n_threads`` is empty (docs/tui.md)."""
+    gil_switch_ms: float = Field(0.1, ge=0.0, le=100.0)
     """How long (ms) the app's screen update may keep Python's interpreter lock from
-    the engine thread, which needs it between two decodes; 0 leaves Python's 5 ms. On
-    a 2-core CPU, 0.5 took the app from 0.83-0.85x to 0.88-0.91x of ``kvchat ask``,
-    with key presses answered in 3-27 ms at the median (docs/tui.md)."""
+    the engine thread, which needs it between two decodes; 0 leaves Python's 5 ms
+    (docs/tui.md)."""
 
 
 class KvchatConfig(_Section):

@@ -258,7 +258,7 @@ def _load(config: ModelConfig, plan: _Settings, path: Path,
     # sequence as a verification batch has: all of n_outputs_max, not llama.cpp's 1.
     ctx_params.n_outputs_max_per_seq = 0
     ctx_params.n_threads = n_threads
-    ctx_params.n_threads_batch = n_threads
+    ctx_params.n_threads_batch = config.n_threads_batch or n_threads
     ctx_params.type_k = _GGML_KV_TYPES[plan.kv_type]
     ctx_params.type_v = _GGML_KV_TYPES[plan.kv_type]
     ctx_params.no_perf = True

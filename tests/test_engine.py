@@ -242,3 +242,21 @@ async def test_valid_gguf_of_an_unknown_architecture_is_a_load_error(tmp_path) -
     with pytest.raises(ModelLoadError, match=r"cannot load .*alienformer"):
         await eng.start()
     await eng.close()
+
+
+def test_decode_and_prompt_thread_counts_reach_llama_cpp() -> None:
+    import llama_cpp
+
+    from engine.loader import load_model
+
+    lm = load_model(ModelConfig(n_ctx=256, n_threads=1, n_threads_batch=2))
+    try:
+        assert llama_cpp.llama_n_threads(lm.ctx.ctx) == 1
+        assert llama_cpp.llama_n_threads_batch(lm.ctx.ctx) == 2
+    finally:
+        lm.close()
+    lm = load_model(ModelConfig(n_ctx=256, n_threads=1))  # prompts follow decoding
+    try:
+        assert llama_cpp.llama_n_threads_batch(lm.ctx.ctx) == 1
+    finally:
+        lm.close()

@@ -283,3 +283,21 @@ async def test_the_engine_gets_the_interpreter_lock_back_sooner_while_the_app_ru
         await pilot.pause()
         assert sys.getswitchinterval() == pytest.approx(config.ui.gil_switch_ms / 1000)
     assert sys.getswitchinterval() == before  # a process-wide setting: given back
+
+
+def test_the_app_spares_a_core_only_when_threads_are_left_to_it() -> None:
+    import os
+
+    from tui.ui_priority import spare_a_core
+
+    cores = len(os.sched_getaffinity(0))
+    spared = spare_a_core(KvchatConfig())
+    if cores >= 2:
+        assert spared.model.n_threads == cores - 1
+        assert spared.model.n_threads_batch == cores  # prompts still use every core
+    else:
+        assert spared.model.n_threads is None
+    chosen = KvchatConfig(model=ModelConfig(n_threads=1))
+    assert spare_a_core(chosen) == chosen  # the user's thread count stands
+    off = KvchatConfig(ui=UIConfig(spare_core=False))
+    assert spare_a_core(off) == off

@@ -15,6 +15,8 @@ import os
 import sys
 import threading
 
+from engine.config import KvchatConfig
+
 UI_NICE = 10
 
 
@@ -52,3 +54,17 @@ class GilHandover:
         if self._saved is not None:
             sys.setswitchinterval(self._saved)
             self._saved = None
+
+
+def spare_a_core(config: KvchatConfig) -> KvchatConfig:
+    """The config the app's engine runs with: with ``ui.spare_core`` and no thread
+    count set, decoding leaves one core to the screen and prompt processing uses all
+    of them."""
+    model = config.model
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+        else (os.cpu_count() or 1)
+    if not config.ui.spare_core or model.n_threads is not None or cores < 2:
+        return config
+    model = model.model_copy(update={"n_threads": cores - 1,
+                                     "n_threads_batch": model.n_threads_batch or cores})
+    return config.model_copy(update={"model": model})

@@ -11,10 +11,11 @@ from tui.cli import EXIT_OK
 from tui.cli.backend import make_engine
 from tui.cli.options import resolve_config
 from tui.cli.route import pinned_sampling
+from tui.ui_priority import spare_a_core
 
 
 def run_tui(args: argparse.Namespace) -> int:
-    config = resolve_config(args)
+    config = spare_a_core(resolve_config(args))
     engine = make_engine(config)  # a missing API key variable fails here, in the shell
     if config.backend.kind == "local":
         from engine.gguf_header import read_gguf_header
