@@ -101,10 +101,10 @@ def llama_bench(binary: Path, settings: LoadSettings, prompt_tokens: int,
 
 def run_bench(config: BenchConfig, progress: Progress) -> dict[str, Any]:
     """Measure everything ``config`` asks for; the report as a JSON-able dict."""
-    from engine.loader import default_threads
+    from engine.memory_budget import usable_cores
 
     model = resolve_model(config, progress)
-    threads = config.n_threads or default_threads()
+    threads = config.n_threads or usable_cores()
     progress("plan", 0, 1)
     planned = _child("plan", {"model": str(model), "n_ctx": config.n_ctx, "n_threads": threads,
                               "n_batch": config.n_batch, "n_ubatch": config.n_ubatch,

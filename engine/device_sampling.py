@@ -19,6 +19,8 @@ import llama_cpp
 import numpy as np
 from llama_cpp import _internals
 
+from engine.sampling import best_allowed
+
 
 class DeviceSamplerError(RuntimeError):
     """llama.cpp refused to run the chain in its graph (an op or backend without
@@ -48,12 +50,8 @@ class DeviceGreedy:
         token = int(llama_cpp.llama_get_sampled_token_ith(ctx.ctx, idx))
         if token == llama_cpp.LLAMA_TOKEN_NULL or token in self.banned:
             # Not sampled in the graph, or a banned id won (rare): the best allowed
-            # id from the row the graph copied back, as the host argmax does it.
-            logits = self.logits_row(ctx, idx)
-            token = int(np.argmax(logits))
-            if token in self.banned:
-                order = np.argsort(logits)[::-1]
-                token = int(next(t for t in order if int(t) not in self.banned))
+            # id from the row the graph copied back, as the host argmax picks it.
+            token = best_allowed(self.logits_row(ctx, idx), self.banned)
         return token
 
     def logits_row(self, ctx: _internals.LlamaContext, idx: int) -> np.ndarray:

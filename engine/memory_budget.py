@@ -116,3 +116,9 @@ def _first_gpu() -> tuple[str, str, str, int, int] | None:
         if dev.kind in ("gpu", "igpu") and dev.total_bytes > 0:
             return dev.name, dev.backend, dev.kind, dev.free_bytes, dev.total_bytes
     return None
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+               else (os.cpu_count() or 1))

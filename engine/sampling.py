@@ -17,6 +17,16 @@ from engine.config import SamplingConfig
 NEG_INF = float("-inf")
 
 
+def best_allowed(logits: np.ndarray, banned: frozenset[int]) -> int:
+    """The highest-scoring id of a logits row that is not banned (the lowest id among
+    equal maxima, as llama.cpp's greedy sampler picks)."""
+    token = int(np.argmax(logits))
+    if token in banned:  # rare (end-of-turn banned for benchmarks): next best
+        order = np.argsort(logits)[::-1]
+        token = int(next(t for t in order if int(t) not in banned))
+    return token
+
+
 class GreedyArgmax:
     """Greedy decoding as an argmax over the logits row, read in place.
 
@@ -32,12 +42,7 @@ class GreedyArgmax:
         self.banned = frozenset(banned or ())
 
     def sample(self, ctx: _internals.LlamaContext, idx: int = -1) -> int:
-        logits = self.logits_row(ctx, idx)
-        token = int(np.argmax(logits))
-        if token in self.banned:  # rare (end-of-turn banned for benchmarks): next best
-            order = np.argsort(logits)[::-1]
-            token = int(next(t for t in order if int(t) not in self.banned))
-        return token
+        return best_allowed(self.logits_row(ctx, idx), self.banned)
 
     def logits_row(self, ctx: _internals.LlamaContext, idx: int) -> np.ndarray:
         return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx.ctx, idx),

@@ -286,11 +286,10 @@ async def test_the_engine_gets_the_interpreter_lock_back_sooner_while_the_app_ru
 
 
 def test_the_app_spares_a_core_only_when_threads_are_left_to_it() -> None:
-    import os
-
+    from engine.memory_budget import usable_cores
     from tui.ui_priority import spare_a_core
 
-    cores = len(os.sched_getaffinity(0))
+    cores = usable_cores()
     spared = spare_a_core(KvchatConfig())
     if cores >= 2:
         assert spared.model.n_threads == cores - 1

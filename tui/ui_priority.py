@@ -16,6 +16,7 @@ import sys
 import threading
 
 from engine.config import KvchatConfig
+from engine.memory_budget import usable_cores
 
 UI_NICE = 10
 
@@ -61,8 +62,7 @@ def spare_a_core(config: KvchatConfig) -> KvchatConfig:
     count set, decoding leaves one core to the screen and prompt processing uses all
     of them."""
     model = config.model
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
-        else (os.cpu_count() or 1)
+    cores = usable_cores()
     if not config.ui.spare_core or model.n_threads is not None or cores < 2:
         return config
     model = model.model_copy(update={"n_threads": cores - 1,
