@@ -31,7 +31,10 @@ def main() -> int:
     parser.add_argument("--bases", default="40,100,300")
     parser.add_argument("--sizes", default="2,3,4,5,8,13")
     parser.add_argument("--flash-attn", choices=["on", "off", "auto"], default="auto")
-    parser.add_argument("--kv-type", choices=["f16", "f32"], default="f16")
+    parser.add_argument("--no-repack", action="store_true",
+                        help="load without llama.cpp's repacked CPU weight layouts")
+    parser.add_argument("--kv-type", default="f16",
+                        help="f16, f32, q8_0, or K+V types such as f16+q8_0")
     args = parser.parse_args()
     path = args.model
     if path is None:
@@ -44,12 +47,15 @@ def main() -> int:
     llama_cpp.llama_backend_init()  # registers the GPU backends; without it CUDA builds crash
     mp = llama_cpp.llama_model_default_params()
     mp.n_gpu_layers = args.gpu_layers
+    mp.use_extra_bufts = not args.no_repack
     model = _internals.LlamaModel(path_model=path, params=mp, verbose=False)
     cp = llama_cpp.llama_context_default_params()
     cp.n_ctx, cp.n_batch, cp.n_ubatch = 2048, 512, 512
     cp.flash_attn_type = {"on": 1, "off": 0, "auto": -1}[args.flash_attn]
-    kv_type = {"f16": llama_cpp.GGML_TYPE_F16, "f32": llama_cpp.GGML_TYPE_F32}[args.kv_type]
-    cp.type_k = cp.type_v = kv_type
+    kv_types = {"f16": llama_cpp.GGML_TYPE_F16, "f32": llama_cpp.GGML_TYPE_F32,
+                "q8_0": llama_cpp.GGML_TYPE_Q8_0}
+    k_type, v_type = (args.kv_type.split("+") * 2)[:2]
+    cp.type_k, cp.type_v = kv_types[k_type], kv_types[v_type]
     ctx = _internals.LlamaContext(model=model, params=cp, verbose=False)
     batch = _internals.LlamaBatch(n_tokens=512, embd=0, n_seq_max=1)
     n_vocab = model.n_vocab()

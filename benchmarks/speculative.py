@@ -1,18 +1,22 @@
 """Speculative decoding against plain decoding on the same model, greedy, in one run.
 
-Two tasks: a repetitive one (repeat a Python file with a function renamed: prompt
-lookup's best case) and a free-form story (its worst: the off switch must keep the
-loss small). Each measurement runs in a fresh process, alternating plain and
-speculative, because llama.cpp's OpenMP threads keep spinning after a decode and would
-slow a second measurement in the same process. Reports the median decode tokens/s of
+Three tasks: a repetitive one (repeat a Python file with a function renamed: prompt
+lookup's best case), a free-form story, and the same story under a repeat penalty over
+the whole reply (no repeats: the off switch must keep the loss small). Each measurement
+runs in a fresh process, alternating plain and speculative, because llama.cpp's OpenMP
+threads keep spinning after a decode and would slow a second measurement in the same
+process. Reports the median decode tokens/s of
 each mode, their ratio, the acceptance rate, and whether the outputs are identical.
 
     .venv/bin/python benchmarks/speculative.py [--tokens 400] [--reps 3]
         [--model PATH] [--gpu-layers N] [--draft-model PATH] [--temperature T --seed S]
-        [--json FILE]
+        [--mode auto|prompt-lookup|draft] [--batch-invariant auto|on|off] [--json FILE]
 
 ``--model`` defaults to the bundled Gemma 3 270M; ``--gpu-layers`` to the memory
-plan's choice (all layers where they fit).
+plan's choice (all layers where they fit). ``--mode`` defaults to what a reply gets by
+default (auto), or draft with ``--draft-model``. Both modes load the model the same way
+(``--batch-invariant``, auto resolving as the speculative run would), so a difference in
+output comes from speculation, not from the KV cache type.
 """
 
 from __future__ import annotations
@@ -36,22 +40,31 @@ def tasks() -> dict[str, str]:
     return {
         "repetitive": "Repeat this Python file exactly, with the function `window` renamed "
                       f"to `cache_window`:\n\n```python\n{code}```",
-        "free-form": "Write a long, original story about a lighthouse keeper who finds a "
-                     "message in a bottle.",
+        "free-form": STORY,
+        "no-repeats": STORY,
     }
+
+
+STORY = "Write a long, original story about a lighthouse keeper who finds a message in a bottle."
+
+PENALTIES = {"no-repeats": {"repeat_penalty": 1.3, "repeat_last_n": 1024}}
+"""Greedy decoding of this small base model falls into loops on both tasks above (which
+prompt lookup drafts well); a repeat penalty over the whole reply keeps the story from
+repeating itself, so drafts mostly miss and the off switch has to keep the loss small."""
 
 
 async def measure(task: str, mode: str, tokens: int, draft: str | None,
                   model: str | None = None, gpu_layers: int = -1,
-                  temperature: float = 0.0, seed: int = 0) -> dict:
+                  temperature: float = 0.0, seed: int = 0, invariant: str = "off") -> dict:
     from engine.chat_format import ChatMessage
     from engine.config import KVCacheConfig, ModelConfig, SamplingConfig, SpeculativeConfig
     from engine.local_engine import LocalEngine
 
     spec = SpeculativeConfig(mode=mode, draft_model=Path(draft) if draft else None)
     eng = LocalEngine(ModelConfig(path=Path(model) if model else None, n_ctx=4096,
-                                  n_gpu_layers=gpu_layers),
-                      SamplingConfig(temperature=temperature, seed=seed, max_tokens=tokens),
+                                  n_gpu_layers=gpu_layers, batch_invariant=invariant),
+                      SamplingConfig(temperature=temperature, seed=seed, max_tokens=tokens,
+                                     **PENALTIES.get(task, {})),
                       KVCacheConfig(), spec)
     await eng.start()
     out: list[int] = []
@@ -67,7 +80,8 @@ async def measure(task: str, mode: str, tokens: int, draft: str | None,
         await eng.close()
     assert done is not None
     return {"tokens_per_s": done.tokens_per_s, "tokens": out, "text": done.text,
-            "drafted": done.drafted_tokens, "accepted": done.accepted_tokens}
+            "drafted": done.drafted_tokens, "accepted": done.accepted_tokens,
+            "prefill_tokens_per_s": done.prefill_tokens_per_s}
 
 
 def first_difference(a: list[int], b: list[int]) -> int | None:
@@ -80,10 +94,10 @@ def first_difference(a: list[int], b: list[int]) -> int | None:
 
 def run_child(task: str, mode: str, tokens: int, draft: str | None,
               model: str | None, gpu_layers: int, temperature: float = 0.0,
-              seed: int = 0) -> dict:
+              seed: int = 0, invariant: str = "off") -> dict:
     cmd = [sys.executable, __file__, "--child", task, mode, "--tokens", str(tokens),
            "--gpu-layers", str(gpu_layers), "--temperature", str(temperature),
-           "--seed", str(seed)]
+           "--seed", str(seed), "--batch-invariant", invariant]
     if draft:
         cmd += ["--draft-model", draft]
     if model:
@@ -99,22 +113,25 @@ def main() -> int:
     parser.add_argument("--draft-model", metavar="PATH")
     parser.add_argument("--model", metavar="PATH")
     parser.add_argument("--gpu-layers", type=int, default=-1)
-    parser.add_argument("--temperature", type=float, default=0.0,
-                        help="0: greedy (speculation forced on); above 0 the default "
-                             "`auto` mode runs, as it does for sampled replies")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--mode", choices=["auto", "prompt-lookup", "draft"])
+    parser.add_argument("--batch-invariant", choices=["auto", "on", "off"], default="auto")
     parser.add_argument("--json", metavar="FILE")
     parser.add_argument("--child", nargs=2, metavar=("TASK", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         result = asyncio.run(measure(*args.child, args.tokens, args.draft_model,
                                      args.model, args.gpu_layers, args.temperature,
-                                     args.seed))
+                                     args.seed, args.batch_invariant))
         print(json.dumps(result))
         return 0
-    spec_mode = "draft" if args.draft_model else "prompt-lookup"
-    if args.temperature > 0:
-        spec_mode = "auto"  # what a sampled reply gets by default
+    spec_mode = args.mode or ("draft" if args.draft_model else "auto")
+    invariant = args.batch_invariant
+    if invariant == "auto":  # as the speculative run's engine would resolve it
+        from engine.loader import has_gpu
+
+        invariant = "off" if has_gpu() and args.gpu_layers != 0 else "on"
     report = {}
     for task in tasks():
         runs: dict[str, list[dict]] = {"off": [], spec_mode: []}
@@ -122,7 +139,7 @@ def main() -> int:
             for mode in runs:
                 runs[mode].append(run_child(task, mode, args.tokens, args.draft_model,
                                             args.model, args.gpu_layers,
-                                            args.temperature, args.seed))
+                                            args.temperature, args.seed, invariant))
                 print(f"{task} rep {rep + 1} {mode}: "
                       f"{runs[mode][-1]['tokens_per_s']:.1f} tok/s", file=sys.stderr)
         plain = [r["tokens_per_s"] for r in runs["off"]]
@@ -135,6 +152,8 @@ def main() -> int:
             "ratio": statistics.median(spec) / statistics.median(plain),
             "ratio_range": [min(spec) / max(plain), max(spec) / min(plain)],
             "acceptance": accepted / drafted if drafted else 0.0,
+            "plain_prefill_tokens_per_s": statistics.median(r["prefill_tokens_per_s"] or 0.0
+                                                     for r in runs["off"]),
             "drafted_per_reply": drafted / args.reps,
             "spec_text_head": runs[spec_mode][0]["text"][:400],
             "identical": all(r["tokens"] == runs["off"][0]["tokens"]
@@ -153,7 +172,8 @@ def main() -> int:
               f"{r['ratio']:>5.2f}x {r['acceptance']:>10.0%}  {r['identical']}")
     if args.json:
         report["settings"] = {"tokens": args.tokens, "reps": args.reps, "mode": spec_mode,
-                              "temperature": args.temperature, "seed": args.seed}
+                              "temperature": args.temperature, "seed": args.seed,
+                              "batch_invariant": invariant}
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     return 0
 

@@ -41,7 +41,13 @@ from pathlib import Path
 from textual import events
 from textual.widgets import TextArea
 
-from engine.config import KvchatConfig, ModelConfig, SamplingConfig, UIConfig
+from engine.config import (
+    KvchatConfig,
+    ModelConfig,
+    SamplingConfig,
+    SpeculativeConfig,
+    UIConfig,
+)
 from engine.local_engine import LocalEngine
 from engine.store import Store
 from tui.app import KvchatApp
@@ -69,7 +75,7 @@ def run_ask(home: Path, args: argparse.Namespace) -> tuple[float, int]:
     config.write_text("\n".join(lines) + "\n")
     argv = ["ask", "--config", str(config), "--route", "chat", "--ignore-eos",
             "--temp", "0", "--seed", "0", "--max-tokens", str(args.tokens),
-            "--ctx", str(args.ctx), PROMPT]
+            "--ctx", str(args.ctx), "--speculative", args.speculative, PROMPT]
     with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
         code = kvchat_main(argv)
     if code != 0:
@@ -84,10 +90,12 @@ async def run_app(home: Path, args: argparse.Namespace) -> tuple[float, int, lis
                           ui=UIConfig(ui_nice=args.ui_nice, gil_switch_ms=args.gil_switch_ms,
                                       spare_core=not args.no_spare_core),
                           sampling=SamplingConfig(temperature=0.0, seed=0,
-                                                  max_tokens=args.tokens))
+                                                  max_tokens=args.tokens),
+                          speculative=SpeculativeConfig(mode=args.speculative))
     if args.face != "app-samepriority":
         config = spare_a_core(config)  # as the kvchat command does
-    app = KvchatApp(config, LocalEngine(config.model, config.sampling, config.kv),
+    app = KvchatApp(config, LocalEngine(config.model, config.sampling, config.kv,
+                                        config.speculative),
                     Store(home / "kvchat.db"), route="chat", ignore_eos=True,
                     pinned=("max_tokens", "temperature", "seed"),
                     prefs_file=home / "ui-prefs.json",
@@ -267,6 +275,9 @@ def main() -> None:
                         help="the app's ui.gil_switch_ms (0: Python's 5 ms)")
     parser.add_argument("--no-spare-core", action="store_true",
                         help="the app decodes on every core (ui.spare_core off)")
+    parser.add_argument("--speculative", choices=("auto", "off"), default="auto",
+                        help="speculative decoding in both faces (auto: the default, "
+                             "which speculates under greedy on a batch-invariant CPU load)")
     parser.add_argument("--face-timeout", type=float, default=600,
                         help="seconds one face's process may take before it dumps its "
                              "threads' stacks and exits")
@@ -285,7 +296,8 @@ def main() -> None:
 
     argv = ["--tokens", str(args.tokens), "--ctx", str(args.ctx),
             "--key-every", str(args.key_every), "--face-timeout", str(args.face_timeout),
-            "--ui-nice", str(args.ui_nice), "--gil-switch-ms", str(args.gil_switch_ms)]
+            "--ui-nice", str(args.ui_nice), "--gil-switch-ms", str(args.gil_switch_ms),
+            "--speculative", args.speculative]
     if args.no_spare_core:
         argv.append("--no-spare-core")
     if args.threads:
@@ -311,6 +323,7 @@ def main() -> None:
         "prompt": PROMPT, "model": args.model or "bundled", "tokens": args.tokens,
         "n_ctx": args.ctx, "reps": args.reps, "ui_nice": args.ui_nice,
         "gil_switch_ms": args.gil_switch_ms, "spare_core": not args.no_spare_core,
+        "speculative": args.speculative,
         "threads": args.threads, "cpu_count": os.cpu_count(),
         "loadavg_start": load_start, "loadavg_end": os.getloadavg(),
     }

@@ -33,14 +33,14 @@ def plan(model: str, n_ctx: int, n_threads: int, n_batch: int, n_ubatch: int,
     from engine.bench_bandwidth import bytes_read_per_token
     from engine.config import ModelConfig
     from engine.gguf_header import read_gguf_header
-    from engine.loader import _has_gpu, plan_for
+    from engine.loader import has_gpu, plan_for
     from engine.memory_planner import UnplannableModel
 
     header = read_gguf_header(model)
     config = ModelConfig(path=Path(model), n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_ubatch,
                          n_gpu_layers=n_gpu_layers, memory_budget=budget,
                          flash_attn=flash_attn, kv_type="f16")
-    gpu = _has_gpu()
+    gpu = has_gpu()
     try:
         mem = plan_for(config, header)
         layers = mem.n_gpu_layers if gpu else 0

@@ -71,6 +71,8 @@ def extra_line(name: str, extra: dict[str, Any]) -> str:
         run = extra.get("settings", {})
         how = (f"{run['mode']}, temperature {run['temperature']:g}" if run
                else "prompt lookup")
+        if run.get("batch_invariant") == "on":
+            how += ", batch-invariant load"
         return f"({how}) " + "; ".join(
             f"{task} {v['ratio']:.2f}x (acceptance {v['acceptance']:.0%}, "
             f"{'identical' if v['identical'] else 'not identical'})"

@@ -62,6 +62,14 @@ class ModelConfig(_Section):
     next to the logits), so the host reads one id between two graphs instead of a
     128k-262k float row; off: an argmax on the host; auto: in the graph when the output
     layer runs on a GPU (on a CPU backend it only moves the same work between threads)."""
+    batch_invariant: Literal["auto", "on", "off"] = "auto"
+    """Load so that each row of a verification batch (up to 7) is computed bit for bit
+    like a one-token decode: a q8_0 KV cache, flash attention, no repacked weight
+    layouts; CPU backend only. Greedy speculation is then identical to plain decoding by
+    construction, so ``auto`` speculation also runs under greedy sampling. Costs prompt
+    speed (about 0.7x on the bundled model). auto: when speculation is on, every layer
+    is on the CPU and kv_type is auto, q8_0 or q4_0; on: always (an error where it
+    cannot hold)."""
     chat_format: str = "auto"
     """Turn format: auto (the GGUF's template, else one chosen by architecture) or a
     built-in name: gemma, llama3, chatml."""

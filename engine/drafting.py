@@ -84,7 +84,11 @@ class PromptLookup:
             self._copy = None
             return []
         self._copy = (start, len(self.tokens))
-        return self.tokens[start:start + n]
+        # A continuation that runs into the end of the text goes on as the text does
+        # there: a match ``period`` tokens back means the last ``period`` tokens repeat
+        # (an overlapping copy, as in LZ77), so a loop drafts a full round, not one lap.
+        period = len(self.tokens) - start
+        return [self.tokens[start + j % period] for j in range(n)]
 
     def _continued(self) -> int | None:
         """Where the copy in progress goes on, if the tokens since the last draft

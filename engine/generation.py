@@ -351,8 +351,9 @@ class Generator:
         # The near-tie guard keeps greedy speculation identical to plain decoding; with
         # repeat penalties (or a grammar) the sampler's own state would keep the draw
         # the guard discards.
+        # A batch-invariant load needs no guard: its batched rows are the one-token rows.
         exact = (req.sampling.temperature <= 0 and req.sampling.repeat_penalty == 1.0
-                 and req.constraint is None)
+                 and req.constraint is None and not self.lm.invariant_rows)
         guard = spec.config.tie_margin if exact and spec is not None and spec.config.exact \
             else 0.0
         try:
@@ -414,11 +415,11 @@ class Generator:
     def spec_for(self, req: ChatRequest) -> SpecController | None:
         """The controller for this reply: ``auto`` stands aside for greedy replies, whose
         output a verification batch could change (llama.cpp's batched rows differ from
-        one-token decodes, on CPU and CUDA alike: docs/speculative.md); an explicit mode
-        always speculates."""
+        one-token decodes, on CPU and CUDA alike: docs/speculative.md), unless the model
+        was loaded batch-invariant; an explicit mode always speculates."""
         spec = self.spec
         if (spec is not None and spec.config.mode == "auto"
-                and req.sampling.temperature <= 0):
+                and req.sampling.temperature <= 0 and not self.lm.invariant_rows):
             return None
         return spec
 

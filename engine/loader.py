@@ -16,6 +16,7 @@ from llama_cpp import _internals
 
 from engine import llama_log
 from engine.backend_info import compute_backend, list_devices, query_devices
+from engine.batch_invariance import invariant_config, invariant_rows
 from engine.chat_format import ChatFormat, choose_format
 from engine.config import ModelConfig
 from engine.errors import ConfigError, ModelLoadError
@@ -52,12 +53,21 @@ class LoadedModel:
     plan: MemoryPlan | None = None
     memory: list[MemorySnapshot] = field(default_factory=list)
     """Memory snapshots: planned, then measured after load."""
+    invariant_rows: int = 0
+    """Batches of up to this many rows compute each row exactly like a one-token
+    decode (engine/batch_invariance.py); 0 when not loaded that way."""
     _eog_tokens: list[int] | None = field(default=None, repr=False)
     _pieces: dict[int, bytes] = field(default_factory=dict, repr=False)
+    _turn_enders: dict[int, bool] = field(default_factory=dict, repr=False)
+    _n_ctx: int = field(default=0, repr=False)
 
+    # The token loop asks these every step: answered from Python, since each ctypes
+    # call lets go of the GIL, and getting it back waits while the app's thread runs.
     @property
     def n_ctx(self) -> int:
-        return self.ctx.n_ctx()
+        if not self._n_ctx:
+            self._n_ctx = self.ctx.n_ctx()
+        return self._n_ctx
 
     @property
     def bos(self) -> int:
@@ -82,9 +92,12 @@ class LoadedModel:
 
     def ends_turn(self, token: int) -> bool:
         """End of generation, or a control token (a turn marker) the reply must not contain."""
-        if llama_cpp.llama_vocab_is_eog(self.model.vocab, token):
-            return True
-        return bool(self.model.token_get_attr(token) & TOKEN_ATTR_CONTROL)
+        ends = self._turn_enders.get(token)
+        if ends is None:
+            ends = self._turn_enders[token] = bool(
+                llama_cpp.llama_vocab_is_eog(self.model.vocab, token)
+                or self.model.token_get_attr(token) & TOKEN_ATTR_CONTROL)
+        return ends
 
     def eog_tokens(self) -> list[int]:
         """Every end-of-generation token (scanned once, for --ignore-eos)."""
@@ -105,7 +118,7 @@ def plan_for(config: ModelConfig, header: GGUFHeader) -> MemoryPlan:
         raise ConfigError(f"model.kv_type {config.kv_type} needs flash attention: set "
                           "model.flash_attn to true or leave it empty")
     budget = detect_budget(config.memory_budget)
-    if not _has_gpu() and budget.kind != "cpu":
+    if not has_gpu() and budget.kind != "cpu":
         budget = replace(budget, kind="cpu", device="CPU")
     request = PlanRequest(
         n_ctx=config.n_ctx, kv_type=config.kv_type, n_ubatch=config.n_ubatch,
@@ -141,9 +154,13 @@ class _Settings:
                    True if kv_type != "f16" else config.flash_attn)
 
 
-def load_model(config: ModelConfig) -> LoadedModel:
-    """Validate the file, plan its memory, then load it by the plan.
+def load_model(config: ModelConfig, *, invariant: bool = False) -> LoadedModel:
+    """Validate the file, plan its memory, then load it by the plan; ``invariant`` loads
+    it batch-invariant (see engine/batch_invariance.py).
     Raises ModelFileError / ConfigError / ModelLoadError."""
+    rows = invariant_rows(invariant)
+    if invariant:
+        config = invariant_config(config)
     path = Path(config.path).expanduser() if config.path else bundled_model_path()
     header = read_gguf_header(path)  # before llama.cpp sees the file
     plan: MemoryPlan | None
@@ -156,14 +173,14 @@ def load_model(config: ModelConfig) -> LoadedModel:
     llama_log.install()
     started = time.perf_counter()
     with llama_log.capture() as log_lines:
-        model, ctx = _load(config, settings, path)
+        model, ctx = _load(config, settings, path, repack=not invariant)
     try:
         fmt = _chat_format(config, header, model)
     except ModelLoadError:
         ctx.close()
         model.close()
         raise
-    n_gpu_layers = min(settings.n_gpu_layers, header.n_layers + 1) if _has_gpu() else 0
+    n_gpu_layers = min(settings.n_gpu_layers, header.n_layers + 1) if has_gpu() else 0
     bytes_per_cell = plan.kv_bytes_per_token[plan.kv_type] if plan is not None \
         else kv_bytes_per_token(header, settings.kv_type)
     buffers = llama_log.buffer_sizes(log_lines)
@@ -193,11 +210,13 @@ def load_model(config: ModelConfig) -> LoadedModel:
         n_batch=settings.n_batch,
         n_ubatch=settings.n_ubatch,
         flash_attn=settings.flash_attn,
+        batch_invariant=invariant,
     )
     memory = [] if plan is None else [planned_snapshot(plan),
                                       measured_snapshot(plan, buffers, "loaded")]
     return LoadedModel(header, model, ctx, fmt, info, settings.n_batch, bytes_per_cell,
-                       plan=plan, memory=memory)
+                       plan=plan, memory=memory,
+                       invariant_rows=rows)
 
 
 def planned_snapshot(plan: MemoryPlan) -> MemorySnapshot:
@@ -229,11 +248,14 @@ def measured_snapshot(plan: MemoryPlan, buffers: dict[str, int], stage: MemorySt
 _GGML_KV_TYPES = {"f16": 1, "q8_0": 8, "q4_0": 2}
 
 
-def _load(config: ModelConfig, plan: _Settings, path: Path,
+def _load(config: ModelConfig, plan: _Settings, path: Path, *, repack: bool = True,
           ) -> tuple[_internals.LlamaModel, _internals.LlamaContext]:
     model_params = llama_cpp.llama_model_default_params()
     model_params.n_gpu_layers = plan.n_gpu_layers
     model_params.use_mmap = config.use_mmap
+    # Repacked CPU layouts (llama.cpp's "extra" buffer types) speed nothing up on the
+    # bundled model here but give batches of 4+ rows a GEMM of their own.
+    model_params.use_extra_bufts = repack
     try:
         # verbose=True only stops llama-cpp-python from redirecting fds 1 and 2;
         # the C library's log goes to our callback either way.
@@ -267,7 +289,8 @@ def _load(config: ModelConfig, plan: _Settings, path: Path,
     return model, ctx
 
 
-def _has_gpu() -> bool:
+def has_gpu() -> bool:
+    """Whether this llama.cpp build has a GPU backend to offload to."""
     return bool(llama_cpp.llama_supports_gpu_offload())
 
 

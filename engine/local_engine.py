@@ -17,13 +17,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.api import ChatEngine, check_request
+from engine.batch_invariance import wants_invariance
 from engine.channel import EventChannel
 from engine.chat_format import ChatMessage
 from engine.config import KVCacheConfig, ModelConfig, SamplingConfig, SpeculativeConfig
 from engine.errors import EngineClosed, KvchatError
 from engine.events import Error, Event, MemorySnapshot, ModelLoaded
 from engine.generation import ChatRequest, Generator
-from engine.loader import LoadedModel, load_model
+from engine.loader import LoadedModel, has_gpu, load_model
 from engine.output_spec import OutputSpec
 from engine.route_fallback import RouteClassifier
 from engine.router import ModelAnswer
@@ -172,7 +173,10 @@ class LocalEngine(ChatEngine):
 
     def _load(self) -> ModelLoaded:
         if self._lm is None:
-            self._lm = load_model(self._model_config)
+            invariant = wants_invariance(self._model_config,
+                                         speculating=self._spec_config.mode != "off",
+                                         has_gpu=has_gpu())
+            self._lm = load_model(self._model_config, invariant=invariant)
             try:
                 spec = build_controller(self._spec_config, self._lm, self._model_config)
             except KvchatError:

@@ -12,7 +12,7 @@ import llama_cpp
 import pytest
 
 from engine.chat_format import ChatMessage
-from engine.config import KVCacheConfig, ModelConfig, SamplingConfig
+from engine.config import KVCacheConfig, ModelConfig, SamplingConfig, SpeculativeConfig
 from engine.events import Done, Event, Eviction, KVUsage, PromptEvaluated, PromptTruncated
 from engine.generation import Generator
 from engine.kv_window import window
@@ -58,7 +58,10 @@ def convo(*texts: str) -> list[ChatMessage]:
 
 @pytest.fixture
 async def small() -> AsyncIterator[LocalEngine]:
-    eng = LocalEngine(ModelConfig(n_ctx=256), LONG, KVCacheConfig())
+    # Plain decoding, whose evictions have exact shapes (one token of room at a time);
+    # speculation across evictions is tested in test_speculative.py.
+    eng = LocalEngine(ModelConfig(n_ctx=256), LONG, KVCacheConfig(),
+                      SpeculativeConfig(mode="off"))
     await eng.start()
     yield eng
     await eng.close()

@@ -86,7 +86,8 @@ async def test_schema_grammar_holds_across_evictions_with_speculation_on() -> No
         spec = OutputSpec(format="json", schema=STEPS)
         events = await collect(engine.chat(
             [ChatMessage(role="user", content="List twelve steps to bake bread. " * 6)],
-            SamplingConfig(temperature=0.0, max_tokens=480), reserve=0, constraint=spec))
+            # Room for twelve 40-character steps even in one-character tokens.
+            SamplingConfig(temperature=0.0, max_tokens=800), reserve=0, constraint=spec))
     finally:
         await engine.close()
     done = events[-1]

@@ -90,7 +90,8 @@ class MemoryPane(Vertical):
         gpu_style = bar.get_component_rich_style("seg--weights-gpu")
         cpu_style = bar.get_component_rich_style("seg--weights-cpu")
         text = Text(f"layers {info.n_layers}: {len(gpu)} GPU / {info.n_layers - len(gpu)} "
-                    f"CPU · {info.backend} · KV {info.kv_type}\n")
+                    f"CPU · {info.backend} · KV {info.kv_type}"
+                    f"{' · batch-invariant' if info.batch_invariant else ''}\n")
         for layer in range(info.n_layers):
             text.append("▮", gpu_style if layer in gpu else cpu_style)
         text.append(" output " + ("GPU" if info.output_on_gpu else "CPU"))
