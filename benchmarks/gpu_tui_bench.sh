@@ -13,7 +13,7 @@ set -euo pipefail
 echo "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818  $MODEL" | sha256sum -c
 python3 -c "import linkify_it, textual" || { echo "the app's packages are missing: gpu_pack.sh --tui"; exit 1; }
 python3 benchmarks/tui_streaming.py --model "$MODEL" --reps "${REPS:-3}" --tokens 2000 \
-  --ctx 4096 --skip-long --face-timeout 120 --json "$OUT/tui_bundled_gpu.json" 2>&1 | grep -E '^rep|over_ask' -A3
+  --ctx 4096 --skip-long --thread-compare --face-timeout 120 --json "$OUT/tui_bundled_gpu.json" 2>&1 | grep -E '^rep|over_ask' -A3
 S=/tmp/synth/llama-3.1-8b-Q4_K_M.gguf
 mkdir -p /tmp/synth
 [ -f "$S" ] || python3 -c "import sys
@@ -22,4 +22,4 @@ from engine.synth import write_synthetic
 shape, mix = parse_shape('llama-3.1-8b:Q4_K_M')
 write_synthetic(shape, mix, sys.argv[1])" "$S"
 python3 benchmarks/tui_streaming.py --model "$S" --reps "${REPS:-3}" --tokens 1000 \
-  --ctx 4096 --skip-long --face-timeout 120 --json "$OUT/tui_8b_gpu.json" 2>&1 | grep -E '^rep|over_ask' -A3
+  --ctx 4096 --skip-long --thread-compare --face-timeout 120 --json "$OUT/tui_8b_gpu.json" 2>&1 | grep -E '^rep|over_ask' -A3

@@ -52,6 +52,7 @@ from engine.local_engine import LocalEngine
 from engine.store import Store
 from tui.app import KvchatApp
 from tui.cli import main as kvchat_main
+from tui.cli.backend import make_engine
 from tui.messages import ModelFailed, ModelReady, PromptSubmitted, ReplyFailed, ReplyFinished
 from tui.ui_priority import spare_a_core
 from tui.widgets.chat_pane import ChatPane, ReplyMessage
@@ -88,14 +89,14 @@ async def run_app(home: Path, args: argparse.Namespace) -> tuple[float, int, lis
     config = KvchatConfig(model=ModelConfig(path=Path(args.model) if args.model else None,
                                             n_ctx=args.ctx, n_threads=args.threads),
                           ui=UIConfig(ui_nice=args.ui_nice, gil_switch_ms=args.gil_switch_ms,
-                                      spare_core=not args.no_spare_core),
+                                      spare_core=not args.no_spare_core,
+                                      engine_process=args.face != "app-thread"),
                           sampling=SamplingConfig(temperature=0.0, seed=0,
                                                   max_tokens=args.tokens),
                           speculative=SpeculativeConfig(mode=args.speculative))
     if args.face != "app-samepriority":
         config = spare_a_core(config)  # as the kvchat command does
-    app = KvchatApp(config, LocalEngine(config.model, config.sampling, config.kv,
-                                        config.speculative),
+    app = KvchatApp(config, make_engine(config, for_app=True),
                     Store(home / "kvchat.db"), route="chat", ignore_eos=True,
                     pinned=("max_tokens", "temperature", "seed"),
                     prefs_file=home / "ui-prefs.json",
@@ -126,6 +127,12 @@ async def run_app(home: Path, args: argparse.Namespace) -> tuple[float, int, lis
                 raise SystemExit("the app's model did not load in 300 s")
         if isinstance(ready[0], ModelFailed):
             raise SystemExit(f"the app's model failed to load: {ready[0].message}")
+        # Start-up ends with the app reading the model's vocabulary for exact token
+        # counts (an engine process): a user's first prompt comes after it, too.
+        for _ in range(200):
+            if app.engine.count_tokens("a") is not None:
+                break
+            await pilot.pause(0.05)
         app.post_message(PromptSubmitted(PROMPT, "chat"))
         await asyncio.sleep(0.5)  # past the prefill: keys land among the tokens
         while not done:
@@ -229,7 +236,8 @@ def spread(values: list[float]) -> dict[str, float]:
 
 FACES = {"ask": ("ask", None), "app": ("app", None),
          "ask+passive": ("ask", "PASSIVE"), "app+passive": ("app", "PASSIVE"),
-         "app+samepriority": ("app-samepriority", None)}
+         "app+samepriority": ("app-samepriority", None),
+         "app+thread": ("app-thread", None)}
 
 
 def run_face(face: str, argv: list[str]) -> dict[str, object]:
@@ -286,7 +294,11 @@ def main() -> None:
     parser.add_argument("--priority-compare", action="store_true",
                         help="also run the app with its UI thread at the decode threads' "
                              "priority (the app lowers it by default)")
-    parser.add_argument("--face", choices=("ask", "app", "app-samepriority"),
+    parser.add_argument("--thread-compare", action="store_true",
+                        help="also run the app with the engine on a thread of its own "
+                             "process (ui.engine_process off), as before the engine "
+                             "process")
+    parser.add_argument("--face", choices=("ask", "app", "app-samepriority", "app-thread"),
                         help=argparse.SUPPRESS)
     parser.add_argument("--json", metavar="FILE", help="also write the results here")
     args = parser.parse_args()
@@ -306,7 +318,8 @@ def main() -> None:
         argv += ["--model", args.model]
     load_start = os.getloadavg()
     faces = ["ask", "app"] + (["ask+passive", "app+passive"] if args.omp_compare else []) \
-        + (["app+samepriority"] if args.priority_compare else [])
+        + (["app+samepriority"] if args.priority_compare else []) \
+        + (["app+thread"] if args.thread_compare else [])
     rates: dict[str, list[float]] = {face: [] for face in faces}
     delays: dict[str, list[float]] = {face: [] for face in faces}
     for rep in range(args.reps):

@@ -23,6 +23,11 @@ from engine.router import ModelAnswer
 
 
 class ChatEngine(ABC):
+    generates_on_thread: bool = False
+    """True when replies are generated on a thread of the caller's process, where they
+    need Python's interpreter lock between two tokens: the app then shortens the
+    switch interval so that its screen updates hand the lock over sooner."""
+
     @property
     @abstractmethod
     def info(self) -> ModelLoaded | None:

@@ -251,10 +251,14 @@ class UIConfig(_Section):
     once. Decoding reads the weights from memory and gains little from the last
     core: on a 2-core CPU one thread decoded at 0.92x of two. Only when
     ``model.n_threads`` is empty (docs/tui.md)."""
+    engine_process: bool = True
+    """Run the local model in a process of its own, so that the screen's Python never
+    holds up the token loop's (they would share one interpreter lock) and a crash in
+    llama.cpp ends only the reply, not the app (docs/tui.md)."""
     gil_switch_ms: float = Field(0.1, ge=0.0, le=100.0)
-    """How long (ms) the app's screen update may keep Python's interpreter lock from
-    the engine thread, which needs it between two decodes; 0 leaves Python's 5 ms
-    (docs/tui.md)."""
+    """With ``engine_process`` off: how long (ms) the app's screen update may keep
+    Python's interpreter lock from the engine thread, which needs it between two
+    decodes; 0 leaves Python's 5 ms (docs/tui.md)."""
 
 
 class KvchatConfig(_Section):

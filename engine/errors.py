@@ -88,3 +88,10 @@ class SchemaFileError(KvchatError):
 
     code = "bad_schema"
     usage = True
+
+
+class EngineDied(KvchatError):
+    """The engine's process ended without being asked to (a crash inside llama.cpp, or
+    killed by the system): the app stays up and starts a new one for the next reply."""
+
+    code = "engine_died"

@@ -41,6 +41,8 @@ class _Job:
 
 
 class LocalEngine(ChatEngine):
+    generates_on_thread = True
+
     def __init__(self, model: ModelConfig, sampling: SamplingConfig | None = None,
                  kv: KVCacheConfig | None = None,
                  speculative: SpeculativeConfig | None = None) -> None:
@@ -98,7 +100,7 @@ class LocalEngine(ChatEngine):
         request = ChatRequest(check_request(messages, self._closed),
                               sampling or self._default_sampling, ignore_eos,
                               reserve=reserve, constraint=constraint)
-        return self._stream(request)
+        return self.stream(request, threading.Event())
 
     def count_tokens(self, text: str) -> int | None:
         lm = self._lm
@@ -120,9 +122,12 @@ class LocalEngine(ChatEngine):
             self._classifier = RouteClassifier(self._lm)
         return self._classifier.classify(text, routes, descriptions)
 
-    async def _stream(self, request: ChatRequest) -> AsyncIterator[Event]:
+    async def stream(self, request: ChatRequest,
+                     cancel: threading.Event) -> AsyncIterator[Event]:
+        """``chat`` for a checked request, stopped by setting ``cancel`` (from any
+        thread, before or while it runs): the engine process cancels one reply by its
+        id this way, where :meth:`cancel` stops whichever reply is running."""
         channel = EventChannel(asyncio.get_running_loop())
-        cancel = threading.Event()
         job = self._submit(lambda: self._reply(request, channel, cancel), cancel)
         finished = False
         try:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from engine.config import (
 )
 from engine.events import Eviction, KVUsage, OutputCheck, SpecStats
 from engine.local_engine import LocalEngine
+from engine.process_engine import ProcessEngine
 from engine.store import Store
 from tui.app import KvchatApp
 from tui.messages import (
@@ -27,6 +30,7 @@ from tui.messages import (
     ModelReady,
     PromptSubmitted,
     ReplyChunk,
+    ReplyFailed,
     ReplyFinished,
     ReplyRetrying,
     ReplyStarted,
@@ -283,6 +287,49 @@ async def test_the_engine_gets_the_interpreter_lock_back_sooner_while_the_app_ru
         await pilot.pause()
         assert sys.getswitchinterval() == pytest.approx(config.ui.gil_switch_ms / 1000)
     assert sys.getswitchinterval() == before  # a process-wide setting: given back
+
+
+async def test_the_app_on_an_engine_process_streams_and_outlives_its_crash(
+        kvchat_home: Path) -> None:
+    """What ``kvchat`` runs: the model in a child process. Its crash costs one reply;
+    the app, its conversation and the next reply go on."""
+    config = KvchatConfig(model=ModelConfig(n_ctx=1024), ui=UIConfig(ui_nice=0),
+                          sampling=SamplingConfig(temperature=0.0, max_tokens=16))
+    engine = ProcessEngine(config.model, config.sampling, config.kv)
+    app = KvchatApp(config, engine, Store(kvchat_home / "kvchat.db"), route="chat",
+                    pinned=PINNED, prefs_file=kvchat_home / "ui-prefs.json", yield_cpu=True)
+    before = sys.getswitchinterval()
+    seen: list[Message] = []
+    async with app.run_test(size=(120, 36), message_hook=seen.append) as pilot:
+        await wait_for(seen, ModelReady, pilot)
+        await pilot.pause()
+        # The token loop has an interpreter of its own: no lock to hand over.
+        assert sys.getswitchinterval() == before
+        pane = app.query_one(MemoryPane).view
+        assert pane.planned is not None and pane.measured is not None
+        app.post_message(PromptSubmitted("Name a colour."))
+        finished = await wait_for(seen, ReplyFinished, pilot)
+        assert finished.done.completion_tokens > 0
+        assert app.query_one(ReplyMessage).text == finished.done.text
+        assert events_of(seen, KVUsage)  # the panes hear the child's events
+
+        app.post_message(PromptSubmitted("Write the longest story you can."))
+        mark = len(seen)
+        await wait_for(seen, ReplyChunk, pilot, after=mark)
+        assert engine.pid is not None
+        os.kill(engine.pid, signal.SIGKILL)
+        failed = await wait_for(seen, ReplyFailed, pilot, after=mark)
+        assert failed.code == "engine_died" and "SIGKILL" in failed.message
+        await pilot.pause()
+        assert not app.replying and "error: the engine process was killed" in \
+            app.query(ReplyMessage).last().note
+
+        mark = len(seen)
+        app.post_message(PromptSubmitted("Name a fruit."))
+        again = await wait_for(seen, ReplyFinished, pilot, after=mark)
+        assert again.done.completion_tokens > 0 and engine.starts == 2
+        roles = [r.role for r in app.store.messages(app.conversation_id)]
+        assert roles == ["user", "assistant"] * 3
 
 
 def test_the_app_spares_a_core_only_when_threads_are_left_to_it() -> None:

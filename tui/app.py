@@ -186,7 +186,8 @@ class KvchatApp(AppActions, App[int]):
         self.ready = True
         if self.yield_cpu and self.config.ui.ui_nice:
             yield_cpu_to_decoding(self.config.ui.ui_nice)
-        if self.yield_cpu and self.config.ui.gil_switch_ms:
+        if (self.yield_cpu and self.config.ui.gil_switch_ms
+                and self.engine.generates_on_thread):
             self._gil.shorten(self.config.ui.gil_switch_ms / 1000)
         status = self.query_one(StatusLine)
         status.model_name = message.info.name

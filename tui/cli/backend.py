@@ -65,10 +65,16 @@ def apply_backend_options(data: dict[str, Any], args: argparse.Namespace) -> Non
         backend["endpoints"][name][key] = value
 
 
-def make_engine(config: KvchatConfig) -> ChatEngine:
+def make_engine(config: KvchatConfig, *, for_app: bool = False) -> ChatEngine:
     """The engine ``config`` asks for, not started. ConfigError for a missing endpoint
-    or an API key variable that is not set."""
+    or an API key variable that is not set. ``for_app``: the local model runs in a
+    process of its own when ``ui.engine_process`` is on."""
     if config.backend.kind == "local":
+        if for_app and config.ui.engine_process:
+            from engine.process_engine import ProcessEngine
+
+            return ProcessEngine(config.model, config.sampling, config.kv,
+                                 config.speculative)
         from engine.local_engine import LocalEngine
 
         return LocalEngine(config.model, config.sampling, config.kv, config.speculative)

@@ -16,7 +16,8 @@ from tui.ui_priority import spare_a_core
 
 def run_tui(args: argparse.Namespace) -> int:
     config = spare_a_core(resolve_config(args))
-    engine = make_engine(config)  # a missing API key variable fails here, in the shell
+    # A missing API key variable fails here, in the shell.
+    engine = make_engine(config, for_app=True)
     if config.backend.kind == "local":
         from engine.gguf_header import read_gguf_header
         from engine.loader import bundled_model_path

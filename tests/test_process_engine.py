@@ -1,0 +1,167 @@
+"""The engine in a child process: the same replies as in-process, and a crash of the
+child costs one reply, never the caller."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from engine.chat_format import ChatMessage
+from engine.config import ModelConfig, SamplingConfig, SpeculativeConfig
+from engine.errors import EngineClosed, ModelFileError
+from engine.events import Done, Error, Event, ModelLoaded, TokenChunk
+from engine.local_engine import LocalEngine
+from engine.process_engine import ProcessEngine
+from engine.process_wire import REPLY_ADAPTER, REQUEST_ADAPTER, Chat, StreamEvent, encode
+
+GREEDY = SamplingConfig(temperature=0.0, max_tokens=48, seed=0)
+PROMPT = [ChatMessage(role="user", content="Write a short poem about the sea.")]
+
+
+@pytest.fixture
+async def child() -> AsyncIterator[ProcessEngine]:
+    eng = ProcessEngine(ModelConfig(n_ctx=1024), GREEDY)
+    await eng.start()
+    yield eng
+    await eng.close()
+
+
+async def collect(stream: AsyncIterator[Event]) -> list[Event]:
+    return [event async for event in stream]
+
+
+async def wait_for_vocab(eng: ProcessEngine) -> None:
+    for _ in range(200):
+        if eng.count_tokens("x") is not None:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the vocabulary was never read")
+
+
+def test_requests_and_replies_survive_the_wire() -> None:
+    chat = Chat(id=7, messages=PROMPT, sampling=GREEDY, reserve=64)
+    assert REQUEST_ADAPTER.validate_json(encode(chat)) == chat
+    event = StreamEvent(id=7, event=TokenChunk(text="é\n", token_ids=[1, 2]))
+    back = REPLY_ADAPTER.validate_json(encode(event))
+    assert isinstance(back, StreamEvent) and back.event == event.event
+
+
+async def test_the_child_replies_exactly_as_the_engine_in_process(
+        child: ProcessEngine) -> None:
+    info = child.info
+    assert isinstance(info, ModelLoaded) and child.pid is not None and child.pid != os.getpid()
+    assert [s.stage for s in child.memory][:1] == ["planned"]
+    events = await collect(child.chat(PROMPT))
+    done = events[-1]
+    assert isinstance(done, Done) and done.completion_tokens == 48
+    assert "".join(e.text for e in events if isinstance(e, TokenChunk)) == done.text
+    await child.close()
+
+    local = LocalEngine(ModelConfig(n_ctx=1024), GREEDY)
+    await local.start()
+    try:
+        here = (await collect(local.chat(PROMPT)))[-1]
+        assert isinstance(here, Done)
+        assert here.text == done.text  # greedy, same load: the same tokens
+    finally:
+        await local.close()
+
+
+async def test_token_counts_and_classification_cross_over(child: ProcessEngine) -> None:
+    await wait_for_vocab(child)
+    text = "Summarize this: the cat sat on the mat. <start_of_turn>"
+    local = LocalEngine(ModelConfig(n_ctx=512))
+    await local.start()
+    try:
+        assert child.count_tokens(text) == local.count_tokens(text)
+    finally:
+        await local.close()
+    answer = await child.classify("def add(a, b):\n    return a + b\n\nFix this function.",
+                                  ["code", "chat"],
+                                  {"code": "programming questions", "chat": "small talk"})
+    assert answer is not None and answer.route in ("code", "chat")
+    assert 0.0 < answer.confidence <= 1.0 and answer.prompt_tokens > 0
+
+
+async def test_cancel_stops_the_reply_in_the_child(child: ProcessEngine) -> None:
+    long = SamplingConfig(temperature=0.0, max_tokens=3000)
+    events: list[Event] = []
+    async for event in child.chat(PROMPT, long, ignore_eos=True):
+        events.append(event)
+        if sum(isinstance(e, TokenChunk) for e in events) == 3:
+            child.cancel()
+    done = events[-1]
+    assert isinstance(done, Done) and done.finish_reason == "cancelled"
+    assert done.completion_tokens < 3000
+    # Leaving a stream early cancels it too, and the next reply is served normally.
+    stream = child.chat(PROMPT, long, ignore_eos=True)
+    async for event in stream:
+        if isinstance(event, TokenChunk):
+            break
+    await stream.aclose()  # type: ignore[attr-defined]
+    after = (await collect(child.chat(PROMPT)))[-1]
+    assert isinstance(after, Done) and after.completion_tokens == 48
+
+
+async def test_a_killed_child_ends_the_reply_and_the_next_one_starts_it_again(
+        child: ProcessEngine) -> None:
+    first_pid = child.pid
+    assert first_pid is not None
+    events: list[Event] = []
+    async for event in child.chat(PROMPT, SamplingConfig(temperature=0.0, max_tokens=3000),
+                                  ignore_eos=True):
+        events.append(event)
+        if isinstance(event, TokenChunk) and len(events) < 50:
+            os.kill(first_pid, signal.SIGKILL)
+    end = events[-1]
+    assert isinstance(end, Error) and end.code == "engine_died"
+    assert "SIGKILL" in end.message and "loads the model again" in end.message
+    assert child.pid is None
+    # What a classification needs is gone with it: the router's decision stands.
+    assert await child.classify("hi", ["chat", "code"], {}) is None
+    again = (await collect(child.chat(PROMPT)))[-1]
+    assert isinstance(again, Done) and again.completion_tokens == 48
+    assert child.starts == 2 and child.pid not in (None, first_pid)
+
+
+async def test_a_bad_file_is_refused_in_the_child_with_the_same_error(
+        bad_files: dict[str, Path]) -> None:
+    for name in ("empty", "garbage", "truncated"):
+        eng = ProcessEngine(ModelConfig(path=bad_files[name], n_ctx=512))
+        with pytest.raises(ModelFileError) as caught:
+            await eng.start()
+        assert str(bad_files[name]) in caught.value.message
+        assert eng.pid is None  # nothing left running
+        await eng.close()
+
+
+async def test_closing_stops_the_child_and_refuses_new_replies() -> None:
+    eng = ProcessEngine(ModelConfig(n_ctx=512), GREEDY,
+                        speculative=SpeculativeConfig(mode="off"))
+    await eng.start()
+    pid = eng.pid
+    assert pid is not None
+    await eng.close()
+    assert eng.pid is None
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # reaped, not a zombie
+    with pytest.raises(EngineClosed):
+        eng.chat(PROMPT)
+    with pytest.raises(EngineClosed):
+        await eng.start()
+
+
+async def test_the_child_exits_when_its_parent_goes_away() -> None:
+    """A parent killed outright never sends ``close``: the child sees its stdin end."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "engine.process_child",
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+    assert proc.stdin is not None
+    proc.stdin.close()
+    assert await asyncio.wait_for(proc.wait(), 30) == 0
