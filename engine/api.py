@@ -44,7 +44,9 @@ class ChatEngine(ABC):
         """Generate the assistant's reply to ``messages`` as a stream of events.
 
         Replies run one at a time; a second call waits for the first to finish.
-        Leaving the iterator early cancels the reply.
+        Leaving the iterator early cancels the reply. An engine that had to load its
+        model again for this reply (a new engine process after a crash) begins the
+        stream with the new ``model_loaded`` and ``memory`` events.
 
         ``reserve``: KV cells to make free for the reply before it starts (evicting
         old turns first if needed), as a route's template decides; None uses the

@@ -134,8 +134,9 @@ class ProcessEngine(ChatEngine):
             self._proc = None  # refused to load, not died: nothing to report twice
             await self._stop(proc)
             raise
-        if self._info is None:
-            self._info, self._memory = result.info, result.memory
+        first = self._info is None
+        self._info, self._memory = result.info, result.memory
+        if first:
             # Only now that llama.cpp in the child has read the file without crashing
             # does this process touch it; the weights are not read here.
             path = result.info.path
@@ -192,11 +193,17 @@ class ProcessEngine(ChatEngine):
         return self._stream(request)
 
     async def _stream(self, request: Chat) -> AsyncIterator[Event]:
+        starts = self.starts
         try:
             await self.start()  # after a crash: a new process, the model loaded again
         except KvchatError as exc:
             yield Error(code=exc.code, message=exc.message)
             return
+        if starts and self.starts > starts and self._info is not None:
+            # A new process: the reply's stream says what it loaded, and where memory went.
+            yield self._info
+            for snapshot in self._memory:
+                yield snapshot
         channel = EventChannel(asyncio.get_running_loop())
         self._replies[request.id] = channel
         self._send(request)

@@ -15,7 +15,7 @@ import pytest
 from engine.chat_format import ChatMessage
 from engine.config import ModelConfig, SamplingConfig, SpeculativeConfig
 from engine.errors import EngineClosed, ModelFileError
-from engine.events import Done, Error, Event, ModelLoaded, TokenChunk
+from engine.events import Done, Error, Event, MemorySnapshot, ModelLoaded, TokenChunk
 from engine.local_engine import LocalEngine
 from engine.process_engine import ProcessEngine
 from engine.process_wire import REPLY_ADAPTER, REQUEST_ADAPTER, Chat, StreamEvent, encode
@@ -125,9 +125,16 @@ async def test_a_killed_child_ends_the_reply_and_the_next_one_starts_it_again(
     assert child.pid is None
     # What a classification needs is gone with it: the router's decision stands.
     assert await child.classify("hi", ["chat", "code"], {}) is None
-    again = (await collect(child.chat(PROMPT)))[-1]
+    events = await collect(child.chat(PROMPT))
+    again = events[-1]
     assert isinstance(again, Done) and again.completion_tokens == 48
     assert child.starts == 2 and child.pid not in (None, first_pid)
+    # The new process's load leads its first reply: a UI can show it.
+    assert isinstance(events[0], ModelLoaded) and events[0].load_s > 0
+    assert [e.stage for e in events[1:3] if isinstance(e, MemorySnapshot)] == \
+        ["planned", "loaded"]
+    # Later replies carry no load.
+    assert not isinstance((await collect(child.chat(PROMPT)))[0], ModelLoaded)
 
 
 async def test_a_bad_file_is_refused_in_the_child_with_the_same_error(

@@ -19,7 +19,7 @@ from engine.config import (
     SpeculativeConfig,
     UIConfig,
 )
-from engine.events import Eviction, KVUsage, OutputCheck, SpecStats
+from engine.events import Eviction, KVUsage, ModelLoaded, OutputCheck, SpecStats
 from engine.local_engine import LocalEngine
 from engine.process_engine import ProcessEngine
 from engine.store import Store
@@ -328,6 +328,8 @@ async def test_the_app_on_an_engine_process_streams_and_outlives_its_crash(
         app.post_message(PromptSubmitted("Name a fruit."))
         again = await wait_for(seen, ReplyFinished, pilot, after=mark)
         assert again.done.completion_tokens > 0 and engine.starts == 2
+        reloaded = events_of(seen, ModelLoaded)
+        assert len(reloaded) == 1 and app.query_one(MemoryPane).view.info is reloaded[0]
         roles = [r.role for r in app.store.messages(app.conversation_id)]
         assert roles == ["user", "assistant"] * 3
 

@@ -29,6 +29,7 @@ from engine.events import (
     Eviction,
     KVUsage,
     MemorySnapshot,
+    ModelLoaded,
     OutputCheck,
     Progress,
     PromptTruncated,
@@ -361,6 +362,11 @@ class KvchatApp(AppActions, App[int]):
             self.query_one(KVPane).show_eviction(event)
         elif isinstance(event, MemorySnapshot):
             self.query_one(MemoryPane).show_snapshot(event)
+        elif isinstance(event, ModelLoaded):  # the engine process was started again
+            self.query_one(MemoryPane).show_model(event)
+            status.ctx_total = event.n_ctx
+            self.notify(f"{event.name} loaded again in {event.load_s:.1f} s",
+                        title="Engine restarted")
         elif isinstance(event, RouteDecision):
             self.last_route = event
             status.show_route(event)
