@@ -11,7 +11,9 @@ One model, one prompt, greedy with a fixed token count (``--ignore-eos``):
    ``--omp-compare`` adds the faces ``ask+passive`` and ``app+passive`` with
    ``OMP_WAIT_POLICY=PASSIVE`` (llama.cpp's OpenMP threads sleep between ops instead
    of spinning), taking turns with the others.
-2. While the app streams, a key press is posted every ``--key-every`` seconds; its
+2. While the app streams, a key press is posted every ``--key-every`` seconds (fast,
+   steady typing: each press also costs a screen update), except in the face
+   ``app+watching``, where nobody types, the speed of a user who reads along; its
    delay is the time from posting the key to the message box's ``Changed`` message
    (queueing behind reply chunks, dispatch, the edit; not the terminal's paint).
 3. A 10,000-token Markdown reply is fed to a reply widget in 4-token chunks from a
@@ -135,6 +137,11 @@ async def run_app(home: Path, args: argparse.Namespace) -> tuple[float, int, lis
             await pilot.pause(0.05)
         app.post_message(PromptSubmitted(PROMPT, "chat"))
         await asyncio.sleep(0.5)  # past the prefill: keys land among the tokens
+        while not done and args.face == "app-watching":
+            if not app.is_running:
+                raise SystemExit("the app stopped before its reply finished")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(finished.wait(), timeout=1)
         while not done:
             if not app.is_running:  # it died (its traceback is on stderr)
                 raise SystemExit("the app stopped before its reply finished")
@@ -237,7 +244,7 @@ def spread(values: list[float]) -> dict[str, float]:
 FACES = {"ask": ("ask", None), "app": ("app", None),
          "ask+passive": ("ask", "PASSIVE"), "app+passive": ("app", "PASSIVE"),
          "app+samepriority": ("app-samepriority", None),
-         "app+thread": ("app-thread", None)}
+         "app+thread": ("app-thread", None), "app+watching": ("app-watching", None)}
 
 
 def run_face(face: str, argv: list[str]) -> dict[str, object]:
@@ -298,7 +305,11 @@ def main() -> None:
                         help="also run the app with the engine on a thread of its own "
                              "process (ui.engine_process off), as before the engine "
                              "process")
-    parser.add_argument("--face", choices=("ask", "app", "app-samepriority", "app-thread"),
+    parser.add_argument("--no-watching", action="store_true",
+                        help="leave out the face app+watching: the app streaming while "
+                             "nobody types (no key presses)")
+    parser.add_argument("--face", choices=("ask", "app", "app-samepriority", "app-thread",
+                                           "app-watching"),
                         help=argparse.SUPPRESS)
     parser.add_argument("--json", metavar="FILE", help="also write the results here")
     args = parser.parse_args()
@@ -317,7 +328,8 @@ def main() -> None:
     if args.model:
         argv += ["--model", args.model]
     load_start = os.getloadavg()
-    faces = ["ask", "app"] + (["ask+passive", "app+passive"] if args.omp_compare else []) \
+    faces = ["ask", "app"] + ([] if args.no_watching else ["app+watching"]) \
+        + (["ask+passive", "app+passive"] if args.omp_compare else []) \
         + (["app+samepriority"] if args.priority_compare else []) \
         + (["app+thread"] if args.thread_compare else [])
     rates: dict[str, list[float]] = {face: [] for face in faces}

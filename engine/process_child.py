@@ -33,11 +33,9 @@ from engine.process_wire import (
     StreamEvent,
     encode,
     failure,
+    pipe_streams,
 )
 from engine.turn_state import ChatRequest
-
-LINE_LIMIT = 1 << 28
-"""Longest request line (a whole conversation's messages travel in one)."""
 
 
 class EngineServer:
@@ -137,13 +135,8 @@ class EngineServer:
 
 
 async def run(stdin_fd: int, out_fd: int) -> None:
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=LINE_LIMIT)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
-                                 os.fdopen(stdin_fd, "rb", buffering=0))
-    transport, protocol = await loop.connect_write_pipe(
-        asyncio.streams.FlowControlMixin, os.fdopen(out_fd, "wb", buffering=0))
-    writer = asyncio.StreamWriter(transport, protocol, None, loop)
+    reader, writer = await pipe_streams(os.fdopen(stdin_fd, "rb", buffering=0),
+                                        os.fdopen(out_fd, "wb", buffering=0))
     await EngineServer(writer).serve(reader)
     writer.close()
 

@@ -21,7 +21,6 @@ import contextlib
 import itertools
 import logging
 import signal
-import sys
 import tempfile
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -32,11 +31,11 @@ from pydantic import BaseModel
 from engine.api import ChatEngine, check_request
 from engine.channel import TERMINAL, EventChannel
 from engine.chat_format import ChatMessage
+from engine.child_process import EngineChild, Launcher
 from engine.config import KVCacheConfig, ModelConfig, SamplingConfig, SpeculativeConfig
 from engine.errors import EngineClosed, EngineDied, KvchatError
 from engine.events import Error, Event, MemorySnapshot, ModelLoaded
 from engine.output_spec import OutputSpec
-from engine.process_child import LINE_LIMIT
 from engine.process_wire import (
     REPLY_ADAPTER,
     Answer,
@@ -68,7 +67,8 @@ class ProcessEngine(ChatEngine):
         self._start = Start(model=model, sampling=sampling or SamplingConfig(),
                             kv=kv or KVCacheConfig(),
                             speculative=speculative or SpeculativeConfig())
-        self._proc: asyncio.subprocess.Process | None = None
+        self._launcher = Launcher()
+        self._proc: EngineChild | None = None
         self._stderr: IO[bytes] | None = None
         self._reader: asyncio.Task[None] | None = None
         self._loaded: asyncio.Future[Loaded] | None = None
@@ -108,6 +108,9 @@ class ProcessEngine(ChatEngine):
         async with self._launching:
             if self._closed:
                 raise EngineClosed("the engine is closed")
+            proc = self._proc
+            if proc is not None and proc.popen.poll() is not None and self._reader:
+                await self._reader  # died while idle: let that be reported first
             if self._proc is None:
                 await self._launch()
         assert self._info is not None
@@ -117,10 +120,7 @@ class ProcessEngine(ChatEngine):
         loop = asyncio.get_running_loop()
         # Kept open for the child's life: its last lines explain a crash.
         stderr = tempfile.TemporaryFile(prefix="kvchat-engine-")  # noqa: SIM115
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "engine.process_child",
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=stderr,
-            limit=LINE_LIMIT)
+        proc = await self._launcher.launch(stderr)
         self.starts += 1
         loaded: asyncio.Future[Loaded] = loop.create_future()
         if self._stderr is not None:
@@ -169,12 +169,13 @@ class ProcessEngine(ChatEngine):
         if self._stderr is not None:
             self._stderr.close()
             self._stderr = None
+        self._launcher.close()
 
-    async def _stop(self, proc: asyncio.subprocess.Process) -> None:
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
+    async def _stop(self, proc: EngineChild) -> None:
+        if not proc.exited.done():
+            proc.kill()
             await proc.wait()
+        proc.stdin.close()
         if self._reader is not None:
             await self._reader
 
@@ -239,19 +240,17 @@ class ProcessEngine(ChatEngine):
 
     def _send(self, message: BaseModel) -> None:
         proc = self._proc
-        if proc is None or proc.stdin is None or proc.stdin.is_closing():
+        if proc is None or proc.stdin.is_closing():
             return  # the child is gone; its reader reports that to whoever waits
         proc.stdin.write(encode(message))
 
-    async def _read(self, proc: asyncio.subprocess.Process) -> None:
-        assert proc.stdout is not None
+    async def _read(self, proc: EngineChild) -> None:
         try:
             while line := await proc.stdout.readline():
                 self._dispatch(REPLY_ADAPTER.validate_json(line))
         except (ValueError, OSError) as exc:  # a line past the limit, or not ours
             log.error("the engine process sent something unreadable: %s", exc)
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
+            proc.kill()
         code = await proc.wait()
         if proc is self._proc:
             self._gone(code)

@@ -7,7 +7,8 @@ child's stream reaches the app exactly as ``LocalEngine`` would have produced it
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import asyncio
+from typing import IO, Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
@@ -16,6 +17,20 @@ from engine.chat_format import ChatMessage
 from engine.config import KVCacheConfig, ModelConfig, SamplingConfig, SpeculativeConfig
 from engine.events import Event, MemorySnapshot, ModelLoaded
 from engine.output_spec import OutputSpec
+
+LINE_LIMIT = 1 << 28
+"""Longest line either side reads (a whole conversation's messages travel in one)."""
+
+
+async def pipe_streams(read_end: IO[bytes], write_end: IO[bytes],
+                       ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """asyncio streams over two pipe ends of this process."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=LINE_LIMIT)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), read_end)
+    transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin,
+                                                        write_end)
+    return reader, asyncio.StreamWriter(transport, protocol, None, loop)
 
 
 class _Wire(BaseModel):

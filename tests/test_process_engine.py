@@ -7,6 +7,7 @@ import asyncio
 import os
 import signal
 import sys
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -172,3 +173,46 @@ async def test_the_child_exits_when_its_parent_goes_away() -> None:
     assert proc.stdin is not None
     proc.stdin.close()
     assert await asyncio.wait_for(proc.wait(), 30) == 0
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread priority")
+def test_a_restarted_engine_process_keeps_the_priority_of_the_first() -> None:
+    """The app lowers its screen thread's priority after the load; an engine process
+    started again from that thread would inherit it and decode at the screen's rank."""
+    seen: dict[str, int] = {}
+
+    async def scenario() -> None:
+        eng = ProcessEngine(ModelConfig(n_ctx=512), GREEDY,
+                            speculative=SpeculativeConfig(mode="off"))
+        await eng.start()
+        assert eng.pid is not None
+        seen["first"] = os.getpriority(os.PRIO_PROCESS, eng.pid)
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + 5)
+        seen["screen"] = os.getpriority(os.PRIO_PROCESS, tid)
+        os.kill(eng.pid, signal.SIGKILL)
+        for _ in range(100):  # the kill lands, the engine hears of it
+            if eng.pid is None:
+                break
+            await asyncio.sleep(0.05)
+        events = await collect(eng.chat(PROMPT))
+        assert isinstance(events[-1], Done) and eng.starts == 2 and eng.pid is not None
+        seen["again"] = os.getpriority(os.PRIO_PROCESS, eng.pid)
+        await eng.close()
+
+    # A thread of its own, so that lowering its priority leaves pytest's alone.
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            asyncio.run(scenario())
+        except BaseException as exc:
+            failures.append(exc)
+
+    runner = threading.Thread(target=run)
+    runner.start()
+    runner.join(120)
+    if failures:
+        raise failures[0]
+    assert seen["screen"] == min(19, seen["first"] + 5)
+    assert seen["again"] == seen["first"]
