@@ -5,13 +5,22 @@
 # `benchmarks/gpu_pack.sh --model --tui` (the app's packages), the bundled GGUF
 # appended to $MODEL over consecutive calls (see gpu_spec_bench.sh), and builds
 # llama.cpp with CUDA first when the machine has no build yet. Also measures the
-# 8B shape (synthesized there). Usage:
-#   MODEL=/tmp/model/g.gguf OUT=dir benchmarks/gpu_tui_bench.sh
+# 8B shape (synthesized there); with CPU_ONLY=1 only the bundled model on the host's
+# CPU cores instead. Usage:
+#   MODEL=/tmp/model/g.gguf OUT=dir [CPU_ONLY=1] benchmarks/gpu_tui_bench.sh
 set -euo pipefail
 . benchmarks/gpu_setup.sh
 : "${MODEL:?set MODEL to the bundled GGUF on this machine}"
 echo "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818  $MODEL" | sha256sum -c
 python3 -c "import linkify_it, textual" || { echo "the app's packages are missing: gpu_pack.sh --tui"; exit 1; }
+if [ -n "${CPU_ONLY:-}" ]; then
+  # The host's CPU cores alone (CUDA hidden): a many-core CPU, where the screen does not
+  # take the decode's cores as on a 2-core VM.
+  CUDA_VISIBLE_DEVICES= python3 benchmarks/tui_streaming.py --model "$MODEL" \
+    --reps "${REPS:-3}" --tokens 1000 --ctx 4096 --skip-long --thread-compare \
+    --face-timeout 200 --json "$OUT/tui_bundled_cpu.json" 2>&1 | grep -E '^rep|over_ask' -A4
+  exit 0
+fi
 python3 benchmarks/tui_streaming.py --model "$MODEL" --reps "${REPS:-3}" --tokens 2000 \
   --ctx 4096 --skip-long --thread-compare --face-timeout 120 --json "$OUT/tui_bundled_gpu.json" 2>&1 | grep -E '^rep|over_ask' -A3
 S=/tmp/synth/llama-3.1-8b-Q4_K_M.gguf
