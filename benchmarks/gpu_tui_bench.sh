@@ -16,7 +16,7 @@ python3 -c "import linkify_it, textual" || { echo "the app's packages are missin
 if [ -n "${CPU_ONLY:-}" ]; then
   # The host's CPU cores alone (CUDA hidden): a many-core CPU, where the screen does not
   # take the decode's cores as on a 2-core VM.
-  CUDA_VISIBLE_DEVICES= python3 benchmarks/tui_streaming.py --model "$MODEL" \
+  CUDA_VISIBLE_DEVICES= python3 benchmarks/tui_streaming.py --model "$MODEL" --gpu-layers 0 \
     --reps "${REPS:-3}" --tokens 1000 --ctx 4096 --skip-long --thread-compare \
     --face-timeout 200 --json "$OUT/tui_bundled_cpu.json" 2>&1 | grep -E '^rep|over_ask' -A4
   exit 0

@@ -74,6 +74,7 @@ def run_ask(home: Path, args: argparse.Namespace) -> tuple[float, int]:
     os.environ["KVCHAT_HOME"] = str(home)
     config = home / "config.toml"
     lines = ["[model]"] + ([f"n_threads = {args.threads}"] if args.threads else []) \
+        + ([f"n_gpu_layers = {args.gpu_layers}"] if args.gpu_layers is not None else []) \
         + ([f"path = {json.dumps(args.model)}"] if args.model else [])
     config.write_text("\n".join(lines) + "\n")
     argv = ["ask", "--config", str(config), "--route", "chat", "--ignore-eos",
@@ -88,8 +89,10 @@ def run_ask(home: Path, args: argparse.Namespace) -> tuple[float, int]:
 
 async def run_app(home: Path, args: argparse.Namespace) -> tuple[float, int, list[float]]:
     os.environ["KVCHAT_HOME"] = str(home)
+    gpu_layers = {} if args.gpu_layers is None else {"n_gpu_layers": args.gpu_layers}
     config = KvchatConfig(model=ModelConfig(path=Path(args.model) if args.model else None,
-                                            n_ctx=args.ctx, n_threads=args.threads),
+                                            n_ctx=args.ctx, n_threads=args.threads,
+                                            **gpu_layers),
                           ui=UIConfig(ui_nice=args.ui_nice, gil_switch_ms=args.gil_switch_ms,
                                       spare_core=not args.no_spare_core,
                                       engine_process=args.face != "app-thread"),
@@ -280,6 +283,8 @@ def main() -> None:
                                         "layer the memory plan fits on a GPU")
     parser.add_argument("--threads", type=int, default=None,
                         help="llama.cpp threads for both faces (default: every core)")
+    parser.add_argument("--gpu-layers", type=int, default=None,
+                        help="model.n_gpu_layers for both faces (default: the memory plan)")
     parser.add_argument("--key-every", type=float, default=0.1)
     parser.add_argument("--long-tokens", type=int, default=10_000)
     parser.add_argument("--skip-long", action="store_true")
@@ -325,6 +330,8 @@ def main() -> None:
         argv.append("--no-spare-core")
     if args.threads:
         argv += ["--threads", str(args.threads)]
+    if args.gpu_layers is not None:
+        argv += ["--gpu-layers", str(args.gpu_layers)]
     if args.model:
         argv += ["--model", args.model]
     load_start = os.getloadavg()
@@ -349,7 +356,7 @@ def main() -> None:
         "n_ctx": args.ctx, "reps": args.reps, "ui_nice": args.ui_nice,
         "gil_switch_ms": args.gil_switch_ms, "spare_core": not args.no_spare_core,
         "speculative": args.speculative,
-        "threads": args.threads, "cpu_count": os.cpu_count(),
+        "threads": args.threads, "gpu_layers": args.gpu_layers, "cpu_count": os.cpu_count(),
         "loadavg_start": load_start, "loadavg_end": os.getloadavg(),
     }
     if args.reps:
