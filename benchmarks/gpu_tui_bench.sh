@@ -9,6 +9,7 @@
 # CPU cores instead. Usage:
 #   MODEL=/tmp/model/g.gguf OUT=dir [CPU_ONLY=1] benchmarks/gpu_tui_bench.sh
 set -euo pipefail
+# Each run's whole output (a face's traceback too) is kept in $OUT/*.log.
 . benchmarks/gpu_setup.sh
 : "${MODEL:?set MODEL to the bundled GGUF on this machine}"
 echo "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818  $MODEL" | sha256sum -c
@@ -18,11 +19,12 @@ if [ -n "${CPU_ONLY:-}" ]; then
   # take the decode's cores as on a 2-core VM.
   CUDA_VISIBLE_DEVICES= python3 benchmarks/tui_streaming.py --model "$MODEL" --gpu-layers 0 \
     --reps "${REPS:-3}" --tokens 1000 --ctx 4096 --skip-long --thread-compare \
-    --face-timeout 200 --json "$OUT/tui_bundled_cpu.json" 2>&1 | grep -E '^rep|over_ask' -A4
+    --face-timeout 200 --json "$OUT/tui_bundled_cpu.json" 2>&1 | tee "$OUT/tui_bundled_cpu.log" \
+    | grep -E '^rep|over_ask' -A4
   exit 0
 fi
 python3 benchmarks/tui_streaming.py --model "$MODEL" --reps "${REPS:-3}" --tokens 2000 \
-  --ctx 4096 --skip-long --thread-compare --face-timeout 120 --json "$OUT/tui_bundled_gpu.json" 2>&1 | grep -E '^rep|over_ask' -A3
+  --ctx 4096 --skip-long --thread-compare --face-timeout 120 --json "$OUT/tui_bundled_gpu.json" 2>&1 | tee "$OUT/tui_bundled_gpu.log" | grep -E '^rep|over_ask' -A3
 S=/tmp/synth/llama-3.1-8b-Q4_K_M.gguf
 mkdir -p /tmp/synth
 [ -f "$S" ] || python3 -c "import sys
@@ -31,4 +33,4 @@ from engine.synth import write_synthetic
 shape, mix = parse_shape('llama-3.1-8b:Q4_K_M')
 write_synthetic(shape, mix, sys.argv[1])" "$S"
 python3 benchmarks/tui_streaming.py --model "$S" --reps "${REPS:-3}" --tokens 1000 \
-  --ctx 4096 --skip-long --thread-compare --face-timeout 120 --json "$OUT/tui_8b_gpu.json" 2>&1 | grep -E '^rep|over_ask' -A3
+  --ctx 4096 --skip-long --thread-compare --face-timeout 120 --json "$OUT/tui_8b_gpu.json" 2>&1 | tee "$OUT/tui_8b_gpu.log" | grep -E '^rep|over_ask' -A3
