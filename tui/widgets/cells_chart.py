@@ -49,18 +49,26 @@ class CellsChart(Widget):
             scale = steps / self.n_ctx if self.n_ctx else 0
             u = round(used * scale)
             columns.append((u, min(steps, u + round(reserved * scale))))
+        # One span per run of a style, not one per cell: a 44x15 chart is ~660 cells
+        # but a few dozen runs, and the chart is redrawn with every KV sample.
         text = Text()
         pad = width - len(columns)
         for row in range(height - 1, -1, -1):
             low = row * 8
-            text.append("·" * pad if row == 0 else " " * pad, empty_style)
+            empty = "·" if row == 0 else " "
+            run, run_style = [empty * pad], empty_style
             for used_h, top in columns:
                 if used_h > low:
-                    text.append(BARS[min(8, used_h - low)], used_style)
+                    char, style = BARS[min(8, used_h - low)], used_style
                 elif top > low:
-                    text.append(BARS[min(8, top - low)], reserved_style)
+                    char, style = BARS[min(8, top - low)], reserved_style
                 else:
-                    text.append("·" if row == 0 else " ", empty_style)
+                    char, style = empty, empty_style
+                if style is not run_style:
+                    text.append("".join(run), run_style)
+                    run, run_style = [], style
+                run.append(char)
+            text.append("".join(run), run_style)
             if row:
                 text.append("\n")
         return text

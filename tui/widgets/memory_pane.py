@@ -21,6 +21,7 @@ class MemoryPane(Vertical):
         super().__init__(id=id)
         self.view = MemoryView()
         self.border_title = "Memory"
+        self._legend_key: tuple[object, ...] | None = None
 
     def compose(self) -> ComposeResult:
         yield LiveText("waiting for the model…", id="mem-headline")
@@ -51,9 +52,12 @@ class MemoryPane(Vertical):
         self._refresh_table()
 
     def _refresh_bar(self) -> None:
+        # Called for every KV sample the reply brings (several a second): work only
+        # where what the pane shows has changed, and build the legend as plain text
+        # (a Rich table costs milliseconds a render, and it is rendered twice).
         view = self.view
-        segments = view.segments()
-        self.query_one(SegmentBar).segments = tuple(segments)
+        segments = tuple(view.segments())
+        self.query_one(SegmentBar).segments = segments
         used = sum(size for name, size in segments if name != "free")
         snap = view.measured or view.planned
         where = f" {snap.pool} ({snap.device})" if snap is not None else ""
@@ -64,18 +68,30 @@ class MemoryPane(Vertical):
         if not self.has_class(level):  # a class change restyles the pane: only on change
             for name in ("-ok", "-low", "-critical"):
                 self.set_class(name == level, name)
-        # A grid, so that a label never wraps away from its size.
+        # Two columns, so that a label never wraps away from its size.
+        # A hidden pane has no width yet; showing it resizes it, which comes back here.
+        width = self.query_one("#mem-legend", LiveText).size.width or 40
         columns = 2 if self.size.width >= 46 else 1
-        legend = Table.grid(expand=True, padding=(0, 1))
-        for _ in range(columns):
-            legend.add_column(ratio=1)
+        cells = tuple((name, f"{LABELS[name]} {human_bytes(size)}")
+                      for name, size in segments if size)
+        key = (cells, columns, width, self.app.theme)
+        if key == self._legend_key:
+            return
+        self._legend_key = key
+        self.query_one("#mem-legend", LiveText).show(self._legend(cells, columns, width))
+
+    def _legend(self, cells: tuple[tuple[str, str], ...], columns: int, width: int) -> Text:
         bar = self.query_one(SegmentBar)
-        cells = [Text.assemble(("■ ", bar.get_component_rich_style(f"seg--{name}")),
-                               f"{LABELS[name]} {human_bytes(size)}")
-                 for name, size in segments if size]
-        for i in range(0, len(cells), columns):
-            legend.add_row(*cells[i:i + columns])
-        self.query_one("#mem-legend", LiveText).show(legend)
+        cell_width = max(4, width // columns)
+        legend = Text(no_wrap=True, overflow="ellipsis")
+        for i, (name, label) in enumerate(cells):
+            if i and i % columns == 0:
+                legend.append("\n")
+            legend.append("■ ", bar.get_component_rich_style(f"seg--{name}"))
+            label = label[:cell_width - 3]
+            last = (i + 1) % columns == 0 or i == len(cells) - 1
+            legend.append(label if last else label.ljust(cell_width - 2))
+        return legend
 
     def _refresh_layers(self) -> None:
         info = self.view.info
