@@ -92,7 +92,7 @@ class ProcessEngine(ChatEngine):
 
     @property
     def memory(self) -> list[MemorySnapshot]:
-        """The first load's memory snapshots: planned, then measured."""
+        """The latest load's memory snapshots: planned, then measured."""
         return list(self._memory)
 
     @property
@@ -163,6 +163,8 @@ class ProcessEngine(ChatEngine):
                 log.warning("the engine process did not stop in %.0f s: killed",
                             CLOSE_TIMEOUT_S)
             await self._stop(proc)
+        if self._vocab_task is not None:
+            await self._vocab_task  # a read in flight finishes (it cannot be stopped)
         if self._vocab is not None:
             self._vocab.close()
             self._vocab = None
