@@ -62,12 +62,17 @@ from tui.widgets.chat_pane import ChatPane, ReplyMessage
 PROMPT = "Tell me about the history of the printing press."
 
 
-def last_reply_rate(home: Path) -> tuple[float, int]:
+def last_reply_stats(home: Path) -> dict[str, object]:
+    """The stats stored with the face's reply (its ``done`` event)."""
     with Store(home / "kvchat.db") as store:
         conv = store.list_conversations(limit=1)[0]
         reply = store.messages(conv.id)[-1]
-    stats = reply.stats or {}
-    return float(stats["tokens_per_s"]), int(stats["completion_tokens"])
+    return dict(reply.stats or {})
+
+
+def last_reply_rate(home: Path) -> tuple[float, int]:
+    stats = last_reply_stats(home)
+    return float(stats["tokens_per_s"]), int(stats["completion_tokens"])  # type: ignore[arg-type]
 
 
 def run_ask(home: Path, args: argparse.Namespace) -> tuple[float, int]:
@@ -271,7 +276,12 @@ def one_face(args: argparse.Namespace) -> None:
         keys: list[float] = []
     else:
         rate, n, keys = asyncio.run(run_app(home, args))
-    print(json.dumps({"rate": rate, "tokens": n, "key_delays": keys}))
+    # Speculation's own decisions follow measured step times: the same text drafted
+    # differently in two faces explains a gap that the decode speed does not.
+    stats = last_reply_stats(home)
+    print(json.dumps({"rate": rate, "tokens": n, "key_delays": keys,
+                      "drafted": stats.get("drafted_tokens"),
+                      "accepted": stats.get("accepted_tokens")}))
 
 
 def main() -> None:
@@ -341,6 +351,7 @@ def main() -> None:
         + (["app+thread"] if args.thread_compare else [])
     rates: dict[str, list[float]] = {face: [] for face in faces}
     delays: dict[str, list[float]] = {face: [] for face in faces}
+    drafts: dict[str, list[object]] = {face: [] for face in faces}
     for rep in range(args.reps):
         # Rotate which face goes first, so drift on a shared machine hits all of them.
         order = faces[rep % len(faces):] + faces[:rep % len(faces)]
@@ -348,7 +359,9 @@ def main() -> None:
             run = run_face(face, argv)
             rates[face].append(float(run["rate"]))
             delays[face].extend(run["key_delays"])  # type: ignore[arg-type]
-            print(f"rep {rep + 1} {face}: {run['rate']:.2f} tok/s ({run['tokens']} tokens)",
+            drafts[face].append([run.get("drafted"), run.get("accepted")])
+            print(f"rep {rep + 1} {face}: {run['rate']:.2f} tok/s ({run['tokens']} tokens, "
+                  f"{run.get('accepted')}/{run.get('drafted')} drafts accepted)",
                   file=sys.stderr)
 
     result: dict[str, object] = {
@@ -365,6 +378,7 @@ def main() -> None:
         result["over_ask"] = {face: statistics.median(values) / ask
                               for face, values in rates.items()}
         result["runs"] = rates
+        result["drafted_accepted"] = drafts
         result["key_delay_ms"] = {face: key_stats(values)
                                   for face, values in delays.items() if values}
     if not args.skip_long:
