@@ -323,9 +323,15 @@ async def test_the_app_on_an_engine_process_streams_and_outlives_its_crash(
         await pilot.pause()
         assert not app.replying and "error: the engine process was killed" in \
             app.query(ReplyMessage).last().note
+        status = app.query_one(StatusLine)
+        assert status.state == "engine stopped: the next message reloads it"
 
         mark = len(seen)
         app.post_message(PromptSubmitted("Name a fruit."))
+        await pilot.pause()
+        assert status.state == "loading the model again…"
+        await wait_for(seen, ReplyChunk, pilot, after=mark)
+        assert status.state == "generating…"  # the new load's event came first
         again = await wait_for(seen, ReplyFinished, pilot, after=mark)
         assert again.done.completion_tokens > 0 and engine.starts == 2
         reloaded = events_of(seen, ModelLoaded)

@@ -125,6 +125,8 @@ class KvchatApp(AppActions, App[int]):
         self.conversation_id = conversation_id
         self.ready = False
         self.replying = False
+        self._engine_died = False
+        """The last reply ended with the engine process's death (the next reloads it)."""
         self._reply: ReplyMessage | None = None
         self._reply_route = ""
         self.prefs_file = prefs_file or prefs_path()
@@ -260,7 +262,9 @@ class KvchatApp(AppActions, App[int]):
     @on(PromptSubmitted)
     def _send(self, message: PromptSubmitted) -> None:
         self.replying = True
-        self.query_one(StatusLine).state = "generating…"
+        # After a crash the engine loads the model again before this reply starts.
+        self.query_one(StatusLine).state = ("loading the model again…" if self._engine_died
+                                            else "generating…")
         self.refresh_bindings()
         self.generate_reply(message.text, message.route)
 
@@ -338,6 +342,9 @@ class KvchatApp(AppActions, App[int]):
             await self.query_one(ChatPane).add_notice(f"error: {message.message}")
         self._reply = None
         self._end_reply()
+        if message.code == "engine_died":
+            self._engine_died = True
+            self.query_one(StatusLine).state = "engine stopped: the next message reloads it"
         self.notify(message.message, title="Reply failed", severity="error")
 
     def _end_reply(self) -> None:
@@ -363,6 +370,8 @@ class KvchatApp(AppActions, App[int]):
         elif isinstance(event, MemorySnapshot):
             self.query_one(MemoryPane).show_snapshot(event)
         elif isinstance(event, ModelLoaded):  # the engine process was started again
+            self._engine_died = False
+            status.state = "generating…"
             self.query_one(MemoryPane).show_model(event)
             status.ctx_total = event.n_ctx
             self.notify(f"{event.name} loaded again in {event.load_s:.1f} s",
