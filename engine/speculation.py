@@ -1,17 +1,23 @@
 """When to speculate, how far, and whether it is paying: measured, not hoped for.
 
-The controller keeps the engine's running cost of one plain decode step and the cost
-per emitted token of recent verification rounds (drafting included). Their ratio is
-the speedup. The draft length follows the acceptance rate; when the speedup stays
-below 1 the controller switches speculation off for the rest of the reply, and keeps
-checking, for free, whether its drafter *would* have been right (shadow drafts). When
-the text turns repetitive again, it switches back on.
+The controller keeps what one plain decode step typically costs and what a verification
+round of n rows (pending token plus drafts, drafting included) typically costs. The
+speedup of recent rounds is the plain cost of the tokens they emitted over their typical
+cost. Typical means the median of recent measurements: one step that the OS or a busy
+neighbour slowed five-fold must not switch speculation off for the rest of the reply,
+and one lucky first step must not keep it on.
+
+The draft length follows the acceptance rate; when the speedup stays below 1 the
+controller switches speculation off for the rest of the reply, and keeps checking, for
+free, whether its drafter *would* have been right (shadow drafts). When the text turns
+repetitive again, it switches back on.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from statistics import median
 
 from engine.config import ModelConfig, SpeculativeConfig
 from engine.drafting import Drafter, DraftModel, PromptLookup, check_same_vocab
@@ -33,7 +39,13 @@ not pay (near-ties, short matches) cannot make it flap."""
 DRAFT_MODEL_RETRY_AFTER = 64
 """A draft model's shadow drafts cost a decode each, so once off it only retries
 after this many plain tokens."""
-PLAIN_EMA = 0.1
+PLAIN_SAMPLES = 3
+"""Plain steps measured before the first draft: a median of one is no yardstick."""
+COST_WINDOW = 9
+"""Measurements per step shape (plain, or a round of n rows) the medians are taken over."""
+YARDSTICK_EVERY = 16
+"""Verification rounds between plain steps taken on purpose while speculation is on, so
+the yardstick follows the cache as it grows (attention costs more as it fills)."""
 
 
 @dataclass
@@ -51,20 +63,23 @@ class SpecController:
     and 8 rows 41 ms (2-core CPU)."""
     draft_len: int = 0
     active: bool = True
-    plain_s: float | None = None
-    """Running cost of one plain decode step (seconds), kept across replies."""
+    plain_times: deque[float] = field(default_factory=lambda: deque(maxlen=COST_WINDOW))
+    """Seconds of recent plain decode steps, kept across replies."""
+    round_times: dict[int, deque[float]] = field(default_factory=dict)
+    """Seconds of recent verification rounds by their row count, kept across replies."""
     total_drafted: int = 0
     total_accepted: int = 0
     # this reply
     rounds: int = 0
     drafted: int = 0
     accepted: int = 0
-    recent: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=RECENT_ROUNDS))
-    """(seconds, tokens emitted) of recent verification rounds."""
+    recent: deque[tuple[int, int]] = field(default_factory=lambda: deque(maxlen=RECENT_ROUNDS))
+    """(rows, tokens emitted) of recent verification rounds."""
     shadow: deque[bool] = field(default_factory=lambda: deque(maxlen=SHADOW_WINDOW))
     _shadow_guess: int | None = None
     _off_tokens: int = 0
     _switch_offs: int = 0
+    _rounds_since_plain: int = 0
 
     def __post_init__(self) -> None:
         self.max_draft = self.max_draft or self.config.max_draft
@@ -77,12 +92,21 @@ class SpecController:
         self.recent.clear()
         self.shadow.clear()
         self._shadow_guess, self._off_tokens, self._switch_offs = None, 0, 0
+        self._rounds_since_plain = 0
+
+    @property
+    def plain_s(self) -> float | None:
+        """What one plain decode step typically costs (seconds); None before the first."""
+        return median(self.plain_times) if self.plain_times else None
 
     def propose(self, cache: list[int], pending: int) -> list[int]:
         """Drafts for the next round, or [] for a plain step."""
-        if self.plain_s is None:
-            return []  # measure one plain step first: it is the yardstick
+        if len(self.plain_times) < PLAIN_SAMPLES:
+            return []  # plain steps first: they are the yardstick
         if self.active:
+            if self._rounds_since_plain >= YARDSTICK_EVERY:
+                self._rounds_since_plain = 0
+                return []
             return self.shaped(self.drafter.draft(cache, pending, self.draft_len))
         if self.drafter.name == "prompt-lookup":
             guess = self.drafter.draft(cache, pending, 1)
@@ -100,8 +124,7 @@ class SpecController:
 
     def after_plain(self, seconds: float, token: int) -> SpecStats | None:
         """A plain step took ``seconds`` and produced ``token``."""
-        self.plain_s = seconds if self.plain_s is None else \
-            (1 - PLAIN_EMA) * self.plain_s + PLAIN_EMA * seconds
+        self.plain_times.append(seconds)
         self.drafter.extend([token])
         if self.active:
             return None
@@ -129,7 +152,10 @@ class SpecController:
         self.accepted += accepted
         self.total_drafted += drafted
         self.total_accepted += accepted
-        self.recent.append((seconds, len(emitted)))
+        rows = drafted + 1
+        self.round_times.setdefault(rows, deque(maxlen=COST_WINDOW)).append(seconds)
+        self.recent.append((rows, len(emitted)))
+        self._rounds_since_plain += 1
         self.drafter.extend(emitted)
         # Grow the draft while every token lands; shrink it towards what does.
         if accepted == drafted:
@@ -151,7 +177,9 @@ class SpecController:
         return self.stats()
 
     def spec_s_per_token(self) -> float:
-        seconds = sum(s for s, _ in self.recent)
+        """Typical cost per emitted token of the recent rounds: each round counts at the
+        median cost of rounds of its row count, so the acceptance decides, not the noise."""
+        seconds = sum(median(self.round_times[rows]) for rows, _ in self.recent)
         tokens = sum(n for _, n in self.recent)
         return seconds / tokens if tokens else 0.0
 

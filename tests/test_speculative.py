@@ -14,7 +14,13 @@ from engine.errors import ConfigError, ModelLoadError
 from engine.events import Done, Event, Eviction, SpecStats
 from engine.local_engine import LocalEngine
 from engine.shapes import parse_shape
-from engine.speculation import COOLDOWN_TOKENS, SpecController
+from engine.speculation import (
+    COOLDOWN_TOKENS,
+    PLAIN_SAMPLES,
+    RECENT_ROUNDS,
+    YARDSTICK_EVERY,
+    SpecController,
+)
 from engine.synth import write_synthetic
 from tests.test_kv_eviction import _view, assert_in_step, on_engine_thread
 
@@ -48,7 +54,8 @@ def test_even_rows_keep_verification_batches_even() -> None:
     # llama.cpp's CPU matmul; a short draft of even length loses its last token.
     ctl = SpecController(ScriptedDrafter(), SpeculativeConfig(max_draft=12), even_rows=True)
     ctl.begin_reply([5, 6])
-    ctl.after_plain(0.010, 7)
+    for _ in range(PLAIN_SAMPLES):
+        ctl.after_plain(0.010, 7)
     lengths = []
     for accepted_all in (True, True, True, False, True):
         drafts = ctl.propose([], 0)
@@ -84,8 +91,9 @@ def test_controller_switches_off_when_rounds_cost_time_and_back_on_when_text_rep
 ) -> None:
     ctl = SpecController(ScriptedDrafter(), SpeculativeConfig(max_draft=8))
     ctl.begin_reply([5, 6])
-    assert ctl.propose([5], 6) == []  # no plain step measured yet: measure one first
-    assert ctl.after_plain(0.010, 7) is None
+    for _ in range(PLAIN_SAMPLES):  # no yardstick yet: plain steps measure it first
+        assert ctl.propose([5], 6) == []
+        assert ctl.after_plain(0.010, 7) is None
     notes = []
     for token in range(100, 110):  # every round: 2x a plain step, nothing accepted
         drafts = ctl.propose([], 0)
@@ -106,6 +114,50 @@ def test_controller_switches_off_when_rounds_cost_time_and_back_on_when_text_rep
         assert (resumed is None) == (step < COOLDOWN_TOKENS - 1)
     assert ctl.active and resumed is not None and "repeats again" in resumed.reason
     assert ctl.propose([], 0) != []
+
+
+class EchoDrafter(ScriptedDrafter):
+    """Always right: for the controller, text that repeats forever."""
+
+
+def test_one_slow_step_neither_switches_speculation_off_nor_makes_it_look_good() -> None:
+    ctl = SpecController(EchoDrafter(), SpeculativeConfig(max_draft=4))
+    ctl.begin_reply([5, 6])
+    # The first plain step is slowed five-fold (a page fault, a preempted thread): the
+    # yardstick is the median, so it does not make every later round look like a win.
+    for seconds in (0.050, 0.010, 0.010):
+        assert ctl.propose([], 0) == []
+        ctl.after_plain(seconds, 7)
+    assert ctl.plain_s == pytest.approx(0.010)
+    notes = []
+    for i in range(3 * RECENT_ROUNDS):
+        drafts = ctl.propose([], 0)
+        if not drafts:  # the yardstick's own plain step
+            ctl.after_plain(0.010, 7)
+            continue
+        # A round of 1 + n rows costs 0.012 s and emits all n drafts plus one token:
+        # a speedup of well over 1; one of them is slowed ten-fold.
+        seconds = 0.120 if i == RECENT_ROUNDS else 0.012
+        notes.append(ctl.after_round(seconds, len(drafts), len(drafts), [7] * (len(drafts) + 1)))
+    assert ctl.active and not any(n.reason for n in notes)
+    assert all(n.speedup > 1.5 for n in notes)
+
+
+def test_while_on_a_plain_step_now_and_then_keeps_the_yardstick_current() -> None:
+    ctl = SpecController(EchoDrafter(), SpeculativeConfig(max_draft=4))
+    ctl.begin_reply([5, 6])
+    for _ in range(PLAIN_SAMPLES):
+        ctl.propose([], 0)
+        ctl.after_plain(0.010, 7)
+    plain_steps = []
+    for i in range(8 * YARDSTICK_EVERY):
+        drafts = ctl.propose([], 0)
+        if not drafts:
+            plain_steps.append(i)
+            ctl.after_plain(0.020, 7)  # the cache grew: plain steps now cost more
+            continue
+        ctl.after_round(0.030, len(drafts), len(drafts), [7] * (len(drafts) + 1))
+    assert len(plain_steps) >= 7 and ctl.plain_s == pytest.approx(0.020)
 
 
 async def collect(stream: AsyncIterator[Event]) -> list[Event]:
