@@ -281,7 +281,8 @@ def one_face(args: argparse.Namespace) -> None:
     stats = last_reply_stats(home)
     print(json.dumps({"rate": rate, "tokens": n, "key_delays": keys,
                       "drafted": stats.get("drafted_tokens"),
-                      "accepted": stats.get("accepted_tokens")}))
+                      "accepted": stats.get("accepted_tokens"),
+                      "decode_s": stats.get("decode_s")}))
 
 
 def main() -> None:
@@ -352,6 +353,9 @@ def main() -> None:
     rates: dict[str, list[float]] = {face: [] for face in faces}
     delays: dict[str, list[float]] = {face: [] for face in faces}
     drafts: dict[str, list[object]] = {face: [] for face in faces}
+    # Per token, inside llama_decode and around it (sampling, drafting, the engine's
+    # Python): whether a slower face lost its time in llama.cpp or outside it.
+    split: dict[str, list[list[float]]] = {face: [] for face in faces}
     for rep in range(args.reps):
         # Rotate which face goes first, so drift on a shared machine hits all of them.
         order = faces[rep % len(faces):] + faces[:rep % len(faces)]
@@ -360,8 +364,14 @@ def main() -> None:
             rates[face].append(float(run["rate"]))
             delays[face].extend(run["key_delays"])  # type: ignore[arg-type]
             drafts[face].append([run.get("drafted"), run.get("accepted")])
+            in_decode = around = float("nan")
+            if run.get("decode_s") is not None and int(run["tokens"]) > 1:
+                in_decode = float(run["decode_s"]) * 1000 / (int(run["tokens"]) - 1)
+                around = 1000 / float(run["rate"]) - in_decode
+                split[face].append([round(in_decode, 4), round(around, 4)])
             print(f"rep {rep + 1} {face}: {run['rate']:.2f} tok/s ({run['tokens']} tokens, "
-                  f"{run.get('accepted')}/{run.get('drafted')} drafts accepted)",
+                  f"{run.get('accepted')}/{run.get('drafted')} drafts accepted; per token "
+                  f"{in_decode:.3f} ms in llama_decode, {around:.3f} ms around it)",
                   file=sys.stderr)
 
     result: dict[str, object] = {
@@ -379,6 +389,7 @@ def main() -> None:
                               for face, values in rates.items()}
         result["runs"] = rates
         result["drafted_accepted"] = drafts
+        result["ms_per_token_in_and_around_decode"] = split
         result["key_delay_ms"] = {face: key_stats(values)
                                   for face, values in delays.items() if values}
     if not args.skip_long:

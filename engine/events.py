@@ -364,6 +364,11 @@ class Done(_Event):
     does not say)."""
     accepted_tokens: int | None = 0
     """Drafted tokens the model accepted (each one a decode step saved)."""
+    decode_s: float | None = None
+    """Seconds spent inside llama.cpp's decode calls from the first token to the last.
+    The rest of that span went to sampling, drafting and the engine's own Python (a GPU
+    backend returns before its graph has run, so there part of the graph's time shows
+    up after the call). None where a server does the decoding."""
     attempts: int = 1
     """Attempts this reply took: more than 1 when a structured reply was retried.
     The counters above are the final attempt's."""

@@ -205,9 +205,12 @@ class Generator:
         except RuntimeError as exc:
             raise DecodeError(f"llama.cpp could not evaluate {len(tokens)} tokens "
                               f"at position {n_past}: {exc}") from None
+        elapsed = time.perf_counter() - started
         self.kv.tokens.extend(tokens)
+        if self._stats is not None and self._stats.first_token_at:
+            self._stats.decode_s += elapsed
         if self._pending is not None:
-            self._report_eviction(time.perf_counter() - started, len(tokens))
+            self._report_eviction(elapsed, len(tokens))
 
     def rewind(self, n_keep: int) -> None:
         """Drop every cached position from ``n_keep`` on."""

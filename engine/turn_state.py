@@ -58,6 +58,8 @@ class TurnStats:
     evicted_tokens: int = 0
     drafted: int = 0
     accepted: int = 0
+    decode_s: float = 0.0
+    """Seconds inside llama_decode from the first token on (the prefill's not counted)."""
 
 
 @dataclass
@@ -100,6 +102,7 @@ def done_event(stats: TurnStats, reason: FinishReason, text: str) -> Done:
         evicted_tokens=stats.evicted_tokens,
         drafted_tokens=stats.drafted,
         accepted_tokens=stats.accepted,
+        decode_s=stats.decode_s,
         text=text,
     )
 

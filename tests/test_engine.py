@@ -63,6 +63,10 @@ async def test_reply_streams_tokens_then_done(engine: LocalEngine) -> None:
     assert done.finish_reason in ("stop", "length")
     assert done.prompt_tokens == done.evaluated_tokens  # a fresh cache reuses nothing
     assert done.ttft_s > 0
+    # Time inside llama_decode is part of the decode span, never more; the prefill's
+    # decodes (before the first token) are not in it.
+    assert done.decode_s is not None
+    assert 0 < done.decode_s <= done.total_s - done.ttft_s
 
 
 async def test_greedy_is_deterministic(engine: LocalEngine) -> None:
