@@ -53,6 +53,9 @@ class ModelConfig(_Section):
     """CPU threads for decoding; empty means one per core."""
     n_threads_batch: int | None = Field(None, ge=1)
     """CPU threads for prompt processing; empty means as many as for decoding."""
+    n_threads_verify: int | None = Field(None, ge=1)
+    """CPU threads for speculative verification batches (a pending token and its
+    drafts, a few rows each); empty means as many as for prompt processing."""
     use_mmap: bool = True
     """Map the weights from the file instead of reading them into memory."""
     flash_attn: bool | None = None

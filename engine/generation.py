@@ -312,7 +312,8 @@ class Generator:
             stats.prompt_tokens = len(prompt)
             if self.spec is not None:
                 self.spec.begin_reply(logical)
-            stats.reused_tokens, stats.evaluated_tokens = self.prefill(prompt, cancel)
+            with self.lm.prompt_threads():
+                stats.reused_tokens, stats.evaluated_tokens = self.prefill(prompt, cancel)
             stats.prefill_s = time.perf_counter() - stats.started
             if cancel.is_set():
                 emit(done_event(stats, "cancelled", ""))

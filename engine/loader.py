@@ -8,6 +8,8 @@ from __future__ import annotations
 import ctypes
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -56,6 +58,8 @@ class LoadedModel:
     invariant_rows: int = 0
     """Batches of up to this many rows compute each row exactly like a one-token
     decode (engine/batch_invariance.py); 0 when not loaded that way."""
+    threads: tuple[int, int, int] = (0, 0, 0)
+    """CPU threads for one-token decodes, prompt batches, verification batches."""
     _eog_tokens: list[int] | None = field(default=None, repr=False)
     _pieces: dict[int, bytes] = field(default_factory=dict, repr=False)
     _turn_enders: dict[int, bool] = field(default_factory=dict, repr=False)
@@ -106,6 +110,22 @@ class LoadedModel:
             self._eog_tokens = [t for t in range(self.model.n_vocab())
                                 if llama_cpp.llama_vocab_is_eog(vocab, t)]
         return self._eog_tokens
+
+    @contextmanager
+    def prompt_threads(self) -> Iterator[None]:
+        """Prompt batches on their own thread count, then back to the verification
+        count: llama.cpp takes one count for every batch of more than one token, and a
+        verification batch is one, a few rows long, that should leave the screen's core
+        alone where a prompt may use every core."""
+        decode, prompt, verify = self.threads
+        if prompt == verify:
+            yield
+            return
+        self.ctx.set_n_threads(decode, prompt)
+        try:
+            yield
+        finally:
+            self.ctx.set_n_threads(decode, verify)
 
     def close(self) -> None:
         self.ctx.close()
@@ -214,9 +234,13 @@ def load_model(config: ModelConfig, *, invariant: bool = False) -> LoadedModel:
     )
     memory = [] if plan is None else [planned_snapshot(plan),
                                       measured_snapshot(plan, buffers, "loaded")]
+    n_threads = ctx.params.n_threads
+    prompt_threads = config.n_threads_batch or n_threads
     return LoadedModel(header, model, ctx, fmt, info, settings.n_batch, bytes_per_cell,
                        plan=plan, memory=memory,
-                       invariant_rows=rows)
+                       invariant_rows=rows,
+                       threads=(n_threads, prompt_threads,
+                                config.n_threads_verify or prompt_threads))
 
 
 def planned_snapshot(plan: MemoryPlan) -> MemorySnapshot:
@@ -274,7 +298,8 @@ def _load(config: ModelConfig, plan: _Settings, path: Path, *, repack: bool = Tr
     # sequence as a verification batch has: all of n_outputs_max, not llama.cpp's 1.
     ctx_params.n_outputs_max_per_seq = 0
     ctx_params.n_threads = n_threads
-    ctx_params.n_threads_batch = config.n_threads_batch or n_threads
+    # Between prompts the context keeps the verification count (LoadedModel.prompt_threads).
+    ctx_params.n_threads_batch = config.n_threads_verify or config.n_threads_batch or n_threads
     ctx_params.type_k = _GGML_KV_TYPES[plan.kv_type]
     ctx_params.type_v = _GGML_KV_TYPES[plan.kv_type]
     ctx_params.no_perf = True

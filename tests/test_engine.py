@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
 from engine.chat_format import ChatMessage
-from engine.config import KVCacheConfig, ModelConfig, SamplingConfig
+from engine.config import KVCacheConfig, ModelConfig, SamplingConfig, SpeculativeConfig
 from engine.errors import EngineClosed, ModelFileError, PromptError
 from engine.events import (
     Done,
@@ -19,8 +20,10 @@ from engine.events import (
     TokenChunk,
     parse_event,
 )
+from engine.generation import Generator
 from engine.local_engine import LocalEngine
 from tests.conftest import GREEDY
+from tests.test_kv_eviction import on_engine_thread
 
 
 def user(text: str) -> list[ChatMessage]:
@@ -268,3 +271,35 @@ def test_decode_and_prompt_thread_counts_reach_llama_cpp() -> None:
         assert llama_cpp.llama_n_threads_batch(lm.ctx.ctx) == 1
     finally:
         lm.close()
+
+
+async def test_prompts_run_on_the_prompt_threads_and_verification_on_its_own() -> None:
+    import llama_cpp
+
+    # Between prompts the context holds the verification count; a prompt switches to
+    # its own count and back.
+    eng = LocalEngine(ModelConfig(n_ctx=512, n_threads=1, n_threads_batch=2,
+                                  n_threads_verify=1),
+                      SamplingConfig(temperature=0, max_tokens=48), KVCacheConfig(),
+                      SpeculativeConfig(mode="prompt-lookup"))
+    await eng.start()
+    seen: list[tuple[int, int]] = []  # (rows, llama.cpp's thread count for batches)
+
+    def watch(gen: Generator) -> None:
+        decode = gen.lm.ctx.decode
+
+        def counted(batch: Any) -> None:
+            seen.append((batch.n_tokens(), llama_cpp.llama_n_threads_batch(gen.lm.ctx.ctx)))
+            decode(batch)
+        gen.lm.ctx.decode = counted  # type: ignore[method-assign]
+
+    try:
+        await on_engine_thread(eng, watch)
+        prompt = "Repeat this line twice: one two three four five six seven eight nine ten."
+        events = await collect(eng.chat(user(prompt), ignore_eos=True))
+        done = events[-1]
+        assert isinstance(done, Done) and done.drafted_tokens
+        assert seen[0][0] > 1 and seen[0][1] == 2  # the prompt, in one batch
+        assert {threads for rows, threads in seen[1:] if rows > 1} == {1}
+    finally:
+        await eng.close()

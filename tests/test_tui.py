@@ -351,6 +351,11 @@ def test_the_app_spares_a_core_only_when_threads_are_left_to_it() -> None:
         assert spared.model.n_threads_batch == cores  # prompts still use every core
     else:
         assert spared.model.n_threads is None
+    # Verification batches keep every core on a small machine, and spare one from
+    # SPARE_VERIFY_CORES on.
+    assert spare_a_core(KvchatConfig(), cores=2).model.n_threads_verify is None
+    many = spare_a_core(KvchatConfig(), cores=16).model
+    assert (many.n_threads, many.n_threads_batch, many.n_threads_verify) == (15, 16, 15)
     chosen = KvchatConfig(model=ModelConfig(n_threads=1))
     assert spare_a_core(chosen) == chosen  # the user's thread count stands
     off = KvchatConfig(ui=UIConfig(spare_core=False))

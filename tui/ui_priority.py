@@ -57,14 +57,24 @@ class GilHandover:
             self._saved = None
 
 
-def spare_a_core(config: KvchatConfig) -> KvchatConfig:
+SPARE_VERIFY_CORES = 4
+"""From this many cores on, speculative verification batches also leave the screen's
+core alone. On 2 cores, verifying on 1 thread halved their speed, more than the screen
+costs them; on 16, verifying on all of them while the app streamed ran at 0.78x of
+``kvchat ask``, and every thread sharing a core with the screen waited at each of the
+graph's barriers (docs/tui.md)."""
+
+
+def spare_a_core(config: KvchatConfig, cores: int | None = None) -> KvchatConfig:
     """The config the app's engine runs with: with ``ui.spare_core`` and no thread
-    count set, decoding leaves one core to the screen and prompt processing uses all
-    of them."""
+    count set, decoding (and, on :data:`SPARE_VERIFY_CORES` cores or more, verifying
+    drafts) leaves one core to the screen and prompt processing uses all of them."""
     model = config.model
-    cores = usable_cores()
+    cores = cores or usable_cores()
     if not config.ui.spare_core or model.n_threads is not None or cores < 2:
         return config
-    model = model.model_copy(update={"n_threads": cores - 1,
-                                     "n_threads_batch": model.n_threads_batch or cores})
-    return config.model_copy(update={"model": model})
+    update: dict[str, int] = {"n_threads": cores - 1,
+                              "n_threads_batch": model.n_threads_batch or cores}
+    if cores >= SPARE_VERIFY_CORES and model.n_threads_verify is None:
+        update["n_threads_verify"] = cores - 1
+    return config.model_copy(update={"model": model.model_copy(update=update)})
