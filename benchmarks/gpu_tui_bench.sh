@@ -7,7 +7,8 @@
 # llama.cpp with CUDA first when the machine has no build yet. Also measures the
 # 8B shape (synthesized there); with CPU_ONLY=1 only the bundled model on the host's
 # CPU cores instead. Usage:
-#   MODEL=/tmp/model/g.gguf OUT=dir [CPU_ONLY=1 [THREAD_COMPARE=1] [THREADS=n]] \
+#   MODEL=/tmp/model/g.gguf OUT=dir [CPU_ONLY=1 [THREAD_COMPARE=1] [VERIFY_COMPARE=1]
+#     [THREADS=n] [CORES=n]] \
 #     benchmarks/gpu_tui_bench.sh
 set -euo pipefail
 # Each run's whole output (a face's traceback too) is kept in $OUT/*.log.
@@ -18,9 +19,12 @@ python3 -c "import linkify_it, textual" || { echo "the app's packages are missin
 if [ -n "${CPU_ONLY:-}" ]; then
   # The host's CPU cores alone (CUDA hidden): a many-core CPU, where the screen does not
   # take the decode's cores as on a 2-core VM.
-  name=tui_bundled_cpu${THREADS:+_threads$THREADS}
-  CUDA_VISIBLE_DEVICES= python3 benchmarks/tui_streaming.py --model "$MODEL" --gpu-layers 0 \
-    --reps "${REPS:-3}" --tokens 1000 --ctx 4096 --skip-long ${THREAD_COMPARE:+--thread-compare} \
+  name=tui_bundled_cpu${THREADS:+_threads$THREADS}${CORES:+_cores$CORES}
+  # CORES=n: both faces on the first n cores only (taskset), as on a smaller CPU.
+  CUDA_VISIBLE_DEVICES= ${CORES:+taskset -c 0-$((CORES - 1))} \
+    python3 benchmarks/tui_streaming.py --model "$MODEL" --gpu-layers 0 \
+    --reps "${REPS:-3}" --tokens 1000 --ctx 4096 --skip-long \
+    ${THREAD_COMPARE:+--thread-compare} ${VERIFY_COMPARE:+--verify-compare} \
     ${THREADS:+--threads "$THREADS"} --face-timeout 200 --json "$OUT/$name.json" 2>&1 \
     | tee "$OUT/$name.log" | grep -E '^rep|over_ask' -A4
   exit 0

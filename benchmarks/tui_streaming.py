@@ -51,6 +51,7 @@ from engine.config import (
     UIConfig,
 )
 from engine.local_engine import LocalEngine
+from engine.memory_budget import usable_cores
 from engine.store import Store
 from tui.app import KvchatApp
 from tui.cli import main as kvchat_main
@@ -95,9 +96,11 @@ def run_ask(home: Path, args: argparse.Namespace) -> tuple[float, int]:
 async def run_app(home: Path, args: argparse.Namespace) -> tuple[float, int, list[float]]:
     os.environ["KVCHAT_HOME"] = str(home)
     gpu_layers = {} if args.gpu_layers is None else {"n_gpu_layers": args.gpu_layers}
+    # app+verifyall: verification batches on every core, as before n_threads_verify.
+    verify = usable_cores() if args.face == "app-verifyall" else None
     config = KvchatConfig(model=ModelConfig(path=Path(args.model) if args.model else None,
                                             n_ctx=args.ctx, n_threads=args.threads,
-                                            **gpu_layers),
+                                            n_threads_verify=verify, **gpu_layers),
                           ui=UIConfig(ui_nice=args.ui_nice, gil_switch_ms=args.gil_switch_ms,
                                       spare_core=not args.no_spare_core,
                                       engine_process=args.face != "app-thread"),
@@ -252,7 +255,8 @@ def spread(values: list[float]) -> dict[str, float]:
 FACES = {"ask": ("ask", None), "app": ("app", None),
          "ask+passive": ("ask", "PASSIVE"), "app+passive": ("app", "PASSIVE"),
          "app+samepriority": ("app-samepriority", None),
-         "app+thread": ("app-thread", None), "app+watching": ("app-watching", None)}
+         "app+thread": ("app-thread", None), "app+watching": ("app-watching", None),
+         "app+verifyall": ("app-verifyall", None)}
 
 
 def run_face(face: str, argv: list[str]) -> dict[str, object]:
@@ -321,11 +325,14 @@ def main() -> None:
                         help="also run the app with the engine on a thread of its own "
                              "process (ui.engine_process off), as before the engine "
                              "process")
+    parser.add_argument("--verify-compare", action="store_true",
+                        help="also run the app verifying drafts on every core (where it "
+                             "spares one for the screen by default, from 4 cores)")
     parser.add_argument("--no-watching", action="store_true",
                         help="leave out the face app+watching: the app streaming while "
                              "nobody types (no key presses)")
     parser.add_argument("--face", choices=("ask", "app", "app-samepriority", "app-thread",
-                                           "app-watching"),
+                                           "app-watching", "app-verifyall"),
                         help=argparse.SUPPRESS)
     parser.add_argument("--json", metavar="FILE", help="also write the results here")
     args = parser.parse_args()
@@ -349,7 +356,8 @@ def main() -> None:
     faces = ["ask", "app"] + ([] if args.no_watching else ["app+watching"]) \
         + (["ask+passive", "app+passive"] if args.omp_compare else []) \
         + (["app+samepriority"] if args.priority_compare else []) \
-        + (["app+thread"] if args.thread_compare else [])
+        + (["app+thread"] if args.thread_compare else []) \
+        + (["app+verifyall"] if args.verify_compare else [])
     rates: dict[str, list[float]] = {face: [] for face in faces}
     delays: dict[str, list[float]] = {face: [] for face in faces}
     drafts: dict[str, list[object]] = {face: [] for face in faces}
