@@ -327,7 +327,7 @@ def main() -> None:
                              "process")
     parser.add_argument("--verify-compare", action="store_true",
                         help="also run the app verifying drafts on every core (where it "
-                             "spares one for the screen by default, from 4 cores)")
+                             "spares one for the screen by default, from 8 cores)")
     parser.add_argument("--no-watching", action="store_true",
                         help="leave out the face app+watching: the app streaming while "
                              "nobody types (no key presses)")

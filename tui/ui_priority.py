@@ -57,12 +57,14 @@ class GilHandover:
             self._saved = None
 
 
-SPARE_VERIFY_CORES = 4
+SPARE_VERIFY_CORES = 8
 """From this many cores on, speculative verification batches also leave the screen's
-core alone. On 2 cores, verifying on 1 thread halved their speed, more than the screen
-costs them; on 16, verifying on all of them while the app streamed ran at 0.78x of
-``kvchat ask``, and every thread sharing a core with the screen waited at each of the
-graph's barriers (docs/tui.md)."""
+core alone. A verification batch is a few rows of work for every weight, which the
+last core speeds up by about 1/cores, while a thread that shares its core with the
+screen holds every other thread up at each of the graph's barriers. On 16 cores (CPU
+only, same runs) the app verifying on 15 ran at 0.89x of ``kvchat ask``, on all 16 at
+0.67x; on 4 cores 0.78x and 0.80x (no gain); on 2, one verifying thread halved the
+speed of those batches (docs/tui.md)."""
 
 
 def spare_a_core(config: KvchatConfig, cores: int | None = None) -> KvchatConfig:
