@@ -239,12 +239,10 @@ async def long_reply(args: argparse.Namespace) -> dict[str, float | int]:
 
 
 async def settle(reply: ReplyMessage) -> None:
-    """Let the reply's Markdown stream write what it was given."""
+    """Let the reply's last Markdown widget finish the append it was given."""
     for _ in range(100):
         await asyncio.sleep(0)
-        stream = reply._stream
-        if stream is None or (not stream._pending and not stream._new_markup.is_set()
-                              and not reply.body.lock.is_locked):
+        if not reply.body.lock.is_locked:
             return
 
 

@@ -70,7 +70,13 @@ async def wait_for(seen: list[Message], kind: type[Message], pilot: Pilot,
 
 
 def events_of(seen: list[Message], kind: type) -> list:
-    return [m.event for m in seen if isinstance(m, EngineEvent) and isinstance(m.event, kind)]
+    """Engine events of ``kind`` the app was sent: alone, or as a frame's gauges."""
+    found = []
+    for m in seen:
+        events = [m.event] if isinstance(m, EngineEvent) else \
+            m.gauges if isinstance(m, ReplyChunk) else []
+        found += [e for e in events if isinstance(e, kind)]
+    return found
 
 
 async def test_type_send_and_see_the_streamed_reply(kvchat_home: Path) -> None:

@@ -8,6 +8,7 @@ Actions that manage conversations and panes live in :mod:`tui.app_actions`.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import ClassVar, Protocol, runtime_checkable
 
@@ -72,6 +73,10 @@ class ReportsMemory(Protocol):
 
     @property
     def memory(self) -> list[MemorySnapshot]: ...
+
+
+SETTLE_S = 0.05
+"""How long a streamed frame holds screen updates back after it is applied."""
 
 
 class KvchatApp(AppActions, App[int]):
@@ -284,8 +289,9 @@ class KvchatApp(AppActions, App[int]):
             else:
                 self.post_message(EngineEvent(event))
 
-        gather = ReplyCoalescer(lambda chunk, n: self.post_message(ReplyChunk(chunk, n)),
-                                post_event)
+        gather = ReplyCoalescer(
+            lambda chunk, n, gauges: self.post_message(ReplyChunk(chunk, n, gauges)),
+            post_event)
         try:
             async for event in self.session.send(text, self.conversation_id,
                                                   self.config.sampling, route=route,
@@ -308,8 +314,22 @@ class KvchatApp(AppActions, App[int]):
 
     @on(ReplyChunk)
     async def _reply_chunk(self, message: ReplyChunk) -> None:
-        if self._reply is not None:
-            await self._reply.append(message.text)
+        # One screen update for the frame's text and gauges, not one for each; and the
+        # updates new Markdown blocks ask for while they settle in after their mount
+        # join it (each one lays out and paints the whole chat pane).
+        batch = ExitStack()
+        batch.enter_context(self.batch_update())
+        try:
+            if self._reply is not None and message.text:
+                await self._reply.append(message.text)
+            usage = [e for e in message.gauges if isinstance(e, KVUsage)]
+            if usage:
+                self.show_kv(usage)
+            for event in message.gauges:
+                if not isinstance(event, KVUsage):
+                    await self.show_event(event)
+        finally:
+            self.set_timer(SETTLE_S, batch.close)
 
     @on(ReplyRetrying)
     async def _reply_retrying(self, message: ReplyRetrying) -> None:
@@ -352,15 +372,24 @@ class KvchatApp(AppActions, App[int]):
         self.query_one(StatusLine).state = "ready"
         self.refresh_bindings()
 
+    def show_kv(self, samples: list[KVUsage]) -> None:
+        """KV samples, oldest first: the chart takes each, the rest show the latest."""
+        last = samples[-1]
+        status = self.query_one(StatusLine)
+        status.ctx_used = last.used_cells
+        status.evicted = last.evicted_total
+        self.query_one(KVPane).show_usage(samples)
+        self.query_one(MemoryPane).show_kv(last)
+
     @on(EngineEvent)
     async def _engine_event(self, message: EngineEvent) -> None:
-        event = message.event
+        await self.show_event(message.event)
+
+    async def show_event(self, event: Event) -> None:
+        """An engine event, in the pane that shows it."""
         status = self.query_one(StatusLine)
         if isinstance(event, KVUsage):
-            status.ctx_used = event.used_cells
-            status.evicted = event.evicted_total
-            self.query_one(KVPane).show_usage(event)
-            self.query_one(MemoryPane).show_kv(event)
+            self.show_kv([event])
         elif isinstance(event, Progress):
             status.tokens_per_s = event.tokens_per_s
         elif isinstance(event, SpecStats):

@@ -1,7 +1,8 @@
 """A reply's events, gathered between screen updates.
 
 On a machine where decoding and the UI share CPU cores, every screen update is time
-the decode does not get (docs/tui.md has the measurements). So the reply worker posts:
+the decode does not get (docs/tui.md has the measurements). So the reply worker posts
+frames, each shown in one screen update:
 
 - tokens at most every :data:`FRAME_S`, joined into one chunk;
 - gauges (KV usage, decode speed, speculation stats, memory) at most every
@@ -30,13 +31,13 @@ GAUGES = (KVUsage, Progress, SpecStats, MemorySnapshot)
 
 
 class ReplyCoalescer:
-    """Feed it a reply's events in order; it calls ``post_tokens(text, n_tokens)`` and
-    ``post_event(event)`` as described above. Call :meth:`flush` at the end."""
+    """Feed it a reply's events in order; it calls ``post_frame(text, n_tokens, gauges)``
+    and ``post_event(event)`` as described above. Call :meth:`flush` at the end."""
 
-    def __init__(self, post_tokens: Callable[[str, int], None],
+    def __init__(self, post_frame: Callable[[str, int, list[Event]], None],
                  post_event: Callable[[Event], None],
                  clock: Callable[[], float] = time.perf_counter) -> None:
-        self._post_tokens = post_tokens
+        self._post_frame = post_frame
         self._post_event = post_event
         self._clock = clock
         self._text: list[str] = []
@@ -51,34 +52,34 @@ class ReplyCoalescer:
             self._text.append(event.text)
             self._n_tokens += len(event.token_ids)
             if now - self._last_tokens >= FRAME_S:
-                self._flush_tokens(now)
-                if self._gauges and now - self._last_gauges >= GAUGE_S:
-                    self._flush_gauges(now)
+                self._send(now, gauges=now - self._last_gauges >= GAUGE_S)
         elif isinstance(event, GAUGES):
             if not isinstance(event, KVUsage):
                 self._gauges = [e for e in self._gauges if type(e) is not type(event)]
             self._gauges.append(event)
-            if not self._text and now - self._last_gauges >= GAUGE_S:
-                self._flush_gauges(now)  # nothing streaming to ride along with
+            # Nothing streaming to ride along with (a prompt being read): a frame of
+            # their own, no sooner than a frame of text would have been.
+            last = max(self._last_tokens, self._last_gauges)
+            if not self._text and now - last >= GAUGE_S:
+                self._send(now, gauges=True)
         else:
             self.flush()
             self._post_event(event)
 
     def flush(self) -> None:
-        now = self._clock()
-        self._flush_tokens(now)
-        self._flush_gauges(now)
+        self._send(self._clock(), gauges=True)
 
-    def _flush_tokens(self, now: float) -> None:
+    def _send(self, now: float, *, gauges: bool) -> None:
+        """One frame: the text gathered, and the gauges if their time has come; the app
+        shows both in one screen update."""
+        gathered = self._gauges if gauges else []
+        if not self._text and not gathered:
+            return
+        self._post_frame("".join(self._text), self._n_tokens, list(gathered))
         if self._text:
-            self._post_tokens("".join(self._text), self._n_tokens)
             self._text.clear()
             self._n_tokens = 0
             self._last_tokens = now
-
-    def _flush_gauges(self, now: float) -> None:
-        if self._gauges:
-            for event in self._gauges:
-                self._post_event(event)
-            self._gauges.clear()
+        if gathered:
+            self._gauges = []
             self._last_gauges = now

@@ -1,7 +1,8 @@
 """The app's message chain: PromptSubmitted -> ReplyStarted -> ReplyChunk* ->
 (ReplyRetrying -> ReplyChunk*)* -> ReplyFinished | ReplyFailed, plus ModelReady /
-ModelFailed at start and EngineEvent for everything the panes show (memory, kv,
-evictions, speculation, routes, output checks)."""
+ModelFailed at start and EngineEvent for everything else the panes show (evictions,
+routes, output checks); the gauges (KV usage, speed, speculation, memory) of a
+streaming reply come inside its ReplyChunk frames."""
 
 from __future__ import annotations
 
@@ -26,10 +27,14 @@ class ReplyStarted(Message):
 
 
 class ReplyChunk(Message):
-    def __init__(self, text: str, n_tokens: int) -> None:
+    """One frame of a streaming reply: the text gathered since the last (may be empty)
+    and the gauge events (KV usage, speed, speculation, memory) that go with it."""
+
+    def __init__(self, text: str, n_tokens: int, gauges: list[Event] | None = None) -> None:
         super().__init__()
         self.text = text
         self.n_tokens = n_tokens
+        self.gauges = gauges or []
 
 
 class ReplyRetrying(Message):

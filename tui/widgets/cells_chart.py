@@ -29,12 +29,15 @@ class CellsChart(Widget):
         """(used, reserved) cells, oldest first; bounded so a long session stays cheap."""
         self.n_ctx = 0
 
-    def add(self, used: int, reserved: int, n_ctx: int) -> None:
+    def add(self, samples: list[tuple[int, int]], n_ctx: int) -> None:
+        """(used, reserved) samples, oldest first; one redraw for all of them."""
         self.n_ctx = n_ctx
-        if self.samples and self.samples[-1] == (used, reserved):
-            return
-        self.samples.append((used, reserved))
-        if shown(self):  # a hidden chart draws its samples when shown again
+        added = False
+        for sample in samples:
+            if not self.samples or self.samples[-1] != sample:
+                self.samples.append(sample)
+                added = True
+        if added and shown(self):  # a hidden chart draws its samples when shown again
             self.refresh()
 
     def render(self) -> Text:

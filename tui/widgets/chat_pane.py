@@ -13,7 +13,6 @@ from textual.containers import Vertical, VerticalScroll
 from textual.events import Resize
 from textual.widget import Widget
 from textual.widgets import Collapsible, Markdown, Static
-from textual.widgets._markdown import MarkdownStream
 
 from engine.events import OutputCheck, Retry
 from tui.notes import attempt_title
@@ -38,11 +37,12 @@ class ReplyMessage(Vertical):
     """One assistant reply: Markdown body (code fences highlighted by Pygments) and a
     small stats line.
 
-    While streaming, text goes through Markdown's own stream, which parses only the
-    last block again instead of the whole reply per token, and a long reply goes into
-    a sequence of ``Markdown`` widgets (see :mod:`tui.widgets.reply_blocks`), so that
-    an append only ever touches the last few hundred lines, and the widgets before it
-    keep their layout. ``text`` is always the whole reply."""
+    While streaming, each frame's text is appended with ``Markdown.append``, which parses
+    again only from the last block on instead of the whole reply, inside one batch of
+    screen updates; and a long reply goes into a sequence of ``Markdown`` widgets (see
+    :mod:`tui.widgets.reply_blocks`), so that an append only ever touches the last few
+    hundred lines, and the widgets before it keep their layout. ``text`` is always the
+    whole reply."""
 
     def __init__(self, text: str = "", note: str = "", message_id: int | None = None) -> None:
         super().__init__()
@@ -50,7 +50,6 @@ class ReplyMessage(Vertical):
         """The reply's row in the store, once known."""
         self._initial = text
         self._note = note
-        self._stream: MarkdownStream | None = None
         self._block = ""
         """What the last Markdown widget has been given while streaming."""
         self._held = ""
@@ -83,25 +82,24 @@ class ReplyMessage(Vertical):
     async def append(self, fragment: str) -> None:
         self.text += fragment
         pending, self._held = self._held + fragment, ""
-        while pending:
-            plan = plan_write(self._block, pending)
-            await self._write(plan.head)
-            if not plan.cut:
-                self._held = plan.tail
-                return
-            await self._new_block()
-            pending = plan.tail
+        with self.app.batch_update():
+            while pending:
+                plan = plan_write(self._block, pending)
+                await self._write(plan.head)
+                if not plan.cut:
+                    self._held = plan.tail
+                    return
+                await self._new_block()
+                pending = plan.tail
 
     async def _write(self, text: str) -> None:
         if not text:
             return
-        if self._stream is None:
-            self._stream = Markdown.get_stream(self.body)
         self._block += text
-        await self._stream.write(text)
+        await self.body.append(text)
 
     async def _new_block(self) -> None:
-        await self._stop_stream()
+        await self._write_held()
         block = Markdown(classes="reply-body")
         await self.mount(block, after=self.body)
         self._block = ""
@@ -152,17 +150,15 @@ class ReplyMessage(Vertical):
             for block in self.blocks:
                 block.display = True
 
-    async def _stop_stream(self) -> None:
+    async def _write_held(self) -> None:
+        """Write the incomplete line held back (the reply ended, or a block did)."""
         if self._held:
             held, self._held = self._held, ""
             await self._write(held)
-        if self._stream is not None:
-            await self._stream.stop()
-            self._stream = None
 
     async def _reset_body(self, text: str) -> None:
         """One Markdown widget showing ``text`` (no stream)."""
-        await self._stop_stream()
+        await self._write_held()
         self.unpark()
         first, *rest = self.blocks
         if rest:
@@ -175,7 +171,7 @@ class ReplyMessage(Vertical):
 
     async def start_attempt(self, retry: Retry) -> None:
         """Fold the attempt shown so far away and start an empty body for the next."""
-        await self._stop_stream()
+        await self._write_held()
         check = self.checks.get(self.attempt)
         error = check.errors[0] if check is not None and check.errors else retry.reason
         await self.add_folded(self.attempt, self.strategy, error, self.text)
@@ -192,7 +188,7 @@ class ReplyMessage(Vertical):
         await self.mount(folded, before=self.query_one(".reply-parked", Widget))
 
     async def finish(self, note: str, final_text: str | None = None) -> None:
-        await self._stop_stream()
+        await self._write_held()
         # The final text is authoritative: a repaired reply streamed no tokens of its own.
         if final_text is not None and final_text != self.text:
             self.text = final_text

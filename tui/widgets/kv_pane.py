@@ -40,9 +40,11 @@ class KVPane(Vertical):
         yield Static("evictions: none yet", id="kv-log-title", markup=False)
         yield Log(max_lines=EVICTION_LOG_LINES, id="kv-log", auto_scroll=True)
 
-    def show_usage(self, kv: KVUsage) -> None:
-        self.last = kv
-        self.query_one(CellsChart).add(kv.used_cells, kv.reserved_cells, kv.n_ctx)
+    def show_usage(self, samples: list[KVUsage]) -> None:
+        """KV samples, oldest first: each goes on the chart, the latest in the headline."""
+        kv = self.last = samples[-1]
+        self.query_one(CellsChart).add(
+            [(s.used_cells, s.reserved_cells) for s in samples], kv.n_ctx)
         pct = kv.used_cells / kv.n_ctx if kv.n_ctx else 0.0
         reserve = kv.reserved_cells / kv.n_ctx if kv.n_ctx else 0.0
         self.query_one("#kv-headline", LiveText).show(
