@@ -109,6 +109,11 @@ async def run_app(home: Path, args: argparse.Namespace) -> tuple[float, int, lis
                           speculative=SpeculativeConfig(mode=args.speculative))
     if args.face != "app-samepriority":
         config = spare_a_core(config)  # as the kvchat command does
+    if args.face == "app-spare":  # one core fewer for decodes, whatever the core count
+        cores = usable_cores()
+        model = config.model.model_copy(update={"n_threads": cores - 1,
+                                                "n_threads_batch": cores})
+        config = config.model_copy(update={"model": model})
     app = KvchatApp(config, make_engine(config, for_app=True),
                     Store(home / "kvchat.db"), route="chat", ignore_eos=True,
                     pinned=("max_tokens", "temperature", "seed"),
@@ -254,7 +259,7 @@ FACES = {"ask": ("ask", None), "app": ("app", None),
          "ask+passive": ("ask", "PASSIVE"), "app+passive": ("app", "PASSIVE"),
          "app+samepriority": ("app-samepriority", None),
          "app+thread": ("app-thread", None), "app+watching": ("app-watching", None),
-         "app+verifyall": ("app-verifyall", None)}
+         "app+verifyall": ("app-verifyall", None), "app+spare": ("app-spare", None)}
 
 
 def run_face(face: str, argv: list[str]) -> dict[str, object]:
@@ -325,12 +330,15 @@ def main() -> None:
                              "process")
     parser.add_argument("--verify-compare", action="store_true",
                         help="also run the app verifying drafts on every core (where it "
-                             "spares one for the screen by default, from 8 cores)")
+                             "spares one for the screen, from 8 cores)")
+    parser.add_argument("--spare-compare", action="store_true",
+                        help="also run the app decoding on one core fewer, as it does from "
+                             "8 cores on, whatever the core count")
     parser.add_argument("--no-watching", action="store_true",
                         help="leave out the face app+watching: the app streaming while "
                              "nobody types (no key presses)")
     parser.add_argument("--face", choices=("ask", "app", "app-samepriority", "app-thread",
-                                           "app-watching", "app-verifyall"),
+                                           "app-watching", "app-verifyall", "app-spare"),
                         help=argparse.SUPPRESS)
     parser.add_argument("--json", metavar="FILE", help="also write the results here")
     args = parser.parse_args()
@@ -355,7 +363,8 @@ def main() -> None:
         + (["ask+passive", "app+passive"] if args.omp_compare else []) \
         + (["app+samepriority"] if args.priority_compare else []) \
         + (["app+thread"] if args.thread_compare else []) \
-        + (["app+verifyall"] if args.verify_compare else [])
+        + (["app+verifyall"] if args.verify_compare else []) \
+        + (["app+spare"] if args.spare_compare else [])
     rates: dict[str, list[float]] = {face: [] for face in faces}
     delays: dict[str, list[float]] = {face: [] for face in faces}
     drafts: dict[str, list[object]] = {face: [] for face in faces}

@@ -57,26 +57,29 @@ class GilHandover:
             self._saved = None
 
 
-SPARE_VERIFY_CORES = 8
-"""From this many cores on, speculative verification batches also leave the screen's
-core alone. A verification batch is a few rows of work for every weight, which the
-last core speeds up by about 1/cores, while a thread that shares its core with the
-screen holds every other thread up at each of the graph's barriers. On 16 cores (CPU
+SPARE_CORE_FROM = 8
+"""From this many cores on, the app's engine leaves one core to the screen, for one-token
+decodes and speculative verification batches alike; below, it keeps them all.
+
+A thread that shares its core with the screen holds every other decode thread up at
+each of the graph's barriers, while the last of many cores adds little: on 16 cores (CPU
 only, same runs) the app verifying on 15 ran at 0.89x of ``kvchat ask``, on all 16 at
-0.67x; on 4 cores 0.78x and 0.80x (no gain); on 2, one verifying thread halved the
-speed of those batches (docs/tui.md)."""
+0.67x. On few cores the last one is a large share: on 4, 0.78x sparing and 0.80x not; on
+2, one decode thread ran at 0.92x of two, one verifying thread at half the speed, and
+the screen's frames (one screen update each since they carry their gauges) cost less
+than the core: 0.97x sharing both against 0.93x sparing one (docs/tui.md)."""
 
 
 def spare_a_core(config: KvchatConfig, cores: int | None = None) -> KvchatConfig:
-    """The config the app's engine runs with: with ``ui.spare_core`` and no thread
-    count set, decoding (and, on :data:`SPARE_VERIFY_CORES` cores or more, verifying
-    drafts) leaves one core to the screen and prompt processing uses all of them."""
+    """The config the app's engine runs with: with ``ui.spare_core``, no thread count
+    set and :data:`SPARE_CORE_FROM` cores or more, decoding and verifying drafts leave
+    one core to the screen, and prompt processing uses all of them."""
     model = config.model
     cores = cores or usable_cores()
-    if not config.ui.spare_core or model.n_threads is not None or cores < 2:
+    if not config.ui.spare_core or model.n_threads is not None or cores < SPARE_CORE_FROM:
         return config
     update: dict[str, int] = {"n_threads": cores - 1,
                               "n_threads_batch": model.n_threads_batch or cores}
-    if cores >= SPARE_VERIFY_CORES and model.n_threads_verify is None:
+    if model.n_threads_verify is None:
         update["n_threads_verify"] = cores - 1
     return config.model_copy(update={"model": model.model_copy(update=update)})
