@@ -242,11 +242,11 @@ class UIConfig(_Section):
     or a TOML theme in the config dir's themes/ folder."""
     ui_nice: int = Field(10, ge=0, le=19)
     """Scheduling priority steps the app's screen updates give way to decoding (Linux),
-    for when they share cores (``spare_core`` off, or ``model.n_threads`` set). On a
-    2-core CPU sharing both: 0 keeps them equal (the app decodes at 0.76x of ``kvchat
-    ask``); 10 gives 0.85-0.87x with key presses answered in about 1-33 ms at the
-    median; 19 gives 0.97-0.98x, but key presses wait about 0.27 s while a reply
-    streams (docs/tui.md)."""
+    for when they share cores (a CPU of fewer than 8, or ``model.n_threads`` set). On
+    a 2-core CPU: 10 decodes at 0.92-0.94x of ``kvchat ask`` with key presses answered
+    in about 1 ms; 15 at 0.97x while typing and 1.00x while watching, but key presses
+    then wait about 0.12 s at the median (0.24 s at worst) while a reply streams
+    (docs/tui.md)."""
     spare_core: bool = True
     """On a CPU of 8 cores or more, while the app runs, decode and verify drafts on one
     core fewer than the machine has (prompt processing keeps them all), so that screen
