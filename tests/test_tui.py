@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,14 @@ from engine.config import (
     SpeculativeConfig,
     UIConfig,
 )
-from engine.events import Eviction, KVUsage, ModelLoaded, OutputCheck, SpecStats
+from engine.events import (
+    Eviction,
+    KVUsage,
+    ModelLoaded,
+    OutputCheck,
+    SpecStats,
+    TurnStarted,
+)
 from engine.local_engine import LocalEngine
 from engine.process_engine import ProcessEngine
 from engine.store import Store
@@ -119,6 +127,35 @@ async def test_type_send_and_see_the_streamed_reply(kvchat_home: Path) -> None:
         # Ctrl+Y copies the last reply.
         await pilot.press("ctrl+y")
         assert app.clipboard == reply.text
+
+
+async def test_every_frame_reaches_the_screen_while_a_reply_streams(
+        kvchat_home: Path) -> None:
+    """A frame's text is laid out and painted by the screen's next update, not whenever
+    something else (a key, the cursor blink) happens to wake the screen up. Frames come
+    as the reply worker posts them, ten a second, each starting new lines."""
+    app, seen = make_app(kvchat_home)
+    layouts: list[float] = []
+    async with app.run_test(size=(120, 36), message_hook=seen.append) as pilot:
+        await wait_for(seen, ModelReady, pilot)
+        conversation = app.store.create_conversation("frames", None)
+        app.post_message(ReplyStarted(TurnStarted(conversation_id=conversation,
+                                                  user_message_id=0, reply_message_id=0),
+                                      "Tell me about the printing press."))
+        await wait_for(seen, ReplyStarted, pilot)
+        await pilot.pause()
+        app.screen.screen_layout_refresh_signal.subscribe(
+            app, lambda _screen: layouts.append(time.perf_counter()))
+        sent = []
+        for i in range(20):
+            sent.append(time.perf_counter())
+            app.post_message(ReplyChunk(f"The press, part {i}.\n\n", 6))
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.3)
+        # Each frame adds lines to the reply, so each needs a layout of its own.
+        late = [t for t in sent if not any(t < at < t + 0.3 for at in layouts)]
+        assert not late, f"{len(late)} of {len(sent)} frames waited over 0.3 s"
+        assert "part 19." in app.query_one(ReplyMessage).text
 
 
 async def test_escape_cancels_a_reply_in_flight(kvchat_home: Path) -> None:

@@ -329,7 +329,15 @@ class KvchatApp(AppActions, App[int]):
                 if not isinstance(event, KVUsage):
                     await self.show_event(event)
         finally:
-            self.set_timer(SETTLE_S, batch.close)
+            self.set_timer(SETTLE_S, lambda: self._end_frame(batch))
+
+    def _end_frame(self, batch: ExitStack) -> None:
+        batch.close()
+        # The screen resumes its update timer only when it goes idle: an update that
+        # fell due while the batch was open waits for that (App.batch_update prompts
+        # the app, not the screen), and a reply would otherwise show in bursts.
+        if self.screen_stack:  # not when the app is closing
+            self.screen.check_idle()
 
     @on(ReplyRetrying)
     async def _reply_retrying(self, message: ReplyRetrying) -> None:

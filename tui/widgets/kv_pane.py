@@ -7,6 +7,7 @@ import time
 
 from textual.app import ComposeResult
 from textual.containers import Vertical
+from textual.geometry import Size
 from textual.widgets import Log, Static
 
 from engine.events import Eviction, KVUsage
@@ -27,6 +28,25 @@ def eviction_line(ev: Eviction) -> str:
             f"{ev.elapsed_s * 1000:.1f}+{ev.shift_s * 1000:.1f}ms{boundary}")
 
 
+class EvictionLog(Log):
+    """A Log that repaints its scrollbar only when a size changed.
+
+    Textual's ScrollView compares the virtual size the layout gives it with its own, and
+    for a Log those never agree, so every layout of the screen (one per streamed frame,
+    as the reply grows) repainted this scrollbar; and one dirty cell at the screen's
+    right edge widens the frame's repaint from the chat column to the whole screen."""
+
+    _sizes: tuple[Size, ...] = ()
+
+    def _size_updated(self, size: Size, virtual_size: Size, container_size: Size,
+                      layout: bool = True) -> bool:
+        sizes = (size, virtual_size, container_size, self.virtual_size)
+        if sizes == self._sizes:
+            return False
+        self._sizes = sizes
+        return super()._size_updated(size, virtual_size, container_size, layout)
+
+
 class KVPane(Vertical):
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
@@ -38,7 +58,7 @@ class KVPane(Vertical):
         yield LiveText("no cache yet", id="kv-headline")
         yield CellsChart(id="kv-chart")
         yield Static("evictions: none yet", id="kv-log-title", markup=False)
-        yield Log(max_lines=EVICTION_LOG_LINES, id="kv-log", auto_scroll=True)
+        yield EvictionLog(max_lines=EVICTION_LOG_LINES, id="kv-log", auto_scroll=True)
 
     def show_usage(self, samples: list[KVUsage]) -> None:
         """KV samples, oldest first: each goes on the chart, the latest in the headline."""
