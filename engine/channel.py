@@ -21,8 +21,13 @@ TERMINAL = (Done, Error)
 
 
 class EventChannel:
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    """``min_gap_s``: after handing over what was queued, wait this long before the next
+    hand-over, so that what arrives meanwhile goes out together (the engine process
+    relays a reply this way: see :data:`engine.process_child.RELAY_GAP_S`)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, min_gap_s: float = 0.0) -> None:
         self._loop = loop
+        self._min_gap_s = min_gap_s
         self._lock = threading.Lock()
         self._items: deque[Event] = deque()
         self._wake_pending = False
@@ -58,6 +63,8 @@ class EventChannel:
                 yield event
                 if isinstance(event, TERMINAL):
                     return
+            if self._min_gap_s:
+                await asyncio.sleep(self._min_gap_s)
 
 
 def coalesce(events: list[Event]) -> list[Event]:

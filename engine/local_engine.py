@@ -122,12 +122,13 @@ class LocalEngine(ChatEngine):
             self._classifier = RouteClassifier(self._lm)
         return self._classifier.classify(text, routes, descriptions)
 
-    async def stream(self, request: ChatRequest,
-                     cancel: threading.Event) -> AsyncIterator[Event]:
+    async def stream(self, request: ChatRequest, cancel: threading.Event,
+                     min_gap_s: float = 0.0) -> AsyncIterator[Event]:
         """``chat`` for a checked request, stopped by setting ``cancel`` (from any
         thread, before or while it runs): the engine process cancels one reply by its
-        id this way, where :meth:`cancel` stops whichever reply is running."""
-        channel = EventChannel(asyncio.get_running_loop())
+        id this way, where :meth:`cancel` stops whichever reply is running. Events
+        come at most every ``min_gap_s``, tokens merged (:class:`EventChannel`)."""
+        channel = EventChannel(asyncio.get_running_loop(), min_gap_s)
         job = self._submit(lambda: self._reply(request, channel, cancel), cancel)
         finished = False
         try:

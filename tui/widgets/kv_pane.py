@@ -7,12 +7,12 @@ import time
 
 from textual.app import ComposeResult
 from textual.containers import Vertical
-from textual.geometry import Size
 from textual.widgets import Log, Static
 
 from engine.events import Eviction, KVUsage
 from tui.widgets.cells_chart import CellsChart
 from tui.widgets.live_text import LiveText
+from tui.widgets.steady_scrollbars import SteadyScrollbars
 
 EVICTION_LOG_LINES = 200
 
@@ -28,23 +28,8 @@ def eviction_line(ev: Eviction) -> str:
             f"{ev.elapsed_s * 1000:.1f}+{ev.shift_s * 1000:.1f}ms{boundary}")
 
 
-class EvictionLog(Log):
-    """A Log that repaints its scrollbar only when a size changed.
-
-    Textual's ScrollView compares the virtual size the layout gives it with its own, and
-    for a Log those never agree, so every layout of the screen (one per streamed frame,
-    as the reply grows) repainted this scrollbar; and one dirty cell at the screen's
-    right edge widens the frame's repaint from the chat column to the whole screen."""
-
-    _sizes: tuple[Size, ...] = ()
-
-    def _size_updated(self, size: Size, virtual_size: Size, container_size: Size,
-                      layout: bool = True) -> bool:
-        sizes = (size, virtual_size, container_size, self.virtual_size)
-        if sizes == self._sizes:
-            return False
-        self._sizes = sizes
-        return super()._size_updated(size, virtual_size, container_size, layout)
+class EvictionLog(SteadyScrollbars, Log):
+    """The eviction log, repainted only when it changes (see :mod:`steady_scrollbars`)."""
 
 
 class KVPane(Vertical):
