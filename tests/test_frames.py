@@ -6,7 +6,7 @@ from __future__ import annotations
 from itertools import pairwise
 
 from engine.events import Eviction, KVUsage, Progress, TokenChunk
-from tui.coalesce import FRAME_S, GAUGE_S, ReplyCoalescer
+from tui.coalesce import FRAME_S, GAUGE_S, STALL_S, ReplyCoalescer
 
 
 def frames_of(events: list, times: list[float]) -> list:
@@ -58,3 +58,38 @@ def test_other_events_keep_their_place_after_what_was_gathered() -> None:
                         ev, TokenChunk(text="c", token_ids=[3])], [0.0, 0.01, 0.02, 0.03])
     # The eviction sends what came before it first, as one frame.
     assert [f[1] if len(f) == 4 else f[1].type for f in frames] == ["ab", "eviction", "c"]
+
+
+def test_a_frame_waits_until_the_screen_has_shown_the_last_one() -> None:
+    now = [0.0]
+    shown = [True]
+    frames: list = []
+
+    def post(text: str, n: int, gauges: list) -> None:
+        frames.append((now[0], text))
+        shown[0] = False  # the screen has not shown it yet
+
+    gather = ReplyCoalescer(post, frames.append, clock=lambda: now[0],
+                            ready=lambda: shown[0])
+    for i in range(40):  # a token every 10 ms; the screen shows each frame 0.35 s late
+        now[0] = 100 + i * 0.01
+        if frames and not shown[0] and now[0] - frames[-1][0] >= 0.345:
+            shown[0] = True
+        gather.add(TokenChunk(text=str(i % 10), token_ids=[i]))
+    gather.flush()
+    text = "".join(f[1] for f in frames)
+    assert text == "".join(str(i % 10) for i in range(40))  # nothing lost or reordered
+    # Not one frame per FRAME_S but one per frame shown: gathered meanwhile.
+    assert [round(f[0] - 100, 2) for f in frames] == [0.0, 0.35, 0.39]
+    assert frames[1][1] == "".join(str(i % 10) for i in range(1, 36))
+
+
+def test_a_frame_the_screen_never_acknowledges_holds_the_next_for_a_second_at_most() -> None:
+    now = [0.0]
+    frames: list = []
+    gather = ReplyCoalescer(lambda text, n, gauges: frames.append(now[0]), frames.append,
+                            clock=lambda: now[0], ready=lambda: False)
+    for i in range(300):
+        now[0] = 100 + i * 0.01
+        gather.add(TokenChunk(text="a", token_ids=[i]))
+    assert [round(t - 100, 2) for t in frames] == [0.0, STALL_S, 2 * STALL_S]

@@ -133,6 +133,8 @@ class KvchatApp(AppActions, App[int]):
         self._engine_died = False
         """The last reply ended with the engine process's death (the next reloads it)."""
         self._reply: ReplyMessage | None = None
+        self._frames_unshown = 0
+        """Frames posted by the reply worker that the screen has not shown yet."""
         self._reply_route = ""
         self.prefs_file = prefs_file or prefs_path()
         self.prefs = load_prefs(self.prefs_file)
@@ -289,9 +291,13 @@ class KvchatApp(AppActions, App[int]):
             else:
                 self.post_message(EngineEvent(event))
 
-        gather = ReplyCoalescer(
-            lambda chunk, n, gauges: self.post_message(ReplyChunk(chunk, n, gauges)),
-            post_event)
+        def post_frame(chunk: str, n: int, gauges: list[Event]) -> None:
+            self._frames_unshown += 1
+            self.post_message(ReplyChunk(chunk, n, gauges))
+
+        self._frames_unshown = 0
+        gather = ReplyCoalescer(post_frame, post_event,
+                                ready=lambda: self._frames_unshown == 0)
         try:
             async for event in self.session.send(text, self.conversation_id,
                                                   self.config.sampling, route=route,
@@ -338,6 +344,11 @@ class KvchatApp(AppActions, App[int]):
         # the app, not the screen), and a reply would otherwise show in bursts.
         if self.screen_stack:  # not when the app is closing
             self.screen.check_idle()
+            self.call_after_refresh(self._frame_shown)
+
+    def _frame_shown(self) -> None:
+        """The screen has shown a frame: the reply worker may send the next."""
+        self._frames_unshown = max(0, self._frames_unshown - 1)
 
     @on(ReplyRetrying)
     async def _reply_retrying(self, message: ReplyRetrying) -> None:

@@ -12,6 +12,11 @@ frames, each shown in one screen update:
   their own;
 - everything else (evictions, route, checks, retries, the end) at once and in order,
   after whatever was gathered before it.
+
+A frame waits, gathering, while the screen has not shown the one before it (``ready``
+says whether it has): where the screen thread gets less CPU than the frames ask for,
+frames would otherwise queue up in front of the key presses, each one late. The wait
+is bounded by :data:`STALL_S`.
 """
 
 from __future__ import annotations
@@ -27,19 +32,26 @@ Ten updates a second reads as live and leaves the CPU to decoding."""
 GAUGE_S = 0.25
 """Pane updates (KV chart, memory bar, status line speed) at most four a second."""
 
+STALL_S = 1.0
+"""A frame not acknowledged by the screen within this long no longer holds the next."""
+
 GAUGES = (KVUsage, Progress, SpecStats, MemorySnapshot)
 
 
 class ReplyCoalescer:
     """Feed it a reply's events in order; it calls ``post_frame(text, n_tokens, gauges)``
-    and ``post_event(event)`` as described above. Call :meth:`flush` at the end."""
+    and ``post_event(event)`` as described above, and no new frame while ``ready()``
+    is False (the screen has not shown the last one yet). Call :meth:`flush` at the
+    end: it sends what is left whatever ``ready`` says."""
 
     def __init__(self, post_frame: Callable[[str, int, list[Event]], None],
                  post_event: Callable[[Event], None],
-                 clock: Callable[[], float] = time.perf_counter) -> None:
+                 clock: Callable[[], float] = time.perf_counter,
+                 ready: Callable[[], bool] = lambda: True) -> None:
         self._post_frame = post_frame
         self._post_event = post_event
         self._clock = clock
+        self._ready = ready
         self._text: list[str] = []
         self._n_tokens = 0
         self._gauges: list[Event] = []
@@ -51,7 +63,7 @@ class ReplyCoalescer:
         if isinstance(event, TokenChunk):
             self._text.append(event.text)
             self._n_tokens += len(event.token_ids)
-            if now - self._last_tokens >= FRAME_S:
+            if now - self._last_tokens >= FRAME_S and self._may_send(now):
                 self._send(now, gauges=now - self._last_gauges >= GAUGE_S)
         elif isinstance(event, GAUGES):
             if not isinstance(event, KVUsage):
@@ -60,11 +72,15 @@ class ReplyCoalescer:
             # Nothing streaming to ride along with (a prompt being read): a frame of
             # their own, no sooner than a frame of text would have been.
             last = max(self._last_tokens, self._last_gauges)
-            if not self._text and now - last >= GAUGE_S:
+            if not self._text and now - last >= GAUGE_S and self._may_send(now):
                 self._send(now, gauges=True)
         else:
             self.flush()
             self._post_event(event)
+
+    def _may_send(self, now: float) -> bool:
+        last = max(self._last_tokens, self._last_gauges)
+        return self._ready() or now - last >= STALL_S
 
     def flush(self) -> None:
         self._send(self._clock(), gauges=True)
