@@ -26,11 +26,11 @@ if [ -n "${CPU_ONLY:-}" ]; then
     --reps "${REPS:-3}" --tokens 1000 --ctx 4096 --skip-long \
     ${THREAD_COMPARE:+--thread-compare} ${VERIFY_COMPARE:+--verify-compare} \
     ${THREADS:+--threads "$THREADS"} --face-timeout 200 --json "$OUT/$name.json" 2>&1 \
-    | tee "$OUT/$name.log" | grep -E '^rep|over_ask' -A4
+    | tee "$OUT/$name.log" | grep -E '^rep|^app / ask|over_ask' -A4
   exit 0
 fi
 python3 benchmarks/tui_streaming.py --model "$MODEL" --reps "${REPS:-3}" --tokens 2000 \
-  --ctx 4096 --skip-long --thread-compare --face-timeout 120 --json "$OUT/tui_bundled_gpu.json" 2>&1 | tee "$OUT/tui_bundled_gpu.log" | grep -E '^rep|over_ask' -A3
+  --ctx 4096 --skip-long --thread-compare --face-timeout 120 --json "$OUT/tui_bundled_gpu.json" 2>&1 | tee "$OUT/tui_bundled_gpu.log" | grep -E '^rep|^app / ask|over_ask' -A3
 S=/tmp/synth/llama-3.1-8b-Q4_K_M.gguf
 mkdir -p /tmp/synth
 [ -f "$S" ] || python3 -c "import sys
@@ -39,4 +39,4 @@ from engine.synth import write_synthetic
 shape, mix = parse_shape('llama-3.1-8b:Q4_K_M')
 write_synthetic(shape, mix, sys.argv[1])" "$S"
 python3 benchmarks/tui_streaming.py --model "$S" --reps "${REPS:-3}" --tokens 1000 \
-  --ctx 4096 --skip-long --thread-compare --face-timeout 120 --json "$OUT/tui_8b_gpu.json" 2>&1 | tee "$OUT/tui_8b_gpu.log" | grep -E '^rep|over_ask' -A3
+  --ctx 4096 --skip-long --thread-compare --face-timeout 120 --json "$OUT/tui_8b_gpu.json" 2>&1 | tee "$OUT/tui_8b_gpu.log" | grep -E '^rep|^app / ask|over_ask' -A3

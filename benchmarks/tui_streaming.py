@@ -399,9 +399,18 @@ def main() -> None:
     }
     if args.reps:
         ask = statistics.median(rates["ask"])
+        print("app / ask, median of each rep's own ratio: " + ", ".join(
+            f"{face} {statistics.median(r / b for r, b in zip(v, rates['ask'], strict=True)):.3f}"
+            for face, v in rates.items() if face != "ask"), file=sys.stderr)
         result["tok_s"] = {face: spread(values) for face, values in rates.items()}
         result["over_ask"] = {face: statistics.median(values) / ask
                               for face, values in rates.items()}
+        # Each rep's faces run back to back: the ratio within a rep leaves out the
+        # drift between reps, which on a shared host is larger than the effect.
+        result["over_ask_paired"] = {
+            face: spread([rate / base for rate, base in zip(values, rates["ask"],
+                                                             strict=True)])
+            for face, values in rates.items() if face != "ask"}
         result["runs"] = rates
         result["drafted_accepted"] = drafts
         result["ms_per_token_in_and_around_decode"] = split

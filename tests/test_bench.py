@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -90,6 +91,9 @@ def test_with_tui_adds_the_app_against_ask(quick_run: tuple[dict[str, Any], Path
     assert all(rate > 0 for rate in tui["runs"]["ask"] + tui["runs"]["app"])
     assert tui["over_ask"]["app"] == pytest.approx(
         tui["tok_s"]["app"]["median"] / tui["tok_s"]["ask"]["median"])
+    # And each rep's own ratio, the faces of one rep having run back to back.
+    paired = [a / b for a, b in zip(tui["runs"]["app"], tui["runs"]["ask"], strict=True)]
+    assert tui["over_ask_paired"]["app"]["median"] == pytest.approx(statistics.median(paired))
     assert "tui: the app decodes at " in (out / "bench.md").read_text()
 
 
