@@ -243,10 +243,10 @@ class UIConfig(_Section):
     ui_nice: int = Field(10, ge=0, le=19)
     """Scheduling priority steps the app's screen updates give way to decoding (Linux),
     for when they share cores (a CPU of fewer than 8, or ``model.n_threads`` set). On
-    a 2-core CPU: 10 decodes at 0.92-0.94x of ``kvchat ask`` with key presses answered
-    in about 1 ms; 15 at 0.97x while typing and 1.00x while watching, but key presses
-    then wait about 0.12 s at the median (0.24 s at worst) while a reply streams
-    (docs/tui.md)."""
+    a 2-core CPU: 10 decodes at 0.92x of ``kvchat ask`` with key presses answered in
+    about 50 ms at the median; 15 at 0.95x while typing and 0.96x while watching, but
+    key presses then wait about 0.12 s at the median (0.37 s at worst) while a reply
+    streams (docs/tui.md)."""
     spare_core: bool = True
     """On a CPU of 8 cores or more, while the app runs, decode and verify drafts on one
     core fewer than the machine has (prompt processing keeps them all), so that screen
