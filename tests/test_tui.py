@@ -336,8 +336,10 @@ async def test_the_app_on_an_engine_process_streams_and_outlives_its_crash(
         kvchat_home: Path) -> None:
     """What ``kvchat`` runs: the model in a child process. Its crash costs one reply;
     the app, its conversation and the next reply go on."""
+    # Replies long enough that the kill lands while one streams: the engine process
+    # hands events over in bursts (RELAY_GAP_S), so the first frame comes a little later.
     config = KvchatConfig(model=ModelConfig(n_ctx=1024), ui=UIConfig(ui_nice=0),
-                          sampling=SamplingConfig(temperature=0.0, max_tokens=16))
+                          sampling=SamplingConfig(temperature=0.0, max_tokens=160))
     engine = ProcessEngine(config.model, config.sampling, config.kv)
     app = KvchatApp(config, engine, Store(kvchat_home / "kvchat.db"), route="chat",
                     pinned=PINNED, prefs_file=kvchat_home / "ui-prefs.json", yield_cpu=True)

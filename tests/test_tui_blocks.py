@@ -125,3 +125,37 @@ async def test_a_retry_starts_again_in_one_block() -> None:
         assert [b.source for b in reply.blocks] == ['{"ok": true}']
         assert reply.text == '{"ok": true}'
         assert len(reply.query(".attempt")) == 1
+
+
+async def test_a_streaming_reply_grows_into_reserved_lines_and_scrolls_in_steps() -> None:
+    text = "".join(f"Paragraph {i} about the press and its type.\n\n" for i in range(120))
+    app = ChatApp()
+    async with app.run_test(size=(100, 30)) as pilot:
+        pane = app.query_one(ChatPane)
+        await pane.add_user("Tell me about the press.")
+        reply = await pane.add_reply()
+        pane.anchor()
+        scrolls, frames, last = 0, 0, pane.scroll_y
+        for i in range(0, len(text), 60):  # two or three lines a frame
+            await reply.append(text[i:i + 60])
+            await pilot.pause()
+            if pane.max_scroll_y > 0:  # the pane overflows: without a reserve, a scroll
+                frames += 1            # on every frame
+                scrolls += pane.scroll_y != last
+            last = pane.scroll_y
+            # The end stays in view (while all fits, Textual's anchor sets it negative).
+            assert pane.scroll_y == pane.max_scroll_y or pane.max_scroll_y == 0
+        # Once the text overflowed the pane it grew into blank lines reserved below it,
+        # half a pane at a time: the pane scrolled once per reserve, not per frame.
+        assert reply.styles.min_height is not None
+        assert frames > 70 and scrolls < frames / 3
+        used = sum(c.outer_size.height for c in reply.children if c.display)
+        assert reply.size.height > used  # blank lines under the text
+        await reply.finish("done")
+        # Whatever comes next goes right below the text: the reserve is given back.
+        user = await pane.add_user("And then?")
+        await pilot.pause()
+        assert reply.styles.min_height is None
+        assert reply.size.height == sum(c.outer_size.height for c in reply.children
+                                        if c.display)
+        assert user.region.y - reply.region.bottom <= user.styles.margin.top

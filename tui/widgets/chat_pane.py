@@ -20,6 +20,15 @@ from tui.widgets.reply_blocks import plan_write
 
 FENCE = re.compile(r"^```[^\n]*\n(.*?)^```", re.MULTILINE | re.DOTALL)
 
+RUNWAY_SHARE = 2
+"""A reply streaming at the end of the pane reserves 1/RUNWAY_SHARE of the pane's
+height in blank lines below its text and grows into them.
+
+The pane then scrolls once per reserve, not once per frame: a frame that only adds text
+inside the reserve repaints the lines that changed, where a scroll repaints (and sends
+the terminal) the whole pane; and the text stays still while it is being read. The
+reserve stays under the finished reply until something else is added to the pane."""
+
 
 def code_blocks(text: str) -> list[str]:
     """The fenced code blocks of a Markdown reply, in order."""
@@ -83,6 +92,7 @@ class ReplyMessage(Vertical):
         self.text += fragment
         pending, self._held = self._held + fragment, ""
         with self.app.batch_update():
+            self._extend_runway()
             while pending:
                 plan = plan_write(self._block, pending)
                 await self._write(plan.head)
@@ -91,6 +101,24 @@ class ReplyMessage(Vertical):
                     return
                 await self._new_block()
                 pending = plan.tail
+
+    def _extend_runway(self) -> None:
+        """Reserve the next blank lines (:data:`RUNWAY_SHARE`) once the text has nearly
+        filled those reserved before, while the pane follows this reply. Judged by the
+        last layout, before the frame's text goes in, so that the new reserve and the
+        text take one layout and one scroll together."""
+        pane = self.parent
+        if not isinstance(pane, ChatPane) or not pane.following(self):
+            return
+        step = max(4, pane.scrollable_content_region.height // RUNWAY_SHARE)
+        used = sum(child.outer_size.height for child in self.children if child.display)
+        if self.styles.min_height is not None and self.size.height - used > step // 3:
+            return
+        self.styles.min_height = used + step
+
+    def close_runway(self) -> None:
+        """Give back the blank lines reserved below the text."""
+        self.styles.min_height = None
 
     async def _write(self, text: str) -> None:
         if not text:
@@ -229,18 +257,27 @@ class ChatPane(VerticalScroll):
         if new_value < old_value:
             self.unpark()
 
+    def close_runways(self) -> None:
+        """Something goes below the last reply: no blank lines between them."""
+        for reply in self.query_children(ReplyMessage):
+            reply.close_runway()
+
     async def add_user(self, text: str) -> UserMessage:
+        self.close_runways()
         widget = UserMessage(text)
         await self.mount(widget)
         return widget
 
     async def add_reply(self, text: str = "", note: str = "",
                         message_id: int | None = None) -> ReplyMessage:
+        self.close_runways()
         widget = ReplyMessage(text, note, message_id)
         await self.mount(widget)
         return widget
 
     async def add_notice(self, text: str, before: ReplyMessage | None = None) -> None:
+        if before is None:
+            self.close_runways()
         await self.mount(Static(text, classes="notice", markup=False), before=before)
 
     async def clear(self) -> None:
