@@ -118,7 +118,8 @@ class ReplyMessage(Vertical):
 
     def close_runway(self) -> None:
         """Give back the blank lines reserved below the text."""
-        self.styles.min_height = None
+        if self.styles.min_height is not None:
+            self.styles.min_height = None
 
     async def _write(self, text: str) -> None:
         if not text:
@@ -258,9 +259,11 @@ class ChatPane(VerticalScroll):
             self.unpark()
 
     def close_runways(self) -> None:
-        """Something goes below the last reply: no blank lines between them."""
-        for reply in self.query_children(ReplyMessage):
-            reply.close_runway()
+        """Something goes below the last reply: no blank lines between them. (Only the
+        last child can hold a reserve: whatever is added after it closes it.)"""
+        last = self.children[-1] if self.children else None
+        if isinstance(last, ReplyMessage):
+            last.close_runway()
 
     async def add_user(self, text: str) -> UserMessage:
         self.close_runways()
