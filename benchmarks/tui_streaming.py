@@ -103,7 +103,8 @@ async def run_app(home: Path, args: argparse.Namespace) -> tuple[float, int, lis
                                             n_threads_verify=verify, **gpu_layers),
                           ui=UIConfig(ui_nice=args.ui_nice, gil_switch_ms=args.gil_switch_ms,
                                       spare_core=not args.no_spare_core,
-                                      engine_process=args.face != "app-thread"),
+                                      engine_process=args.face != "app-thread",
+                                      stream_view=args.stream_view),
                           sampling=SamplingConfig(temperature=0.0, seed=0,
                                                   max_tokens=args.tokens),
                           speculative=SpeculativeConfig(mode=args.speculative))
@@ -316,6 +317,9 @@ def main() -> None:
     parser.add_argument("--speculative", choices=("auto", "off"), default="auto",
                         help="speculative decoding in both faces (auto: the default, "
                              "which speculates under greedy on a batch-invariant CPU load)")
+    parser.add_argument("--stream-view", choices=("auto", "markdown", "source"),
+                        default=UIConfig().stream_view,
+                        help="how the app shows a reply while it streams (ui.stream_view)")
     parser.add_argument("--face-timeout", type=float, default=600,
                         help="seconds one face's process may take before it dumps its "
                              "threads' stacks and exits")
@@ -349,7 +353,7 @@ def main() -> None:
     argv = ["--tokens", str(args.tokens), "--ctx", str(args.ctx),
             "--key-every", str(args.key_every), "--face-timeout", str(args.face_timeout),
             "--ui-nice", str(args.ui_nice), "--gil-switch-ms", str(args.gil_switch_ms),
-            "--speculative", args.speculative]
+            "--speculative", args.speculative, "--stream-view", args.stream_view]
     if args.no_spare_core:
         argv.append("--no-spare-core")
     if args.threads:
@@ -393,7 +397,7 @@ def main() -> None:
         "prompt": PROMPT, "model": args.model or "bundled", "tokens": args.tokens,
         "n_ctx": args.ctx, "reps": args.reps, "ui_nice": args.ui_nice,
         "gil_switch_ms": args.gil_switch_ms, "spare_core": not args.no_spare_core,
-        "speculative": args.speculative,
+        "speculative": args.speculative, "stream_view": args.stream_view,
         "threads": args.threads, "gpu_layers": args.gpu_layers, "cpu_count": os.cpu_count(),
         "loadavg_start": load_start, "loadavg_end": os.getloadavg(),
     }

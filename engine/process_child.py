@@ -106,7 +106,8 @@ class EngineServer:
             request = ChatRequest(check_request(chat.messages, closed=False),
                                   chat.sampling or self._start.sampling, chat.ignore_eos,
                                   reserve=chat.reserve, constraint=chat.constraint)
-            async for event in self._engine.stream(request, cancel, RELAY_GAP_S):
+            gap = RELAY_GAP_S if chat.relay_gap_s is None else chat.relay_gap_s
+            async for event in self._engine.stream(request, cancel, gap):
                 await self._send(StreamEvent(id=chat.id, event=event))
         except KvchatError as exc:
             await self._send(failure(exc, chat.id))

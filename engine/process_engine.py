@@ -73,6 +73,10 @@ class ProcessEngine(ChatEngine):
         self._reader: asyncio.Task[None] | None = None
         self._loaded: asyncio.Future[Loaded] | None = None
         self._replies: dict[int, EventChannel] = {}
+        self.relay_gap_s: float | None = None
+        """How often, at most, the engine process sends a reply's events (None: its
+        default, well inside a frame). A client that paints fewer frames sets its
+        frame interval: each batch sent wakes both processes."""
         self._answers: dict[int, asyncio.Future[Answer | None]] = {}
         self._ids = itertools.count(1)
         self._info: ModelLoaded | None = None
@@ -192,7 +196,7 @@ class ProcessEngine(ChatEngine):
              constraint: OutputSpec | None = None) -> AsyncIterator[Event]:
         request = Chat(id=next(self._ids), messages=check_request(messages, self._closed),
                        sampling=sampling, ignore_eos=ignore_eos, reserve=reserve,
-                       constraint=constraint)
+                       constraint=constraint, relay_gap_s=self.relay_gap_s)
         return self._stream(request)
 
     async def _stream(self, request: Chat) -> AsyncIterator[Event]:

@@ -56,6 +56,8 @@ class Chat(_Wire):
     ignore_eos: bool = False
     reserve: int | None = None
     constraint: OutputSpec | None = None
+    relay_gap_s: float | None = None
+    """Send the reply's events at most this often (None: the child's default)."""
 
 
 class Cancel(_Wire):

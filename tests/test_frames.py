@@ -93,3 +93,26 @@ def test_a_frame_the_screen_never_acknowledges_holds_the_next_for_a_second_at_mo
         now[0] = 100 + i * 0.01
         gather.add(TokenChunk(text="a", token_ids=[i]))
     assert [round(t - 100, 2) for t in frames] == [0.0, STALL_S, 2 * STALL_S]
+
+
+def test_the_app_keeps_the_collector_off_its_long_lived_heap() -> None:
+    """``tune_collector`` and ``settle_heap`` (the ``kvchat`` command, at load and after
+    each reply): young collections become rare, and what is alive is frozen out of the
+    full ones."""
+    import gc
+
+    from tui.heap import GEN0_THRESHOLD, settle_heap, tune_collector
+
+    saved = gc.get_threshold()
+    try:
+        tune_collector()
+        assert gc.get_threshold() == (GEN0_THRESHOLD, *saved[1:])
+        garbage: list[object] = []
+        garbage.append(garbage)  # a cycle: only the collector frees it
+        del garbage
+        settle_heap()
+        assert gc.get_freeze_count() > 10_000
+        assert gc.garbage == []
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*saved)

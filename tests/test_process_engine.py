@@ -4,6 +4,7 @@ child costs one reply, never the caller."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 import sys
@@ -72,6 +73,30 @@ async def test_the_child_replies_exactly_as_the_engine_in_process(
         assert here.text == done.text  # greedy, same load: the same tokens
     finally:
         await local.close()
+
+
+async def test_a_client_that_paints_less_often_gets_fewer_batches(
+        child: ProcessEngine) -> None:
+    """``relay_gap_s`` travels with the request: the child then sends the reply's
+    events in batches at most that often, and no token is lost."""
+    child.relay_gap_s = 0.3
+    loop = asyncio.get_running_loop()
+    batches: list[float] = []  # when each batch began to arrive
+    last = -1.0
+    text = ""
+    async for event in child.chat(PROMPT):
+        now = loop.time()
+        if now - last > 0.1:  # a batch's events arrive together
+            batches.append(now)
+        last = now
+        if isinstance(event, TokenChunk):
+            text += event.text
+        elif isinstance(event, Done):
+            assert text == event.text and event.completion_tokens == 48
+    assert len(batches) >= 2
+    # The first batch is never held; after each, the next waits the gap (less a
+    # little: the two processes' wake-ups).
+    assert all(b - a > 0.25 for a, b in itertools.pairwise(batches))
 
 
 async def test_token_counts_and_classification_cross_over(child: ProcessEngine) -> None:

@@ -8,6 +8,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Literal
 
 import pytest
 from textual.message import Message
@@ -32,6 +33,7 @@ from engine.local_engine import LocalEngine
 from engine.process_engine import ProcessEngine
 from engine.store import Store
 from tui.app import KvchatApp
+from tui.coalesce import SOURCE_FRAME_S
 from tui.messages import (
     EngineEvent,
     ModelFailed,
@@ -49,17 +51,22 @@ from tui.widgets.kv_pane import KVPane
 from tui.widgets.memory_pane import MemoryPane
 from tui.widgets.prompt_input import PromptInput
 from tui.widgets.segment_bar import SegmentBar
+from tui.widgets.source_stream import SourceStream
 from tui.widgets.status_line import StatusLine
 
 PINNED = ("max_tokens", "temperature")
 
 
 def make_app(home: Path, max_tokens: int = 16, n_ctx: int = 1024, route: str | None = "chat",
-             speculative: SpeculativeConfig | None = None) -> tuple[KvchatApp, list[Message]]:
+             speculative: SpeculativeConfig | None = None,
+             stream_view: Literal["markdown", "source"] = "markdown",
+             ) -> tuple[KvchatApp, list[Message]]:
     """An app on the real model. ``route`` chat by default: the chat template leaves
-    sampling alone, so replies stay short and tests quick."""
+    sampling alone, so replies stay short and tests quick. Replies stream as Markdown
+    unless said otherwise, whatever the machine's cores (``auto`` depends on them)."""
     config = KvchatConfig(model=ModelConfig(n_ctx=n_ctx),
-                          sampling=SamplingConfig(temperature=0.0, max_tokens=max_tokens))
+                          sampling=SamplingConfig(temperature=0.0, max_tokens=max_tokens),
+                          ui=UIConfig(stream_view=stream_view))
     engine = LocalEngine(config.model, config.sampling, config.kv, speculative)
     app = KvchatApp(config, engine, Store(home / "kvchat.db"), route=route, pinned=PINNED,
                     prefs_file=home / "ui-prefs.json")
@@ -129,12 +136,14 @@ async def test_type_send_and_see_the_streamed_reply(kvchat_home: Path) -> None:
         assert app.clipboard == reply.text
 
 
+@pytest.mark.parametrize("view", ["markdown", "source"])
 async def test_every_frame_reaches_the_screen_while_a_reply_streams(
-        kvchat_home: Path) -> None:
-    """A frame's text is laid out and painted by the screen's next update, not whenever
-    something else (a key, the cursor blink) happens to wake the screen up."""
-    app, seen = make_app(kvchat_home)
-    layouts: list[float] = []
+        kvchat_home: Path, view: Literal["markdown", "source"]) -> None:
+    """A frame's text is painted by the screen's next update, not whenever something
+    else (a key, the cursor blink) happens to wake the screen up: in Markdown after a
+    layout, as source by repainting the rows it adds."""
+    app, seen = make_app(kvchat_home, stream_view=view)
+    paints: list[float] = []
     async with app.run_test(size=(120, 36), message_hook=seen.append) as pilot:
         await wait_for(seen, ModelReady, pilot)
         conversation = app.store.create_conversation("frames", None)
@@ -142,20 +151,74 @@ async def test_every_frame_reaches_the_screen_while_a_reply_streams(
                                                   user_message_id=0, reply_message_id=0),
                                       "Tell me about the printing press."))
         await wait_for(seen, ReplyStarted, pilot)
-        app.query_one(PromptInput).cursor_blink = False  # nothing else wakes the screen
         await pilot.pause()
-        app.screen.screen_layout_refresh_signal.subscribe(
-            app, lambda _screen: layouts.append(time.perf_counter()))
+        assert not app.query_one(PromptInput).cursor_blink  # nothing else wakes the screen
+        display = app._display
+
+        def painted(screen: object, update: object) -> None:
+            if update is not None:
+                paints.append(time.perf_counter())
+            display(screen, update)  # type: ignore[arg-type]
+
+        app._display = painted  # type: ignore[method-assign]
         for i in range(8):
-            before = len(layouts)
-            # Each frame adds lines to the reply, so each needs a layout of its own.
+            before = len(paints)
             app.post_message(ReplyChunk(f"The press, part {i}.\n\n", 6))
             for _ in range(60):  # up to 3 s; the screen's next update is due within 0.1 s
-                if len(layouts) > before:
+                if len(paints) > before:
                     break
                 await asyncio.sleep(0.05)
-            assert len(layouts) > before, f"frame {i} was not laid out"
+            assert len(paints) > before, f"frame {i} was not painted"
         assert "part 7." in app.query_one(ReplyMessage).text
+        if view == "source":
+            stream = app.query_one(SourceStream)
+            assert any("part 7." in stream.render_line(y).text
+                       for y in range(stream.size.height))
+
+
+async def test_a_reply_streams_as_source_then_shows_as_markdown(kvchat_home: Path) -> None:
+    """``ui.stream_view = "source"`` (what ``auto`` picks where decoding has every core):
+    the real model's reply streams into a SourceStream, frames four a second, gauges
+    once a second, the cursor still; when it ends, the same text is Markdown blocks."""
+    app, _ = make_app(kvchat_home, max_tokens=300, stream_view="source")
+    app.ignore_eos = True  # long enough to look at while it streams
+    seen: list[Message] = []
+    chunk = asyncio.Event()
+
+    def hook(message: Message) -> None:
+        seen.append(message)
+        if isinstance(message, ReplyChunk):
+            chunk.set()
+
+    async with app.run_test(size=(120, 36), message_hook=hook) as pilot:
+        await wait_for(seen, ModelReady, pilot)
+        assert app.source_view
+        await pilot.click("#prompt")
+        await pilot.press(*"Tell me about the printing press.", "enter")
+        await asyncio.wait_for(chunk.wait(), 120)
+        # Looked at between frames (a pilot pause would wait for the reply's end).
+        streams, blinks = [], []
+        while not any(isinstance(m, ReplyFinished) for m in seen):
+            reply = app.query(ReplyMessage).last()
+            streams += list(reply.query(SourceStream))
+            blinks.append(app.query_one(PromptInput).cursor_blink)
+            await asyncio.sleep(0.05)
+        finished = await wait_for(seen, ReplyFinished, pilot)
+        await pilot.pause()
+        reply = app.query_one(ReplyMessage)
+        assert reply.source_view and streams
+        assert reply.text.startswith(streams[0].text) and streams[0].text
+        assert not reply.query(SourceStream)
+        assert reply.text == finished.done.text
+        assert "".join(b.source for b in reply.blocks) == reply.text
+        # The cursor held still while the reply streamed, and blinks again.
+        assert blinks and not any(blinks) and app.query_one(PromptInput).cursor_blink
+        # Frames came no more often than SOURCE_FRAME_S while tokens came (and at the
+        # reply's events that go out at once: the route, the end), the text adding up.
+        chunks = [m for m in seen if isinstance(m, ReplyChunk)]
+        assert "".join(m.text for m in chunks) == reply.text
+        assert finished.done.decode_s is not None
+        assert len(chunks) <= 4 + finished.done.decode_s / SOURCE_FRAME_S
 
 
 async def test_escape_cancels_a_reply_in_flight(kvchat_home: Path) -> None:

@@ -43,8 +43,9 @@ from engine.routing import RouteService
 from engine.session import ChatSession
 from engine.store import Store
 from tui.app_actions import AppActions
-from tui.coalesce import ReplyCoalescer
+from tui.coalesce import SOURCE_FRAME_S, SOURCE_GAUGE_S, ReplyCoalescer
 from tui.commands import KvchatCommands
+from tui.heap import settle_heap, tune_collector
 from tui.messages import (
     EngineEvent,
     ModelFailed,
@@ -59,12 +60,19 @@ from tui.messages import (
 from tui.notes import done_note, route_note
 from tui.prefs import load_prefs, prefs_path, save_prefs
 from tui.themes import bundled_theme_files, load_themes
-from tui.ui_priority import GilHandover, yield_cpu_to_decoding
+from tui.ui_priority import GilHandover, streams_as_source, yield_cpu_to_decoding
 from tui.widgets.chat_pane import ChatPane, ReplyMessage
 from tui.widgets.kv_pane import KVPane
 from tui.widgets.memory_pane import MemoryPane
 from tui.widgets.prompt_input import PromptInput
 from tui.widgets.status_line import StatusLine
+
+
+@runtime_checkable
+class PacesEvents(Protocol):
+    """An engine in another process, which sends a reply's events in batches."""
+
+    relay_gap_s: float | None
 
 
 @runtime_checkable
@@ -136,6 +144,10 @@ class KvchatApp(AppActions, App[int]):
         self._frames_unshown = 0
         """Frames posted by the reply worker that the screen has not shown yet."""
         self._reply_route = ""
+        self._blink = True
+        """The prompt's cursor blink, paused while a reply streams."""
+        self.source_view = False
+        """Replies stream as highlighted source (``ui.stream_view``; set at load)."""
         self.prefs_file = prefs_file or prefs_path()
         self.prefs = load_prefs(self.prefs_file)
 
@@ -194,8 +206,14 @@ class KvchatApp(AppActions, App[int]):
     @on(ModelReady)
     def _model_ready(self, message: ModelReady) -> None:
         self.ready = True
+        self.source_view = streams_as_source(self.config, message.info)
+        if self.source_view and isinstance(self.engine, PacesEvents):
+            self.engine.relay_gap_s = SOURCE_FRAME_S
         if self.yield_cpu and self.config.ui.ui_nice:
             yield_cpu_to_decoding(self.config.ui.ui_nice)
+        if self.yield_cpu:
+            tune_collector()
+            self.call_after_refresh(settle_heap)
         if (self.yield_cpu and self.config.ui.gil_switch_ms
                 and self.engine.generates_on_thread):
             self._gil.shorten(self.config.ui.gil_switch_ms / 1000)
@@ -296,8 +314,10 @@ class KvchatApp(AppActions, App[int]):
             self.post_message(ReplyChunk(chunk, n, gauges))
 
         self._frames_unshown = 0
+        pace = {"frame_s": SOURCE_FRAME_S, "gauge_s": SOURCE_GAUGE_S} \
+            if self.source_view else {}
         gather = ReplyCoalescer(post_frame, post_event,
-                                ready=lambda: self._frames_unshown == 0)
+                                ready=lambda: self._frames_unshown == 0, **pace)
         try:
             async for event in self.session.send(text, self.conversation_id,
                                                   self.config.sampling, route=route,
@@ -314,9 +334,13 @@ class KvchatApp(AppActions, App[int]):
         self.conversation_id = message.turn.conversation_id
         pane = self.query_one(ChatPane)
         await pane.add_user(message.prompt)
-        self._reply = await pane.add_reply(message_id=message.turn.reply_message_id)
+        self._reply = await pane.add_reply(message_id=message.turn.reply_message_id,
+                                           source_view=self.source_view)
         self._reply_route = ""
         pane.anchor()
+        # A blink is a screen update twice a second: decoding's time on shared cores.
+        prompt = self.query_one(PromptInput)
+        self._blink, prompt.cursor_blink = prompt.cursor_blink, False
 
     @on(ReplyChunk)
     async def _reply_chunk(self, message: ReplyChunk) -> None:
@@ -364,8 +388,8 @@ class KvchatApp(AppActions, App[int]):
         if self._reply is not None:
             note = self._reply_route + done_note(done, self._reply.strategies)
             await self._reply.finish(note, final_text=done.text)
-        self._reply = None
-        self._end_reply()
+        if not self._end_reply():
+            return
         if done.completion_tokens > 1:
             self.query_one(StatusLine).tokens_per_s = done.tokens_per_s
         if done.attempts > 1 or done.output_ok is False:
@@ -379,17 +403,26 @@ class KvchatApp(AppActions, App[int]):
             await self._reply.finish(f"error: {message.message}")
         else:
             await self.query_one(ChatPane).add_notice(f"error: {message.message}")
-        self._reply = None
-        self._end_reply()
+        if not self._end_reply():
+            return
         if message.code == "engine_died":
             self._engine_died = True
             self.query_one(StatusLine).state = "engine stopped: the next message reloads it"
         self.notify(message.message, title="Reply failed", severity="error")
 
-    def _end_reply(self) -> None:
+    def _end_reply(self) -> bool:
+        """The reply is over; False if the app closed meanwhile (the reply's Markdown
+        going in takes a few awaits), and there is nothing left to show."""
         self.replying = False
+        self._reply = None
+        if not self.query(StatusLine):
+            return False
         self.query_one(StatusLine).state = "ready"
+        self.query_one(PromptInput).cursor_blink = self._blink
         self.refresh_bindings()
+        if self.yield_cpu:
+            self.call_after_refresh(settle_heap)
+        return True
 
     def show_kv(self, samples: list[KVUsage]) -> None:
         """KV samples, oldest first: the chart takes each, the rest show the latest."""

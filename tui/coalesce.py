@@ -32,6 +32,12 @@ Ten updates a second reads as live and leaves the CPU to decoding."""
 GAUGE_S = 0.25
 """Pane updates (KV chart, memory bar, status line speed) at most four a second."""
 
+SOURCE_FRAME_S = 0.25
+"""Frames while a reply streams as source (:mod:`tui.widgets.source_stream`), where the
+screen shares every core with decoding: four a second still reads as live."""
+SOURCE_GAUGE_S = 1.0
+"""Pane updates then: once a second."""
+
 STALL_S = 1.0
 """A frame not acknowledged by the screen within this long no longer holds the next."""
 
@@ -47,8 +53,11 @@ class ReplyCoalescer:
     def __init__(self, post_frame: Callable[[str, int, list[Event]], None],
                  post_event: Callable[[Event], None],
                  clock: Callable[[], float] = time.perf_counter,
-                 ready: Callable[[], bool] = lambda: True) -> None:
+                 ready: Callable[[], bool] = lambda: True,
+                 frame_s: float = FRAME_S, gauge_s: float = GAUGE_S) -> None:
         self._post_frame = post_frame
+        self._frame_s = frame_s
+        self._gauge_s = gauge_s
         self._post_event = post_event
         self._clock = clock
         self._ready = ready
@@ -63,8 +72,8 @@ class ReplyCoalescer:
         if isinstance(event, TokenChunk):
             self._text.append(event.text)
             self._n_tokens += len(event.token_ids)
-            if now - self._last_tokens >= FRAME_S and self._may_send(now):
-                self._send(now, gauges=now - self._last_gauges >= GAUGE_S)
+            if now - self._last_tokens >= self._frame_s and self._may_send(now):
+                self._send(now, gauges=now - self._last_gauges >= self._gauge_s)
         elif isinstance(event, GAUGES):
             if not isinstance(event, KVUsage):
                 self._gauges = [e for e in self._gauges if type(e) is not type(event)]
@@ -72,7 +81,7 @@ class ReplyCoalescer:
             # Nothing streaming to ride along with (a prompt being read): a frame of
             # their own, no sooner than a frame of text would have been.
             last = max(self._last_tokens, self._last_gauges)
-            if not self._text and now - last >= GAUGE_S and self._may_send(now):
+            if not self._text and now - last >= self._gauge_s and self._may_send(now):
                 self._send(now, gauges=True)
         else:
             self.flush()

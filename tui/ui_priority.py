@@ -16,6 +16,7 @@ import sys
 import threading
 
 from engine.config import KvchatConfig
+from engine.events import ModelLoaded
 from engine.memory_budget import usable_cores
 
 UI_NICE = 10
@@ -83,3 +84,17 @@ def spare_a_core(config: KvchatConfig, cores: int | None = None) -> KvchatConfig
     if model.n_threads_verify is None:
         update["n_threads_verify"] = cores - 1
     return config.model_copy(update={"model": model.model_copy(update=update)})
+
+
+def streams_as_source(config: KvchatConfig, info: ModelLoaded, cores: int | None = None) -> bool:
+    """Should replies stream as highlighted source (``ui.stream_view``)? With ``auto``:
+    when the model decodes on the CPU with a thread on every core the screen may run on
+    (the config as :func:`spare_a_core` left it), so that the screen's work stops the
+    decode; with a GPU, a remote server or a core left over, Markdown streams."""
+    mode = config.ui.stream_view
+    if mode != "auto":
+        return mode == "source"
+    cores = cores or usable_cores()
+    threads = config.model.n_threads
+    on_cpu = info.backend == "CPU" and not info.n_gpu_layers
+    return on_cpu and (threads is None or threads >= cores)

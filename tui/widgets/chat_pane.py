@@ -16,7 +16,8 @@ from textual.widgets import Collapsible, Markdown, Static
 
 from engine.events import OutputCheck, Retry
 from tui.notes import attempt_title
-from tui.widgets.reply_blocks import plan_write
+from tui.widgets.reply_blocks import plan_write, split_blocks
+from tui.widgets.source_stream import SourceStream
 
 FENCE = re.compile(r"^```[^\n]*\n(.*?)^```", re.MULTILINE | re.DOTALL)
 
@@ -28,6 +29,13 @@ The pane then scrolls once per reserve, not once per frame: a frame that only ad
 inside the reserve repaints the lines that changed, where a scroll repaints (and sends
 the terminal) the whole pane; and the text stays still while it is being read. The
 reserve stays under the finished reply until something else is added to the pane."""
+
+
+SOURCE_RUNWAY = 0.75
+"""The share of the pane reserved below a reply streaming as source: every time the
+text reaches the end of its reserve, the pane lays out and repaints whole, which is
+most of what streaming source costs; three quarters of a pane between two such
+repaints keeps a quarter of the text before in view (docs/tui.md)."""
 
 
 def code_blocks(text: str) -> list[str]:
@@ -51,10 +59,16 @@ class ReplyMessage(Vertical):
     screen updates; and a long reply goes into a sequence of ``Markdown`` widgets (see
     :mod:`tui.widgets.reply_blocks`), so that an append only ever touches the last few
     hundred lines, and the widgets before it keep their layout. ``text`` is always the
-    whole reply."""
+    whole reply.
 
-    def __init__(self, text: str = "", note: str = "", message_id: int | None = None) -> None:
+    With ``source_view``, the text streams into a :class:`SourceStream` instead (its
+    Markdown source, highlighted, at a fraction of the screen's CPU time) and is
+    rendered as Markdown when the reply ends."""
+
+    def __init__(self, text: str = "", note: str = "", message_id: int | None = None,
+                 source_view: bool = False) -> None:
         super().__init__()
+        self.source_view = source_view
         self.message_id = message_id
         """The reply's row in the store, once known."""
         self._initial = text
@@ -90,17 +104,65 @@ class ReplyMessage(Vertical):
 
     async def append(self, fragment: str) -> None:
         self.text += fragment
-        pending, self._held = self._held + fragment, ""
+        if self.source_view:
+            await self._append_source(fragment)
+            return
         with self.app.batch_update():
             self._extend_runway()
-            while pending:
-                plan = plan_write(self._block, pending)
-                await self._write(plan.head)
-                if not plan.cut:
-                    self._held = plan.tail
-                    return
-                await self._new_block()
-                pending = plan.tail
+            await self._write_markdown(fragment)
+
+    async def _write_markdown(self, fragment: str) -> None:
+        pending, self._held = self._held + fragment, ""
+        while pending:
+            plan = plan_write(self._block, pending)
+            await self._write(plan.head)
+            if not plan.cut:
+                self._held = plan.tail
+                return
+            await self._new_block()
+            pending = plan.tail
+
+    async def _append_source(self, fragment: str) -> None:
+        streams = self.query_children(SourceStream)
+        if streams:
+            stream = streams.first()
+        else:
+            stream = SourceStream(classes="reply-source")
+            await self.mount(stream, before=self.query_one(".reply-stats", Static))
+        pane = self.parent
+        following = isinstance(pane, ChatPane) and pane.following(self)
+        stream.reserve_rows = self._runway_step(SOURCE_RUNWAY) if following else 8
+        stream.append(fragment)
+
+    async def _settle_source(self) -> None:
+        """Replace the source shown while streaming by the text rendered as Markdown,
+        in the blocks a Markdown stream would have made, keeping the height the reply
+        had (the source's blank rows become the runway) so that nothing moves."""
+        streams = self.query_children(SourceStream)
+        if not streams:
+            return
+        stream = streams.first()
+        first, *rest = split_blocks(stream.text)
+        with self.app.batch_update():
+            min_height = self.styles.min_height
+            if min_height is None or self.size.height > min_height.value:
+                self.styles.min_height = self.size.height
+            await stream.remove()
+            body = self.body
+            await body.update(first)
+            if rest:
+                await self.mount_all([Markdown(part, classes="reply-body") for part in rest],
+                                     after=body)
+            self._block = rest[-1] if rest else first
+        self.call_after_refresh(self._park_if_out_of_view)
+
+    async def _drop_source(self) -> None:
+        await self.query_children(SourceStream).remove()
+
+    def _runway_step(self, share: float = 1 / RUNWAY_SHARE) -> int:
+        pane = self.parent
+        height = pane.scrollable_content_region.height if isinstance(pane, ChatPane) else 0
+        return max(4, int(height * share))
 
     def _extend_runway(self) -> None:
         """Reserve the next blank lines (:data:`RUNWAY_SHARE`) once the text has nearly
@@ -110,7 +172,7 @@ class ReplyMessage(Vertical):
         pane = self.parent
         if not isinstance(pane, ChatPane) or not pane.following(self):
             return
-        step = max(4, pane.scrollable_content_region.height // RUNWAY_SHARE)
+        step = self._runway_step()
         used = sum(child.outer_size.height for child in self.children if child.display)
         if self.styles.min_height is not None and self.size.height - used > step // 3:
             return
@@ -187,6 +249,7 @@ class ReplyMessage(Vertical):
 
     async def _reset_body(self, text: str) -> None:
         """One Markdown widget showing ``text`` (no stream)."""
+        await self._drop_source()
         await self._write_held()
         self.unpark()
         first, *rest = self.blocks
@@ -217,6 +280,9 @@ class ReplyMessage(Vertical):
         await self.mount(folded, before=self.query_one(".reply-parked", Widget))
 
     async def finish(self, note: str, final_text: str | None = None) -> None:
+        await self._settle_source()
+        if not self.is_attached:  # the app closed while the Markdown went in
+            return
         await self._write_held()
         # The final text is authoritative: a repaired reply streamed no tokens of its own.
         if final_text is not None and final_text != self.text:
@@ -272,9 +338,10 @@ class ChatPane(VerticalScroll):
         return widget
 
     async def add_reply(self, text: str = "", note: str = "",
-                        message_id: int | None = None) -> ReplyMessage:
+                        message_id: int | None = None,
+                        source_view: bool = False) -> ReplyMessage:
         self.close_runways()
-        widget = ReplyMessage(text, note, message_id)
+        widget = ReplyMessage(text, note, message_id, source_view)
         await self.mount(widget)
         return widget
 

@@ -89,6 +89,23 @@ def plan_write(block: str, pending: str) -> Cut:
         pos = end + 1
 
 
+def split_blocks(text: str) -> list[str]:
+    """``text`` cut where a stream fed all of it at once would cut it (at least one
+    block, possibly empty)."""
+    blocks: list[str] = []
+    block, pending = "", text
+    while pending:
+        plan = plan_write(block, pending)
+        block += plan.head
+        if not plan.cut:
+            block += plan.tail
+            break
+        blocks.append(block)
+        block, pending = "", plan.tail
+    blocks.append(block)
+    return blocks
+
+
 def _full_at(text: str) -> int | None:
     """Where ``text`` reaches :data:`BLOCK_LINES` lines or :data:`BLOCK_CHARS`
     characters, whichever comes first; None if it does not."""

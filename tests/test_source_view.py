@@ -1,0 +1,170 @@
+"""A reply streamed as highlighted source (``ui.stream_view``), then rendered as Markdown.
+
+Widget-level: the chunks come from a script, as the reply worker would post them; the
+app-level run on the real model is in test_tui.py."""
+
+from __future__ import annotations
+
+from textual.app import App, ComposeResult
+from textual.strip import Strip
+
+from engine.config import KvchatConfig, ModelConfig, UIConfig
+from engine.events import ModelLoaded, Retry
+from tests.test_tui_blocks import block_types, chunks_of, long_reply
+from tui.ui_priority import streams_as_source
+from tui.widgets.chat_pane import ChatPane, ReplyMessage
+from tui.widgets.reply_blocks import plan_write, split_blocks
+from tui.widgets.source_stream import SourceStream
+
+
+class ChatApp(App[None]):
+    CSS_PATH = "../tui/app.tcss"
+
+    def compose(self) -> ComposeResult:
+        yield ChatPane(id="chat")
+
+
+def plain_rows(stream: SourceStream) -> list[str]:
+    return [stream.render_line(y).text.rstrip() for y in range(stream.size.height)]
+
+
+def styles_of(strip: Strip) -> set[object]:
+    return {segment.style for segment in strip if segment.text.strip()}
+
+
+def test_split_blocks_cuts_where_the_stream_cuts() -> None:
+    text = long_reply(10)
+    streamed, block = [], ""
+    for chunk in chunks_of(text, seed=3):  # as ReplyMessage streams, held lines aside
+        pending = chunk
+        while pending:
+            plan = plan_write(block, pending)
+            block += plan.head
+            if not plan.cut:
+                block += plan.tail
+                break
+            streamed.append(block)
+            block, pending = "", plan.tail
+    streamed.append(block)
+    blocks = split_blocks(text)
+    assert len(blocks) > 2 and "".join(blocks) == text
+    assert [t for b in blocks for t in block_types(b)] == block_types(text)
+    assert split_blocks("") == [""]
+
+
+async def test_a_source_stream_shows_the_text_highlighted_then_markdown() -> None:
+    text = long_reply(6)
+    app = ChatApp()
+    async with app.run_test(size=(100, 30)) as pilot:
+        pane = app.query_one(ChatPane)
+        reply = await pane.add_reply(source_view=True)
+        pane.anchor()
+        for chunk in chunks_of(text, seed=2):
+            await reply.append(chunk)
+        await pilot.pause()
+        # While streaming: one SourceStream, no Markdown rendered yet.
+        stream = reply.query_one(SourceStream)
+        assert [b.source for b in reply.blocks] == [""]
+        rows = [r for r in plain_rows(stream) if r]
+        assert rows == [line.rstrip() for line in text.splitlines() if line.strip()]
+        # A code line is coloured token by token; the fence's language is used.
+        code = next(y for y in range(stream.size.height)
+                    if stream.render_line(y).text.startswith("def part_0"))
+        assert len(styles_of(stream.render_line(code))) > 2
+        # Blank rows reserved below the text: frames add rows without a layout.
+        shown = plain_rows(stream)
+        assert shown[-4:] == ["", "", "", ""]
+        height = reply.size.height
+        await reply.finish("done")
+        await pilot.pause()
+        assert not reply.query(SourceStream)
+        blocks = reply.blocks
+        assert len(blocks) > 1 and "".join(b.source for b in blocks) == text
+        assert [t for b in blocks for t in block_types(b.source)] == block_types(text)
+        # Nothing below the reply moved when the Markdown went in.
+        assert reply.size.height >= height
+
+
+async def test_a_source_stream_adds_rows_within_its_reserve_without_layouts() -> None:
+    text = "".join(f"Paragraph {i} about the press and its type.\n\n" for i in range(120))
+    app = ChatApp()
+    async with app.run_test(size=(100, 30)) as pilot:
+        pane = app.query_one(ChatPane)
+        await pane.add_user("Tell me about the press.")
+        reply = await pane.add_reply(source_view=True)
+        pane.anchor()
+        frames, growths = 0, 0
+        last = None
+        for i in range(0, len(text), 60):
+            await reply.append(text[i:i + 60])
+            await pilot.pause()
+            stream = reply.query_one(SourceStream)
+            frames += 1
+            growths += stream.size.height != last
+            last = stream.size.height
+            # The newest text is on screen.
+            shown = app.screen._compositor.render_strips()
+            newest = reply.text.rstrip().rsplit("\n", 1)[-1].strip()
+            assert any(newest in strip.text for strip in shown)
+        # The stream grew (a layout, and a scroll of the pane) a few times only.
+        assert frames > 80 and growths < frames / 5
+
+
+async def test_a_source_stream_rewraps_on_resize_and_recolours_on_a_new_theme() -> None:
+    line = "word " * 60
+    app = ChatApp()
+    async with app.run_test(size=(100, 30)) as pilot:
+        reply = await app.query_one(ChatPane).add_reply(source_view=True)
+        await reply.append(f"# Title\n\n{line}\n")
+        await pilot.pause()
+        stream = reply.query_one(SourceStream)
+        wide = [r for r in plain_rows(stream) if r]
+        await pilot.resize_terminal(60, 30)
+        await pilot.pause()
+        narrow = [r for r in plain_rows(stream) if r]
+        assert len(narrow) > len(wide)
+        assert all(len(r) <= stream.size.width for r in narrow)
+        assert " ".join(" ".join(narrow[1:]).split()) == line.strip()
+        title = styles_of(stream.render_line(0))
+        app.theme = "textual-light" if app.theme != "textual-light" else "textual-dark"
+        await pilot.pause()
+        assert styles_of(stream.render_line(0)) != title
+
+
+async def test_a_retry_in_source_view_drops_the_attempt_shown() -> None:
+    app = ChatApp()
+    async with app.run_test(size=(100, 30)) as pilot:
+        reply = await app.query_one(ChatPane).add_reply(source_view=True)
+        await reply.append("Here is the data: {oops")
+        await reply.start_attempt(Retry(attempt=2, strategy="grammar", reason="bad JSON"))
+        assert not reply.query(SourceStream)
+        await reply.append('{"ok": true}')
+        await reply.finish("done")
+        await pilot.pause()
+        assert [b.source for b in reply.blocks] == ['{"ok": true}']
+        assert len(reply.query(".attempt")) == 1 and isinstance(reply, ReplyMessage)
+
+
+def loaded(backend: str = "CPU", gpu_layers: int | None = 0) -> ModelLoaded:
+    return ModelLoaded(path="m.gguf", name="m", architecture="gemma3", description="",
+                       n_params=None, file_bytes=None, weights_bytes=None, n_vocab=None,
+                       n_ctx=512, n_ctx_train=None, n_layers=None,
+                       n_gpu_layers=gpu_layers, backend=backend, chat_format="gemma",
+                       kv_bytes=0, load_s=0.0)
+
+
+def test_replies_stream_as_source_where_decoding_has_every_core() -> None:
+    auto = KvchatConfig()
+    assert streams_as_source(auto, loaded(), cores=2)
+    assert streams_as_source(auto, loaded(), cores=7)
+    # A core left to the screen (the app's config on 8 or more), a GPU, a server.
+    spared = KvchatConfig(model=ModelConfig(n_threads=15))
+    assert not streams_as_source(spared, loaded(), cores=16)
+    assert streams_as_source(KvchatConfig(model=ModelConfig(n_threads=16)), loaded(), cores=16)
+    assert not streams_as_source(auto, loaded("CUDA", 18), cores=2)
+    assert not streams_as_source(auto, loaded("openai:127.0.0.1:8080", None), cores=2)
+    # Said in the config, whatever the machine.
+    assert streams_as_source(KvchatConfig(ui=UIConfig(stream_view="source")),
+                             loaded("CUDA", 18), cores=64)
+    assert not streams_as_source(KvchatConfig(ui=UIConfig(stream_view="markdown")),
+                                 loaded(), cores=2)
