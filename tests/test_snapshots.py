@@ -22,12 +22,14 @@ from engine.events import (
     Progress,
     SpecStats,
     TokenChunk,
+    TurnStarted,
 )
 from engine.output_spec import OutputSpec
 from engine.store import Store
 from tests.test_tui_screens import store_retried_reply
 from tui.app import KvchatApp
-from tui.messages import PromptSubmitted
+from tui.messages import PromptSubmitted, ReplyChunk, ReplyStarted
+from tui.widgets.status_line import StatusLine
 
 THEMES = ["kvchat-dark", "kvchat-light", "kvchat-high-contrast"]
 SIZES = [(80, 24), (160, 48)]
@@ -155,3 +157,26 @@ def test_retry_screen(snap_compare, tmp_path: Path, size: tuple[int, int]) -> No
         await pilot.pause(0.3)
 
     assert snap_compare(app, terminal_size=size, run_before=run_before)
+
+
+def test_a_reply_streaming_as_source(snap_compare, tmp_path: Path) -> None:
+    """Mid-stream with ``ui.stream_view = "source"``: the reply so far as highlighted
+    Markdown source (rendered as Markdown once it ends: test_source_view.py)."""
+    app = KvchatApp(KvchatConfig(ui=UIConfig(theme="kvchat-dark", stream_view="source")),
+                    ScriptedEngine(), Store(tmp_path / "kvchat.db"),
+                    prefs_file=tmp_path / "ui-prefs.json")
+
+    async def run_before(pilot) -> None:
+        await pilot.pause()
+        conversation = app.store.create_conversation("streaming", None)
+        app.post_message(ReplyStarted(TurnStarted(conversation_id=conversation,
+                                                  user_message_id=0, reply_message_id=0),
+                                      "Write an add function in Python."))
+        await pilot.pause(0.2)
+        app.query_one(StatusLine).state = "generating…"
+        for i, piece in enumerate([*REPLY, "\n\n## Why\n\n- typed\n- ", "short"]):
+            app.post_message(ReplyChunk(piece, 1))
+            await pilot.pause(0.05 if i % 3 else 0.15)
+        await pilot.pause(0.3)
+
+    assert snap_compare(app, terminal_size=(160, 48), run_before=run_before)

@@ -71,18 +71,28 @@ async def test_a_source_stream_shows_the_text_highlighted_then_markdown() -> Non
         code = next(y for y in range(stream.size.height)
                     if stream.render_line(y).text.startswith("def part_0"))
         assert len(styles_of(stream.render_line(code))) > 2
+        # A heading is set apart from prose, as Pygments' Markdown lexer sees it.
+        rows = plain_rows(stream)
+        heading, prose = rows.index("## Part 1"), rows.index("Some prose about part 1, "
+                                                             "**bold** and `code`.")
+        assert styles_of(stream.render_line(heading)).isdisjoint(
+            styles_of(stream.render_line(prose)))
         # Blank rows reserved below the text: frames add rows without a layout.
         shown = plain_rows(stream)
         assert shown[-4:] == ["", "", "", ""]
-        height = reply.size.height
         await reply.finish("done")
         await pilot.pause()
         assert not reply.query(SourceStream)
         blocks = reply.blocks
         assert len(blocks) > 1 and "".join(b.source for b in blocks) == text
         assert [t for b in blocks for t in block_types(b.source)] == block_types(text)
-        # Nothing below the reply moved when the Markdown went in.
-        assert reply.size.height >= height
+        # No blank rows left below the Markdown: the end of the reply is in view.
+        assert reply.styles.min_height is None
+        assert reply.size.height == sum(c.outer_size.height for c in reply.children
+                                        if c.display)
+        assert pane.scroll_y == pane.max_scroll_y
+        shown = "".join(strip.text for strip in app.screen._compositor.render_strips())
+        assert "done" in shown  # the stats line, right below the text
 
 
 async def test_a_source_stream_adds_rows_within_its_reserve_without_layouts() -> None:

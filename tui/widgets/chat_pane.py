@@ -136,17 +136,16 @@ class ReplyMessage(Vertical):
 
     async def _settle_source(self) -> None:
         """Replace the source shown while streaming by the text rendered as Markdown,
-        in the blocks a Markdown stream would have made, keeping the height the reply
-        had (the source's blank rows become the runway) so that nothing moves."""
+        in the blocks a Markdown stream would have made. The source's blank rows go
+        with it: the Markdown may take fewer rows than its source did, and a reserve
+        kept below it would fill the pane with nothing."""
         streams = self.query_children(SourceStream)
         if not streams:
             return
         stream = streams.first()
         first, *rest = split_blocks(stream.text)
         with self.app.batch_update():
-            min_height = self.styles.min_height
-            if min_height is None or self.size.height > min_height.value:
-                self.styles.min_height = self.size.height
+            self.close_runway()
             await stream.remove()
             body = self.body
             await body.update(first)

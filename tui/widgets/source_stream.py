@@ -36,9 +36,9 @@ def lexer_for(language: str) -> Lexer:
     """Pygments' lexer for a fence's language (plain text for one it does not know);
     made once per language, as finding one by name costs more than lexing a line."""
     try:
-        return get_lexer_by_name(language, stripnl=False, ensurenl=False)
+        return get_lexer_by_name(language, stripnl=False)
     except ClassNotFound:
-        return get_lexer_by_name("text", stripnl=False, ensurenl=False)
+        return get_lexer_by_name("text", stripnl=False)
 
 
 def highlight_line(line: str, language: str) -> Content:
@@ -46,8 +46,11 @@ def highlight_line(line: str, language: str) -> Content:
     use (``HighlightTheme``), so that both look alike in every theme."""
     spans: list[Span] = []
     start = 0
-    for token_type, token in lexer_for(language).get_tokens(line):
-        end = start + len(token)
+    # Lexed with its newline: Pygments' Markdown rules (headings, lists) end in one.
+    for token_type, token in lexer_for(language).get_tokens(line + "\n"):
+        end = min(start + len(token), len(line))
+        if end <= start:
+            break
         kind = token_type
         while kind is not None:
             if style := HighlightTheme.STYLES.get(kind):
