@@ -6,6 +6,7 @@ malformed with their error, above the attempt that counts.
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 from textual.app import ComposeResult
@@ -36,6 +37,11 @@ SOURCE_RUNWAY = 0.75
 text reaches the end of its reserve, the pane lays out and repaints whole, which is
 most of what streaming source costs; three quarters of a pane between two such
 repaints keeps a quarter of the text before in view (docs/tui.md)."""
+
+
+SETTLE_BLOCKS = 4
+"""Markdown blocks (of up to 20 lines each) rendered per screen update when a reply
+streamed as source ends."""
 
 
 def code_blocks(text: str) -> list[str]:
@@ -136,23 +142,32 @@ class ReplyMessage(Vertical):
 
     async def _settle_source(self) -> None:
         """Replace the source shown while streaming by the text rendered as Markdown,
-        in the blocks a Markdown stream would have made. The source's blank rows go
-        with it: the Markdown may take fewer rows than its source did, and a reserve
-        kept below it would fill the pane with nothing."""
+        in the blocks a Markdown stream would have made, :data:`SETTLE_BLOCKS` at a time
+        from the top, each batch taking its lines off the source (a long reply takes
+        seconds to render; the screen and the message box stay live meanwhile, and the
+        end of the reply, where the reader is, stays in view throughout). The source's
+        blank rows go with it: a reserve kept below the Markdown, which may take fewer
+        rows than its source, would fill the pane with nothing."""
         streams = self.query_children(SourceStream)
         if not streams:
             return
         stream = streams.first()
-        first, *rest = split_blocks(stream.text)
-        with self.app.batch_update():
-            self.close_runway()
-            await stream.remove()
-            body = self.body
-            await body.update(first)
-            if rest:
-                await self.mount_all([Markdown(part, classes="reply-body") for part in rest],
-                                     after=body)
-            self._block = rest[-1] if rest else first
+        parts = split_blocks(stream.text)
+        self.close_runway()
+        body = self.body
+        await body.update(parts[0])
+        stream.drop_head(parts[0].count("\n"))
+        for start in range(1, len(parts), SETTLE_BLOCKS):
+            batch = parts[start:start + SETTLE_BLOCKS]
+            with self.app.batch_update():
+                await self.mount_all([Markdown(part, classes="reply-body") for part in batch],
+                                     before=stream)
+                stream.drop_head(sum(part.count("\n") for part in batch))
+            await asyncio.sleep(0)  # let the screen and the keys in
+            if not self.is_attached:
+                return
+        await stream.remove()
+        self._block = parts[-1]
         self.call_after_refresh(self._park_if_out_of_view)
 
     async def _drop_source(self) -> None:

@@ -73,6 +73,8 @@ class SourceStream(Widget):
         """Complete source lines with the language each is highlighted as."""
         self._rows: list[Strip] = []
         """Rendered rows of the complete lines at ``_width``."""
+        self._row_counts: list[int] = []
+        """Rows of each complete line."""
         self._open_rows: list[Strip] = []
         """Rows of the line still being written."""
         self._fence: tuple[str, str] | None = None
@@ -96,10 +98,24 @@ class SourceStream(Widget):
         for line in complete:
             language = self._language_of(line)
             self._lines.append((line, language))
-            self._rows.extend(self._render(line, language))
+            rows = self._render(line, language)
+            self._rows.extend(rows)
+            self._row_counts.append(len(rows))
         self._open_rows = self._render(rest, self._fence[1] if self._fence else "markdown") \
             if rest else []
         self._show(first_changed)
+
+    def drop_head(self, n_lines: int) -> None:
+        """Forget the first ``n_lines`` complete lines (now shown some other way)."""
+        n_lines = min(n_lines, len(self._lines))
+        rows = sum(self._row_counts[:n_lines])
+        del self._lines[:n_lines], self._row_counts[:n_lines], self._rows[:rows]
+        cut = 0
+        for _ in range(n_lines):
+            cut = self.text.index("\n", cut) + 1
+        self.text = self.text[cut:]
+        self._height = max(1, self._height - rows)
+        self.refresh(layout=True)
 
     def _language_of(self, line: str) -> str:
         """The language ``line`` is highlighted as, opening or closing fences."""
@@ -162,8 +178,9 @@ class SourceStream(Widget):
     def _rerender(self) -> None:
         """Every row again: a new width, or a new theme's colours."""
         self._theme = self.app.theme
-        self._rows = [row for line, language in self._lines
-                      for row in self._render(line, language)]
+        rendered = [self._render(line, language) for line, language in self._lines]
+        self._rows = [row for rows in rendered for row in rows]
+        self._row_counts = [len(rows) for rows in rendered]
         rest = self.text[self.text.rfind("\n") + 1:]
         self._open_rows = self._render(rest, self._fence[1] if self._fence else "markdown") \
             if rest else []
