@@ -200,14 +200,14 @@ async def test_a_reply_streams_as_source_then_shows_as_markdown(kvchat_home: Pat
         streams, blinks = [], []
         while not any(isinstance(m, ReplyFinished) for m in seen):
             reply = app.query(ReplyMessage).last()
-            streams += list(reply.query(SourceStream))
+            streams += [stream.text for stream in reply.query(SourceStream)]
             blinks.append(app.query_one(PromptInput).cursor_blink)
             await asyncio.sleep(0.05)
         finished = await wait_for(seen, ReplyFinished, pilot)
         await pilot.pause()
         reply = app.query_one(ReplyMessage)
         assert reply.source_view and streams
-        assert reply.text.startswith(streams[0].text) and streams[0].text
+        assert reply.text.startswith(streams[0]) and streams[0]
         assert not reply.query(SourceStream)
         assert reply.text == finished.done.text
         assert "".join(b.source for b in reply.blocks) == reply.text
