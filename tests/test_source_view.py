@@ -5,6 +5,8 @@ app-level run on the real model is in test_tui.py."""
 
 from __future__ import annotations
 
+import asyncio
+
 from textual.app import App, ComposeResult
 from textual.strip import Strip
 
@@ -93,6 +95,29 @@ async def test_a_source_stream_shows_the_text_highlighted_then_markdown() -> Non
         assert pane.scroll_y == pane.max_scroll_y
         shown = "".join(strip.text for strip in app.screen._compositor.render_strips())
         assert "done" in shown  # the stats line, right below the text
+
+
+async def test_a_long_reply_goes_in_as_markdown_a_few_blocks_at_a_time() -> None:
+    text = long_reply(14)
+    app = ChatApp()
+    async with app.run_test(size=(100, 30)) as pilot:
+        pane = app.query_one(ChatPane)
+        reply = await pane.add_reply(source_view=True)
+        pane.anchor()
+        for chunk in chunks_of(text, seed=4):
+            await reply.append(chunk)
+        await pilot.pause()
+        finishing = asyncio.create_task(reply.finish("done"))
+        halfway = []  # Markdown above what is still source, the source shrinking
+        while not finishing.done():
+            streams = reply.query(SourceStream)
+            if streams and len(reply.blocks) > 1:
+                halfway.append((len(reply.blocks), len(streams.first().text)))
+            await asyncio.sleep(0.02)
+        await finishing
+        assert len(halfway) >= 2 and halfway[0][1] > halfway[-1][1]
+        assert not reply.query(SourceStream)
+        assert "".join(b.source for b in reply.blocks) == text
 
 
 async def test_a_source_stream_adds_rows_within_its_reserve_without_layouts() -> None:
