@@ -164,7 +164,7 @@ class ReplyMessage(Vertical):
                                      before=stream)
                 stream.drop_head(sum(part.count("\n") for part in batch))
             await asyncio.sleep(0)  # let the screen and the keys in
-            if not self.is_attached:
+            if self._torn_down():
                 return
         await stream.remove()
         self._block = parts[-1]
@@ -295,7 +295,7 @@ class ReplyMessage(Vertical):
 
     async def finish(self, note: str, final_text: str | None = None) -> None:
         await self._settle_source()
-        if not self.is_attached:  # the app closed while the Markdown went in
+        if self._torn_down():  # the app closed while the Markdown went in
             return
         await self._write_held()
         # The final text is authoritative: a repaired reply streamed no tokens of its own.
@@ -305,7 +305,12 @@ class ReplyMessage(Vertical):
         self.set_note(note)
 
     def set_note(self, note: str) -> None:
-        self.query_one(".reply-stats", Static).update(note)
+        for stats in self.query_children(".reply-stats").results(Static):
+            stats.update(note)
+
+    def _torn_down(self) -> bool:
+        """Is the app closing, removing this reply's widgets under an await?"""
+        return not self.is_attached or self._pruning
 
     @property
     def note(self) -> str:
