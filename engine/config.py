@@ -262,8 +262,9 @@ class UIConfig(_Section):
     layout of the screen. ``auto``: source where the model decodes on the CPU with
     every core the screen runs on (CPU only, fewer than 8 cores or ``model.n_threads``
     at least the core count), where every millisecond of screen work is one the decode
-    stands still; Markdown otherwise. On a 2-core CPU, Markdown streaming decoded at
-    0.92x of ``kvchat ask`` (docs/tui.md)."""
+    stands still; Markdown otherwise. On a 2-core CPU, 2048-token replies decoded at
+    0.97-1.0x of ``kvchat ask`` as source while watching and 0.90-0.92x as Markdown
+    (docs/tui.md)."""
     engine_process: bool = True
     """Run the local model in a process of its own, so that the screen's Python never
     holds up the token loop's (they would share one interpreter lock) and a crash in
