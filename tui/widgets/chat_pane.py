@@ -133,12 +133,21 @@ class ReplyMessage(Vertical):
         if streams:
             stream = streams.first()
         else:
-            stream = SourceStream(classes="reply-source")
+            stream = SourceStream(width=self.content_size.width, classes="reply-source")
             await self.mount(stream, before=self.query_one(".reply-stats", Static))
-        pane = self.parent
-        following = isinstance(pane, ChatPane) and pane.following(self)
-        stream.reserve_rows = self._runway_step(SOURCE_RUNWAY) if following else 8
+        stream.reserve_rows = self._source_reserve()
         stream.append(fragment)
+
+    def _source_reserve(self) -> int:
+        """Blank rows for the source to grow into: while the conversation still fits
+        the pane, the rows left free (the pane does not scroll yet); following the end
+        of a full pane, :data:`SOURCE_RUNWAY` of it; scrolled away, a few."""
+        pane = self.parent
+        if not isinstance(pane, ChatPane) or pane.children[-1] is not self:
+            return 8
+        if pane.max_scroll_y == 0:
+            return max(8, pane.scrollable_content_region.height - pane.virtual_size.height)
+        return self._runway_step(SOURCE_RUNWAY) if pane.following(self) else 8
 
     async def _settle_source(self) -> None:
         """Replace the source shown while streaming by the text rendered as Markdown,

@@ -66,7 +66,9 @@ class SourceStream(Widget):
 
     DEFAULT_CSS = "SourceStream { height: auto; }"
 
-    def __init__(self, *, classes: str | None = None) -> None:
+    def __init__(self, *, width: int = 0, classes: str | None = None) -> None:
+        """``width``: the width it will be laid out at, where known, so that the first
+        rows need not be rendered again once it is."""
         super().__init__(classes=classes)
         self.text = ""
         self._lines: list[tuple[str, str]] = []
@@ -79,7 +81,7 @@ class SourceStream(Widget):
         """Rows of the line still being written."""
         self._fence: tuple[str, str] | None = None
         """The open code fence: its marker and language."""
-        self._width = 0
+        self._width = width
         self._height = 0
         self._theme = ""
         """The theme the rows were rendered in."""
