@@ -195,8 +195,11 @@ def long_markdown(n_sections: int) -> str:
     return "".join(parts)
 
 
-async def long_reply(args: argparse.Namespace) -> dict[str, float | int]:
-    """Time per chunk of a 10,000-token reply, first tenth against last tenth."""
+async def long_reply(args: argparse.Namespace,
+                     source: bool = False) -> dict[str, float | int]:
+    """Time per chunk of a 10,000-token reply, first tenth against last tenth; streamed
+    as Markdown, or with ``source`` as highlighted source (``ui.stream_view``), whose
+    rendering as Markdown at the end is timed as ``finish_s``."""
     engine = LocalEngine(ModelConfig(n_ctx=512))
     await engine.start()
     text = long_markdown(10)
@@ -217,7 +220,7 @@ async def long_reply(args: argparse.Namespace) -> dict[str, float | int]:
         while not app.ready:  # past the model load the app starts on mount
             await pilot.pause(0.1)
         pane = app.query_one(ChatPane)
-        reply = await pane.add_reply()
+        reply = await pane.add_reply(source_view=source)
         pane.anchor()
         started = time.perf_counter()
         for chunk in chunks:
@@ -231,17 +234,20 @@ async def long_reply(args: argparse.Namespace) -> dict[str, float | int]:
             times.append(time.perf_counter() - t0)
             if len(times) % (n_chunks // 10) == 0 and len(tenths) < 10:
                 tenths.append(statistics.median(times[-(n_chunks // 10):]) * 1000)
-                print(f"long reply: {len(times)}/{n_chunks} chunks, median "
+                print(f"long reply{' (source)' if source else ''}: "
+                      f"{len(times)}/{n_chunks} chunks, median "
                       f"{tenths[-1]:.1f} ms a chunk in this tenth", file=sys.stderr)
         total = time.perf_counter() - started
+        finishing = time.perf_counter()
         await reply.finish("")
+        finish_s = time.perf_counter() - finishing
         await pilot.pause()
         sources = [block.source for block in reply.blocks]
         assert "".join(sources) == text == reply.text
     return {"tokens": n_tokens, "chunks": n_chunks, "markdown_blocks": len(sources),
             "median_ms_by_tenth": [round(t, 2) for t in tenths],
             "first_tenth_ms": tenths[0], "last_tenth_ms": tenths[-1],
-            "ratio": tenths[-1] / tenths[0], "total_s": total}
+            "ratio": tenths[-1] / tenths[0], "total_s": total, "finish_s": finish_s}
 
 
 async def settle(reply: ReplyMessage) -> None:
@@ -422,6 +428,7 @@ def main() -> None:
                                   for face, values in delays.items() if values}
     if not args.skip_long:
         result["long_reply"] = asyncio.run(long_reply(args))
+        result["long_reply_source"] = asyncio.run(long_reply(args, source=True))
     print(json.dumps(result, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
