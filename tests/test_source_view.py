@@ -15,7 +15,7 @@ from engine.events import ModelLoaded, Retry
 from tests.test_tui_blocks import block_types, chunks_of, long_reply
 from tui.ui_priority import streams_as_source
 from tui.widgets.chat_pane import ChatPane, ReplyMessage
-from tui.widgets.reply_blocks import plan_write, split_blocks
+from tui.widgets.reply_blocks import split_blocks
 from tui.widgets.source_stream import SourceStream
 
 
@@ -34,23 +34,19 @@ def styles_of(strip: Strip) -> set[object]:
     return {segment.style for segment in strip if segment.text.strip()}
 
 
-def test_split_blocks_cuts_where_the_stream_cuts() -> None:
+async def test_split_blocks_cuts_where_the_markdown_stream_cuts() -> None:
+    """What a reply streamed as source becomes at its end is what streaming it as
+    Markdown makes: the same blocks."""
     text = long_reply(10)
-    streamed, block = [], ""
-    for chunk in chunks_of(text, seed=3):  # as ReplyMessage streams, held lines aside
-        pending = chunk
-        while pending:
-            plan = plan_write(block, pending)
-            block += plan.head
-            if not plan.cut:
-                block += plan.tail
-                break
-            streamed.append(block)
-            block, pending = "", plan.tail
-    streamed.append(block)
-    blocks = split_blocks(text)
-    assert len(blocks) > 2 and "".join(blocks) == text
-    assert [t for b in blocks for t in block_types(b)] == block_types(text)
+    app = ChatApp()
+    async with app.run_test(size=(100, 30)) as pilot:
+        reply = await app.query_one(ChatPane).add_reply()
+        for chunk in chunks_of(text, seed=3):
+            await reply.append(chunk)
+        await reply.finish("done")
+        await pilot.pause()
+        streamed = [b.source for b in reply.blocks]
+    assert len(streamed) > 2 and split_blocks(text) == streamed
     assert split_blocks("") == [""]
 
 
