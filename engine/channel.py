@@ -23,7 +23,9 @@ TERMINAL = (Done, Error)
 class EventChannel:
     """``min_gap_s``: after handing over what was queued, wait this long before the next
     hand-over, so that what arrives meanwhile goes out together (the engine process
-    relays a reply this way: see :data:`engine.process_child.RELAY_GAP_S`)."""
+    relays a reply this way: see :data:`engine.process_child.RELAY_GAP_S`). Not until
+    the first token has gone out: what comes before it (routing, the prompt's
+    evaluation) must not hold the reply's first words back."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, min_gap_s: float = 0.0) -> None:
         self._loop = loop
@@ -32,6 +34,8 @@ class EventChannel:
         self._items: deque[Event] = deque()
         self._wake_pending = False
         self._ready = asyncio.Event()
+        self._spoken = False
+        """A token has been handed over: from now on, hand-overs keep the gap."""
 
     def put(self, event: Event) -> None:
         """Called from the engine thread."""
@@ -59,11 +63,14 @@ class EventChannel:
         while True:
             await self._ready.wait()
             self._ready.clear()
+            spoken = False
             for event in self._take():
+                spoken = spoken or isinstance(event, TokenChunk)
                 yield event
                 if isinstance(event, TERMINAL):
                     return
-            if self._min_gap_s:
+            self._spoken = self._spoken or spoken
+            if self._min_gap_s and self._spoken:
                 await asyncio.sleep(self._min_gap_s)
 
 

@@ -8,7 +8,7 @@ import threading
 import time
 
 from engine.channel import EventChannel
-from engine.events import Error, Event, TokenChunk
+from engine.events import Error, Event, KVUsage, TokenChunk
 
 
 def token(i: int) -> TokenChunk:
@@ -57,3 +57,35 @@ def test_an_unpaced_channel_hands_over_each_token_as_it_comes() -> None:
     tokens = [e for e in got if isinstance(e, TokenChunk)]
     assert len(tokens) >= 8  # the consumer keeps up: no reason to wait and merge
     assert "".join(t.text for t in tokens) == "".join(f"t{i} " for i in range(10))
+
+
+def test_what_comes_before_the_first_token_does_not_hold_it_back() -> None:
+    """Routing and the prompt's evaluation are events too; a paced channel keeps its gap
+    only once the reply's first words have gone out."""
+
+    async def run() -> list[float]:
+        loop = asyncio.get_running_loop()
+        channel = EventChannel(loop, min_gap_s=5.0)
+        prompt_seen = threading.Event()
+
+        def engine_thread() -> None:
+            channel.put(KVUsage(used_cells=40, n_ctx=1024, reserved_cells=0,  # the prompt
+                                bytes_per_cell=None, used_bytes=None, total_bytes=None))
+            prompt_seen.wait(5)
+            time.sleep(0.01)
+            channel.put(token(0))
+            channel.put(end())
+
+        thread = threading.Thread(target=engine_thread)
+        thread.start()
+        arrivals = []
+        async for event in channel:
+            arrivals.append(loop.time())
+            prompt_seen.set()
+            if isinstance(event, TokenChunk):
+                break
+        thread.join()
+        return arrivals
+
+    first, token_at = asyncio.run(run())[:2]
+    assert token_at - first < 2.5  # not held for the 5 s gap (it takes ~10 ms)

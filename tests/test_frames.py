@@ -84,6 +84,34 @@ def test_a_frame_waits_until_the_screen_has_shown_the_last_one() -> None:
     assert frames[1][1] == "".join(str(i % 10) for i in range(1, 36))
 
 
+def test_text_held_for_the_screen_goes_out_when_the_screen_has_shown_the_last_frame() -> None:
+    """The engine process may batch a reply's events a quarter of a second apart: text
+    held back while the screen was busy goes out when the screen says it is done
+    (``tick``), not with the next batch."""
+    now = [100.0]
+    shown = [True]
+    frames: list = []
+
+    def post(text: str, n: int, gauges: list) -> None:
+        frames.append((now[0], text, [type(g).__name__ for g in gauges]))
+        shown[0] = False
+
+    gather = ReplyCoalescer(post, frames.append, clock=lambda: now[0],
+                            ready=lambda: shown[0], frame_s=0.25, gauge_s=1.0)
+    # One batch: the prompt's KV sample (a frame of its own), then the first tokens.
+    gather.add(kv(40))
+    gather.add(TokenChunk(text="Hello", token_ids=[1]))
+    gather.add(TokenChunk(text=" world", token_ids=[2]))
+    assert frames == [(100.0, "", ["KVUsage"])]
+    gather.tick()  # the screen is still busy: nothing
+    assert len(frames) == 1
+    now[0], shown[0] = 100.03, True  # shown 30 ms later
+    gather.tick()
+    assert frames[1] == (100.03, "Hello world", [])
+    gather.tick()  # nothing gathered since
+    assert len(frames) == 2
+
+
 def test_a_frame_the_screen_never_acknowledges_holds_the_next_for_a_second_at_most() -> None:
     now = [0.0]
     frames: list = []

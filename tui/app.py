@@ -143,6 +143,8 @@ class KvchatApp(AppActions, App[int]):
         self._reply: ReplyMessage | None = None
         self._frames_unshown = 0
         """Frames posted by the reply worker that the screen has not shown yet."""
+        self._gather: ReplyCoalescer | None = None
+        """The reply worker's coalescer while a reply streams."""
         self._reply_route = ""
         self._blink = True
         """The prompt's cursor blink, paused while a reply streams."""
@@ -316,8 +318,9 @@ class KvchatApp(AppActions, App[int]):
         self._frames_unshown = 0
         pace = {"frame_s": SOURCE_FRAME_S, "gauge_s": SOURCE_GAUGE_S} \
             if self.source_view else {}
-        gather = ReplyCoalescer(post_frame, post_event,
-                                ready=lambda: self._frames_unshown == 0, **pace)
+        gather = self._gather = ReplyCoalescer(post_frame, post_event,
+                                               ready=lambda: self._frames_unshown == 0,
+                                               **pace)
         try:
             async for event in self.session.send(text, self.conversation_id,
                                                   self.config.sampling, route=route,
@@ -373,6 +376,8 @@ class KvchatApp(AppActions, App[int]):
     def _frame_shown(self) -> None:
         """The screen has shown a frame: the reply worker may send the next."""
         self._frames_unshown = max(0, self._frames_unshown - 1)
+        if self._gather is not None and self.replying:
+            self._gather.tick()
 
     @on(ReplyRetrying)
     async def _reply_retrying(self, message: ReplyRetrying) -> None:
@@ -415,6 +420,7 @@ class KvchatApp(AppActions, App[int]):
         going in takes a few awaits), and there is nothing left to show."""
         self.replying = False
         self._reply = None
+        self._gather = None
         if not self.query(StatusLine):
             return False
         self.query_one(StatusLine).state = "ready"

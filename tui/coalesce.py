@@ -87,6 +87,14 @@ class ReplyCoalescer:
             self.flush()
             self._post_event(event)
 
+    def tick(self) -> None:
+        """The screen has shown the last frame: send the text gathered meanwhile if a
+        frame of it is due, instead of holding it until the next event arrives (which,
+        batched by the engine process, may be a quarter of a second away)."""
+        now = self._clock()
+        if self._text and now - self._last_tokens >= self._frame_s and self._may_send(now):
+            self._send(now, gauges=now - self._last_gauges >= self._gauge_s)
+
     def _may_send(self, now: float) -> bool:
         last = max(self._last_tokens, self._last_gauges)
         return self._ready() or now - last >= STALL_S
