@@ -16,7 +16,7 @@ from tests.test_tui_blocks import block_types, chunks_of, long_reply
 from tui.ui_priority import streams_as_source
 from tui.widgets.chat_pane import ChatPane, ReplyMessage
 from tui.widgets.reply_blocks import split_blocks
-from tui.widgets.source_stream import SourceStream
+from tui.widgets.source_stream import _PROSE, SourceStream, highlight_line, lexed_line
 
 
 class ChatApp(App[None]):
@@ -139,6 +139,81 @@ async def test_a_source_stream_adds_rows_within_its_reserve_without_layouts() ->
             assert any(newest in strip.text for strip in shown)
         # The stream grew (a layout, and a scroll of the pane) a few times only.
         assert frames > 80 and growths < frames / 5
+
+
+async def test_a_prepared_reply_streams_in_a_window_that_turns_its_page() -> None:
+    """Prepared before its tokens, a reply's source keeps the pane's free rows as its
+    height: no frame lays the screen out or scrolls the pane, however long the reply;
+    the window turns its page instead, the newest text always in view. Scrolling up
+    shows every row again, the view staying where it was."""
+    text = "".join(f"Paragraph {i} about the press and its type.\n\n" for i in range(120))
+    app = ChatApp()
+    async with app.run_test(size=(100, 30)) as pilot:
+        pane = app.query_one(ChatPane)
+        await pane.add_user("Tell me about the press.")
+        reply = await pane.add_reply(source_view=True)
+        pane.anchor()
+        await pilot.pause()
+        reply.prepare()
+        await pilot.pause()
+        stream = reply.query_one(SourceStream)
+        # The conversation fills the pane exactly: nothing to scroll yet.
+        assert stream.window == stream.size.height > pane.size.height // 2
+        assert pane.max_scroll_y == 0
+        layouts, pages = 0, 0
+        original = stream.refresh
+
+        def counted(*regions, **kwargs):  # type: ignore[no-untyped-def]
+            nonlocal layouts
+            layouts += bool(kwargs.get("layout"))
+            return original(*regions, **kwargs)
+
+        stream.refresh = counted  # type: ignore[method-assign]
+        tops = []
+        for i in range(0, len(text), 60):
+            await reply.append(text[i:i + 60])
+            await pilot.pause()
+            tops.append(stream._top)
+            shown = app.screen._compositor.render_strips()
+            newest = reply.text.rstrip().rsplit("\n", 1)[-1].strip()
+            assert any(newest in strip.text for strip in shown)
+        pages = len(set(tops)) - 1
+        assert layouts == 0 and pane.max_scroll_y == 0 and pages > 5
+        # Each page keeps a quarter of the window of the text before it.
+        window = stream.window
+        rows = plain_rows(stream)
+        assert rows[window // 4 - 1] and not rows[-1]
+        # The user scrolls up: every row is there again, and what was shown stays put.
+        top_text = rows[0]
+        stream.refresh = original  # type: ignore[method-assign]
+        pane.focus()
+        await pilot.press("up")
+        await pilot.pause()
+        await pilot.pause()
+        assert not stream.window and stream.size.height > 240
+        assert reply.query_one(SourceStream).render_line(0).text.startswith("Paragraph 0 ")
+        on_screen = [strip.text.strip() for strip in app.screen._compositor.render_strips()]
+        assert any(top_text in line for line in on_screen)
+        await reply.finish("done")
+        await pilot.pause()
+        assert "".join(b.source for b in reply.blocks) == text
+
+
+def test_prose_skips_the_lexer_and_looks_the_same() -> None:
+    """Lines none of Pygments' Markdown rules would mark up are not lexed at all (most
+    of a reply), with the very same result; lines with markup still are."""
+    prose = ["The printing press was invented around 1440, and it changed Europe.",
+             "A question? Yes: (one) 'two' \"three\" 50% $5 a+b=c <b> x-y 1.5", "",
+             "1.5 is a number, >not a quote", "-dash at the start"]
+    markup = ["- a list item", "  1. numbered", "> a quote", "some *emphasis*",
+              "snake_case", "`code`", "~~gone~~", "@someone", "# Heading", "[a](b)",
+              "back\\slash"]
+    for line in prose + markup:
+        fast, lexed = highlight_line(line, "markdown"), lexed_line(line, "markdown")
+        assert (fast.plain, list(fast.spans)) == (lexed.plain, list(lexed.spans))
+    assert all(_PROSE.match(line) for line in prose)
+    assert not any(_PROSE.match(line) for line in markup)
+    assert all(lexed_line(line, "markdown").spans for line in markup[:4])
 
 
 async def test_a_source_stream_rewraps_on_resize_and_recolours_on_a_new_theme() -> None:

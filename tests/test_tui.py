@@ -96,13 +96,22 @@ def events_of(seen: list[Message], kind: type) -> list:
 
 async def test_type_send_and_see_the_streamed_reply(kvchat_home: Path) -> None:
     app, seen = make_app(kvchat_home)
-    async with app.run_test(size=(120, 36), message_hook=seen.append) as pilot:
+    shown_at_start: list[int] = []
+
+    def hook(message: Message) -> None:
+        seen.append(message)
+        if isinstance(message, ReplyStarted):  # the engine has stored the prompt
+            shown_at_start.append(len(app.query(UserMessage)) + len(app.query(ReplyMessage)))
+
+    async with app.run_test(size=(120, 36), message_hook=hook) as pilot:
         await wait_for(seen, ModelReady, pilot)
         await pilot.click("#prompt")
         await pilot.press(*"Name a colour.")
         await pilot.press("enter")
         finished = await wait_for(seen, ReplyFinished, pilot)
         await pilot.pause()
+        # The prompt and its reply were on screen before the engine started.
+        assert shown_at_start == [2]
         chain = [type(m) for m in seen if isinstance(m, PromptSubmitted | ReplyStarted |
                                                         ReplyChunk | ReplyFinished)]
         assert chain[0] is PromptSubmitted and chain[1] is ReplyStarted
@@ -192,7 +201,8 @@ async def test_a_reply_streams_as_source_then_shows_as_markdown(kvchat_home: Pat
         seen.append(message)
         if isinstance(message, ReplyChunk | ReplyFinished) and app.query(ReplyMessage):
             reply = app.query(ReplyMessage).last()
-            streams.extend(stream.text for stream in reply.query(SourceStream))
+            streams.extend(stream.text for stream in reply.query(SourceStream)
+                           if stream.text)
             blinks.append(app.query_one(PromptInput).cursor_blink)
 
     async with app.run_test(size=(120, 36), message_hook=hook) as pilot:
@@ -235,11 +245,41 @@ async def test_escape_cancels_a_reply_in_flight(kvchat_home: Path) -> None:
             assert app.store.messages(app.conversation_id)[1].status == "cancelled"
 
 
+async def test_a_prompt_the_engine_refuses_goes_back_into_the_message_box(
+        kvchat_home: Path) -> None:
+    """Shown at once, but refused before it was stored (here: not valid UTF-8, as a
+    paste of stray bytes can be): the prompt leaves the conversation and waits in the
+    message box to be edited; the error says why."""
+    app, seen = make_app(kvchat_home)
+    async with app.run_test(size=(120, 36), message_hook=seen.append) as pilot:
+        await wait_for(seen, ModelReady, pilot)
+        bad = "Tell me about \udcff the press."
+        app.post_message(PromptSubmitted(bad))
+        failed = await wait_for(seen, ReplyFailed, pilot)
+        await pilot.pause()
+        assert failed.code == "prompt_not_utf8"
+        assert not app.query(UserMessage) and not app.query(ReplyMessage)
+        assert "not valid UTF-8" in str(app.query_one(".notice").render())
+        assert app.query_one(PromptInput).text == bad and not app.replying
+        assert app.store.list_conversations() == []
+        # The next prompt goes through as usual.
+        app.post_message(PromptSubmitted("Name a fruit."))
+        await wait_for(seen, ReplyFinished, pilot)
+        await pilot.pause()
+        assert app.query_one(UserMessage).render().plain == "Name a fruit."
+
+
 async def test_memory_pane_shows_the_load_and_the_cache(kvchat_home: Path) -> None:
     app, seen = make_app(kvchat_home, max_tokens=8)
     async with app.run_test(size=(160, 48), message_hook=seen.append) as pilot:
         ready = await wait_for(seen, ModelReady, pilot)
         await pilot.pause()
+        # Before the first reply: the cache's shares listed at 0 B, its headline in the
+        # shape it keeps while replies stream (no layout at their first tokens).
+        legend = str(app.query_one("#mem-legend").render())
+        assert "KV used 0 B" in legend and "KV reserved 0 B" in legend
+        n_ctx = ready.info.n_ctx
+        assert str(app.query_one("#kv-headline").render()).startswith(f"0/{n_ctx} cells")
         pane = app.query_one(MemoryPane)
         info = ready.info
         assert pane.view.info is info

@@ -61,7 +61,7 @@ from tui.notes import done_note, route_note
 from tui.prefs import load_prefs, prefs_path, save_prefs
 from tui.themes import bundled_theme_files, load_themes
 from tui.ui_priority import GilHandover, streams_as_source, yield_cpu_to_decoding
-from tui.widgets.chat_pane import ChatPane, ReplyMessage
+from tui.widgets.chat_pane import ChatPane, ReplyMessage, UserMessage
 from tui.widgets.kv_pane import KVPane
 from tui.widgets.memory_pane import MemoryPane
 from tui.widgets.prompt_input import PromptInput
@@ -141,6 +141,10 @@ class KvchatApp(AppActions, App[int]):
         self._engine_died = False
         """The last reply ended with the engine process's death (the next reloads it)."""
         self._reply: ReplyMessage | None = None
+        self._prompt_shown: UserMessage | None = None
+        """The prompt in flight, shown before the engine stores it."""
+        self._turn_started = True
+        """Has the engine stored the prompt in flight (``ReplyStarted``)?"""
         self._frames_unshown = 0
         """Frames posted by the reply worker that the screen has not shown yet."""
         self._gather: ReplyCoalescer | None = None
@@ -224,6 +228,7 @@ class KvchatApp(AppActions, App[int]):
         status.backend = message.info.backend
         status.ctx_total = message.info.n_ctx
         status.state = "ready"
+        self.query_one(KVPane).show_empty(message.info.n_ctx)
         pane = self.query_one(MemoryPane)
         pane.show_model(message.info)
         for snapshot in message.memory:
@@ -287,13 +292,36 @@ class KvchatApp(AppActions, App[int]):
         self.post_message(PromptSubmitted(text, route))
 
     @on(PromptSubmitted)
-    def _send(self, message: PromptSubmitted) -> None:
+    async def _send(self, message: PromptSubmitted) -> None:
         self.replying = True
         # After a crash the engine loads the model again before this reply starts.
         self.query_one(StatusLine).state = ("loading the model again…" if self._engine_died
                                             else "generating…")
         self.refresh_bindings()
-        self.generate_reply(message.text, message.route)
+        # The prompt, its empty reply and the footer's new keys are laid out and drawn
+        # before the engine starts: at once for the user, and none of that screen work
+        # lands among the decode's tokens, where it would cost their time.
+        await self._open_reply(message.text)
+        self._turn_started = False
+        self.call_after_refresh(self._start_reply, message.text, message.route)
+
+    def _start_reply(self, text: str, route: str | None) -> None:
+        self._prepare_reply()
+        self.generate_reply(text, route)
+
+    def _prepare_reply(self) -> None:
+        if self._reply is not None:
+            self._reply.prepare()
+
+    async def _open_reply(self, prompt_text: str) -> None:
+        pane = self.query_one(ChatPane)
+        self._prompt_shown = await pane.add_user(prompt_text)
+        self._reply = await pane.add_reply(source_view=self.source_view)
+        self._reply_route = ""
+        pane.anchor()
+        # A blink is a screen update twice a second: decoding's time on shared cores.
+        prompt = self.query_one(PromptInput)
+        self._blink, prompt.cursor_blink = prompt.cursor_blink, False
 
     @work(exclusive=True, group="reply", exit_on_error=False)
     async def generate_reply(self, text: str, route: str | None = None) -> None:
@@ -334,16 +362,14 @@ class KvchatApp(AppActions, App[int]):
 
     @on(ReplyStarted)
     async def _reply_started(self, message: ReplyStarted) -> None:
+        """The prompt is stored: the reply shown since it was sent gets its row."""
         self.conversation_id = message.turn.conversation_id
-        pane = self.query_one(ChatPane)
-        await pane.add_user(message.prompt)
-        self._reply = await pane.add_reply(message_id=message.turn.reply_message_id,
-                                           source_view=self.source_view)
-        self._reply_route = ""
-        pane.anchor()
-        # A blink is a screen update twice a second: decoding's time on shared cores.
-        prompt = self.query_one(PromptInput)
-        self._blink, prompt.cursor_blink = prompt.cursor_blink, False
+        self._turn_started = True
+        if self._reply is None:  # a turn that was not sent from the prompt
+            await self._open_reply(message.prompt)
+            self.call_after_refresh(self._prepare_reply)
+        if self._reply is not None:
+            self._reply.message_id = message.turn.reply_message_id
 
     @on(ReplyChunk)
     async def _reply_chunk(self, message: ReplyChunk) -> None:
@@ -404,6 +430,8 @@ class KvchatApp(AppActions, App[int]):
 
     @on(ReplyFailed)
     async def _reply_failed(self, message: ReplyFailed) -> None:
+        if self._reply is not None and not self._turn_started:
+            await self._withdraw_prompt()
         if self._reply is not None:
             await self._reply.finish(f"error: {message.message}")
         else:
@@ -415,11 +443,24 @@ class KvchatApp(AppActions, App[int]):
             self.query_one(StatusLine).state = "engine stopped: the next message reloads it"
         self.notify(message.message, title="Reply failed", severity="error")
 
+    async def _withdraw_prompt(self) -> None:
+        """The engine refused the prompt before storing it (a bad route, a prompt over
+        the context...): it leaves the conversation, and goes back into the message box
+        to be edited, unless something new was typed there meanwhile."""
+        shown, self._prompt_shown = self._prompt_shown, None
+        reply, self._reply = self._reply, None
+        await self.query_one(ChatPane).remove_children(
+            [widget for widget in (shown, reply) if widget is not None])
+        prompt = self.query_one(PromptInput)
+        if shown is not None and not prompt.text:
+            prompt.text = str(shown.content)
+            prompt.move_cursor(prompt.document.end)
+
     def _end_reply(self) -> bool:
         """The reply is over; False if the app closed meanwhile (the reply's Markdown
         going in takes a few awaits), and there is nothing left to show."""
         self.replying = False
-        self._reply = None
+        self._reply = self._prompt_shown = None
         self._gather = None
         if not self.query(StatusLine):
             return False

@@ -12,14 +12,14 @@ from collections import deque
 from typing import ClassVar
 
 from rich.text import Text
-from textual.widget import Widget
 
+from tui.widgets.cached_styles import CachedStyles
 from tui.widgets.live_text import shown
 
 BARS = " ▁▂▃▄▅▆▇█"
 
 
-class CellsChart(Widget):
+class CellsChart(CachedStyles):
     COMPONENT_CLASSES: ClassVar[set[str]] = {"chart--used", "chart--reserved",
                                              "chart--empty"}
 
@@ -43,9 +43,9 @@ class CellsChart(Widget):
     def render(self) -> Text:
         width, height = self.size.width, max(1, self.size.height)
         points = list(self.samples)[-width:] if width else []
-        used_style = self.get_component_rich_style("chart--used")
-        reserved_style = self.get_component_rich_style("chart--reserved")
-        empty_style = self.get_component_rich_style("chart--empty")
+        used_style = self.component_style("chart--used")
+        reserved_style = self.component_style("chart--reserved")
+        empty_style = self.component_style("chart--empty")
         steps = height * 8
         columns: list[tuple[int, int]] = []
         for used, reserved in points:

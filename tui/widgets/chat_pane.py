@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Callable
 
 from textual.app import ComposeResult
 from textual.containers import Vertical, VerticalScroll
-from textual.events import Resize
+from textual.content import Content
+from textual.events import MouseScrollUp, Resize
 from textual.widget import Widget
 from textual.widgets import Collapsible, Markdown, Static
 
@@ -56,6 +58,26 @@ class UserMessage(Static):
         super().__init__(text, markup=False)
 
 
+class ReplyNote(Static):
+    """The small line under a reply (route, tokens, speed, retries). A new note lays
+    the screen out only when its height changes: the route's note comes in while the
+    reply's first tokens do, and a layout of the whole screen then costs decode time."""
+
+    def __init__(self, note: str = "") -> None:
+        super().__init__(note, markup=False, classes="reply-stats")
+        self._shown = note
+
+    def show(self, note: str) -> None:
+        width = self.content_region.width
+        layout = not width or _rows(note, width) != _rows(self._shown, width)
+        self._shown = note
+        self.update(note, layout=layout)
+
+
+def _rows(text: str, width: int) -> int:
+    return max(1, len(Content(text).wrap(width)))
+
+
 class ReplyMessage(Vertical):
     """One assistant reply: Markdown body (code fences highlighted by Pygments) and a
     small stats line.
@@ -96,7 +118,9 @@ class ReplyMessage(Vertical):
     def compose(self) -> ComposeResult:
         yield Widget(classes="reply-parked")
         yield Markdown(self._initial, classes="reply-body")
-        yield Static(self._note, classes="reply-stats", markup=False)
+        if self.source_view:  # ready before the first tokens, which need no mount then
+            yield SourceStream(classes="reply-source")
+        yield ReplyNote(self._note)
 
     @property
     def blocks(self) -> list[Markdown]:
@@ -134,19 +158,45 @@ class ReplyMessage(Vertical):
             stream = streams.first()
         else:
             stream = SourceStream(width=self.content_size.width, classes="reply-source")
-            await self.mount(stream, before=self.query_one(".reply-stats", Static))
-        stream.reserve_rows = self._source_reserve()
+            await self.mount(stream, before=self.query_one(ReplyNote))
+        if not stream.window:
+            stream.reserve_rows = self._source_reserve()
         stream.append(fragment)
 
+    def prepare(self) -> None:
+        """Once laid out, before the first tokens: a source stream takes the height it
+        will stream in (see :meth:`SourceStream.follow`), so that no frame of the
+        reply lays the screen out while the pane follows it."""
+        pane = self.parent
+        for stream in self.query_children(SourceStream):
+            stream.warm()
+            if isinstance(pane, ChatPane) and pane.children[-1] is self:
+                stream.follow(self._window_rows(pane, stream))
+
+    def _window_rows(self, pane: ChatPane, stream: SourceStream) -> int:
+        """The rows left free in the pane, where the conversation does not fill it yet
+        (it then stays still while the reply streams); else :data:`SOURCE_RUNWAY` of
+        the pane (it scrolls once, before the first tokens)."""
+        height = pane.scrollable_content_region.height
+        runway = max(4, int(height * SOURCE_RUNWAY))
+        first = pane.children[0]
+        if pane.max_scroll_y > 0 or not (self.region and first.region):
+            return runway
+        # The pane, anchored, shows what fits at its bottom: the rows above it are free.
+        used = self.region.bottom - (first.region.y - first.styles.margin.top)
+        return max(runway, stream.size.height + height - used)
+
+    def expand_source(self) -> int:
+        """The source stream shows all its rows again; returns how many came back above
+        what it showed."""
+        return sum(stream.expand() for stream in self.query_children(SourceStream))
+
     def _source_reserve(self) -> int:
-        """Blank rows for the source to grow into: while the conversation still fits
-        the pane, the rows left free (the pane does not scroll yet); following the end
-        of a full pane, :data:`SOURCE_RUNWAY` of it; scrolled away, a few."""
+        """Blank rows for a source stream that shows all its rows to grow into:
+        following the end of the pane, :data:`SOURCE_RUNWAY` of it; else a few."""
         pane = self.parent
         if not isinstance(pane, ChatPane) or pane.children[-1] is not self:
             return 8
-        if pane.max_scroll_y == 0:
-            return max(8, pane.scrollable_content_region.height - pane.virtual_size.height)
         return self._runway_step(SOURCE_RUNWAY) if pane.following(self) else 8
 
     async def _settle_source(self) -> None:
@@ -161,6 +211,7 @@ class ReplyMessage(Vertical):
         if not streams:
             return
         stream = streams.first()
+        stream.expand()
         parts = split_blocks(stream.text)
         self.close_runway()
         body = self.body
@@ -234,7 +285,7 @@ class ReplyMessage(Vertical):
         same at the end of a long reply as at its start. The pane unparks them all as
         soon as they could come into view (the user scrolls up, the width changes)."""
         blocks = [b for b in self.blocks[:-1] if b.display]  # the last one is streaming
-        below = self.query_one(".reply-stats", Static).outer_size.height + \
+        below = self.query_one(ReplyNote).outer_size.height + \
             self.blocks[-1].outer_size.height
         cut = 0
         for i in range(len(blocks) - 1, -1, -1):
@@ -314,8 +365,8 @@ class ReplyMessage(Vertical):
         self.set_note(note)
 
     def set_note(self, note: str) -> None:
-        for stats in self.query_children(".reply-stats").results(Static):
-            stats.update(note)
+        for stats in self.query_children(ReplyNote):
+            stats.show(note)
 
     def _torn_down(self) -> bool:
         """Is the app closing, removing this reply's widgets under an await?"""
@@ -323,7 +374,7 @@ class ReplyMessage(Vertical):
 
     @property
     def note(self) -> str:
-        return str(self.query_one(".reply-stats", Static).render())
+        return str(self.query_one(ReplyNote).render())
 
 
 class ChatPane(VerticalScroll):
@@ -351,6 +402,40 @@ class ChatPane(VerticalScroll):
         # Following the stream only ever scrolls down; up is the user, who may look.
         if new_value < old_value:
             self.unpark()
+            self.expand_sources()
+
+    def expand_sources(self, then: Callable[[], object] | None = None) -> bool:
+        """A reply streaming as source in a window shows all of it, the view kept
+        where it is; ``then`` runs once that is laid out. False if there was none."""
+        last = self.children[-1] if self.children else None
+        shift = last.expand_source() if isinstance(last, ReplyMessage) else 0
+        if not shift:
+            return False
+        # The rows that come back above push the view down as far; an anchored pane
+        # keeps its end in view by itself.
+        if not self.is_anchored or getattr(self, "_anchor_released", False):
+            self.call_after_refresh(self.scroll_relative, y=shift, animate=False)
+        if then is not None:
+            self.call_after_refresh(then)
+        return True
+
+    # A window fills the pane, which may then have nothing to scroll: the user's first
+    # move up shows the whole reply, and the next ones scroll through it.
+
+    def on_mouse_scroll_up(self, event: MouseScrollUp) -> None:
+        self.expand_sources()
+
+    def action_scroll_up(self) -> None:
+        if not self.expand_sources(then=super().action_scroll_up):
+            super().action_scroll_up()
+
+    def action_page_up(self) -> None:
+        if not self.expand_sources(then=super().action_page_up):
+            super().action_page_up()
+
+    def action_scroll_home(self) -> None:
+        if not self.expand_sources(then=super().action_scroll_home):
+            super().action_scroll_home()
 
     def close_runways(self) -> None:
         """Something goes below the last reply: no blank lines between them. (Only the

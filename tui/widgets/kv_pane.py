@@ -45,6 +45,13 @@ class KVPane(Vertical):
         yield Static("evictions: none yet", id="kv-log-title", markup=False)
         yield EvictionLog(max_lines=EVICTION_LOG_LINES, id="kv-log", auto_scroll=True)
 
+    def show_empty(self, n_ctx: int) -> None:
+        """A model with an empty cache, in the headline's shape while a reply streams
+        (it then keeps its height: no layout of the screen at the first tokens)."""
+        if self.last is None:
+            self.query_one("#kv-headline", LiveText).show(
+                f"0/{n_ctx} cells (0%) · reserved 0 (0%) · kept 0 · evicted 0")
+
     def show_usage(self, samples: list[KVUsage]) -> None:
         """KV samples, oldest first: each goes on the chart, the latest in the headline."""
         kv = self.last = samples[-1]

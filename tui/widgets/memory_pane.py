@@ -72,9 +72,14 @@ class MemoryPane(Vertical):
         # A hidden pane has no width yet; showing it resizes it, which comes back here.
         width = self.query_one("#mem-legend", LiveText).size.width or 40
         columns = 2 if self.size.width >= 46 else 1
+        # With a cache, its used and reserved shares are listed from the start, at
+        # 0 B before the first reply: the legend keeps its height when they fill, and
+        # the screen needs no layout as a reply's first tokens come in.
+        has_kv = any(size for name, size in segments if name.startswith("kv-"))
         cells = tuple((name, f"{LABELS[name]} {human_bytes(size)}")
-                      for name, size in segments if size)
-        key = (cells, columns, width, self.app.theme)
+                      for name, size in segments
+                      if size or (has_kv and name in ("kv-used", "kv-reserved")))
+        key = (cells, columns, width, self.app.theme, level)
         if key == self._legend_key:
             return
         self._legend_key = key
@@ -87,7 +92,7 @@ class MemoryPane(Vertical):
         for i, (name, label) in enumerate(cells):
             if i and i % columns == 0:
                 legend.append("\n")
-            legend.append("■ ", bar.get_component_rich_style(f"seg--{name}"))
+            legend.append("■ ", bar.segment_style(name))
             label = label[:cell_width - 3]
             last = (i + 1) % columns == 0 or i == len(cells) - 1
             legend.append(label if last else label.ljust(cell_width - 2))
@@ -103,8 +108,8 @@ class MemoryPane(Vertical):
             return
         gpu = set(info.gpu_layers) if info.n_gpu_layers else set()
         bar = self.query_one(SegmentBar)
-        gpu_style = bar.get_component_rich_style("seg--weights-gpu")
-        cpu_style = bar.get_component_rich_style("seg--weights-cpu")
+        gpu_style = bar.segment_style("weights-gpu")
+        cpu_style = bar.segment_style("weights-cpu")
         text = Text(f"layers {info.n_layers}: {len(gpu)} GPU / {info.n_layers - len(gpu)} "
                     f"CPU · {info.backend} · KV {info.kv_type}"
                     f"{' · batch-invariant' if info.batch_invariant else ''}\n")

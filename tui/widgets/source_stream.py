@@ -28,6 +28,14 @@ from textual.highlight import HighlightTheme
 from textual.strip import Strip
 from textual.widget import Widget
 
+PAGE_KEEP = 0.25
+"""The share of a window's rows of text kept in view when it turns the page."""
+
+_PROSE = re.compile(r"(?!\s*(?:-\s|\d+\.\s|>\s))[^\\`*_~@#\[]*\Z")
+"""A Markdown line none of Pygments' Markdown rules marks up: no list item or quote
+at its start, and none of the characters that open emphasis, code, links, tags or
+escapes."""
+
 _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})\s*([\w+#.-]*)")
 
 
@@ -44,6 +52,15 @@ def lexer_for(language: str) -> Lexer:
 def highlight_line(line: str, language: str) -> Content:
     """One source line with the theme-variable styles Textual's Markdown code blocks
     use (``HighlightTheme``), so that both look alike in every theme."""
+    if language == "markdown" and _PROSE.match(line):
+        # Pygments' Markdown rules try a dozen patterns at every word of a line of
+        # prose, to find none: most of a streaming reply's rendering time, for nothing.
+        return Content(line).stylize_before("$text")
+    return lexed_line(line, language)
+
+
+def lexed_line(line: str, language: str) -> Content:
+    """:func:`highlight_line` by Pygments, whatever the line."""
     spans: list[Span] = []
     start = 0
     # Lexed with its newline: Pygments' Markdown rules (headings, lists) end in one.
@@ -87,6 +104,37 @@ class SourceStream(Widget):
         """The theme the rows were rendered in."""
         self.reserve_rows = 0
         """Blank rows to add below the text when it outgrows its height."""
+        self.window = 0
+        """Rows shown while the pane follows the end of the text (0: every row)."""
+        self._top = 0
+        """The first row shown in the window."""
+
+    def warm(self) -> None:
+        """Render a line and drop it: Pygments' Markdown lexer is made, and styles are
+        parsed, before the first tokens instead of in their frame (20 ms on 2 cores)."""
+        self._render("# A *warm* `start`", "markdown")
+
+    def follow(self, rows: int) -> None:
+        """From now on keep a height of ``rows`` and show the end of the text in it.
+
+        Growing would lay the screen out and scroll the pane, repainting all of it,
+        every time the text passes the rows reserved for it: on a CPU whose cores
+        decode, most of what a streaming reply costs the screen. A window turns the
+        page itself instead (:data:`PAGE_KEEP`), repainting only its own rows."""
+        self.window = max(2, rows)
+        self._height = self.window
+        self._page()
+        self.refresh(layout=True)
+
+    def expand(self) -> int:
+        """Show every row again; returns the rows that came back above the window (a
+        pane scrolled away from the end moves by as many to keep its view still)."""
+        if not self.window:
+            return 0
+        shift, self._top, self.window = self._top, 0, 0
+        self._height += shift
+        self.refresh(layout=True)
+        return shift
 
     # -- text -----------------------------------------------------------------------
 
@@ -109,6 +157,7 @@ class SourceStream(Widget):
 
     def drop_head(self, n_lines: int) -> None:
         """Forget the first ``n_lines`` complete lines (now shown some other way)."""
+        self.expand()
         n_lines = min(n_lines, len(self._lines))
         rows = sum(self._row_counts[:n_lines])
         del self._lines[:n_lines], self._row_counts[:n_lines], self._rows[:rows]
@@ -150,11 +199,26 @@ class SourceStream(Widget):
 
     def _show(self, first_changed: int) -> None:
         total = len(self._rows) + len(self._open_rows)
-        if total + 1 > self._height:
+        if self.window:
+            if self._page():
+                self.refresh()
+                return
+        elif total + 1 > self._height:
             self._height = total + 1 + self.reserve_rows
             self.refresh(layout=True)
             return
-        self.refresh(Region(0, first_changed, self.size.width, total - first_changed + 1))
+        # Rows [first_changed, total] of the text, where the window shows them.
+        top = max(0, first_changed - self._top)
+        self.refresh(Region(0, top, self.size.width, total - self._top - top + 1))
+
+    def _page(self) -> bool:
+        """Turn the window's page once the text reaches its last row: the last
+        :data:`PAGE_KEEP` of the window's rows of text stay at its top, for context."""
+        total = len(self._rows) + len(self._open_rows)
+        if total < self._top + self.window:
+            return False
+        self._top = max(0, total - int(self.window * PAGE_KEEP))
+        return True
 
     def get_content_height(self, container: Size, viewport: Size, width: int) -> int:
         return self._height
@@ -162,6 +226,7 @@ class SourceStream(Widget):
     def render_line(self, y: int) -> Strip:
         if self.app.theme != self._theme:
             self._rerender()
+        y += self._top
         if y < len(self._rows):
             return self._rows[y]
         y -= len(self._rows)
@@ -174,6 +239,11 @@ class SourceStream(Widget):
             return
         self._width = event.size.width
         self._rerender()
+        if self.window:  # the rows moved: the end goes back in view
+            self._top = 0
+            self._page()
+            self.refresh()
+            return
         self._height = len(self._rows) + len(self._open_rows) + 1 + self.reserve_rows
         self.refresh(layout=True)
 
