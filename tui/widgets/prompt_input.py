@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from textual import events
+from textual import events, on
 from textual.binding import Binding, BindingType
+from textual.geometry import Region
 from textual.message import Message
+from textual.strip import Strip
+from textual.widget import Widget
 from textual.widgets import TextArea
 
 
@@ -37,6 +40,27 @@ class PromptInput(TextArea):
         self._position: int | None = None
         """Index into history while walking it; None when editing a new message."""
         self._draft = ""
+        self._themed: tuple[object, ...] = ()
+        """What the theme's CSS was last applied for (see :meth:`render_lines`)."""
+
+    def render_lines(self, crop: Region) -> list[Strip]:
+        # TextArea applies its theme's CSS before every render, resolving half a dozen
+        # component styles (each refresh drops the widget's cache of them): about a
+        # millisecond per key press, taken from the decode while a reply streams. The
+        # result only changes with the theme, the widget's classes, focus and hover.
+        key = (self.app.theme, id(self._theme), frozenset(self.classes), self.has_focus,
+               self.mouse_hover, self.disabled)
+        if key != self._themed:
+            self._themed = key
+            return super().render_lines(crop)
+        return Widget.render_lines(self, crop)
+
+    @on(TextArea.Changed)
+    @on(TextArea.SelectionChanged)
+    def _keep_to_itself(self, event: Message) -> None:
+        # Nothing above the box listens; each would otherwise wake every container up
+        # to the app, twice per key press.
+        event.stop()
 
     def remember(self, text: str) -> None:
         if text.strip() and (not self.sent or self.sent[-1] != text):
