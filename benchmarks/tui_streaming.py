@@ -222,6 +222,10 @@ async def long_reply(args: argparse.Namespace,
         pane = app.query_one(ChatPane)
         reply = await pane.add_reply(source_view=source)
         pane.anchor()
+        if source:  # as the app does once the reply is laid out, before its tokens
+            await pilot.pause()
+            reply.prepare()
+            await pilot.pause()
         started = time.perf_counter()
         for chunk in chunks:
             t0 = time.perf_counter()

@@ -99,7 +99,6 @@ class ReplyMessage(Vertical):
         self.source_view = source_view
         self.message_id = message_id
         """The reply's row in the store, once known."""
-        self._initial = text
         self._note = note
         self._block = ""
         """What the last Markdown widget has been given while streaming."""
@@ -114,10 +113,13 @@ class ReplyMessage(Vertical):
         self.strategies: list[str] = []
         """Strategies of the retries, in order."""
         self.checks: dict[int, OutputCheck] = {}
+        self._bodies = [Markdown(text, classes="reply-body")]
+        """The Markdown widgets, in order: kept here, as a query of the children would
+        match every block's selectors at each append of a long reply."""
 
     def compose(self) -> ComposeResult:
         yield Widget(classes="reply-parked")
-        yield Markdown(self._initial, classes="reply-body")
+        yield self._bodies[0]
         if self.source_view:  # ready before the first tokens, which need no mount then
             yield SourceStream(classes="reply-source")
         yield ReplyNote(self._note)
@@ -125,12 +127,12 @@ class ReplyMessage(Vertical):
     @property
     def blocks(self) -> list[Markdown]:
         """The Markdown widgets of the attempt shown, in order."""
-        return list(self.query_children(".reply-body").results(Markdown))
+        return list(self._bodies)
 
     @property
     def body(self) -> Markdown:
         """The Markdown widget the stream writes to (the last one)."""
-        return self.blocks[-1]
+        return self._bodies[-1]
 
     async def append(self, fragment: str) -> None:
         self.text += fragment
@@ -220,8 +222,9 @@ class ReplyMessage(Vertical):
         for start in range(1, len(parts), SETTLE_BLOCKS):
             batch = parts[start:start + SETTLE_BLOCKS]
             with self.app.batch_update():
-                await self.mount_all([Markdown(part, classes="reply-body") for part in batch],
-                                     before=stream)
+                new = [Markdown(part, classes="reply-body") for part in batch]
+                self._bodies += new
+                await self.mount_all(new, before=stream)
                 stream.drop_head(sum(part.count("\n") for part in batch))
             await asyncio.sleep(0)  # let the screen and the keys in
             if self._torn_down():
@@ -266,7 +269,9 @@ class ReplyMessage(Vertical):
     async def _new_block(self) -> None:
         await self._write_held()
         block = Markdown(classes="reply-body")
-        await self.mount(block, after=self.body)
+        body = self.body
+        self._bodies.append(block)
+        await self.mount(block, after=body)
         self._block = ""
         # Once laid out, the block just finished has its final height.
         self.call_after_refresh(self._park_if_out_of_view)
@@ -327,6 +332,7 @@ class ReplyMessage(Vertical):
         await self._write_held()
         self.unpark()
         first, *rest = self.blocks
+        self._bodies = [first]
         if rest:
             await self.remove_children(rest)
         self._block = ""
