@@ -293,6 +293,9 @@ class KvchatApp(AppActions, App[int]):
 
     @on(PromptSubmitted)
     async def _send(self, message: PromptSubmitted) -> None:
+        if self.replying:  # a second prompt queued behind the first
+            self.notify("A reply is in flight: Esc cancels it.", severity="warning")
+            return
         self.replying = True
         # After a crash the engine loads the model again before this reply starts.
         self.query_one(StatusLine).state = ("loading the model again…" if self._engine_died
