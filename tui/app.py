@@ -27,22 +27,17 @@ from engine.events import (
     Done,
     Error,
     Event,
-    Eviction,
     KVUsage,
     MemorySnapshot,
-    ModelLoaded,
-    OutputCheck,
-    Progress,
-    PromptTruncated,
     Retry,
     RouteDecision,
-    SpecStats,
     TurnStarted,
 )
 from engine.routing import RouteService
 from engine.session import ChatSession
 from engine.store import Store
 from tui.app_actions import AppActions
+from tui.app_events import EventPanes
 from tui.coalesce import SOURCE_FRAME_S, SOURCE_GAUGE_S, ReplyCoalescer
 from tui.commands import KvchatCommands
 from tui.heap import settle_heap, tune_collector
@@ -57,7 +52,7 @@ from tui.messages import (
     ReplyRetrying,
     ReplyStarted,
 )
-from tui.notes import done_note, route_note
+from tui.notes import done_note
 from tui.prefs import load_prefs, prefs_path, save_prefs
 from tui.themes import bundled_theme_files, load_themes
 from tui.ui_priority import GilHandover, streams_as_source, yield_cpu_to_decoding
@@ -87,7 +82,7 @@ SETTLE_S = 0.05
 """How long a streamed frame holds screen updates back after it is applied."""
 
 
-class KvchatApp(AppActions, App[int]):
+class KvchatApp(EventPanes, AppActions, App[int]):
     CSS_PATH = Path(__file__).with_name("app.tcss")
     TITLE = "kvchat"
     COMMANDS: ClassVar = App.COMMANDS | {KvchatCommands}
@@ -447,9 +442,10 @@ class KvchatApp(AppActions, App[int]):
         self.notify(message.message, title="Reply failed", severity="error")
 
     async def _withdraw_prompt(self) -> None:
-        """The engine refused the prompt before storing it (a bad route, a prompt over
-        the context...): it leaves the conversation, and goes back into the message box
-        to be edited, unless something new was typed there meanwhile."""
+        """The engine refused the prompt before storing it (text that is not valid
+        UTF-8, a route that does not exist...): it leaves the conversation, and goes
+        back into the message box to be edited, unless something new was typed there
+        meanwhile."""
         shown, self._prompt_shown = self._prompt_shown, None
         reply, self._reply = self._reply, None
         await self.query_one(ChatPane).remove_children(
@@ -474,53 +470,9 @@ class KvchatApp(AppActions, App[int]):
             self.call_after_refresh(settle_heap)
         return True
 
-    def show_kv(self, samples: list[KVUsage]) -> None:
-        """KV samples, oldest first: the chart takes each, the rest show the latest."""
-        last = samples[-1]
-        status = self.query_one(StatusLine)
-        status.ctx_used = last.used_cells
-        status.evicted = last.evicted_total
-        self.query_one(KVPane).show_usage(samples)
-        self.query_one(MemoryPane).show_kv(last)
-
     @on(EngineEvent)
     async def _engine_event(self, message: EngineEvent) -> None:
         await self.show_event(message.event)
-
-    async def show_event(self, event: Event) -> None:
-        """An engine event, in the pane that shows it."""
-        status = self.query_one(StatusLine)
-        if isinstance(event, KVUsage):
-            self.show_kv([event])
-        elif isinstance(event, Progress):
-            status.tokens_per_s = event.tokens_per_s
-        elif isinstance(event, SpecStats):
-            status.show_spec(event)
-        elif isinstance(event, Eviction):
-            self.query_one(KVPane).show_eviction(event)
-        elif isinstance(event, MemorySnapshot):
-            self.query_one(MemoryPane).show_snapshot(event)
-        elif isinstance(event, ModelLoaded):  # the engine process was started again
-            self._engine_died = False
-            status.state = "generating…"
-            self.query_one(MemoryPane).show_model(event)
-            status.ctx_total = event.n_ctx
-            self.notify(f"{event.name} loaded again in {event.load_s:.1f} s",
-                        title="Engine restarted")
-        elif isinstance(event, RouteDecision):
-            self.last_route = event
-            status.show_route(event)
-            self._reply_route = route_note(event) + " · "
-            if self._reply is not None:
-                self._reply.set_note(route_note(event))
-        elif isinstance(event, OutputCheck):
-            if self._reply is not None:
-                self._reply.record_check(event)
-        elif isinstance(event, PromptTruncated):
-            # Said where it happened, above the reply, and not only in a toast.
-            pane = self.query_one(ChatPane)
-            await pane.add_notice(f"note: {event.message}", before=self._reply)
-            self.notify(event.message, title="Message cut", severity="warning")
 
     # -- cancel -------------------------------------------------------------------------
 

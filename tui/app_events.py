@@ -1,0 +1,75 @@
+"""Where each engine event shows: the status line, the KV-cache and memory panes, the
+reply's note. Mixed into :class:`tui.app.KvchatApp`."""
+
+from __future__ import annotations
+
+from textual.app import App
+
+from engine.events import (
+    Event,
+    Eviction,
+    KVUsage,
+    MemorySnapshot,
+    ModelLoaded,
+    OutputCheck,
+    Progress,
+    PromptTruncated,
+    RouteDecision,
+    SpecStats,
+)
+from tui.notes import route_note
+from tui.widgets.chat_pane import ChatPane, ReplyMessage
+from tui.widgets.kv_pane import KVPane
+from tui.widgets.memory_pane import MemoryPane
+from tui.widgets.status_line import StatusLine
+
+
+class EventPanes(App[int]):
+    last_route: RouteDecision | None
+    _engine_died: bool
+    _reply: ReplyMessage | None
+    _reply_route: str
+
+    def show_kv(self, samples: list[KVUsage]) -> None:
+        """KV samples, oldest first: the chart takes each, the rest show the latest."""
+        last = samples[-1]
+        status = self.query_one(StatusLine)
+        status.ctx_used = last.used_cells
+        status.evicted = last.evicted_total
+        self.query_one(KVPane).show_usage(samples)
+        self.query_one(MemoryPane).show_kv(last)
+
+    async def show_event(self, event: Event) -> None:
+        """An engine event, in the pane that shows it."""
+        status = self.query_one(StatusLine)
+        if isinstance(event, KVUsage):
+            self.show_kv([event])
+        elif isinstance(event, Progress):
+            status.tokens_per_s = event.tokens_per_s
+        elif isinstance(event, SpecStats):
+            status.show_spec(event)
+        elif isinstance(event, Eviction):
+            self.query_one(KVPane).show_eviction(event)
+        elif isinstance(event, MemorySnapshot):
+            self.query_one(MemoryPane).show_snapshot(event)
+        elif isinstance(event, ModelLoaded):  # the engine process was started again
+            self._engine_died = False
+            status.state = "generating…"
+            self.query_one(MemoryPane).show_model(event)
+            status.ctx_total = event.n_ctx
+            self.notify(f"{event.name} loaded again in {event.load_s:.1f} s",
+                        title="Engine restarted")
+        elif isinstance(event, RouteDecision):
+            self.last_route = event
+            status.show_route(event)
+            self._reply_route = route_note(event) + " · "
+            if self._reply is not None:
+                self._reply.set_note(route_note(event))
+        elif isinstance(event, OutputCheck):
+            if self._reply is not None:
+                self._reply.record_check(event)
+        elif isinstance(event, PromptTruncated):
+            # Said where it happened, above the reply, and not only in a toast.
+            pane = self.query_one(ChatPane)
+            await pane.add_notice(f"note: {event.message}", before=self._reply)
+            self.notify(event.message, title="Message cut", severity="warning")
