@@ -245,6 +245,10 @@ async def test_a_retry_in_source_view_drops_the_attempt_shown() -> None:
         await reply.start_attempt(Retry(attempt=2, strategy="grammar", reason="bad JSON"))
         assert not reply.query(SourceStream)
         await reply.append('{"ok": true}')
+        await pilot.pause()
+        await pilot.pause()
+        # The new attempt streams in a window too, as the first did once prepared.
+        assert reply.query_one(SourceStream).window > 0
         await reply.finish("done")
         await pilot.pause()
         assert [b.source for b in reply.blocks] == ['{"ok": true}']

@@ -159,8 +159,10 @@ class ReplyMessage(Vertical):
         if streams:
             stream = streams.first()
         else:
+            # A retried attempt's stream: it takes its window once laid out.
             stream = SourceStream(width=self.content_size.width, classes="reply-source")
             await self.mount(stream, before=self.query_one(ReplyNote))
+            self.call_after_refresh(self.prepare)
         if not stream.window:
             stream.reserve_rows = self._source_reserve()
         stream.append(fragment)
