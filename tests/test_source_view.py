@@ -26,6 +26,15 @@ class ChatApp(App[None]):
         yield ChatPane(id="chat")
 
 
+async def streamed_source(pane: ChatPane, text: str, seed: int) -> ReplyMessage:
+    """A reply streamed as source into an anchored pane, in the chunks of ``seed``."""
+    reply = await pane.add_reply(source_view=True)
+    pane.anchor()
+    for chunk in chunks_of(text, seed=seed):
+        await reply.append(chunk)
+    return reply
+
+
 def plain_rows(stream: SourceStream) -> list[str]:
     return [stream.render_line(y).text.rstrip() for y in range(stream.size.height)]
 
@@ -55,10 +64,7 @@ async def test_a_source_stream_shows_the_text_highlighted_then_markdown() -> Non
     app = ChatApp()
     async with app.run_test(size=(100, 30)) as pilot:
         pane = app.query_one(ChatPane)
-        reply = await pane.add_reply(source_view=True)
-        pane.anchor()
-        for chunk in chunks_of(text, seed=2):
-            await reply.append(chunk)
+        reply = await streamed_source(pane, text, seed=2)
         await pilot.pause()
         # While streaming: one SourceStream, no Markdown rendered yet.
         stream = reply.query_one(SourceStream)
@@ -97,11 +103,7 @@ async def test_a_long_reply_goes_in_as_markdown_a_few_blocks_at_a_time() -> None
     text = long_reply(14)
     app = ChatApp()
     async with app.run_test(size=(100, 30)) as pilot:
-        pane = app.query_one(ChatPane)
-        reply = await pane.add_reply(source_view=True)
-        pane.anchor()
-        for chunk in chunks_of(text, seed=4):
-            await reply.append(chunk)
+        reply = await streamed_source(app.query_one(ChatPane), text, seed=4)
         await pilot.pause()
         finishing = asyncio.create_task(reply.finish("done"))
         halfway = []  # Markdown above what is still source, the source shrinking
