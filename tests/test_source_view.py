@@ -6,6 +6,7 @@ app-level run on the real model is in test_tui.py."""
 from __future__ import annotations
 
 import asyncio
+import re
 
 from textual.app import App, ComposeResult
 from textual.strip import Strip
@@ -17,6 +18,8 @@ from tui.ui_priority import streams_as_source
 from tui.widgets.chat_pane import ChatPane, ReplyMessage
 from tui.widgets.reply_blocks import split_blocks
 from tui.widgets.source_stream import _PROSE, SourceStream, highlight_line, lexed_line
+
+PARAGRAPH = re.compile(r"Paragraph \d+")
 
 
 class ChatApp(App[None]):
@@ -199,6 +202,47 @@ async def test_a_prepared_reply_streams_in_a_window_that_turns_its_page() -> Non
         await reply.finish("done")
         await pilot.pause()
         assert "".join(b.source for b in reply.blocks) == text
+
+
+async def test_a_reader_scrolled_up_keeps_their_place_when_the_reply_settles() -> None:
+    """The reply ends while the user reads higher up: the source turns into Markdown,
+    which takes other heights (headings, fences), and the pane's blank reserve goes;
+    what the reader was looking at stays at the top of their view."""
+    text = "".join(f"## Part {i}\n\nParagraph {i} of the press.\n\n"
+                   f"```python\nprint({i})\n```\n\n" for i in range(40))
+    app = ChatApp()
+    async with app.run_test(size=(100, 30)) as pilot:
+        pane = app.query_one(ChatPane)
+        await pane.add_user("Tell me about the press.")
+        reply = await pane.add_reply(source_view=True)
+        pane.anchor()
+        await pilot.pause()
+        reply.prepare()
+        await pilot.pause()
+        for chunk in chunks_of(text, seed=5):
+            await reply.append(chunk)
+        await pilot.pause()
+        pane.focus()
+        for _ in range(3):
+            await pilot.press("pageup")
+        await pilot.pause()
+        for _ in range(3):
+            await pilot.press("up")
+        await pilot.pause()
+
+        def top_line() -> str:
+            """The first paragraph in view."""
+            rows = [strip.text for strip in app.screen._compositor.render_strips()]
+            return next(m.group() for row in rows if (m := PARAGRAPH.search(row)))
+
+        reading = top_line()
+        assert reading != "Paragraph 39"  # well above the end
+        await reply.finish("done")
+        for _ in range(6):
+            await pilot.pause(0.05)
+        assert not reply.query_children(SourceStream)
+        assert top_line() == reading
+        assert pane.scroll_y < pane.max_scroll_y
 
 
 def test_prose_skips_the_lexer_and_looks_the_same() -> None:

@@ -19,6 +19,7 @@ from textual.widgets import Collapsible, Markdown, Static
 
 from engine.events import OutputCheck, Retry
 from tui.notes import attempt_title
+from tui.widgets.reading_place import PlaceKeeper
 from tui.widgets.reply_blocks import plan_write, split_blocks
 from tui.widgets.source_stream import SourceStream
 
@@ -216,11 +217,17 @@ class ReplyMessage(Vertical):
             return
         stream = streams.first()
         stream.expand()
+        pane = self.parent
+        # A reader scrolled up stays on the text they were reading.
+        keeper = PlaceKeeper(pane, stream) \
+            if isinstance(pane, ChatPane) and not pane.following(self) else None
         parts = split_blocks(stream.text)
         self.close_runway()
         body = self.body
         await body.update(parts[0])
         stream.drop_head(parts[0].count("\n"))
+        if keeper:
+            keeper.settled([(body, parts[0])])
         for start in range(1, len(parts), SETTLE_BLOCKS):
             batch = parts[start:start + SETTLE_BLOCKS]
             with self.app.batch_update():
@@ -228,10 +235,14 @@ class ReplyMessage(Vertical):
                 self._bodies += new
                 await self.mount_all(new, before=stream)
                 stream.drop_head(sum(part.count("\n") for part in batch))
+                if keeper:
+                    keeper.settled(list(zip(new, batch, strict=True)))
             await asyncio.sleep(0)  # let the screen and the keys in
             if self._torn_down():
                 return
         await stream.remove()
+        if keeper:
+            keeper.settled([])
         self._block = parts[-1]
         self.call_after_refresh(self._park_if_out_of_view)
 

@@ -168,6 +168,23 @@ class SourceStream(Widget):
         self._height = max(1, self._height - rows)
         self.refresh(layout=True)
 
+    def line_at(self, row: int) -> tuple[int, int]:
+        """The source line shown at ``row`` of all the rows (not a window's), and the
+        row within it; past the text, the line after the last."""
+        start = 0
+        for line, count in enumerate(self._row_counts):
+            if row < start + count:
+                return line, row - start
+            start += count
+        if row < start + len(self._open_rows):
+            return len(self._lines), row - start
+        return len(self._lines) + (1 if self._open_rows else 0), 0
+
+    def rows_before(self, line: int) -> int:
+        """Rows taken by the source lines before ``line``."""
+        return sum(self._row_counts[:line]) + \
+            (len(self._open_rows) if line > len(self._lines) else 0)
+
     def _language_of(self, line: str) -> str:
         """The language ``line`` is highlighted as, opening or closing fences."""
         match = _FENCE.match(line)
