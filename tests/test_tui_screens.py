@@ -13,7 +13,8 @@ from tui.screens.conversations import ConversationsScreen
 from tui.screens.help_screen import HelpScreen
 from tui.screens.retry_screen import AttemptView, DiffView, RetryScreen
 from tui.screens.route_detail import RouteDetailScreen
-from tui.widgets.chat_pane import ReplyMessage, UserMessage
+from tui.widgets.chat_pane import ChatPane, ReplyMessage, UserMessage
+from tui.widgets.prompt_input import PromptInput
 
 BROKEN = '{"name": "Ada", "born": 1815,'
 FIXED = '{"name": "Ada", "born": 1815}'
@@ -127,3 +128,27 @@ async def test_palette_help_and_route_detail(kvchat_home: Path) -> None:
         assert isinstance(app.screen, RouteDetailScreen)
         detail = str(app.screen.query_one("#route-detail").render())
         assert detail.startswith("route: qa (override") and "signals:" in detail
+
+
+async def test_typing_elsewhere_goes_to_the_message_box(kvchat_home: Path) -> None:
+    """After Tab (or a click) has moved the focus to the conversation, letters typed go
+    to the message box, which takes the focus; keys of the pane (Up, PageUp) stay the
+    pane's, and a modal screen keeps its own typing."""
+    app, seen = make_app(kvchat_home)
+    async with app.run_test(size=(120, 36), message_hook=seen.append) as pilot:
+        await wait_for(seen, ModelReady, pilot)
+        prompt = app.query_one(PromptInput)
+        pane = app.query_one(ChatPane)
+        pane.focus()
+        await pilot.pause()
+        await pilot.press("up", "pageup")
+        assert app.focused is pane and prompt.text == ""
+        await pilot.press(*"Hi there")
+        assert app.focused is prompt and prompt.text == "Hi there"
+        pane.focus()
+        await pilot.press("!")
+        assert app.focused is prompt and prompt.text == "Hi there!"
+        await pilot.press("f1")
+        assert isinstance(app.screen, HelpScreen)
+        await pilot.press("x")
+        assert prompt.text == "Hi there!"

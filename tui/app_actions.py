@@ -6,9 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from pydantic import ValidationError
-from textual import work
+from textual import events, work
 from textual.app import App
 from textual.containers import Vertical
+from textual.widgets import Input, TextArea
 
 from engine.attempt_log import AttemptRow
 from engine.errors import KvchatError
@@ -21,6 +22,7 @@ from tui.screens.help_screen import HelpScreen
 from tui.screens.retry_screen import RetryScreen
 from tui.screens.route_detail import RouteDetailScreen
 from tui.widgets.chat_pane import ChatPane, ReplyMessage, code_blocks
+from tui.widgets.prompt_input import PromptInput
 from tui.widgets.status_line import StatusLine
 
 PANES = ("memory", "kv")
@@ -50,6 +52,20 @@ class AppActions(App[int]):
     replying: bool
     next_route: str | None
     last_route: RouteDecision | None
+
+    def on_key(self, event: events.Key) -> None:
+        """Typing while the conversation or a pane has the focus (after Tab, a click or
+        a scroll) goes to the message box, as in a chat app, instead of nowhere."""
+        if not event.is_printable or not event.character or len(self.screen_stack) > 1:
+            return
+        if isinstance(self.focused, Input | TextArea):
+            return
+        prompt = self.query_one(PromptInput)
+        if prompt.disabled:
+            return
+        event.stop()
+        prompt.focus()
+        prompt.insert(event.character)
 
     # -- conversations ----------------------------------------------------------------
 
