@@ -152,3 +152,29 @@ async def test_typing_elsewhere_goes_to_the_message_box(kvchat_home: Path) -> No
         assert isinstance(app.screen, HelpScreen)
         await pilot.press("x")
         assert prompt.text == "Hi there!"
+
+
+async def test_copy_the_last_reply_and_any_of_its_code_blocks(kvchat_home: Path) -> None:
+    """Ctrl+Y copies the last reply, Ctrl+B its last code block, and the palette lists
+    every code block when there are several: fences of tildes, longer fences and
+    fences inside list items count, a fence line inside a longer fence does not."""
+    text = ("Two ways.\n\n```python\nprint(1)\n```\n\n- in a list:\n\n"
+            "  ~~~bash\n  echo 2\n  ~~~\n\n"
+            "````markdown\n```\nnot the end\n```\n````\n")
+    app, seen = make_app(kvchat_home)
+    async with app.run_test(size=(120, 36), message_hook=seen.append) as pilot:
+        await wait_for(seen, ModelReady, pilot)
+        await pilot.press("ctrl+b")
+        assert app.clipboard == ""  # no reply yet: a notice, nothing copied
+        await app.query_one(ChatPane).add_reply(text)
+        await pilot.press("ctrl+y")
+        assert app.clipboard == text
+        await pilot.press("ctrl+b")
+        assert app.clipboard == "```\nnot the end\n```\n"
+        await pilot.press("ctrl+p")
+        await pilot.pause(0.2)
+        await pilot.press(*"Copy code block 2 (bash)")
+        await pilot.pause(0.5)
+        await pilot.press("enter")
+        await pilot.pause(0.2)
+        assert app.clipboard == "echo 2\n"

@@ -21,8 +21,9 @@ from tui.screens.conversations import ConversationsScreen, export_conversation
 from tui.screens.help_screen import HelpScreen
 from tui.screens.retry_screen import RetryScreen
 from tui.screens.route_detail import RouteDetailScreen
-from tui.widgets.chat_pane import ChatPane, ReplyMessage, code_blocks
+from tui.widgets.chat_pane import ChatPane, ReplyMessage
 from tui.widgets.prompt_input import PromptInput
+from tui.widgets.reply_blocks import CodeBlock, code_blocks
 from tui.widgets.status_line import StatusLine
 
 PANES = ("memory", "kv")
@@ -150,14 +151,26 @@ class AppActions(App[int]):
         self.copy_to_clipboard(last.text)
         self.notify(f"Copied the last reply ({len(last.text)} characters).")
 
-    def action_copy_code(self) -> None:
+    def last_code_blocks(self) -> list[CodeBlock]:
+        """The code blocks of the last reply, in order."""
         last = self.query_one(ChatPane).last_reply()
-        blocks = code_blocks(last.text) if last is not None else []
+        return code_blocks(last.text) if last is not None else []
+
+    def action_copy_code(self, number: int = 0) -> None:
+        """Copy code block ``number`` (from 1) of the last reply; 0: its last one."""
+        blocks = self.last_code_blocks()
         if not blocks:
             self.notify("The last reply has no code block.", severity="warning")
             return
-        self.copy_to_clipboard(blocks[-1])
-        self.notify(f"Copied a code block ({len(blocks[-1].splitlines())} lines).")
+        if not 0 <= number <= len(blocks):
+            self.notify(f"The last reply has {len(blocks)} code blocks, not {number}.",
+                        severity="warning")
+            return
+        block = blocks[number - 1 if number else -1]
+        self.copy_to_clipboard(block.code)
+        which = f"code block {number or len(blocks)} of {len(blocks)}"
+        language = f", {block.language}" if block.language else ""
+        self.notify(f"Copied {which} ({len(block.code.splitlines())} lines{language}).")
 
     # -- panes --------------------------------------------------------------------------
 

@@ -23,7 +23,16 @@ class KvchatCommands(Provider):
         yield "Resize side panes", app.action_resize_side, "Narrow, normal or wide (F4)"
         yield "Route detail", app.action_route_detail, "Why the last message went where"
         yield "Copy last reply", app.action_copy_reply, "To the clipboard"
-        yield "Copy last code block", app.action_copy_code, "To the clipboard"
+        yield "Copy last code block", app.action_copy_code, "To the clipboard (Ctrl+B)"
+        blocks = app.last_code_blocks()
+        if len(blocks) > 1:
+            for number, block in enumerate(blocks, 1):
+                first = next((line.strip() for line in block.code.splitlines()
+                              if line.strip()), "")
+                language = f" ({block.language})" if block.language else ""
+                yield (f"Copy code block {number}{language}: {first[:40]}",
+                       partial(app.action_copy_code, number),
+                       f"Code block {number} of {len(blocks)} of the last reply")
         yield ("Export conversation as Markdown", partial(app.action_export, "md"),
                "Into the data dir's exports/")
         yield ("Export conversation as JSON", partial(app.action_export, "json"),

@@ -25,7 +25,7 @@ the message box.
 | Ctrl+O | conversations: open, rename (r), delete (d), export (m / j) |
 | Ctrl+R | retried replies, attempt by attempt |
 | Ctrl+Y | copy the last reply |
-| Ctrl+B | copy the last code block of the last reply |
+| Ctrl+B | copy the last code block of the last reply (the palette lists each one) |
 | F1 | this help |
 | F2 / F3 | show or hide the memory / KV-cache pane |
 | F4 | side panes narrow, normal or wide |

@@ -7,7 +7,6 @@ malformed with their error, above the attempt that counts.
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Callable
 
 from textual.app import ComposeResult
@@ -22,8 +21,6 @@ from tui.notes import attempt_title
 from tui.widgets.reading_place import PlaceKeeper
 from tui.widgets.reply_blocks import plan_write, split_blocks
 from tui.widgets.source_stream import SourceStream
-
-FENCE = re.compile(r"^```[^\n]*\n(.*?)^```", re.MULTILINE | re.DOTALL)
 
 RUNWAY_SHARE = 2
 """A reply streaming at the end of the pane reserves 1/RUNWAY_SHARE of the pane's
@@ -45,11 +42,6 @@ repaints keeps a quarter of the text before in view (docs/tui.md)."""
 SETTLE_BLOCKS = 4
 """Markdown blocks (of up to 20 lines each) rendered per screen update when a reply
 streamed as source ends."""
-
-
-def code_blocks(text: str) -> list[str]:
-    """The fenced code blocks of a Markdown reply, in order."""
-    return [m.group(1) for m in FENCE.finditer(text)]
 
 
 class UserMessage(Static):
