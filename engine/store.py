@@ -337,6 +337,18 @@ class Store(AttemptLog):
                            stats=None if r[7] is None else json.loads(r[7]))
                 for r in rows]
 
+    def recent_prompts(self, limit: int = 500) -> list[str]:
+        """The last ``limit`` messages the user sent, across conversations, oldest
+        first, a message repeated at once kept once: the message box's history."""
+        with self._read() as conn:
+            rows = conn.execute("SELECT content FROM messages WHERE role = 'user'"
+                                " ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+        prompts: list[str] = []
+        for (content,) in reversed(rows):
+            if content.strip() and (not prompts or prompts[-1] != content):
+                prompts.append(content)
+        return prompts
+
     def recover_interrupted(self) -> int:
         """Marks replies left 'streaming' by a dead process as 'interrupted'.
 

@@ -333,3 +333,19 @@ def test_sigkill_loses_nothing_written(tmp_path: Path) -> None:
         assert msgs[1].status == "streaming"
         assert s.recover_interrupted() == 1
         assert s.messages(conv.id)[1].status == "interrupted"
+
+
+def test_recent_prompts_span_conversations_oldest_first(db_path: Path) -> None:
+    """The message box's history outlives the process: what the user sent, in every
+    conversation, in order, replies left out, a message sent twice in a row once."""
+    with Store(db_path) as s:
+        a = s.create_conversation("a", None)
+        b = s.create_conversation("b", None)
+        s.add_message(a, "user", "first")
+        s.add_message(a, "assistant", "a reply")
+        s.add_message(b, "user", "second")
+        s.add_message(b, "user", "second")
+        s.add_message(a, "user", "third\nwith two lines")
+    with Store(db_path) as s:
+        assert s.recent_prompts() == ["first", "second", "third\nwith two lines"]
+        assert s.recent_prompts(limit=2) == ["second", "third\nwith two lines"]

@@ -178,3 +178,22 @@ async def test_copy_the_last_reply_and_any_of_its_code_blocks(kvchat_home: Path)
         await pilot.press("enter")
         await pilot.pause(0.2)
         assert app.clipboard == "echo 2\n"
+
+
+async def test_the_message_history_outlives_the_session(kvchat_home: Path) -> None:
+    """Up in an empty message box recalls what was sent in earlier sessions too (the
+    store keeps it), newest first."""
+    with Store(kvchat_home / "kvchat.db") as store:
+        cid = store.create_conversation("before", None)
+        store.add_message(cid, "user", "an older question")
+        store.add_message(cid, "user", "yesterday's question")
+    app, seen = make_app(kvchat_home)
+    async with app.run_test(size=(120, 36), message_hook=seen.append) as pilot:
+        await wait_for(seen, ModelReady, pilot)
+        prompt = app.query_one(PromptInput)
+        await pilot.press("up")
+        assert prompt.text == "yesterday's question"
+        await pilot.press("up")
+        assert prompt.text == "an older question"
+        await pilot.press("down", "down")
+        assert prompt.text == ""

@@ -22,7 +22,7 @@ from textual.worker import Worker, WorkerState
 
 from engine.api import ChatEngine
 from engine.config import KvchatConfig, default_config_path
-from engine.errors import KvchatError
+from engine.errors import KvchatError, StoreError
 from engine.events import (
     Done,
     Error,
@@ -180,12 +180,21 @@ class KvchatApp(EventPanes, AppActions, App[int]):
         self.apply_pane_prefs()
         if self.conversation_id is not None:
             await self.show_history(self.conversation_id)
-        self.query_one(PromptInput).focus()
+        prompt = self.query_one(PromptInput)
+        prompt.sent = self._stored_prompts()
+        prompt.focus()
         self.load_model()
 
     def user_theme_files(self) -> list[Path]:
         folder = default_config_path().parent / "themes"
         return sorted(folder.glob("*.toml")) if folder.is_dir() else []
+
+    def _stored_prompts(self) -> list[str]:
+        """Messages sent in earlier sessions, for Up in the message box."""
+        try:
+            return self.store.recent_prompts()
+        except StoreError:
+            return []  # a history that cannot be read is no reason not to chat
 
     def _remember_theme(self, theme: Theme) -> None:
         if theme.name != self.prefs.theme:

@@ -14,7 +14,7 @@ HELP = """\
 # kvchat
 
 **Enter** sends · **Shift+Enter** or **Ctrl+J** adds a line · **Up/Down** on the first or
-last line walk the messages you sent · **Esc** or **Ctrl+C** stops a reply in flight ·
+last line walk the messages you sent (earlier sessions' too) · **Esc** or **Ctrl+C** stops a reply in flight ·
 **Tab** moves to the conversation (Up, PageUp, Home scroll it); typing goes back to
 the message box.
 
