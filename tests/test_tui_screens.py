@@ -197,3 +197,24 @@ async def test_the_message_history_outlives_the_session(kvchat_home: Path) -> No
         assert prompt.text == "an older question"
         await pilot.press("down", "down")
         assert prompt.text == ""
+
+
+async def test_page_keys_in_the_message_box_scroll_the_conversation(
+        kvchat_home: Path) -> None:
+    app, seen = make_app(kvchat_home)
+    async with app.run_test(size=(100, 30), message_hook=seen.append) as pilot:
+        await wait_for(seen, ModelReady, pilot)
+        pane = app.query_one(ChatPane)
+        for i in range(40):
+            await pane.add_user(f"message {i}")
+        await pilot.pause()
+        prompt = app.query_one(PromptInput)
+        await pilot.press(*"draft")
+        end = pane.scroll_y
+        assert app.focused is prompt and end == pane.max_scroll_y > 0
+        await pilot.press("pageup")
+        await pilot.pause(0.3)
+        assert pane.scroll_y < end and app.focused is prompt and prompt.text == "draft"
+        await pilot.press("pagedown", "pagedown")
+        await pilot.pause(0.3)
+        assert pane.scroll_y == pane.max_scroll_y

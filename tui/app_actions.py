@@ -68,6 +68,14 @@ class AppActions(App[int]):
         prompt.focus()
         prompt.insert(event.character)
 
+    def action_scroll_chat(self, how: str) -> None:
+        """PageUp/PageDown in the message box scroll the conversation."""
+        pane = self.query_one(ChatPane)
+        if how == "page_up":
+            pane.action_page_up()
+        elif how == "page_down":
+            pane.action_page_down()
+
     # -- conversations ----------------------------------------------------------------
 
     async def show_history(self, conversation_id: int) -> None:

@@ -14,9 +14,9 @@ HELP = """\
 # kvchat
 
 **Enter** sends · **Shift+Enter** or **Ctrl+J** adds a line · **Up/Down** on the first or
-last line walk the messages you sent (earlier sessions' too) · **Esc** or **Ctrl+C** stops a reply in flight ·
-**Tab** moves to the conversation (Up, PageUp, Home scroll it); typing goes back to
-the message box.
+last line walk the messages you sent (earlier sessions' too) · **PageUp/PageDown**
+scroll the conversation · **Esc** or **Ctrl+C** stops a reply in flight · **Tab** moves
+to the conversation (Up, PageUp, Home scroll it); typing goes back to the message box.
 
 | key | does |
 | --- | --- |

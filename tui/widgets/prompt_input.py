@@ -21,6 +21,9 @@ class PromptInput(TextArea):
         # Terminals send Enter and Shift+Enter alike, so a newline also has keys that
         # every terminal can send.
         Binding("shift+enter,ctrl+j,alt+enter", "newline", "New line", show=False),
+        # A few lines of message need no pages; the conversation above does.
+        Binding("pageup", "app.scroll_chat('page_up')", "Scroll up", show=False),
+        Binding("pagedown", "app.scroll_chat('page_down')", "Scroll down", show=False),
     ]
 
     class Submitted(Message):
