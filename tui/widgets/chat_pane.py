@@ -255,7 +255,9 @@ class ReplyMessage(Vertical):
         if not isinstance(pane, ChatPane) or not pane.following(self):
             return
         step = self._runway_step()
-        used = sum(child.outer_size.height for child in self.children if child.display)
+        # The note, last, ends where the text does: read off it rather than summing
+        # every child, parked ones included, at each frame of a long reply.
+        used = self.children[-1].virtual_region_with_margin.bottom
         if self.styles.min_height is not None and self.size.height - used > step // 3:
             return
         self.styles.min_height = used + step
