@@ -9,6 +9,7 @@ import asyncio
 import re
 
 from textual.app import App, ComposeResult
+from textual.pilot import Pilot
 from textual.strip import Strip
 
 from engine.config import KvchatConfig, ModelConfig, UIConfig
@@ -35,6 +36,18 @@ async def streamed_source(pane: ChatPane, text: str, seed: int) -> ReplyMessage:
     pane.anchor()
     for chunk in chunks_of(text, seed=seed):
         await reply.append(chunk)
+    return reply
+
+
+async def prepared_source(pane: ChatPane, pilot: Pilot[None]) -> ReplyMessage:
+    """A prompt, then a reply to stream as source, prepared once laid out as the app
+    prepares it (before its tokens)."""
+    await pane.add_user("Tell me about the press.")
+    reply = await pane.add_reply(source_view=True)
+    pane.anchor()
+    await pilot.pause()
+    reply.prepare()
+    await pilot.pause()
     return reply
 
 
@@ -155,12 +168,7 @@ async def test_a_prepared_reply_streams_in_a_window_that_turns_its_page() -> Non
     app = ChatApp()
     async with app.run_test(size=(100, 30)) as pilot:
         pane = app.query_one(ChatPane)
-        await pane.add_user("Tell me about the press.")
-        reply = await pane.add_reply(source_view=True)
-        pane.anchor()
-        await pilot.pause()
-        reply.prepare()
-        await pilot.pause()
+        reply = await prepared_source(pane, pilot)
         stream = reply.query_one(SourceStream)
         # The conversation fills the pane exactly: nothing to scroll yet.
         assert stream.window == stream.size.height > pane.size.height // 2
@@ -213,12 +221,7 @@ async def test_a_reader_scrolled_up_keeps_their_place_when_the_reply_settles() -
     app = ChatApp()
     async with app.run_test(size=(100, 30)) as pilot:
         pane = app.query_one(ChatPane)
-        await pane.add_user("Tell me about the press.")
-        reply = await pane.add_reply(source_view=True)
-        pane.anchor()
-        await pilot.pause()
-        reply.prepare()
-        await pilot.pause()
+        reply = await prepared_source(pane, pilot)
         for chunk in chunks_of(text, seed=5):
             await reply.append(chunk)
         await pilot.pause()

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from textual.pilot import Pilot
+
 from engine.store import Store
 from tests.test_tui import make_app, wait_for
 from tui.messages import ModelReady, ReplyFinished
@@ -31,6 +33,16 @@ def store_retried_reply(store: Store) -> int:
                       completion_tokens=14, elapsed_s=0.4)
     store.add_attempt(mid, 2, "repair", "json", FIXED, True, found="a JSON object with 2 keys")
     return mid
+
+
+async def run_command(pilot: Pilot[int], command: str) -> None:
+    """Type ``command`` in the command palette and run its best match."""
+    await pilot.press("ctrl+p")
+    await pilot.pause(0.2)
+    await pilot.press(*command)
+    await pilot.pause(0.5)
+    await pilot.press("enter")
+    await pilot.pause(0.2)
 
 
 async def test_retry_screen_shows_attempts_errors_and_diff(kvchat_home: Path) -> None:
@@ -112,12 +124,7 @@ async def test_palette_help_and_route_detail(kvchat_home: Path) -> None:
         assert isinstance(app.screen, HelpScreen)
         await pilot.press("escape")
         # The palette offers the routes for the next message.
-        await pilot.press("ctrl+p")
-        await pilot.pause(0.2)
-        await pilot.press(*"Route next message: qa")
-        await pilot.pause(0.5)
-        await pilot.press("enter")
-        await pilot.pause(0.2)
+        await run_command(pilot, "Route next message: qa")
         assert app.next_route == "qa"
         assert app.query_one("#status").next_route == "qa"
         await pilot.press(*"What is the capital of France?", "enter")
@@ -171,12 +178,7 @@ async def test_copy_the_last_reply_and_any_of_its_code_blocks(kvchat_home: Path)
         assert app.clipboard == text
         await pilot.press("ctrl+b")
         assert app.clipboard == "```\nnot the end\n```\n"
-        await pilot.press("ctrl+p")
-        await pilot.pause(0.2)
-        await pilot.press(*"Copy code block 2 (bash)")
-        await pilot.pause(0.5)
-        await pilot.press("enter")
-        await pilot.pause(0.2)
+        await run_command(pilot, "Copy code block 2 (bash)")
         assert app.clipboard == "echo 2\n"
 
 
