@@ -34,7 +34,7 @@ bench-kv: $(STAMP)
 	$(PY) benchmarks/long_conversation.py $(ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check engine tui tests benchmarks
+	$(VENV)/bin/ruff check engine bench tui tests benchmarks
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -38,7 +38,7 @@ def main() -> int:
     args = parser.parse_args()
     path = args.model
     if path is None:
-        from engine.loader import bundled_model_path
+        from engine.model.loader import bundled_model_path
 
         path = str(bundled_model_path())
     bases = [int(b) for b in args.bases.split(",")]
@@ -59,7 +59,7 @@ def main() -> int:
     ctx = _internals.LlamaContext(model=model, params=cp, verbose=False)
     batch = _internals.LlamaBatch(n_tokens=512, embd=0, n_seq_max=1)
     n_vocab = model.n_vocab()
-    text = (ROOT / "engine" / "kv_window.py").read_text() * 4
+    text = (ROOT / "engine" / "decode" / "kv_window.py").read_text() * 4
     tokens = model.tokenize(text.encode(), add_bos=True, special=False)
     need = max(bases) + max(sizes)
     if len(tokens) < need:

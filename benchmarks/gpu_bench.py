@@ -14,9 +14,9 @@ import sys
 import time
 from pathlib import Path
 
-from engine.bench_config import BenchConfig
-from engine.bench_report import summary_lines, table_rows
-from engine.bench_run import run_bench
+from bench.config import BenchConfig
+from bench.report import summary_lines, table_rows
+from bench.run import run_bench
 
 
 def main() -> int:

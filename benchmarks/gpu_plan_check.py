@@ -16,13 +16,13 @@ import sys
 import time
 from pathlib import Path
 
-from engine.backend_info import query_devices
-from engine.chat_format import ChatMessage
+from engine.api import ChatMessage
+from engine.backends.local import LocalEngine
 from engine.config import ModelConfig, SamplingConfig
-from engine.local_engine import LocalEngine
-from engine.memory_budget import process_rss
-from engine.shapes import parse_shape
-from engine.synth import write_synthetic
+from engine.model.devices import query_devices
+from engine.model.memory.budget import process_rss
+from engine.model.memory.shapes import parse_shape
+from engine.model.memory.synth import write_synthetic
 
 MiB = 2**20
 

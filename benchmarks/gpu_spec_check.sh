@@ -11,8 +11,8 @@ M=/tmp/synth
 mkdir -p "$M"
 for shape in gemma-3-270m llama-3.1-8b; do
   [ -f "$M/$shape-Q4_K_M.gguf" ] || python3 -c "import sys
-from engine.shapes import parse_shape
-from engine.synth import write_synthetic
+from engine.model.memory.shapes import parse_shape
+from engine.model.memory.synth import write_synthetic
 shape, mix = parse_shape(sys.argv[1])
 write_synthetic(shape, mix, sys.argv[2])" "$shape:Q4_K_M" "$M/$shape-Q4_K_M.gguf"
 done

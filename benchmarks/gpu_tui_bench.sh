@@ -34,8 +34,8 @@ python3 benchmarks/tui_streaming.py --model "$MODEL" --reps "${REPS:-3}" --token
 S=/tmp/synth/llama-3.1-8b-Q4_K_M.gguf
 mkdir -p /tmp/synth
 [ -f "$S" ] || python3 -c "import sys
-from engine.shapes import parse_shape
-from engine.synth import write_synthetic
+from engine.model.memory.shapes import parse_shape
+from engine.model.memory.synth import write_synthetic
 shape, mix = parse_shape('llama-3.1-8b:Q4_K_M')
 write_synthetic(shape, mix, sys.argv[1])" "$S"
 python3 benchmarks/tui_streaming.py --model "$S" --reps "${REPS:-3}" --tokens 1000 \

@@ -34,9 +34,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from engine.backends.local import LocalEngine  # noqa: E402
 from engine.config import KVCacheConfig, ModelConfig, SamplingConfig  # noqa: E402
 from engine.events import Done, Error, Eviction, TokenChunk  # noqa: E402
-from engine.local_engine import LocalEngine  # noqa: E402
 from engine.session import ChatSession  # noqa: E402
 from engine.store import Store  # noqa: E402
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.router import Router
-from engine.templates import BUILTIN_ROUTES, load_templates
+from engine.routing.router import Router
+from engine.routing.templates import BUILTIN_ROUTES, load_templates
 from tests.data.route_prompts import FOLLOW_UPS, HELD_OUT, LABELLED
 
 PromptSet = list[tuple[str, str]]

@@ -21,8 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.router import Router
-from engine.templates import load_templates
+from engine.routing.router import Router
+from engine.routing.templates import load_templates
 from tests.data.route_prompts import HELD_OUT, LABELLED
 
 
@@ -55,10 +55,10 @@ def signals(repeat: int) -> None:
 
 
 async def fallback(repeat: int) -> None:
-    from engine.chat_format import ChatMessage
+    from engine.api import ChatMessage
+    from engine.backends.local import LocalEngine
     from engine.config import ModelConfig, SamplingConfig
     from engine.events import PromptEvaluated
-    from engine.local_engine import LocalEngine
 
     templates = load_templates()
     names = templates.names

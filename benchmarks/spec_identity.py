@@ -30,7 +30,7 @@ PROMPTS = [
 
 
 async def reply(engine: object, prompt: str, tokens: int) -> tuple[list[int], dict]:
-    from engine.chat_format import ChatMessage
+    from engine.api import ChatMessage
 
     out: list[int] = []
     done: dict = {}
@@ -46,9 +46,9 @@ async def reply(engine: object, prompt: str, tokens: int) -> tuple[list[int], di
 
 
 async def run(args: argparse.Namespace) -> dict:
+    from engine.backends.local import LocalEngine
     from engine.config import KVCacheConfig, ModelConfig, SamplingConfig, SpeculativeConfig
-    from engine.loader import bundled_model_path
-    from engine.local_engine import LocalEngine
+    from engine.model.loader import bundled_model_path
 
     path = Path(args.model) if args.model else bundled_model_path()
     model = ModelConfig(path=path, n_ctx=args.ctx, n_gpu_layers=args.gpu_layers,

@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-SOURCE = ROOT / "engine" / "kv_window.py"  # about 60 lines of real Python
+SOURCE = ROOT / "engine" / "decode" / "kv_window.py"  # about 60 lines of real Python
 
 
 def tasks() -> dict[str, str]:
@@ -56,9 +56,9 @@ repeating itself, so drafts mostly miss and the off switch has to keep the loss 
 async def measure(task: str, mode: str, tokens: int, draft: str | None,
                   model: str | None = None, gpu_layers: int = -1,
                   temperature: float = 0.0, seed: int = 0, invariant: str = "off") -> dict:
-    from engine.chat_format import ChatMessage
+    from engine.api import ChatMessage
+    from engine.backends.local import LocalEngine
     from engine.config import KVCacheConfig, ModelConfig, SamplingConfig, SpeculativeConfig
-    from engine.local_engine import LocalEngine
 
     spec = SpeculativeConfig(mode=mode, draft_model=Path(draft) if draft else None)
     eng = LocalEngine(ModelConfig(path=Path(model) if model else None, n_ctx=4096,
@@ -129,7 +129,7 @@ def main() -> int:
     spec_mode = args.mode or ("draft" if args.draft_model else "auto")
     invariant = args.batch_invariant
     if invariant == "auto":  # as the speculative run's engine would resolve it
-        from engine.loader import has_gpu
+        from engine.model.loader import has_gpu
 
         invariant = "off" if has_gpu() and args.gpu_layers != 0 else "on"
     report = {}

@@ -22,14 +22,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from engine.backends.local import LocalEngine
 from engine.config import KvchatConfig, ModelConfig, SamplingConfig
 from engine.events import Done, OutputCheck
-from engine.local_engine import LocalEngine
-from engine.output_check import check_output
-from engine.output_spec import OutputSpec
-from engine.routing import RouteService
+from engine.routing.service import RouteService
 from engine.session import ChatSession
 from engine.store import Store
+from engine.structured.checks import check_output
+from engine.structured.spec import OutputSpec
 
 STR, INT, NUM = {"type": "string", "maxLength": 60}, {"type": "integer"}, {"type": "number"}
 

@@ -43,15 +43,15 @@ from pathlib import Path
 from textual import events
 from textual.widgets import TextArea
 
+from engine.backends.local import LocalEngine
 from engine.config import (
     KvchatConfig,
     ModelConfig,
     SamplingConfig,
     SpeculativeConfig,
     UIConfig,
+    usable_cores,
 )
-from engine.local_engine import LocalEngine
-from engine.memory_budget import usable_cores
 from engine.store import Store
 from tui.app import KvchatApp
 from tui.cli import main as kvchat_main

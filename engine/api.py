@@ -13,13 +13,52 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Literal
 
-from engine.chat_format import ChatMessage
+from pydantic import BaseModel, ConfigDict
+
 from engine.config import SamplingConfig
 from engine.errors import EngineClosed, PromptError
 from engine.events import Event, ModelLoaded
-from engine.output_spec import OutputSpec
-from engine.router import ModelAnswer
+from engine.structured.spec import OutputSpec
+
+Role = Literal["system", "user", "assistant"]
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    role: Role
+    content: str
+
+
+class ChatRequest(BaseModel):
+    """One reply to generate: what every backend's ``chat`` takes, and what the process
+    wire carries to the engine process."""
+
+    model_config = ConfigDict(frozen=True)
+
+    messages: tuple[ChatMessage, ...]
+    sampling: SamplingConfig | None = None
+    """None: the engine's default sampling."""
+    ignore_eos: bool = False
+    """Ban end-of-turn tokens and generate exactly ``max_tokens`` (for benchmarks)."""
+    reserve: int | None = None
+    """Cells to free for the reply before it starts; None means the KV policy's."""
+    constraint: OutputSpec | None = None
+    """Decode under the grammar of this output format (the retry ladder's last step)."""
+
+
+@dataclass(frozen=True)
+class ModelAnswer:
+    """The model's own answer to which route a prompt takes (``ChatEngine.classify``)."""
+
+    route: str
+    confidence: float
+    """Probability of the answer's first token among the routes' first tokens."""
+    elapsed_ms: float
+    prompt_tokens: int
 
 
 class ChatEngine(ABC):
@@ -64,7 +103,7 @@ class ChatEngine(ABC):
     def count_tokens(self, text: str) -> int | None:
         """Tokens ``text`` takes with the loaded model's tokenizer (no BOS, no turn
         markers), or None when this backend has no local tokenizer or nothing is
-        loaded yet. Callers fall back to an estimate (``engine.token_count``)."""
+        loaded yet. Callers fall back to an estimate (``engine.routing.token_count``)."""
         return None
 
     async def classify(self, text: str, routes: Sequence[str],

@@ -81,8 +81,6 @@ class ModelConfig(_Section):
     @classmethod
     def _budget_parses(cls, value: str | None) -> str | None:
         if value is not None:
-            from engine.memory_plan import parse_size
-
             parse_size(value)  # its ValueError names the input
         return value
 
@@ -339,3 +337,38 @@ def describe_validation_error(exc: ValidationError) -> str:
             message += f" (got {first['input']!r})"
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     return f"{key}: {message}{more}"
+
+
+_SIZE_UNITS = {
+    "": 1, "b": 1,
+    "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,
+    "t": 1000**4, "tb": 1000**4,
+    "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4,
+}
+
+
+def parse_size(text: str) -> int:
+    """Bytes from a human size: ``36GiB``, ``36 GB``, ``36000M``, ``1.5T``.
+
+    Decimal units (GB, M) are powers of 1000, binary ones (GiB, MiB) of 1024.
+    Raises ValueError with a message naming the input.
+    """
+    cleaned = text.strip().lower().replace(" ", "").replace("_", "")
+    number = cleaned.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = cleaned[len(number):]
+    try:
+        value = float(number)
+    except ValueError:
+        raise ValueError(f"not a size: {text!r} (try 36GiB, 36 GB or 36000M)") from None
+    if unit not in _SIZE_UNITS:
+        raise ValueError(f"unknown unit {unit!r} in {text!r} (use B, KB, MB, GB, TB, "
+                         "KiB, MiB, GiB or TiB)")
+    if value <= 0:
+        raise ValueError(f"a size must be positive, got {text!r}")
+    return int(value * _SIZE_UNITS[unit])
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+               else (os.cpu_count() or 1))

@@ -68,7 +68,7 @@ class ModelLoaded(_Event):
     """Flash attention as requested (None: llama.cpp's choice)."""
     batch_invariant: bool = False
     """Loaded so that a verification batch's rows equal one-token decodes bit for bit
-    (engine/batch_invariance.py): greedy speculation cannot change the output."""
+    (engine/model/batch_invariance.py): greedy speculation cannot change the output."""
     n_ctx_source: Literal["model", "server", "assumed"] = "model"
     """model: the live llama.cpp context; server: what a remote server reported;
     assumed: the server does not say, so ``n_ctx`` is the config's ``model.n_ctx``,

@@ -13,12 +13,13 @@ import time
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
-from engine.api import ChatEngine, check_prompt
-from engine.chat_format import ChatMessage
+from engine.api import ChatEngine, ChatMessage, check_prompt
 from engine.config import SamplingConfig
 from engine.events import Done, Error, Event, Retry, TokenChunk, TurnStarted
-from engine.output_spec import OutputSpec
-from engine.retry_ladder import (
+from engine.routing.service import DEFAULT_N_CTX, RoutedTurn, RouteService
+from engine.routing.templates import with_instructions
+from engine.store import MessageRow, Store, title_from_prompt
+from engine.structured.ladder import (
     DEFAULT_POLICY,
     Attempt,
     Ladder,
@@ -26,9 +27,7 @@ from engine.retry_ladder import (
     format_instructions,
     run_ladder,
 )
-from engine.routing import DEFAULT_N_CTX, RoutedTurn, RouteService
-from engine.store import MessageRow, Store, title_from_prompt
-from engine.templates import with_instructions
+from engine.structured.spec import OutputSpec
 
 
 class ChatSession:

@@ -22,8 +22,8 @@ from typing import Any, Literal, get_args
 import platformdirs
 from pydantic import BaseModel, ConfigDict
 
-from engine.attempt_log import ATTEMPTS_SCHEMA, AttemptLog
 from engine.errors import ConversationNotFound, StoreError
+from engine.structured.attempt_log import ATTEMPTS_SCHEMA, AttemptLog
 
 Role = Literal["system", "user", "assistant"]
 Status = Literal["complete", "streaming", "cancelled", "interrupted", "error"]

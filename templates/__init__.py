@@ -1,1 +1,1 @@
-"""Route templates as data: one TOML file per route (see engine/templates.py)."""
+"""Route templates as data: one TOML file per route (see engine/routing/templates.py)."""

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from engine.backends.local import LocalEngine
 from engine.config import ModelConfig, SamplingConfig
-from engine.loader import bundled_model_path
-from engine.local_engine import LocalEngine
+from engine.model.loader import bundled_model_path
 
 ROOT = Path(__file__).resolve().parent.parent
 GREEDY = SamplingConfig(temperature=0.0, max_tokens=24, seed=0)

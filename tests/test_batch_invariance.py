@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from llama_cpp import _internals
 
-from engine.batch_invariance import wants_invariance
 from engine.config import ModelConfig
 from engine.errors import ConfigError
-from engine.loader import LoadedModel, load_model
+from engine.model.batch_invariance import wants_invariance
+from engine.model.loader import LoadedModel, load_model
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -50,7 +50,7 @@ def _rows_differ(lm: LoadedModel, tokens: list[int], base: int,
 
 
 def _source_tokens(lm: LoadedModel) -> list[int]:
-    text = (ROOT / "engine" / "kv_window.py").read_text() * 4
+    text = (ROOT / "engine" / "decode" / "kv_window.py").read_text() * 4
     return lm.model.tokenize(text.encode(), add_bos=True, special=False)
 
 

@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from engine.bench_bandwidth import bytes_read_per_token, ceiling_tokens_per_s
-from engine.gguf_header import read_gguf_header
-from engine.loader import bundled_model_path
-from engine.shapes import parse_shape, shape_header
+from bench.bandwidth import bytes_read_per_token, ceiling_tokens_per_s
+from engine.model.gguf_header import read_gguf_header
+from engine.model.loader import bundled_model_path
+from engine.model.memory.shapes import parse_shape, shape_header
 
 KVCHAT = Path(sys.executable).with_name("kvchat")
 
@@ -145,7 +145,7 @@ def test_ceiling_adds_the_time_on_each_device() -> None:
 
 
 def test_speculative_extra_line_names_its_mode_and_identity() -> None:
-    from engine.bench_report import extra_line
+    from bench.report import extra_line
 
     # A result as benchmarks/speculative.py writes it (kept from a real run).
     result = json.loads((Path(__file__).parent.parent / "benchmarks" / "results"

@@ -7,7 +7,7 @@ import asyncio
 import threading
 import time
 
-from engine.channel import EventChannel
+from engine.backends.channel import EventChannel
 from engine.events import Error, Event, KVUsage, TokenChunk
 
 

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from engine.chat_format import GEMMA, ChatMessage, TemplateFormat, choose_format
+from engine.api import ChatMessage
 from engine.config import KvchatConfig, load_config
 from engine.errors import ConfigError, ModelLoadError
+from engine.model.chat_format import GEMMA, TemplateFormat, choose_format
 
 
 def write(path: Path, text: str) -> Path:

@@ -7,15 +7,14 @@ on the real model.
 
 from __future__ import annotations
 
-from engine.chat_format import ChatMessage
+from engine.api import ChatMessage, ChatRequest
+from engine.backends.local import LocalEngine
 from engine.config import ModelConfig, SamplingConfig, SpeculativeConfig
-from engine.device_sampling import DeviceGreedy
+from engine.decode.generator import Generator
+from engine.decode.sampling.chain import GreedyArgmax
+from engine.decode.sampling.in_graph import DeviceGreedy
 from engine.events import Done, Eviction
-from engine.generation import Generator
-from engine.local_engine import LocalEngine
-from engine.output_spec import OutputSpec
-from engine.sampling import GreedyArgmax
-from engine.turn_state import ChatRequest
+from engine.structured.spec import OutputSpec
 from tests.test_kv_eviction import _view, assert_in_step, on_engine_thread
 from tests.test_speculative import REPEAT, STORY, collect, greedy_tokens
 

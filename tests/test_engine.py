@@ -7,8 +7,10 @@ from typing import Any
 
 import pytest
 
-from engine.chat_format import ChatMessage
+from engine.api import ChatMessage
+from engine.backends.local import LocalEngine
 from engine.config import KVCacheConfig, ModelConfig, SamplingConfig, SpeculativeConfig
+from engine.decode.generator import Generator
 from engine.errors import EngineClosed, ModelFileError, PromptError
 from engine.events import (
     Done,
@@ -20,8 +22,6 @@ from engine.events import (
     TokenChunk,
     parse_event,
 )
-from engine.generation import Generator
-from engine.local_engine import LocalEngine
 from tests.conftest import GREEDY
 from tests.test_kv_eviction import on_engine_thread
 
@@ -258,7 +258,7 @@ async def test_valid_gguf_of_an_unknown_architecture_is_a_load_error(tmp_path) -
 def test_decode_and_prompt_thread_counts_reach_llama_cpp() -> None:
     import llama_cpp
 
-    from engine.loader import load_model
+    from engine.model.loader import load_model
 
     lm = load_model(ModelConfig(n_ctx=256, n_threads=1, n_threads_batch=2))
     try:

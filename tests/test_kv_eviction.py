@@ -11,12 +11,12 @@ from typing import TypeVar
 import llama_cpp
 import pytest
 
-from engine.chat_format import ChatMessage
+from engine.api import ChatMessage
+from engine.backends.local import LocalEngine
 from engine.config import KVCacheConfig, ModelConfig, SamplingConfig, SpeculativeConfig
+from engine.decode.generator import Generator
+from engine.decode.kv_window import window
 from engine.events import Done, Event, Eviction, KVUsage, PromptEvaluated, PromptTruncated
-from engine.generation import Generator
-from engine.kv_window import window
-from engine.local_engine import LocalEngine
 
 T = TypeVar("T")
 SYSTEM = ChatMessage(role="system", content="You are a terse assistant who answers in one line.")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from engine.kv_window import choose_span, turn_boundaries, window
+from engine.decode.kv_window import choose_span, turn_boundaries, window
 
 EOT = 99
 

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.gguf_header import read_gguf_header
-from engine.memory_plan import kv_bytes_per_token, parse_size, weights_by_layer
+from engine.config import parse_size
+from engine.model.gguf_header import read_gguf_header
+from engine.model.memory.kv_cost import kv_bytes_per_token, weights_by_layer
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -64,7 +65,7 @@ def test_kv_per_token_of_a_70b_llama_header(tmp_path: Path) -> None:
 # -- built-in shapes --------------------------------------------------------------
 
 def test_gemma_shape_matches_the_bundled_file(model_path: Path) -> None:
-    from engine.shapes import parse_shape, shape_header
+    from engine.model.memory.shapes import parse_shape, shape_header
 
     real = read_gguf_header(model_path)
     shape = shape_header(*parse_shape("gemma-3-270m:Q4_K_M"))
@@ -79,7 +80,7 @@ def test_gemma_shape_matches_the_bundled_file(model_path: Path) -> None:
 
 
 def test_llama_70b_q4_k_m_follows_the_quantizer() -> None:
-    from engine.shapes import parse_shape, shape_header
+    from engine.model.memory.shapes import parse_shape, shape_header
 
     h = shape_header(*parse_shape("llama-3.1-70b:Q4_K_M"))
     types = {t.name: t.type_name for t in h.tensors}
@@ -99,7 +100,7 @@ def test_llama_70b_q4_k_m_follows_the_quantizer() -> None:
     ("llama-2-13b:Q5_K_M", 8.60), ("llama-3.1-70b:Q5_K_M", 46.51),
 ])
 def test_shape_sizes(spec: str, gib: float) -> None:
-    from engine.shapes import parse_shape, shape_header
+    from engine.model.memory.shapes import parse_shape, shape_header
 
     h = shape_header(*parse_shape(spec))
     assert round(h.weights_bytes / 1024**3, 2) == gib
@@ -117,7 +118,7 @@ def types_of(h, name: str) -> str:
 ])
 def test_bad_shapes(spec: str, message: str) -> None:
     from engine.errors import ConfigError
-    from engine.shapes import parse_shape
+    from engine.model.memory.shapes import parse_shape
 
     with pytest.raises(ConfigError, match=message):
         parse_shape(spec)
@@ -129,9 +130,9 @@ GiB = 1024**3
 
 
 def _plan(spec: str, kind: str, gib: float, **request):
-    from engine.memory_budget import Budget
-    from engine.memory_planner import PlanRequest, plan_memory
-    from engine.shapes import parse_shape, shape_header
+    from engine.model.memory.budget import Budget
+    from engine.model.memory.planner import PlanRequest, plan_memory
+    from engine.model.memory.shapes import parse_shape, shape_header
 
     budget = Budget(kind, "CUDA0" if kind == "gpu" else "CPU", int(gib * GiB), "given",
                     64 * GiB)
@@ -178,8 +179,8 @@ def test_unknown_architecture_is_a_clear_error(tmp_path: Path) -> None:
     from gguf import GGUFWriter
 
     from engine.errors import ModelFileError
-    from engine.memory_budget import detect_budget
-    from engine.memory_planner import plan_memory
+    from engine.model.memory.budget import detect_budget
+    from engine.model.memory.planner import plan_memory
 
     path = tmp_path / "foo.gguf"
     writer = GGUFWriter(str(path), "foo-arch")
@@ -193,7 +194,7 @@ def test_unknown_architecture_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_unparseable_budget() -> None:
     from engine.errors import ConfigError
-    from engine.memory_budget import detect_budget
+    from engine.model.memory.budget import detect_budget
 
     with pytest.raises(ConfigError, match="not a size: 'lots'"):
         detect_budget("lots")
@@ -203,7 +204,7 @@ def test_unparseable_budget() -> None:
 def test_planned_vs_measured_on_cpu(model_path: Path) -> None:
     """The plan's buffers against what llama.cpp logs allocating: within 10% in all."""
     from engine.config import ModelConfig
-    from engine.loader import load_model
+    from engine.model.loader import load_model
 
     for config in (ModelConfig(n_ctx=2048), ModelConfig(n_ctx=4096, kv_type="q8_0",
                                                          n_ubatch=256)):

@@ -14,16 +14,16 @@ import jsonschema
 import pytest
 from pydantic import SecretStr
 
-from engine.chat_format import ChatMessage
+from engine.api import ChatMessage
+from engine.backends.remote.engine import OpenAIEngine
+from engine.backends.remote.errors import ServerAuthFailed, ServerHTTPError, ServerUnreachable
+from engine.backends.remote.stats import parse_metrics, stats_from_metrics, stats_from_slots
 from engine.config import EndpointConfig, KvchatConfig, SamplingConfig
 from engine.events import Done, Error, Event, KVUsage, PromptEvaluated, TokenChunk, parse_event
-from engine.openai_engine import OpenAIEngine
-from engine.output_spec import OutputSpec
-from engine.remote_errors import ServerAuthFailed, ServerHTTPError, ServerUnreachable
-from engine.routing import RouteService
-from engine.server_stats import parse_metrics, stats_from_metrics, stats_from_slots
+from engine.routing.service import RouteService
 from engine.session import ChatSession
 from engine.store import Store
+from engine.structured.spec import OutputSpec
 from tests.conftest import run_kvchat
 from tests.openai_servers import LlamaCppServer, ScriptedServer, free_port
 

@@ -8,7 +8,8 @@ import string
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.output_check import (
+from engine.routing.templates import RetryPolicy
+from engine.structured.checks import (
     check_code,
     check_json,
     check_list,
@@ -18,9 +19,8 @@ from engine.output_check import (
     find_list,
     schema_problem,
 )
-from engine.output_spec import OutputSpec
-from engine.retry_ladder import Ladder, repair
-from engine.templates import RetryPolicy
+from engine.structured.ladder import Ladder, repair
+from engine.structured.spec import OutputSpec
 
 PERSON = {"type": "object", "properties": {"name": {"type": "string"},
                                            "age": {"type": "integer", "minimum": 0}},

@@ -6,7 +6,7 @@ import json
 import subprocess
 from pathlib import Path
 
-from engine.memory_planner import MemoryPlan
+from engine.model.memory.planner import MemoryPlan
 from tests.conftest import run_kvchat
 
 

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from engine.chat_format import ChatMessage
+from engine.api import ChatMessage
+from engine.backends.local import LocalEngine
+from engine.backends.process.engine import ProcessEngine
+from engine.backends.process.wire import REPLY_ADAPTER, REQUEST_ADAPTER, Chat, StreamEvent, encode
 from engine.config import ModelConfig, SamplingConfig, SpeculativeConfig
 from engine.errors import EngineClosed, ModelFileError
 from engine.events import Done, Error, Event, MemorySnapshot, ModelLoaded, TokenChunk
-from engine.local_engine import LocalEngine
-from engine.process_engine import ProcessEngine
-from engine.process_wire import REPLY_ADAPTER, REQUEST_ADAPTER, Chat, StreamEvent, encode
 
 GREEDY = SamplingConfig(temperature=0.0, max_tokens=48, seed=0)
 PROMPT = [ChatMessage(role="user", content="Write a short poem about the sea.")]
@@ -198,7 +198,7 @@ async def test_closing_stops_the_child_and_refuses_new_replies() -> None:
 async def test_the_child_exits_when_its_parent_goes_away() -> None:
     """A parent killed outright never sends ``close``: the child sees its stdin end."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "engine.process_child",
+        sys.executable, "-m", "engine.backends.process.child",
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
     assert proc.stdin is not None
     proc.stdin.close()

@@ -12,10 +12,10 @@ import pytest
 
 from benchmarks.route_accuracy import evaluate
 from engine.config import SamplingConfig
-from engine.router import Router
-from engine.routing import RouteError, RouteService
-from engine.templates import load_templates
-from engine.token_count import TokenCounter, estimate_tokens, load_tiktoken
+from engine.routing.router import Router
+from engine.routing.service import RouteError, RouteService
+from engine.routing.templates import load_templates
+from engine.routing.token_count import TokenCounter, estimate_tokens, load_tiktoken
 from tests.data.route_prompts import FOLLOW_UPS, HELD_OUT, LABELLED
 
 

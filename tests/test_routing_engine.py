@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from engine.backends.local import LocalEngine
 from engine.config import KvchatConfig, RouterConfig, SamplingConfig
 from engine.events import KVUsage, PromptEvaluated, Retry, RouteDecision
-from engine.local_engine import LocalEngine
-from engine.routing import RouteError, RouteService
+from engine.routing.service import RouteError, RouteService
+from engine.routing.templates import load_templates
 from engine.session import ChatSession
 from engine.store import Store
-from engine.templates import load_templates
 from tests.conftest import run_kvchat
 
 SAMPLING = SamplingConfig(temperature=0.0, max_tokens=4, seed=0)

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.api import ChatEngine
-from engine.chat_format import ChatMessage
+from engine.api import ChatEngine, ChatMessage
 from engine.config import KvchatConfig, SamplingConfig, UIConfig
 from engine.events import (
     Done,
@@ -24,8 +23,8 @@ from engine.events import (
     TokenChunk,
     TurnStarted,
 )
-from engine.output_spec import OutputSpec
 from engine.store import Store
+from engine.structured.spec import OutputSpec
 from tests.test_tui_screens import store_retried_reply
 from tui.app import KvchatApp
 from tui.messages import PromptSubmitted, ReplyChunk, ReplyStarted

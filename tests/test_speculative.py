@@ -7,21 +7,21 @@ from pathlib import Path
 
 import pytest
 
-from engine.chat_format import ChatMessage
+from engine.api import ChatMessage
+from engine.backends.local import LocalEngine
 from engine.config import KVCacheConfig, ModelConfig, SamplingConfig, SpeculativeConfig
-from engine.drafting import DrafterName, PromptLookup
-from engine.errors import ConfigError, ModelLoadError
-from engine.events import Done, Event, Eviction, SpecStats
-from engine.local_engine import LocalEngine
-from engine.shapes import parse_shape
-from engine.speculation import (
+from engine.decode.drafting import DrafterName, PromptLookup
+from engine.decode.speculation import (
     COOLDOWN_TOKENS,
     PLAIN_SAMPLES,
     RECENT_ROUNDS,
     YARDSTICK_EVERY,
     SpecController,
 )
-from engine.synth import write_synthetic
+from engine.errors import ConfigError, ModelLoadError
+from engine.events import Done, Event, Eviction, SpecStats
+from engine.model.memory.shapes import parse_shape
+from engine.model.memory.synth import write_synthetic
 from tests.test_kv_eviction import _view, assert_in_step, on_engine_thread
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -268,7 +268,7 @@ async def test_a_draft_as_slow_as_the_model_is_switched_off(model_path: Path) ->
 
 STORY = "Write a long story about a lighthouse keeper and the sea."
 CODE = ("Repeat this Python file exactly, with the function `window` renamed to "
-        f"`cache_window`:\n\n```python\n{(ROOT / 'engine' / 'kv_window.py').read_text()}```")
+        f"`cache_window`:\n\n```python\n{(ROOT / 'engine' / 'decode' / 'kv_window.py').read_text()}```")
 
 
 def first_difference(a: list[int], b: list[int]) -> int | None:
@@ -282,7 +282,7 @@ async def test_greedy_speculation_on_an_invariant_load_is_the_plain_output(
         prompt: str, n: int, n_ctx: int) -> None:
     # `auto`, the default, speculates under greedy sampling on a batch-invariant load:
     # each verified row is computed exactly as the one-token decode would compute it,
-    # so the output cannot change (engine/batch_invariance.py).
+    # so the output cannot change (engine/model/batch_invariance.py).
     plain, _, eng = await greedy_tokens("off", prompt, n, n_ctx=n_ctx)
     await eng.close()
     spec, events, eng = await greedy_tokens("auto", prompt, n, n_ctx=n_ctx)

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.chat_format import ChatMessage
+from engine.api import ChatMessage
+from engine.backends.local import LocalEngine
 from engine.config import (
     KVCacheConfig,
     KvchatConfig,
@@ -26,13 +27,12 @@ from engine.events import (
     RouteDecision,
     SpecStats,
 )
-from engine.local_engine import LocalEngine
-from engine.output_check import check_output
-from engine.output_spec import OutputSpec
-from engine.routing import RouteService
+from engine.routing.service import RouteService
+from engine.routing.templates import load_templates
 from engine.session import ChatSession
 from engine.store import Store
-from engine.templates import load_templates
+from engine.structured.checks import check_output
+from engine.structured.spec import OutputSpec
 from tests.conftest import run_kvchat
 
 BOOK = {"type": "object",

@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.chat_format import ChatMessage
+from engine.api import ChatMessage
+from engine.backends.local import LocalEngine
 from engine.config import ModelConfig, SamplingConfig
 from engine.events import Done
-from engine.gguf_header import read_gguf_header
-from engine.local_engine import LocalEngine
-from engine.shapes import parse_shape, shape_header
-from engine.synth import write_synthetic
+from engine.model.gguf_header import read_gguf_header
+from engine.model.memory.shapes import parse_shape, shape_header
+from engine.model.memory.synth import write_synthetic
 
 
 def _tensors(header) -> dict:

@@ -6,10 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from engine.config import SamplingConfig
-from engine.router import Router
-from engine.templates import (
+from engine.routing.router import Router
+from engine.routing.templates import (
     BUILTIN_ROUTES,
-    Budget,
+    ContextBudget,
     bundled_template_files,
     load_templates,
     parse_template,
@@ -29,11 +29,11 @@ def test_every_bundled_template_validates() -> None:
 
 
 def test_budget_is_tokens_or_a_share_of_the_context() -> None:
-    budget = Budget(prompt_share=0.5, reply_reserve=300)
+    budget = ContextBudget(prompt_share=0.5, reply_reserve=300)
     assert budget.prompt_tokens(4096) == 2048
     assert budget.reserve_tokens(4096) == 300
-    assert Budget(reply_reserve=0.1).reserve_tokens(8192) == 819
-    assert Budget(reply_reserve=100_000).reserve_tokens(2048) == 2048
+    assert ContextBudget(reply_reserve=0.1).reserve_tokens(8192) == 819
+    assert ContextBudget(reply_reserve=100_000).reserve_tokens(2048) == 2048
 
 
 def test_overrides_apply_except_pinned_fields() -> None:

@@ -14,6 +14,8 @@ import pytest
 from textual.message import Message
 from textual.pilot import Pilot
 
+from engine.backends.local import LocalEngine
+from engine.backends.process.engine import ProcessEngine
 from engine.config import (
     KvchatConfig,
     ModelConfig,
@@ -29,8 +31,6 @@ from engine.events import (
     SpecStats,
     TurnStarted,
 )
-from engine.local_engine import LocalEngine
-from engine.process_engine import ProcessEngine
 from engine.store import Store
 from tui.app import KvchatApp
 from tui.coalesce import SOURCE_FRAME_S

@@ -33,7 +33,7 @@ from engine.events import (
     RouteDecision,
     TurnStarted,
 )
-from engine.routing import RouteService
+from engine.routing.service import RouteService
 from engine.session import ChatSession
 from engine.store import Store
 from tui.app_actions import AppActions

@@ -11,10 +11,10 @@ from textual.app import App
 from textual.containers import Vertical
 from textual.widgets import Input, TextArea
 
-from engine.attempt_log import AttemptRow
 from engine.errors import KvchatError
 from engine.events import Done, RouteDecision
 from engine.store import MessageRow, Store
+from engine.structured.attempt_log import AttemptRow
 from tui.notes import done_note, retry_note
 from tui.prefs import SIDE_WIDTHS, UiPrefs, save_prefs
 from tui.screens.conversations import ConversationsScreen, export_conversation
@@ -23,7 +23,7 @@ from tui.screens.retry_screen import RetryScreen
 from tui.screens.route_detail import RouteDetailScreen
 from tui.widgets.chat_pane import ChatPane, ReplyMessage
 from tui.widgets.prompt_input import PromptInput
-from tui.widgets.reply_blocks import CodeBlock, code_blocks
+from tui.widgets.reply_blocks import CodeFence, code_blocks
 from tui.widgets.status_line import StatusLine
 
 PANES = ("memory", "kv")
@@ -159,7 +159,7 @@ class AppActions(App[int]):
         self.copy_to_clipboard(last.text)
         self.notify(f"Copied the last reply ({len(last.text)} characters).")
 
-    def last_code_blocks(self) -> list[CodeBlock]:
+    def last_code_blocks(self) -> list[CodeFence]:
         """The code blocks of the last reply, in order."""
         last = self.query_one(ChatPane).last_reply()
         return code_blocks(last.text) if last is not None else []

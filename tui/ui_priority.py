@@ -15,9 +15,8 @@ import os
 import sys
 import threading
 
-from engine.config import KvchatConfig
+from engine.config import KvchatConfig, usable_cores
 from engine.events import ModelLoaded
-from engine.memory_budget import usable_cores
 
 UI_NICE = 10
 

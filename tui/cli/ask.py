@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TextIO
 
 from engine.api import check_prompt
+from engine.backends.local import LocalEngine
 from engine.errors import KvchatError, PromptError
 from engine.events import (
     Done,
@@ -21,8 +22,7 @@ from engine.events import (
     RouteDecision,
     TokenChunk,
 )
-from engine.local_engine import LocalEngine
-from engine.routing import RouteService
+from engine.routing.service import RouteService
 from engine.session import ChatSession
 from engine.store import Store
 from tui.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE

@@ -71,14 +71,14 @@ def make_engine(config: KvchatConfig, *, for_app: bool = False) -> ChatEngine:
     process of its own when ``ui.engine_process`` is on."""
     if config.backend.kind == "local":
         if for_app and config.ui.engine_process:
-            from engine.process_engine import ProcessEngine
+            from engine.backends.process.engine import ProcessEngine
 
             return ProcessEngine(config.model, config.sampling, config.kv,
                                  config.speculative)
-        from engine.local_engine import LocalEngine
+        from engine.backends.local import LocalEngine
 
         return LocalEngine(config.model, config.sampling, config.kv, config.speculative)
-    from engine.openai_engine import OpenAIEngine
+    from engine.backends.remote.engine import OpenAIEngine
 
     name, endpoint = config.backend.selected()
     key = None

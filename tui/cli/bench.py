@@ -1,6 +1,6 @@
 """``kvchat bench``: measured speed against raw llama-cpp-python (and llama.cpp's
 llama-bench when given), with the memory-bandwidth ceiling. The measuring lives in
-the engine (``engine.bench_run``); this is the face: options, progress, table, files."""
+the engine (``bench.run``); this is the face: options, progress, table, files."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from engine.bench_config import EXTRAS
+from bench.config import EXTRAS
 from tui.cli import EXIT_OK
 
 
@@ -56,8 +56,8 @@ def add_bench_parser(commands: argparse._SubParsersAction, positive: object) -> 
 
 
 def run_bench_command(args: argparse.Namespace) -> int:
-    from engine.bench_config import BenchConfig, check_config
-    from engine.bench_run import run_bench
+    from bench.config import BenchConfig, check_config
+    from bench.run import run_bench
 
     quick = args.quick
     config = BenchConfig(
@@ -112,7 +112,7 @@ def _with_progress(work: Any) -> dict[str, Any]:
 
 
 def _write_files(report: dict[str, Any], folder: Path) -> None:
-    from engine.bench_report import markdown, write_chart
+    from bench.report import markdown, write_chart
     from engine.errors import ConfigError
 
     try:
@@ -128,7 +128,7 @@ def _print_table(report: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from engine.bench_report import summary_lines, table_rows
+    from bench.report import summary_lines, table_rows
 
     s, run = report["settings"], report["run"]
     table = Table(title=f"{report['model']['name']} on {s['backend']}: {run['prompt_tokens']} "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from engine.routing import RouteService
+from engine.routing.service import RouteService
 from engine.store import Store
 from tui.cli import EXIT_OK
 from tui.cli.backend import make_engine
@@ -19,8 +19,8 @@ def run_tui(args: argparse.Namespace) -> int:
     # A missing API key variable fails here, in the shell.
     engine = make_engine(config, for_app=True)
     if config.backend.kind == "local":
-        from engine.gguf_header import read_gguf_header
-        from engine.loader import bundled_model_path
+        from engine.model.gguf_header import read_gguf_header
+        from engine.model.loader import bundled_model_path
 
         # Check the file before the screen takes over the terminal: a bad path is a
         # one-line error in the shell, not a dialog.

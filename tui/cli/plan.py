@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 from tui.cli import EXIT_OK
 
 if TYPE_CHECKING:  # the engine is imported when the command runs, not for --help
-    from engine.gguf_header import GGUFHeader
-    from engine.memory_planner import MemoryPlan
+    from engine.model.gguf_header import GGUFHeader
+    from engine.model.memory.planner import MemoryPlan
 
 GiB = 1024**3
 MiB = 1024**2
@@ -48,8 +48,8 @@ def add_plan_parser(commands: argparse._SubParsersAction, positive: object) -> N
 def run_plan(args: argparse.Namespace) -> int:
     from engine.config import load_config
     from engine.errors import ConfigError
-    from engine.memory_budget import detect_budget
-    from engine.memory_planner import PlanRequest, plan_memory
+    from engine.model.memory.budget import detect_budget
+    from engine.model.memory.planner import PlanRequest, plan_memory
 
     config = load_config(Path(args.config) if args.config else None).model
     if args.shape and args.model:
@@ -73,8 +73,8 @@ def run_plan(args: argparse.Namespace) -> int:
 
 
 def _header(args: argparse.Namespace, configured: Path | None) -> tuple[GGUFHeader, str]:
-    from engine.gguf_header import read_gguf_header
-    from engine.shapes import parse_shape, shape_header
+    from engine.model.gguf_header import read_gguf_header
+    from engine.model.memory.shapes import parse_shape, shape_header
 
     if args.shape:
         shape, mix = parse_shape(args.shape)
@@ -84,7 +84,7 @@ def _header(args: argparse.Namespace, configured: Path | None) -> tuple[GGUFHead
     elif configured:
         path = Path(configured)
     else:
-        from engine.loader import bundled_model_path
+        from engine.model.loader import bundled_model_path
 
         path = bundled_model_path()
     header = read_gguf_header(path)

@@ -9,9 +9,9 @@ import json
 from datetime import datetime
 from typing import Any
 
-from engine.attempt_log import AttemptRow
 from engine.errors import KvchatError
 from engine.store import Store
+from engine.structured.attempt_log import AttemptRow
 from tui.cli import EXIT_OK
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.events import RouteDecision
-from engine.routing import RouteService
+from engine.routing.service import RouteService
 from tui.cli import EXIT_OK
 from tui.cli.options import resolve_config
 
@@ -62,7 +62,7 @@ def run_route(args: argparse.Namespace) -> int:
 
 async def _with_model(service: RouteService, prompt: str, args: argparse.Namespace,
                       config: Any) -> RouteDecision:
-    from engine.local_engine import LocalEngine
+    from engine.backends.local import LocalEngine
 
     engine = LocalEngine(config.model, config.sampling, config.kv, config.speculative)
     try:

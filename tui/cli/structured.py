@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 from engine.errors import SchemaFileError
-from engine.output_check import schema_problem
-from engine.output_spec import OutputSpec
+from engine.structured.checks import schema_problem
+from engine.structured.spec import OutputSpec
 
 MAX_SCHEMA_BYTES = 1 << 20
 

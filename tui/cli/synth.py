@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tui.cli import EXIT_OK
 
-# Listed here so --help needs no engine import; engine.shapes.SHAPES is the source.
+# Listed here so --help needs no engine import; engine.model.memory.shapes.SHAPES is the source.
 SHAPE_NAMES = ("llama-3.1-8b", "llama-3.1-70b", "llama-3.2-1b", "llama-3.2-3b", "llama-2-7b",
                "llama-2-13b", "gemma-3-270m", "tiny-llama")
 
@@ -32,8 +32,8 @@ def add_synth_parser(commands: argparse._SubParsersAction, non_negative: object)
 
 def run_synth(args: argparse.Namespace) -> int:
     from engine.errors import ConfigError
-    from engine.shapes import parse_shape, shape_header
-    from engine.synth import write_synthetic
+    from engine.model.memory.shapes import parse_shape, shape_header
+    from engine.model.memory.synth import write_synthetic
 
     shape, mix = parse_shape(args.shape)
     path = Path(args.output).expanduser()

@@ -133,16 +133,16 @@ def _next_candidate(text: str, pos: int) -> int | None:
     return None
 
 
-class CodeBlock(NamedTuple):
+class CodeFence(NamedTuple):
     language: str
     """The fence's info string's first word ("" when none)."""
     code: str
 
 
-def code_blocks(text: str) -> list[CodeBlock]:
+def code_blocks(text: str) -> list[CodeFence]:
     """The fenced code blocks of a Markdown reply, in order, as markdown-it finds them:
     backtick or tilde fences of any length, in lists and quotes too, and a fence the
     reply left open (it runs to the end)."""
-    return [CodeBlock(token.info.split(maxsplit=1)[0] if token.info.strip() else "",
+    return [CodeFence(token.info.split(maxsplit=1)[0] if token.info.strip() else "",
                       token.content)
             for token in _PARSER.parse(text) if token.type == "fence"]

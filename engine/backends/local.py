@@ -1,0 +1,214 @@
+"""The local llama.cpp backend: one thread owns the model, asyncio sees events.
+
+llama.cpp contexts are not thread-safe, so every call that touches the model runs
+on one worker thread, fed by a job queue. Results cross back into asyncio through
+futures (load, close) and an :class:`EventChannel` (replies).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import queue
+import threading
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.api import ChatEngine, ChatMessage, ChatRequest, ModelAnswer, check_request
+from engine.backends.channel import EventChannel
+from engine.config import KVCacheConfig, ModelConfig, SamplingConfig, SpeculativeConfig
+from engine.decode.generator import Generator
+from engine.decode.speculation import build_controller
+from engine.errors import EngineClosed, KvchatError
+from engine.events import Error, Event, MemorySnapshot, ModelLoaded
+from engine.model.batch_invariance import wants_invariance
+from engine.model.loader import LoadedModel, has_gpu, load_model
+from engine.routing.model_fallback import RouteClassifier
+from engine.structured.spec import OutputSpec
+
+log = logging.getLogger("kvchat.engine")
+
+
+@dataclass
+class _Job:
+    run: Callable[[], Any]
+    cancel: threading.Event
+    future: concurrent.futures.Future[Any] = field(default_factory=concurrent.futures.Future)
+
+
+class LocalEngine(ChatEngine):
+    generates_on_thread = True
+
+    def __init__(self, model: ModelConfig, sampling: SamplingConfig | None = None,
+                 kv: KVCacheConfig | None = None,
+                 speculative: SpeculativeConfig | None = None) -> None:
+        self._model_config = model
+        self._default_sampling = sampling or SamplingConfig()
+        self._kv_policy = kv or KVCacheConfig()
+        self._spec_config = speculative or SpeculativeConfig()
+        self._jobs: queue.Queue[_Job | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._lm: LoadedModel | None = None
+        self._gen: Generator | None = None
+        self._info: ModelLoaded | None = None
+        self._current: _Job | None = None
+        self._classifier: RouteClassifier | None = None
+        self._closed = False
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    @property
+    def info(self) -> ModelLoaded | None:
+        return self._info
+
+    @property
+    def memory(self) -> list[MemorySnapshot]:
+        """The load's memory snapshots: planned, then measured (empty before start)."""
+        lm = self._lm
+        return list(lm.memory) if lm is not None else []
+
+    async def start(self) -> ModelLoaded:
+        if self._info is not None:
+            return self._info
+        return await asyncio.wrap_future(self._submit(self._load).future)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self.cancel()
+        job = self._submit(self._unload)
+        self._closed = True
+        self._jobs.put(None)
+        await asyncio.wrap_future(job.future)
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join)
+
+    def cancel(self) -> None:
+        job = self._current
+        if job is not None:
+            job.cancel.set()
+
+    # -- replies ------------------------------------------------------------------
+
+    def chat(self, messages: Sequence[ChatMessage], sampling: SamplingConfig | None = None,
+             *, ignore_eos: bool = False, reserve: int | None = None,
+             constraint: OutputSpec | None = None) -> AsyncIterator[Event]:
+        request = ChatRequest(messages=check_request(messages, self._closed),
+                              sampling=sampling or self._default_sampling,
+                              ignore_eos=ignore_eos, reserve=reserve, constraint=constraint)
+        return self.stream(request, threading.Event())
+
+    def count_tokens(self, text: str) -> int | None:
+        lm = self._lm
+        # Tokenizing reads only the vocabulary, never the context: safe off the thread.
+        return len(lm.tokenize(text, add_bos=False)) if lm is not None else None
+
+    async def classify(self, text: str, routes: Sequence[str],
+                       descriptions: dict[str, str]) -> ModelAnswer | None:
+        if self._closed or self._lm is None:
+            return None
+        return await asyncio.wrap_future(
+            self._submit(lambda: self._classify(text, routes, descriptions)).future)
+
+    def _classify(self, text: str, routes: Sequence[str],
+                  descriptions: dict[str, str]) -> ModelAnswer | None:
+        if self._lm is None:
+            return None
+        if self._classifier is None:  # made on first use: most sessions never need it
+            self._classifier = RouteClassifier(self._lm)
+        return self._classifier.classify(text, routes, descriptions)
+
+    async def stream(self, request: ChatRequest, cancel: threading.Event,
+                     min_gap_s: float = 0.0) -> AsyncIterator[Event]:
+        """``chat`` for a checked request, stopped by setting ``cancel`` (from any
+        thread, before or while it runs): the engine process cancels one reply by its
+        id this way, where :meth:`cancel` stops whichever reply is running. Events
+        come at most every ``min_gap_s``, tokens merged (:class:`EventChannel`)."""
+        channel = EventChannel(asyncio.get_running_loop(), min_gap_s)
+        job = self._submit(lambda: self._reply(request, channel, cancel), cancel)
+        finished = False
+        try:
+            async for event in channel:
+                yield event
+            finished = True
+        finally:
+            if not finished:
+                job.cancel.set()  # the consumer left early: stop generating for nobody
+
+    def _reply(self, request: ChatRequest, channel: EventChannel,
+               cancel: threading.Event) -> None:
+        if self._gen is None:
+            channel.put(Error(code="not_loaded", message="the model is not loaded"))
+            return
+        try:
+            self._gen.run(request, channel.put, cancel)
+        except KvchatError as exc:
+            channel.put(Error(code=exc.code, message=exc.message))
+        except Exception as exc:  # never let the engine thread die with a reply open
+            log.exception("reply failed")
+            channel.put(Error(code="internal", message=f"{type(exc).__name__}: {exc}"))
+
+    # -- the engine thread ----------------------------------------------------------
+
+    def _submit(self, run: Callable[[], Any], cancel: threading.Event | None = None) -> _Job:
+        if self._closed:
+            raise EngineClosed("the engine is closed")
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._serve, name="kvchat-engine",
+                                            daemon=True)
+            self._thread.start()
+        job = _Job(run, cancel=cancel or threading.Event())
+        self._jobs.put(job)
+        return job
+
+    def _serve(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            if not job.future.set_running_or_notify_cancel():
+                continue
+            self._current = job
+            try:
+                job.future.set_result(job.run())
+            except BaseException as exc:
+                job.future.set_exception(exc)
+            finally:
+                self._current = None
+
+    def _load(self) -> ModelLoaded:
+        if self._lm is None:
+            invariant = wants_invariance(self._model_config,
+                                         speculating=self._spec_config.mode != "off",
+                                         has_gpu=has_gpu())
+            self._lm = load_model(self._model_config, invariant=invariant)
+            try:
+                spec = build_controller(self._spec_config, self._lm, self._model_config)
+            except KvchatError:
+                self._lm.close()
+                self._lm = None
+                raise
+            info = self._lm.info
+            # The greedy argmax moves into the graph where the output layer runs on a
+            # GPU: there it saves a device round trip per token; on a CPU backend it
+            # would only move the same scan between threads.
+            in_graph = self._model_config.greedy_in_graph
+            on_gpu = info.n_gpu_layers > info.n_layers
+            self._gen = Generator(self._lm, self._kv_policy, spec,
+                                  greedy_in_graph=in_graph == "on" or (
+                                      in_graph == "auto" and on_gpu))
+            self._gen.warm_up()
+            self._info = info
+        assert self._info is not None
+        return self._info
+
+    def _unload(self) -> None:
+        if self._classifier is not None:
+            self._classifier.close()
+            self._classifier = None
+        if self._gen is not None:
+            self._gen.close()
+            self._gen = None
+        if self._lm is not None:
+            self._lm.close()
+            self._lm = None
+

@@ -1,0 +1,332 @@
+"""The local model in a process of its own, behind the same ``ChatEngine`` interface.
+
+Why a process: the app's screen (layout, Markdown, charts) and the token loop are both
+Python, and in one process they take turns on one interpreter lock. With a fast model
+the screen's share shows up directly as slower decoding (on an H200 the app streamed
+at 0.67x of ``kvchat ask`` with the engine on a thread; docs/tui.md). In a child
+process the token loop has an interpreter to itself, exactly as in ``kvchat ask``,
+and the screen reads finished events from a pipe. A crash inside llama.cpp (a native
+abort, the kernel's OOM killer) now ends only the child: the reply in flight ends
+with an ``engine_died`` error, the conversation is already in the store, and the next
+reply starts a new process and reloads the model.
+
+Token counts stay synchronous and exact: once the child has loaded the model, this
+side reads the GGUF's vocabulary alone (no weights) for ``count_tokens``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import signal
+import tempfile
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import IO
+
+from pydantic import BaseModel
+
+from engine.api import ChatEngine, ChatMessage, ModelAnswer, check_request
+from engine.backends.channel import TERMINAL, EventChannel
+from engine.backends.process.launcher import EngineChild, Launcher
+from engine.backends.process.wire import (
+    REPLY_ADAPTER,
+    Answer,
+    Cancel,
+    Chat,
+    Classify,
+    Close,
+    Failed,
+    FromChild,
+    Loaded,
+    Start,
+    StreamEvent,
+    encode,
+    raised,
+)
+from engine.config import KVCacheConfig, ModelConfig, SamplingConfig, SpeculativeConfig
+from engine.errors import EngineClosed, EngineDied, KvchatError
+from engine.events import Error, Event, MemorySnapshot, ModelLoaded
+from engine.model.vocab import VocabTokenizer
+from engine.structured.spec import OutputSpec
+
+log = logging.getLogger("kvchat.engine")
+
+CLOSE_TIMEOUT_S = 15.0
+"""How long ``close`` waits for the child to finish its reply and free the model."""
+
+
+class ProcessEngine(ChatEngine):
+    def __init__(self, model: ModelConfig, sampling: SamplingConfig | None = None,
+                 kv: KVCacheConfig | None = None,
+                 speculative: SpeculativeConfig | None = None) -> None:
+        self._start = Start(model=model, sampling=sampling or SamplingConfig(),
+                            kv=kv or KVCacheConfig(),
+                            speculative=speculative or SpeculativeConfig())
+        self._launcher = Launcher()
+        self._proc: EngineChild | None = None
+        self._stderr: IO[bytes] | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._loaded: asyncio.Future[Loaded] | None = None
+        self._replies: dict[int, EventChannel] = {}
+        self.relay_gap_s: float | None = None
+        """How often, at most, the engine process sends a reply's events (None: its
+        default, well inside a frame). A client that paints fewer frames sets its
+        frame interval: each batch sent wakes both processes."""
+        self._answers: dict[int, asyncio.Future[Answer | None]] = {}
+        self._ids = itertools.count(1)
+        self._info: ModelLoaded | None = None
+        self._memory: list[MemorySnapshot] = []
+        self._vocab: VocabTokenizer | None = None
+        self._vocab_task: asyncio.Task[None] | None = None
+        self._launching: asyncio.Lock | None = None
+        self._closed = False
+        self.starts = 0
+        """Engine processes started so far (more than one after a crash)."""
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    @property
+    def info(self) -> ModelLoaded | None:
+        return self._info
+
+    @property
+    def memory(self) -> list[MemorySnapshot]:
+        """The latest load's memory snapshots: planned, then measured."""
+        return list(self._memory)
+
+    @property
+    def pid(self) -> int | None:
+        """The engine process, while one runs."""
+        return self._proc.pid if self._proc is not None else None
+
+    async def start(self) -> ModelLoaded:
+        if self._closed:
+            raise EngineClosed("the engine is closed")
+        if self._launching is None:
+            self._launching = asyncio.Lock()
+        async with self._launching:
+            if self._closed:
+                raise EngineClosed("the engine is closed")
+            proc = self._proc
+            if proc is not None and proc.popen.poll() is not None and self._reader:
+                await self._reader  # died while idle: let that be reported first
+            if self._proc is None:
+                await self._launch()
+        assert self._info is not None
+        return self._info
+
+    async def _launch(self) -> None:
+        loop = asyncio.get_running_loop()
+        # Kept open for the child's life: its last lines explain a crash.
+        stderr = tempfile.TemporaryFile(prefix="kvchat-engine-")  # noqa: SIM115
+        proc = await self._launcher.launch(stderr)
+        self.starts += 1
+        loaded: asyncio.Future[Loaded] = loop.create_future()
+        if self._stderr is not None:
+            self._stderr.close()
+        self._proc, self._stderr, self._loaded = proc, stderr, loaded
+        self._reader = asyncio.create_task(self._read(proc))
+        self._send(self._start)
+        try:
+            result = await loaded
+        except BaseException:
+            self._proc = None  # refused to load, not died: nothing to report twice
+            await self._stop(proc)
+            raise
+        first = self._info is None
+        self._info, self._memory = result.info, result.memory
+        if first:
+            # Only now that llama.cpp in the child has read the file without crashing
+            # does this process touch it; the weights are not read here.
+            path = result.info.path
+            self._vocab_task = asyncio.create_task(self._read_vocab(path))
+
+    async def _read_vocab(self, path: str) -> None:
+        try:
+            self._vocab = await asyncio.to_thread(VocabTokenizer, Path(path))
+        except KvchatError as exc:  # counts fall back to an estimate
+            log.warning("%s", exc.message)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        proc = self._proc
+        if proc is not None:
+            for reply_id in list(self._replies):
+                self._send(Cancel(id=reply_id))
+            self._send(Close())
+            try:
+                await asyncio.wait_for(proc.wait(), CLOSE_TIMEOUT_S)
+            except TimeoutError:
+                log.warning("the engine process did not stop in %.0f s: killed",
+                            CLOSE_TIMEOUT_S)
+            await self._stop(proc)
+        if self._vocab_task is not None:
+            await self._vocab_task  # a read in flight finishes (it cannot be stopped)
+        if self._vocab is not None:
+            self._vocab.close()
+            self._vocab = None
+        if self._stderr is not None:
+            self._stderr.close()
+            self._stderr = None
+        self._launcher.close()
+
+    async def _stop(self, proc: EngineChild) -> None:
+        if not proc.exited.done():
+            proc.kill()
+            await proc.wait()
+        proc.stdin.close()
+        if self._reader is not None:
+            await self._reader
+
+    def cancel(self) -> None:
+        if self._replies:
+            self._send(Cancel(id=min(self._replies)))  # the oldest is the one running
+
+    # -- requests -------------------------------------------------------------------
+
+    def chat(self, messages: Sequence[ChatMessage], sampling: SamplingConfig | None = None,
+             *, ignore_eos: bool = False, reserve: int | None = None,
+             constraint: OutputSpec | None = None) -> AsyncIterator[Event]:
+        request = Chat(id=next(self._ids), messages=check_request(messages, self._closed),
+                       sampling=sampling, ignore_eos=ignore_eos, reserve=reserve,
+                       constraint=constraint, relay_gap_s=self.relay_gap_s)
+        return self._stream(request)
+
+    async def _stream(self, request: Chat) -> AsyncIterator[Event]:
+        starts = self.starts
+        try:
+            await self.start()  # after a crash: a new process, the model loaded again
+        except KvchatError as exc:
+            yield Error(code=exc.code, message=exc.message)
+            return
+        if starts and self.starts > starts and self._info is not None:
+            # A new process: the reply's stream says what it loaded, and where memory went.
+            yield self._info
+            for snapshot in self._memory:
+                yield snapshot
+        channel = EventChannel(asyncio.get_running_loop())
+        self._replies[request.id] = channel
+        self._send(request)
+        finished = False
+        try:
+            async for event in channel:
+                yield event
+            finished = True
+        finally:
+            if self._replies.pop(request.id, None) is not None and not finished:
+                self._send(Cancel(id=request.id))  # the consumer left: stop generating
+
+    def count_tokens(self, text: str) -> int | None:
+        vocab = self._vocab
+        return vocab.count(text) if vocab is not None else None
+
+    async def classify(self, text: str, routes: Sequence[str],
+                       descriptions: dict[str, str]) -> ModelAnswer | None:
+        if self._closed or self._proc is None:
+            return None
+        request = Classify(id=next(self._ids), text=text, routes=list(routes),
+                           descriptions=dict(descriptions))
+        future: asyncio.Future[Answer | None] = asyncio.get_running_loop().create_future()
+        self._answers[request.id] = future
+        self._send(request)
+        answer = await future
+        if answer is None or answer.route is None:
+            return None
+        return ModelAnswer(route=answer.route, confidence=answer.confidence,
+                           elapsed_ms=answer.elapsed_ms, prompt_tokens=answer.prompt_tokens)
+
+    # -- the pipe -------------------------------------------------------------------
+
+    def _send(self, message: BaseModel) -> None:
+        proc = self._proc
+        if proc is None or proc.stdin.is_closing():
+            return  # the child is gone; its reader reports that to whoever waits
+        proc.stdin.write(encode(message))
+
+    async def _read(self, proc: EngineChild) -> None:
+        try:
+            while line := await proc.stdout.readline():
+                self._dispatch(REPLY_ADAPTER.validate_json(line))
+        except (ValueError, OSError) as exc:  # a line past the limit, or not ours
+            log.error("the engine process sent something unreadable: %s", exc)
+            proc.kill()
+        code = await proc.wait()
+        if proc is self._proc:
+            self._gone(code)
+
+    def _dispatch(self, reply: FromChild) -> None:
+        if isinstance(reply, StreamEvent):
+            channel = self._replies.get(reply.id)
+            if channel is not None:
+                channel.put(reply.event)
+                if isinstance(reply.event, TERMINAL):
+                    del self._replies[reply.id]
+        elif isinstance(reply, Answer):
+            future = self._answers.pop(reply.id, None)
+            if future is not None and not future.done():
+                future.set_result(reply)
+        elif isinstance(reply, Loaded):
+            if self._loaded is not None and not self._loaded.done():
+                self._loaded.set_result(reply)
+        elif isinstance(reply, Failed):
+            self._failed(reply)
+
+    def _failed(self, failed: Failed) -> None:
+        error = raised(failed)
+        if failed.id is None:
+            if self._loaded is not None and not self._loaded.done():
+                self._loaded.set_exception(error)
+            return
+        channel = self._replies.pop(failed.id, None)
+        if channel is not None:
+            channel.put(Error(code=error.code, message=error.message))
+        future = self._answers.pop(failed.id, None)
+        if future is not None and not future.done():
+            future.set_result(None)
+
+    def _gone(self, returncode: int) -> None:
+        """The child exited: whoever still waits on it hears why, once."""
+        self._proc = None
+        if self._closed:
+            error: KvchatError = EngineClosed("the engine is closed")
+        else:
+            error = EngineDied(self._death_message(returncode))
+            log.error("%s", error.message)
+        if self._loaded is not None and not self._loaded.done():
+            self._loaded.set_exception(error)
+        for channel in self._replies.values():
+            channel.put(Error(code=error.code, message=error.message))
+        self._replies.clear()
+        for future in self._answers.values():
+            if not future.done():
+                future.set_result(None)
+        self._answers.clear()
+
+    def _death_message(self, returncode: int) -> str:
+        if returncode < 0:
+            try:
+                how = f"was killed by {signal.Signals(-returncode).name}"
+            except ValueError:
+                how = f"was killed by signal {-returncode}"
+        else:
+            how = f"exited with status {returncode}"
+        tail = self._stderr_tail()
+        detail = f" ({tail})" if tail else ""
+        return f"the engine process {how}{detail}; the next message loads the model again"
+
+    def _stderr_tail(self, lines: int = 2) -> str:
+        stderr = self._stderr
+        if stderr is None:
+            return ""
+        with contextlib.suppress(OSError, ValueError):
+            size = stderr.seek(0, 2)
+            stderr.seek(max(0, size - 4096))
+            text = stderr.read().decode("utf-8", errors="replace")
+            kept = [line.strip() for line in text.splitlines() if line.strip()]
+            return " | ".join(kept[-lines:])
+        return ""

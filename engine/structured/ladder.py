@@ -1,0 +1,212 @@
+"""The retry ladder: check a structured reply and try again, more strictly each time.
+
+Steps, each one attempt: (1) the reply as generated; for JSON, a repair of trivially
+broken JSON (``json-repair``: trailing commas, single quotes, a value cut off at the
+end), which costs no generation; (2..) a new reply whose prompt adds the precise error
+and stricter instructions; (last) a new reply under grammar-constrained decoding, which
+cannot produce malformed output. The route's template sets which steps run and how many
+(:class:`engine.routing.templates.RetryPolicy`). Backend-agnostic: it sees the engine only
+through the ``generate`` callable the session hands it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+import json_repair
+
+from engine.events import Done, Error, Event, OutputCheck, Retry, RetryStrategy
+from engine.routing.templates import RetryPolicy
+from engine.structured.checks import CheckResult, check_output, find_json
+from engine.structured.spec import OutputSpec
+
+DEFAULT_POLICY = RetryPolicy(max_attempts=2, stricter_prompt=True, grammar_fallback=True)
+"""For ``--format``: one stricter prompt, then the grammar."""
+UNSUPPORTED_CODES = frozenset({"constraint_invalid", "constraint_unsupported"})
+"""Error codes with which a backend refuses a constrained step before generating."""
+SCHEMA_CHARS = 2000
+"""Longest schema text quoted in a prompt; a bigger one is summarised by its keys."""
+
+
+@dataclass(frozen=True)
+class Step:
+    number: int
+    """1 for the first attempt."""
+    strategy: RetryStrategy
+    prompt_change: str = ""
+    """Appended to the user's message for this attempt."""
+    constraint: OutputSpec | None = None
+    """Grammar-constrained decoding for this attempt."""
+
+
+@dataclass
+class Attempt:
+    """One attempt as it is stored for review."""
+
+    number: int
+    strategy: RetryStrategy
+    text: str
+    check: CheckResult
+    prompt_change: str = ""
+    completion_tokens: int = 0
+    elapsed_s: float = 0.0
+
+
+@dataclass
+class Ladder:
+    """The steps still to take for one reply."""
+
+    spec: OutputSpec
+    policy: RetryPolicy
+    base_change: str = ""
+    """What every attempt's prompt carries (format instructions for ``--format``)."""
+    retries: list[RetryStrategy] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        n = self.policy.max_attempts
+        grammar = self.policy.grammar_fallback and n >= 1
+        stricter = (n - grammar) if self.policy.stricter_prompt else 0
+        self.retries = ["stricter_prompt"] * stricter + ["grammar"] * grammar
+
+    def first(self) -> Step:
+        return Step(1, "as_generated", self.base_change)
+
+    @property
+    def repairs(self) -> bool:
+        return self.spec.format == "json" and self.policy.repair
+
+    def next(self, number: int, failed: CheckResult) -> Step | None:
+        """The generation after a failed attempt ``number``, or None when none is left."""
+        if not self.retries:
+            return None
+        strategy = self.retries.pop(0)
+        change = stricter_instructions(self.spec, failed.errors[0] if failed.errors else "")
+        return Step(number + 1, strategy, change,
+                    self.spec if strategy == "grammar" else None)
+
+
+def format_instructions(spec: OutputSpec) -> str:
+    """What a message asked for with ``--format`` carries from its first attempt."""
+    if spec.format == "json":
+        return f"Reply with only a JSON value{_schema_clause(spec)}."
+    if spec.format == "code":
+        return f"Reply with {spec.describe()} (```), closed with ```."
+    return "Reply with a list: one item per line, each starting with \"- \"."
+
+
+def stricter_instructions(spec: OutputSpec, error: str) -> str:
+    because = f"Your previous reply could not be used: {error}." if error else \
+        "Your previous reply could not be used."
+    if spec.format == "json":
+        rule = (f"Reply with only the JSON value{_schema_clause(spec)}: no explanation, "
+                "no code fence, nothing before or after it.")
+    elif spec.format == "code":
+        lang = spec.language or "the language's name"
+        rule = (f"Reply with only one fenced code block: a line ```{lang}, the code, then "
+                "a line ```. Nothing before or after it.")
+    else:
+        rule = "Reply with only the list: one item per line, each line starting with \"- \"."
+    return f"{because}\n{rule}"
+
+
+def _schema_clause(spec: OutputSpec) -> str:
+    if spec.json_schema is None:
+        return ""
+    text = json.dumps(spec.json_schema, separators=(",", ":"))
+    if len(text) > SCHEMA_CHARS:
+        keys = ", ".join(map(str, (spec.json_schema.get("properties") or {})))
+        return f" (an object with the keys {keys})" if keys else ""
+    return f" matching this JSON Schema: {text}"
+
+
+def repair(text: str, spec: OutputSpec) -> str | None:
+    """The reply's JSON repaired and re-serialised, or None when there is nothing a
+    repair can fix (no object or array to start from)."""
+    found = find_json(text)
+    start = found.span[0] if found.error else 0
+    try:
+        value = json_repair.loads(text[start:])
+    except Exception:  # the repairer is best effort; a crash means "cannot repair"
+        return None
+    if not isinstance(value, dict | list) or not value:
+        return None
+    return json.dumps(value, indent=2, ensure_ascii=False)
+
+
+Generate = Callable[[Step], AsyncIterator[Event]]
+Record = Callable[[Attempt], None]
+
+
+async def run_ladder(ladder: Ladder, generate: Generate, record: Record,
+                     ) -> AsyncIterator[Event]:
+    """Every attempt's events, an ``output_check`` after each, a ``retry`` before each
+    new one, and one final ``done`` (the last attempt's, with ``attempts`` and
+    ``output_ok``). An ``error`` or a cancelled attempt ends the ladder there."""
+    spec = ladder.spec
+    step: Step | None = ladder.first()
+    previous: Done | None = None
+    while step is not None:
+        started = time.perf_counter()
+        done: Done | None = None
+        async for event in generate(step):
+            if isinstance(event, Done):
+                done = event  # held back: only the ladder's last Done goes out
+            elif (isinstance(event, Error) and previous is not None
+                  and event.code in UNSUPPORTED_CODES):
+                # The backend cannot do this step: the reply ends failed, saying why.
+                yield OutputCheck(attempt=step.number, strategy=step.strategy,
+                                  format=spec.format, ok=False, found="not attempted",
+                                  errors=[f"{step.strategy} step skipped: {event.message}"],
+                                  final=True)
+                yield previous.model_copy(update={"attempts": step.number - 1,
+                                                  "output_ok": False})
+                return
+            else:
+                yield event
+                if isinstance(event, Error):
+                    return
+        if done is None:
+            return
+        previous = done
+        if done.finish_reason == "cancelled":
+            yield done.model_copy(update={"attempts": step.number})
+            return
+        check = check_output(done.text, spec)
+        attempt = Attempt(step.number, step.strategy, done.text, check, step.prompt_change,
+                          done.completion_tokens, time.perf_counter() - started)
+        final_text, number = done.text, step.number
+        # A repair fixes syntax only: JSON that parses but breaks the schema needs the model.
+        if (not check.ok and check.value is None and ladder.repairs
+                and (fixed := repair(done.text, spec)) is not None):
+            yield _check_event(attempt, spec, final=False)
+            record(attempt)
+            number += 1
+            yield Retry(attempt=number, strategy="repair", reason=_first(check))
+            attempt = Attempt(number, "repair", fixed, check_output(fixed, spec))
+            if attempt.check.ok:
+                final_text = fixed
+            else:  # it parses now: its schema errors are what the model should hear
+                check = attempt.check
+        step = None if attempt.check.ok else ladder.next(number, check)
+        yield _check_event(attempt, spec, final=step is None)
+        record(attempt)
+        if step is None:
+            yield done.model_copy(update={"attempts": number, "output_ok": attempt.check.ok,
+                                          "text": final_text})
+            return
+        yield Retry(attempt=step.number, strategy=step.strategy, reason=_first(check),
+                    prompt_change=step.prompt_change
+                    + ("\n(decoding constrained by a grammar)" if step.constraint else ""))
+
+
+def _first(check: CheckResult) -> str:
+    return check.errors[0] if check.errors else "the output check failed"
+
+
+def _check_event(attempt: Attempt, spec: OutputSpec, final: bool) -> OutputCheck:
+    check = attempt.check
+    return OutputCheck(attempt=attempt.number, strategy=attempt.strategy, format=spec.format,
+                       ok=check.ok, found=check.found, errors=check.errors, final=final)
