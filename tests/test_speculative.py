@@ -267,8 +267,9 @@ async def test_a_draft_as_slow_as_the_model_is_switched_off(model_path: Path) ->
 
 
 STORY = "Write a long story about a lighthouse keeper and the sea."
+KV_WINDOW = ROOT / "engine" / "decode" / "kv_window.py"
 CODE = ("Repeat this Python file exactly, with the function `window` renamed to "
-        f"`cache_window`:\n\n```python\n{(ROOT / 'engine' / 'decode' / 'kv_window.py').read_text()}```")
+        f"`cache_window`:\n\n```python\n{KV_WINDOW.read_text()}```")
 
 
 def first_difference(a: list[int], b: list[int]) -> int | None:
