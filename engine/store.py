@@ -23,7 +23,11 @@ import platformdirs
 from pydantic import BaseModel, ConfigDict
 
 from engine.errors import ConversationNotFound, StoreError
-from engine.structured.attempt_log import ATTEMPTS_SCHEMA, AttemptLog
+from engine.structured.attempt_log import ATTEMPTS_SCHEMA, AttemptLog, AttemptRow, RetriedReply
+
+__all__ = ["MIGRATIONS", "AttemptRow", "ConversationRow", "MessageRow", "RetriedReply", "Store",
+           "default_data_dir", "title_from_prompt"]
+"""The attempt log's rows are defined with it (a mixin of Store) and given back here."""
 
 Role = Literal["system", "user", "assistant"]
 Status = Literal["complete", "streaming", "cancelled", "interrupted", "error"]

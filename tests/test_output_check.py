@@ -8,7 +8,6 @@ import string
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.routing.templates import RetryPolicy
 from engine.structured.checks import (
     check_code,
     check_json,
@@ -20,7 +19,7 @@ from engine.structured.checks import (
     schema_problem,
 )
 from engine.structured.ladder import Ladder, repair
-from engine.structured.spec import OutputSpec
+from engine.structured.spec import OutputSpec, RetryPolicy
 
 PERSON = {"type": "object", "properties": {"name": {"type": "string"},
                                            "age": {"type": "integer", "minimum": 0}},

@@ -13,8 +13,7 @@ from textual.widgets import Input, TextArea
 
 from engine.errors import KvchatError
 from engine.events import Done, RouteDecision
-from engine.store import MessageRow, Store
-from engine.structured.attempt_log import AttemptRow
+from engine.store import AttemptRow, MessageRow, Store
 from tui.notes import done_note, retry_note
 from tui.prefs import SIDE_WIDTHS, UiPrefs, save_prefs
 from tui.screens.conversations import ConversationsScreen, export_conversation

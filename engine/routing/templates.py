@@ -22,6 +22,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from engine.config import SamplingConfig, describe_validation_error
+from engine.structured.spec import RetryPolicy
 
 BUILTIN_ROUTES = ("code", "qa", "summarize", "chat")
 """The routes the router's signals know; ``chat`` is the fallback."""
@@ -80,21 +81,6 @@ class SamplingOverrides(_Strict):
         keep = set(pinned)
         update = {k: v for k, v in self.model_dump(exclude_none=True).items() if k not in keep}
         return base.model_copy(update=update) if update else base
-
-
-class RetryPolicy(_Strict):
-    """What the output checker does when a reply does not match ``output``."""
-
-    max_attempts: int = Field(0, ge=0, le=5)
-    """Extra attempts after a malformed reply; 0 accepts the first."""
-    stricter_prompt: bool = True
-    """Retry with a prompt that restates the expected format."""
-    grammar_fallback: bool = False
-    """As the last attempt, constrain decoding with a grammar (from the JSON schema, or
-    a generic JSON, code-block or list grammar) that cannot produce malformed output."""
-    repair: bool = True
-    """For JSON: before generating again, try repairing trivially broken JSON
-    (trailing commas, quotes, a value cut off at the end); costs no generation."""
 
 
 class RouteTemplate(_Strict):

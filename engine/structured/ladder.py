@@ -5,7 +5,7 @@ broken JSON (``json-repair``: trailing commas, single quotes, a value cut off at
 end), which costs no generation; (2..) a new reply whose prompt adds the precise error
 and stricter instructions; (last) a new reply under grammar-constrained decoding, which
 cannot produce malformed output. The route's template sets which steps run and how many
-(:class:`engine.routing.templates.RetryPolicy`). Backend-agnostic: it sees the engine only
+(:class:`engine.structured.spec.RetryPolicy`). Backend-agnostic: it sees the engine only
 through the ``generate`` callable the session hands it.
 """
 
@@ -19,9 +19,8 @@ from dataclasses import dataclass, field
 import json_repair
 
 from engine.events import Done, Error, Event, OutputCheck, Retry, RetryStrategy
-from engine.routing.templates import RetryPolicy
 from engine.structured.checks import CheckResult, check_output, find_json
-from engine.structured.spec import OutputSpec
+from engine.structured.spec import OutputSpec, RetryPolicy
 
 DEFAULT_POLICY = RetryPolicy(max_attempts=2, stricter_prompt=True, grammar_fallback=True)
 """For ``--format``: one stricter prompt, then the grammar."""

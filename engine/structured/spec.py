@@ -38,6 +38,24 @@ class OutputSpec(BaseModel):
         return "a list"
 
 
+class RetryPolicy(BaseModel):
+    """What the retry ladder does when a reply does not match its spec (a route
+    template's ``[retry]`` table)."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, frozen=True)
+
+    max_attempts: int = Field(0, ge=0, le=5)
+    """Extra attempts after a malformed reply; 0 accepts the first."""
+    stricter_prompt: bool = True
+    """Retry with a prompt that restates the expected format."""
+    grammar_fallback: bool = False
+    """As the last attempt, constrain decoding with a grammar (from the JSON schema, or
+    a generic JSON, code-block or list grammar) that cannot produce malformed output."""
+    repair: bool = True
+    """For JSON: before generating again, try repairing trivially broken JSON
+    (trailing commas, quotes, a value cut off at the end); costs no generation."""
+
+
 # A JSON object or array when no schema says otherwise. Whitespace
 # is bounded so a constrained model cannot spin forever on blank lines.
 _JSON_GBNF = r"""

@@ -10,8 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from engine.errors import KvchatError
-from engine.store import Store
-from engine.structured.attempt_log import AttemptRow
+from engine.store import AttemptRow, Store
 from tui.cli import EXIT_OK
 
 

@@ -15,8 +15,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, OptionList, Static
 from textual.widgets.option_list import Option
 
-from engine.store import Store
-from engine.structured.attempt_log import AttemptRow, RetriedReply
+from engine.store import AttemptRow, RetriedReply, Store
 from tui.notes import strategy_name
 
 
