@@ -1,6 +1,6 @@
 """``kvchat bench``: measured speed against raw llama-cpp-python (and llama.cpp's
 llama-bench when given), with the memory-bandwidth ceiling. The measuring lives in
-the engine (``bench.run``); this is the face: options, progress, table, files."""
+the ``bench`` package (``bench.run``); this is the face: options, progress, table, files."""
 
 from __future__ import annotations
 
