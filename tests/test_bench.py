@@ -149,7 +149,7 @@ def test_speculative_extra_line_names_its_mode_and_identity() -> None:
 
     # A result as benchmarks/speculative.py writes it (kept from a real run).
     result = json.loads((Path(__file__).parent.parent / "benchmarks" / "results"
-                         / "spec_greedy_cpu_2026-11-30.json").read_text())
+                         / "spec_cpu2_greedy_before_invariant.json").read_text())
     line = extra_line("speculative", result)
     assert line.startswith("(prompt-lookup, temperature 0) ")
     assert f"repetitive {result['repetitive']['ratio']:.2f}x" in line
