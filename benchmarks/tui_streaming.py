@@ -21,8 +21,8 @@ One model, one prompt, greedy with a fixed token count (``--ignore-eos``):
    time per chunk is the append, the Markdown stream catching up, and one screen
    update (layout and render), reported by tenths of the reply.
 
-    .venv/bin/python benchmarks/tui_streaming.py --reps 5 --tokens 256 --omp-compare \\
-        --json benchmarks/results/tui_streaming.json
+    .venv/bin/python benchmarks/tui_streaming.py --reps 10 --tokens 512 --skip-long \\
+        --json benchmarks/results/tui_cpu2_512_source.json
 """
 
 from __future__ import annotations
