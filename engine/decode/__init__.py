@@ -6,6 +6,6 @@ prefix reuse, room for a reply, the sliding window), the window's arithmetic, a
 turn's state, speculative decoding (drafters and the controller) and, in
 ``sampling/``, how each token is drawn.
 
-May import: ``engine.model`` and ``engine.structured.spec``, and the contract's
+May import: ``engine.model`` and ``engine.structured``, and the contract's
 ``errors``, ``events``, ``config`` and ``api``. Never ``backends`` or ``routing``.
 """
