@@ -8,7 +8,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from engine.api import ChatRequest
 from engine.decode.kv_window import Span
+from engine.decode.sampling.choice import Sampler
+from engine.decode.speculation import SpecController
 from engine.events import Done, EvictionReason, FinishReason
 
 
@@ -48,11 +51,21 @@ class TurnStats:
 
 
 @dataclass
-class Reply:
+class Turn:
+    """One reply in the token loop: what was asked, how tokens are drawn, what came out."""
+
+    req: ChatRequest
     stats: TurnStats
+    sampler: Sampler
+    spec: SpecController | None
+    """This reply's speculation, if it speculates."""
+    guard: float
+    """Logits, greedy speculation only: a verified row whose choice leads its runner-up
+    by less is left to a plain decode. 0: every row is trusted."""
     utf8: codecs.IncrementalDecoder
     """Pieces may end inside a UTF-8 character: text is emitted once it is whole."""
     tokens: list[int] = field(default_factory=list)
+    """The reply so far; an end of turn is not part of it."""
 
 
 @dataclass
