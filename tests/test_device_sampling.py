@@ -116,7 +116,7 @@ async def test_one_chain_attached_at_load_serves_every_greedy_reply() -> None:
             chain = await on_engine_thread(eng, lambda g: g.samplers._device)
             # Attached by the warm-up decode at load, which left nothing in the cache.
             assert isinstance(chain, DeviceGreedy) is (in_graph == "on")
-            assert await on_engine_thread(eng, lambda g: len(g.kv.tokens)) == 0
+            assert await on_engine_thread(eng, lambda g: g.cache.used) == 0
             await collect(eng.chat(prompt, greedy, ignore_eos=True))  # bans end of turn
             done = (await collect(eng.chat(prompt, greedy)))[-1]
             assert isinstance(done, Done)

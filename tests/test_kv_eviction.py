@@ -34,10 +34,10 @@ class CacheView:
 
 
 def _view(gen: Generator) -> CacheView:
-    mem = gen.lm.ctx.memory
+    mem, kv = gen.lm.ctx.memory, gen.cache.state
     return CacheView(llama_cpp.llama_memory_seq_pos_min(mem, 0),
-                     llama_cpp.llama_memory_seq_pos_max(mem, 0), list(gen.kv.tokens),
-                     gen.kv.n_keep, gen.kv.dropped, list(gen.kv.rendered_tokens))
+                     llama_cpp.llama_memory_seq_pos_max(mem, 0), list(kv.tokens),
+                     kv.n_keep, kv.dropped, list(kv.rendered_tokens))
 
 
 async def on_engine_thread(eng: LocalEngine, fn: Callable[[Generator], T]) -> T:
