@@ -88,10 +88,10 @@ def reevaluate_window(engine: LocalEngine, reps: int = 3) -> tuple[float, int]:
     assert gen is not None
 
     def measure() -> tuple[float, int]:
-        tokens = list(gen.kv.tokens)
+        tokens = list(gen.cache.state.tokens)
         times = []
         for _ in range(reps):
-            gen.rewind(0)
+            gen.cache.rewind(0)
             started = time.perf_counter()
             gen.prefill(tokens, threading.Event())
             times.append(time.perf_counter() - started)
