@@ -6,11 +6,10 @@ malformed with their error, above the attempt that counts.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 
 from textual.app import ComposeResult
-from textual.containers import Vertical, VerticalScroll
+from textual.containers import VerticalScroll
 from textual.content import Content
 from textual.events import MouseScrollUp, Resize
 from textual.widget import Widget
@@ -18,8 +17,8 @@ from textual.widgets import Collapsible, Markdown, Static
 
 from engine.events import OutputCheck, Retry
 from tui.notes import attempt_title
-from tui.widgets.reading_place import PlaceKeeper
-from tui.widgets.reply_blocks import plan_write, split_blocks
+from tui.widgets.reply_blocks import plan_write
+from tui.widgets.reply_source import SourceReply
 from tui.widgets.source_stream import SourceStream
 
 RUNWAY_SHARE = 2
@@ -30,18 +29,6 @@ The pane then scrolls once per reserve, not once per frame: a frame that only ad
 inside the reserve repaints the lines that changed, where a scroll repaints (and sends
 the terminal) the whole pane; and the text stays still while it is being read. The
 reserve stays under the finished reply until something else is added to the pane."""
-
-
-SOURCE_RUNWAY = 0.75
-"""The share of the pane reserved below a reply streaming as source: every time the
-text reaches the end of its reserve, the pane lays out and repaints whole, which is
-most of what streaming source costs; three quarters of a pane between two such
-repaints keeps a quarter of the text before in view (docs/tui.md)."""
-
-
-SETTLE_BLOCKS = 4
-"""Markdown blocks (of up to 20 lines each) rendered per screen update when a reply
-streamed as source ends."""
 
 
 class UserMessage(Static):
@@ -71,7 +58,7 @@ def _rows(text: str, width: int) -> int:
     return max(1, len(Content(text).wrap(width)))
 
 
-class ReplyMessage(Vertical):
+class ReplyMessage(SourceReply):
     """One assistant reply: Markdown body (code fences highlighted by Pygments) and a
     small stats line.
 
@@ -84,7 +71,7 @@ class ReplyMessage(Vertical):
 
     With ``source_view``, the text streams into a :class:`SourceStream` instead (its
     Markdown source, highlighted, at a fraction of the screen's CPU time) and is
-    rendered as Markdown when the reply ends."""
+    rendered as Markdown when the reply ends (:mod:`tui.widgets.reply_source`)."""
 
     def __init__(self, text: str = "", note: str = "", message_id: int | None = None,
                  source_view: bool = False) -> None:
@@ -127,6 +114,10 @@ class ReplyMessage(Vertical):
         """The Markdown widget the stream writes to (the last one)."""
         return self._bodies[-1]
 
+    def _pane(self) -> ChatPane | None:
+        pane = self.parent
+        return pane if isinstance(pane, ChatPane) else None
+
     async def append(self, fragment: str) -> None:
         self.text += fragment
         if self.source_view:
@@ -146,100 +137,6 @@ class ReplyMessage(Vertical):
                 return
             await self._new_block()
             pending = plan.tail
-
-    async def _append_source(self, fragment: str) -> None:
-        streams = self.query_children(SourceStream)
-        if streams:
-            stream = streams.first()
-        else:
-            # A retried attempt's stream: it takes its window once laid out.
-            stream = SourceStream(width=self.content_size.width, classes="reply-source")
-            await self.mount(stream, before=self.query_one(ReplyNote))
-            self.call_after_refresh(self.prepare)
-        if not stream.window:
-            stream.reserve_rows = self._source_reserve()
-        stream.append(fragment)
-
-    def prepare(self) -> None:
-        """Once laid out, before the first tokens: a source stream takes the height it
-        will stream in (see :meth:`SourceStream.follow`), so that no frame of the
-        reply lays the screen out while the pane follows it."""
-        pane = self.parent
-        for stream in self.query_children(SourceStream):
-            stream.warm()
-            if isinstance(pane, ChatPane) and pane.children[-1] is self:
-                stream.follow(self._window_rows(pane, stream))
-
-    def _window_rows(self, pane: ChatPane, stream: SourceStream) -> int:
-        """The rows left free in the pane, where the conversation does not fill it yet
-        (it then stays still while the reply streams); else :data:`SOURCE_RUNWAY` of
-        the pane (it scrolls once, before the first tokens)."""
-        height = pane.scrollable_content_region.height
-        runway = max(4, int(height * SOURCE_RUNWAY))
-        first = pane.children[0]
-        if pane.max_scroll_y > 0 or not (self.region and first.region):
-            return runway
-        # The pane, anchored, shows what fits at its bottom: the rows above it are free.
-        used = self.region.bottom - (first.region.y - first.styles.margin.top)
-        return max(runway, stream.size.height + height - used)
-
-    def expand_source(self) -> int:
-        """The source stream shows all its rows again; returns how many came back above
-        what it showed."""
-        return sum(stream.expand() for stream in self.query_children(SourceStream))
-
-    def _source_reserve(self) -> int:
-        """Blank rows for a source stream that shows all its rows to grow into:
-        following the end of the pane, :data:`SOURCE_RUNWAY` of it; else a few."""
-        pane = self.parent
-        if not isinstance(pane, ChatPane) or pane.children[-1] is not self:
-            return 8
-        return self._runway_step(SOURCE_RUNWAY) if pane.following(self) else 8
-
-    async def _settle_source(self) -> None:
-        """Replace the source shown while streaming by the text rendered as Markdown,
-        in the blocks a Markdown stream would have made, :data:`SETTLE_BLOCKS` at a time
-        from the top, each batch taking its lines off the source (a long reply takes
-        seconds to render; the screen and the message box stay live meanwhile, and the
-        end of the reply, where the reader is, stays in view throughout). The source's
-        blank rows go with it: a reserve kept below the Markdown, which may take fewer
-        rows than its source, would fill the pane with nothing."""
-        streams = self.query_children(SourceStream)
-        if not streams:
-            return
-        stream = streams.first()
-        stream.expand()
-        pane = self.parent
-        # A reader scrolled up stays on the text they were reading.
-        keeper = PlaceKeeper(pane, stream) \
-            if isinstance(pane, ChatPane) and not pane.following(self) else None
-        parts = split_blocks(stream.text)
-        self.close_runway()
-        body = self.body
-        await body.update(parts[0])
-        stream.drop_head(parts[0].count("\n"))
-        if keeper:
-            keeper.settled([(body, parts[0])])
-        for start in range(1, len(parts), SETTLE_BLOCKS):
-            batch = parts[start:start + SETTLE_BLOCKS]
-            with self.app.batch_update():
-                new = [Markdown(part, classes="reply-body") for part in batch]
-                self._bodies += new
-                await self.mount_all(new, before=stream)
-                stream.drop_head(sum(part.count("\n") for part in batch))
-                if keeper:
-                    keeper.settled(list(zip(new, batch, strict=True)))
-            await asyncio.sleep(0)  # let the screen and the keys in
-            if self._torn_down():
-                return
-        await stream.remove()
-        if keeper:
-            keeper.settled([])
-        self._block = parts[-1]
-        self.call_after_refresh(self._park_if_out_of_view)
-
-    async def _drop_source(self) -> None:
-        await self.query_children(SourceStream).remove()
 
     def _runway_step(self, share: float = 1 / RUNWAY_SHARE) -> int:
         pane = self.parent
