@@ -183,12 +183,7 @@ def load_model(config: ModelConfig, *, invariant: bool = False) -> LoadedModel:
         config = invariant_config(config)
     path = Path(config.path).expanduser() if config.path else bundled_model_path()
     header = read_gguf_header(path)  # before llama.cpp sees the file
-    plan: MemoryPlan | None
-    try:
-        plan = plan_for(config, header)
-    except UnplannableModel as exc:  # llama.cpp decides whether it knows the model
-        log.warning("%s; loading without a memory plan", exc.message)
-        plan = None
+    plan = _plan_if_known(config, header)
     settings = _Settings.of(config, plan)
     llama_log.install()
     started = time.perf_counter()
@@ -200,11 +195,40 @@ def load_model(config: ModelConfig, *, invariant: bool = False) -> LoadedModel:
         ctx.close()
         model.close()
         raise
-    n_gpu_layers = min(settings.n_gpu_layers, header.n_layers + 1) if has_gpu() else 0
     bytes_per_cell = plan.kv_bytes_per_token[plan.kv_type] if plan is not None \
         else kv_bytes_per_token(header, settings.kv_type)
     buffers = llama_log.buffer_sizes(log_lines)
-    info = ModelLoaded(
+    info = _model_info(path, header, model, ctx, settings, plan, chat_format=fmt.name,
+                       buffers=buffers, kv_bytes=bytes_per_cell * ctx.n_ctx(),
+                       started=started, invariant=invariant)
+    memory = [] if plan is None else [planned_snapshot(plan),
+                                      measured_snapshot(plan, buffers, "loaded")]
+    n_threads = ctx.params.n_threads
+    prompt_threads = config.n_threads_batch or n_threads
+    return LoadedModel(header, model, ctx, fmt, info, settings.n_batch, bytes_per_cell,
+                       plan=plan, memory=memory,
+                       invariant_rows=rows,
+                       threads=(n_threads, prompt_threads,
+                                config.n_threads_verify or prompt_threads))
+
+
+def _plan_if_known(config: ModelConfig, header: GGUFHeader) -> MemoryPlan | None:
+    """The memory plan, or None for a model the planner does not know: llama.cpp then
+    decides whether it can load it."""
+    try:
+        return plan_for(config, header)
+    except UnplannableModel as exc:
+        log.warning("%s; loading without a memory plan", exc.message)
+        return None
+
+
+def _model_info(path: Path, header: GGUFHeader, model: _internals.LlamaModel,
+                ctx: _internals.LlamaContext, settings: _Settings, plan: MemoryPlan | None,
+                *, chat_format: str, buffers: dict[str, int], kv_bytes: int,
+                started: float, invariant: bool) -> ModelLoaded:
+    """The ``model_loaded`` event for a load that began at ``started``."""
+    n_gpu_layers = min(settings.n_gpu_layers, header.n_layers + 1) if has_gpu() else 0
+    return ModelLoaded(
         path=str(path),
         name=header.name,
         architecture=header.architecture,
@@ -219,8 +243,8 @@ def load_model(config: ModelConfig, *, invariant: bool = False) -> LoadedModel:
         n_gpu_layers=n_gpu_layers,
         backend=compute_backend(n_gpu_layers),
         devices=[d.name for d in list_devices()],
-        chat_format=fmt.name,
-        kv_bytes=bytes_per_cell * ctx.n_ctx(),
+        chat_format=chat_format,
+        kv_bytes=kv_bytes,
         buffers=buffers,
         load_s=time.perf_counter() - started,
         gpu_layers=plan.gpu_layers if plan is not None and n_gpu_layers else [],
@@ -232,15 +256,6 @@ def load_model(config: ModelConfig, *, invariant: bool = False) -> LoadedModel:
         flash_attn=settings.flash_attn,
         batch_invariant=invariant,
     )
-    memory = [] if plan is None else [planned_snapshot(plan),
-                                      measured_snapshot(plan, buffers, "loaded")]
-    n_threads = ctx.params.n_threads
-    prompt_threads = config.n_threads_batch or n_threads
-    return LoadedModel(header, model, ctx, fmt, info, settings.n_batch, bytes_per_cell,
-                       plan=plan, memory=memory,
-                       invariant_rows=rows,
-                       threads=(n_threads, prompt_threads,
-                                config.n_threads_verify or prompt_threads))
 
 
 def planned_snapshot(plan: MemoryPlan) -> MemorySnapshot:
