@@ -131,7 +131,7 @@ def raw(settings: LoadSettings, prompt_tokens: int, tokens: int) -> Sample:
 async def engine(settings: LoadSettings, prompt_tokens: int, tokens: int,
                  profile: bool = False) -> Sample:
     """kvchat's engine through its public API, as ``kvchat ask`` drives it."""
-    from engine.api import ChatMessage
+    from engine.api import ChatMessage, ChatRequest
     from engine.backends.local import LocalEngine
     from engine.config import ModelConfig, SamplingConfig, SpeculativeConfig
     from engine.events import Done, TokenChunk
@@ -149,15 +149,15 @@ async def engine(settings: LoadSettings, prompt_tokens: int, tokens: int,
     prompt = fit_prompt(lambda t: eng.count_tokens(t) or 0, prompt_tokens)
     # The end-of-generation scan that banning EOS needs happens once per model: done
     # before the clock starts, as on the raw side (normal replies never need it).
-    assert eng._lm is not None
-    eng._lm.eog_tokens()
-    timers = _install_timers(eng) if profile else None
+    await eng.run_on_engine_thread(lambda gen: gen.lm.eog_tokens())
+    timers = await eng.run_on_engine_thread(_install_timers) if profile else None
     sampling = SamplingConfig(temperature=0.0, max_tokens=tokens)
     done: Done | None = None
     first = last = 0.0
     started = time.perf_counter()
-    async for event in eng.chat([ChatMessage(role="user", content=prompt)], sampling,
-                                ignore_eos=True):
+    request = ChatRequest(messages=(ChatMessage(role="user", content=prompt),),
+                          sampling=sampling, ignore_eos=True)
+    async for event in eng.chat(request):
         if isinstance(event, TokenChunk):
             last = time.perf_counter()
             first = first or last
@@ -199,10 +199,10 @@ class _Timers:
                 "wall_ms_per_token": wall_s * per}
 
 
-def _install_timers(eng: Any) -> _Timers:
+def _install_timers(gen: Any) -> _Timers:
+    """Wrap ``gen``'s context and sampler (on the engine thread, between replies)."""
     import llama_cpp
 
-    gen = eng._gen  # the engine thread is idle between jobs: safe to wrap here
     timers = _Timers()
     ctx_decode = gen.lm.ctx.decode
     make_sampler = gen.sampler_for

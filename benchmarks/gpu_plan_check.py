@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from engine.api import ChatMessage
+from engine.api import ChatMessage, ChatRequest
 from engine.backends.local import LocalEngine
 from engine.config import ModelConfig, SamplingConfig
 from engine.model.devices import query_devices
@@ -83,8 +83,8 @@ async def run_case(case: str, args: argparse.Namespace) -> dict:
         prompt = " ".join(f"word{i % 97}" for i in range(args.prompt_words))
         done = None
         started = time.perf_counter()
-        async for event in engine.chat([ChatMessage(role="user", content=prompt)],
-                                       ignore_eos=True):
+        async for event in engine.chat(ChatRequest(
+                messages=(ChatMessage(role="user", content=prompt),), ignore_eos=True)):
             if event.type in ("done", "error"):
                 done = event
         result["generate_s"] = round(time.perf_counter() - started, 1)

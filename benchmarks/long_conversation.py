@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from engine.backends.local import LocalEngine  # noqa: E402
 from engine.config import KVCacheConfig, ModelConfig, SamplingConfig  # noqa: E402
+from engine.decode.generator import Generator  # noqa: E402
 from engine.events import Done, Error, Eviction, TokenChunk  # noqa: E402
 from engine.session import ChatSession  # noqa: E402
 from engine.store import Store  # noqa: E402
@@ -79,15 +80,12 @@ def tenth_rates(stamps: list[tuple[int, float, int]]) -> tuple[float, float]:
     return rate(intervals[:tenth]), rate(intervals[-tenth:])
 
 
-def reevaluate_window(engine: LocalEngine, reps: int = 3) -> tuple[float, int]:
+async def reevaluate_window(engine: LocalEngine, reps: int = 3) -> tuple[float, int]:
     """Seconds to evaluate the current window again from nothing (median), and its size.
 
     Runs on the engine thread, which owns the llama context; the cache ends as it began.
     """
-    gen = engine._gen
-    assert gen is not None
-
-    def measure() -> tuple[float, int]:
+    def measure(gen: Generator) -> tuple[float, int]:
         tokens = list(gen.cache.state.tokens)
         times = []
         for _ in range(reps):
@@ -97,7 +95,7 @@ def reevaluate_window(engine: LocalEngine, reps: int = 3) -> tuple[float, int]:
             times.append(time.perf_counter() - started)
         return statistics.median(times), len(tokens)
 
-    return engine._submit(measure).future.result()
+    return await engine.run_on_engine_thread(measure)
 
 
 async def converse(args: argparse.Namespace, store: Store) -> tuple[Run, LocalEngine]:
@@ -193,7 +191,7 @@ def main() -> int:
         async def go() -> dict:
             run, engine = await converse(args, store)
             try:
-                baseline, window = await asyncio.to_thread(reevaluate_window, engine)
+                baseline, window = await reevaluate_window(engine)
             finally:
                 await engine.close()
             return report(args, run, baseline, window)

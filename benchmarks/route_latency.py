@@ -55,7 +55,7 @@ def signals(repeat: int) -> None:
 
 
 async def fallback(repeat: int) -> None:
-    from engine.api import ChatMessage
+    from engine.api import ChatMessage, ChatRequest
     from engine.backends.local import LocalEngine
     from engine.config import ModelConfig, SamplingConfig
     from engine.events import PromptEvaluated
@@ -79,8 +79,8 @@ async def fallback(repeat: int) -> None:
             hits += answer.route == labels[prompt]
             # The same number of tokens through the main context, for scale.
             filler = " ".join(["word"] * max(1, answer.prompt_tokens - 12))
-            async for event in engine.chat([ChatMessage(role="user",
-                                                        content=f"{i} {filler}")]):
+            async for event in engine.chat(ChatRequest(
+                    messages=(ChatMessage(role="user", content=f"{i} {filler}"),))):
                 if isinstance(event, PromptEvaluated):
                     plain.append(event.prefill_s * 1000)
         print(f"model fallback, {len(prompts)} prompts: {_ms(fb)}")

@@ -30,12 +30,13 @@ PROMPTS = [
 
 
 async def reply(engine: object, prompt: str, tokens: int) -> tuple[list[int], dict]:
-    from engine.api import ChatMessage
+    from engine.api import ChatMessage, ChatRequest
 
     out: list[int] = []
     done: dict = {}
-    async for event in engine.chat([ChatMessage(role="user", content=prompt)],  # type: ignore[attr-defined]
-                                   ignore_eos=True):
+    request = ChatRequest(messages=(ChatMessage(role="user", content=prompt),),
+                          ignore_eos=True)
+    async for event in engine.chat(request):  # type: ignore[attr-defined]
         if event.type == "token":
             out.extend(event.token_ids)
         elif event.type == "done":

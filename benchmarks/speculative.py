@@ -56,7 +56,7 @@ repeating itself, so drafts mostly miss and the off switch has to keep the loss 
 async def measure(task: str, mode: str, tokens: int, draft: str | None,
                   model: str | None = None, gpu_layers: int = -1,
                   temperature: float = 0.0, seed: int = 0, invariant: str = "off") -> dict:
-    from engine.api import ChatMessage
+    from engine.api import ChatMessage, ChatRequest
     from engine.backends.local import LocalEngine
     from engine.config import KVCacheConfig, ModelConfig, SamplingConfig, SpeculativeConfig
 
@@ -70,8 +70,9 @@ async def measure(task: str, mode: str, tokens: int, draft: str | None,
     out: list[int] = []
     done = None
     try:
-        async for event in eng.chat([ChatMessage(role="user", content=tasks()[task])],
-                                    ignore_eos=True):
+        async for event in eng.chat(ChatRequest(
+                messages=(ChatMessage(role="user", content=tasks()[task]),),
+                ignore_eos=True)):
             if event.type == "token":
                 out.extend(event.token_ids)
             elif event.type == "done":

@@ -2,8 +2,10 @@
 
 Errors: ``start`` raises :class:`~engine.errors.ModelFileError` (missing, empty,
 truncated or foreign file), :class:`~engine.errors.ModelLoadError` (llama.cpp or the
-backend refused it) or :class:`~engine.errors.EngineClosed`. ``chat`` raises
-:class:`~engine.errors.PromptError` for an empty or non-UTF-8 message and
+backend refused it) or :class:`~engine.errors.EngineClosed`. A user message that
+cannot be sent (empty, or not UTF-8) is refused where it is made: constructing its
+:class:`ChatMessage` raises :class:`~engine.errors.PromptError`, so every request that
+reaches a backend holds only prompts that can be sent. ``chat`` raises
 :class:`~engine.errors.EngineClosed`; everything that goes wrong while generating
 arrives as an :class:`~engine.events.Error` event, after which the iterator ends.
 Every reply ends with exactly one ``Done`` or ``Error`` event.
@@ -16,38 +18,66 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from engine.config import SamplingConfig
 from engine.errors import EngineClosed, PromptError
-from engine.events import Event, ModelLoaded
+from engine.events import Event, MemorySnapshot, ModelLoaded
 from engine.structured.spec import OutputSpec
 
 Role = Literal["system", "user", "assistant"]
 
 
 class ChatMessage(BaseModel):
+    """One message of a conversation. A user message must be sendable: making one that
+    is empty (or only whitespace) or not valid UTF-8 raises
+    :class:`~engine.errors.PromptError` (codes ``prompt_empty``, ``prompt_not_utf8``),
+    before anything is stored or sent."""
+
     model_config = ConfigDict(frozen=True)
 
     role: Role
     content: str
 
+    @model_validator(mode="after")
+    def _sendable(self) -> ChatMessage:
+        if self.role == "user":
+            check_prompt(self.content)
+        return self
+
 
 class ChatRequest(BaseModel):
     """One reply to generate: what every backend's ``chat`` takes, and what the process
-    wire carries to the engine process."""
+    wire carries to the engine process. Its user messages are valid prompts (see
+    :class:`ChatMessage`)."""
 
     model_config = ConfigDict(frozen=True)
 
     messages: tuple[ChatMessage, ...]
+    """The conversation so far, ending with the message to answer."""
     sampling: SamplingConfig | None = None
-    """None: the engine's default sampling."""
+    """None: the engine's default sampling. Each backend resolves it once, as the reply
+    starts, so the code that generates always sees it set."""
     ignore_eos: bool = False
     """Ban end-of-turn tokens and generate exactly ``max_tokens`` (for benchmarks)."""
     reserve: int | None = None
-    """Cells to free for the reply before it starts; None means the KV policy's."""
+    """KV cells to make free for the reply before it starts (evicting old turns first
+    if needed), as a route's template decides; None uses the engine's policy
+    (``kv.reply_reserve``). The engine caps it at the reply's ``max_tokens`` and half
+    the context; ``kv`` events report what was kept free (``reserved_cells``). A server
+    backend ignores it: the server owns its KV cache."""
     constraint: OutputSpec | None = None
-    """Decode under the grammar of this output format (the retry ladder's last step)."""
+    """Decode so that the reply cannot fail this format's check (a grammar, or the
+    server's structured-output mode): the retry ladder's strictest step. A backend that
+    cannot enforce it ends the reply with an ``Error`` event of code
+    ``constraint_unsupported`` before generating anything; a schema it cannot compile is
+    code ``constraint_invalid``."""
+
+    def with_default_sampling(self, default: SamplingConfig) -> ChatRequest:
+        """This request with ``sampling`` set: its own, else ``default``."""
+        if self.sampling is not None:
+            return self
+        return self.model_copy(update={"sampling": default})
 
 
 @dataclass(frozen=True)
@@ -76,29 +106,34 @@ class ChatEngine(ABC):
     async def start(self) -> ModelLoaded:
         """Load the model. Safe to call once; later calls return the same info."""
 
+    @property
+    def memory(self) -> list[MemorySnapshot]:
+        """The load's memory snapshots, planned then measured; empty where the backend
+        plans no memory (a server) or nothing is loaded yet."""
+        return []
+
     @abstractmethod
-    def chat(self, messages: Sequence[ChatMessage], sampling: SamplingConfig | None = None,
-             *, ignore_eos: bool = False, reserve: int | None = None,
-             constraint: OutputSpec | None = None) -> AsyncIterator[Event]:
-        """Generate the assistant's reply to ``messages`` as a stream of events.
+    def chat(self, request: ChatRequest) -> AsyncIterator[Event]:
+        """Generate the assistant's reply to ``request.messages`` as a stream of events.
 
         Replies run one at a time; a second call waits for the first to finish.
         Leaving the iterator early cancels the reply. An engine that had to load its
         model again for this reply (a new engine process after a crash) begins the
-        stream with the new ``model_loaded`` and ``memory`` events.
-
-        ``reserve``: KV cells to make free for the reply before it starts (evicting
-        old turns first if needed), as a route's template decides; None uses the
-        engine's policy (``kv.reply_reserve``). The engine caps it at the reply's
-        ``max_tokens`` and half the context; ``kv`` events report what was kept free
-        (``reserved_cells``).
-
-        ``constraint``: decode so that the reply cannot fail ``constraint``'s check (a
-        grammar, or the server's structured-output mode): the retry ladder's strictest
-        step. A backend that cannot enforce it ends the reply with an ``Error`` event of
-        code ``constraint_unsupported`` before generating anything; a schema it cannot
-        compile is code ``constraint_invalid``.
+        stream with the new ``model_loaded`` and ``memory`` events. Raises
+        :class:`~engine.errors.EngineClosed` at once, before the stream starts, once
+        the engine is closed.
         """
+
+    def pace_events(self, gap_s: float) -> None:
+        """Hand each later reply's events over at most every ``gap_s`` once its first
+        token is out, tokens merged, for a client that shows them in frames.
+
+        Only a backend whose hand-overs cost the client something applies it: the
+        engine process, where each batch sent wakes both processes. The default does
+        nothing: a backend in the caller's process hands events over as they come (the
+        client gathers them into its own frames), and a server's stream arrives at the
+        server's pace."""
+        return None
 
     def count_tokens(self, text: str) -> int | None:
         """Tokens ``text`` takes with the loaded model's tokenizer (no BOS, no turn
@@ -122,19 +157,16 @@ class ChatEngine(ABC):
         """Cancel anything in flight and free the model."""
 
 
-def check_request(messages: Sequence[ChatMessage], closed: bool) -> list[ChatMessage]:
-    """What every backend's ``chat`` checks before anything starts: the engine is open
-    and each user message can be sent. Returns the messages as a list."""
+def check_open(closed: bool) -> None:
+    """What every backend's ``chat`` checks before anything starts (the request's
+    messages were checked when they were made)."""
     if closed:
         raise EngineClosed("the engine is closed")
-    for msg in messages:
-        if msg.role == "user":
-            check_prompt(msg.content)
-    return list(messages)
 
 
 def check_prompt(text: str) -> str:
-    """Reject prompts that cannot be sent; returns the text unchanged."""
+    """Reject prompts that cannot be sent (what :class:`ChatMessage` checks for a user
+    message); returns the text unchanged."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:

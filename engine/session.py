@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
-from engine.api import ChatEngine, ChatMessage, check_prompt
+from engine.api import ChatEngine, ChatMessage, ChatRequest
 from engine.config import SamplingConfig
 from engine.events import Done, Error, Event, Retry, TokenChunk, TurnStarted
 from engine.routing.service import DEFAULT_N_CTX, RoutedTurn, RouteService
@@ -28,6 +29,32 @@ from engine.structured.ladder import (
     run_ladder,
 )
 from engine.structured.spec import OutputSpec
+
+
+@dataclass
+class _Turn:
+    """One message stored and on its way: what each attempt is built from, and how
+    the reply is doing."""
+
+    conversation_id: int
+    user_id: int
+    reply_id: int
+    routed: RoutedTurn | None
+    ladder: Ladder | None
+    history: list[ChatMessage]
+    """The conversation before this message, as the model sees it."""
+    model_text: str
+    """The message as the model gets it (with the route's instructions)."""
+    sampling: SamplingConfig | None
+    ignore_eos: bool
+    user_stats: dict[str, Any]
+    prompt_change: str
+    """The instructions the last attempt sent added to the message: what the KV cache
+    now holds (the ladder's base change until an attempt sends another)."""
+    parts: list[str] = field(default_factory=list)
+    """The text of the attempt in flight."""
+    last_save: float = 0.0
+    final: Done | Error | None = None
 
 
 class ChatSession:
@@ -81,83 +108,111 @@ class ChatSession:
         Raises PromptError and RouteError (before anything is stored) and
         ConversationNotFound.
         """
-        check_prompt(text)
+        routed = await self._route(text, conversation_id, sampling, route, pinned)
+        turn = self._open(text, conversation_id, routed, _ladder_for(output, routed),
+                          routed.sampling if routed else sampling, ignore_eos)
+        yield TurnStarted(conversation_id=turn.conversation_id, user_message_id=turn.user_id,
+                          reply_message_id=turn.reply_id)
+        if routed is not None:
+            yield routed.event
+        events = self._events(turn)
+        turn.last_save = time.monotonic()
+        try:
+            async for event in events:
+                self._follow(turn, event)
+                yield event
+        finally:
+            self._close(turn)
+
+    async def _route(self, text: str, conversation_id: int | None,
+                     sampling: SamplingConfig | None, route: str | None,
+                     pinned: Iterable[str]) -> RoutedTurn | None:
+        """Check the message and pick its route (None without a router); nothing is
+        stored yet."""
+        ChatMessage(role="user", content=text)  # PromptError for a prompt that cannot go
         if route is not None and self.routes is not None:
             self.routes.check_route(route)
         if conversation_id is not None:
             self.store.get_conversation(conversation_id)  # raises ConversationNotFound
-        base = sampling or SamplingConfig()
-        routed = None
-        if self.routes is not None:
-            info = self.engine.info
-            routed = await self.routes.decide(
-                text, base=base, n_ctx=info.n_ctx if info else DEFAULT_N_CTX,
-                previous=self.last_route(conversation_id) if conversation_id else None,
-                override=route, pinned=pinned, exact_count=self.engine.count_tokens,
-                ask_model=self.engine.classify)
-            sampling = routed.sampling
-        ladder = _ladder_for(output, routed)
+        if self.routes is None:
+            return None
+        info = self.engine.info
+        return await self.routes.decide(
+            text, base=sampling or SamplingConfig(),
+            n_ctx=info.n_ctx if info else DEFAULT_N_CTX,
+            previous=self.last_route(conversation_id) if conversation_id else None,
+            override=route, pinned=pinned, exact_count=self.engine.count_tokens,
+            ask_model=self.engine.classify)
+
+    def _open(self, text: str, conversation_id: int | None, routed: RoutedTurn | None,
+              ladder: Ladder | None, sampling: SamplingConfig | None,
+              ignore_eos: bool) -> _Turn:
+        """Store the user's message and the reply's row (``streaming``), in a new
+        conversation where ``conversation_id`` is None."""
         if conversation_id is None:
             model = self.engine.info.name if self.engine.info else None
             conversation_id = self.store.create_conversation(title_from_prompt(text), model)
-        model_text = routed.model_text if routed else text
         history = self.history(conversation_id)
         user_stats: dict[str, Any] = ({"route": routed.event.route,
                                        "instructions": routed.template.instructions}
                                       if routed else {})
-        if ladder is not None and ladder.base_change:
-            user_stats["format_instructions"] = ladder.base_change
+        base_change = ladder.base_change if ladder else ""
+        if base_change:
+            user_stats["format_instructions"] = base_change
         user_id = self.store.add_message(conversation_id, "user", text,
                                          stats=user_stats or None)
         reply_id = self.store.add_message(conversation_id, "assistant", "", status="streaming")
-        yield TurnStarted(conversation_id=conversation_id, user_message_id=user_id,
-                          reply_message_id=reply_id)
-        if routed is not None:
-            yield routed.event
+        return _Turn(conversation_id, user_id, reply_id, routed, ladder, history,
+                     model_text=routed.model_text if routed else text, sampling=sampling,
+                     ignore_eos=ignore_eos, user_stats=user_stats, prompt_change=base_change)
 
-        def attempt(step: Step) -> AsyncIterator[Event]:
-            content = with_suffix(model_text, step.prompt_change)
-            return self.engine.chat([*history, ChatMessage(role="user", content=content)],
-                                    sampling, ignore_eos=ignore_eos,
-                                    reserve=routed.reserve if routed else None,
-                                    constraint=step.constraint)
+    def _events(self, turn: _Turn) -> AsyncIterator[Event]:
+        """The reply's events: one attempt, or the retry ladder's attempts."""
+        if turn.ladder is None:
+            return self._attempt(turn, Step(1, "as_generated"))
+        return run_ladder(turn.ladder, lambda step: self._attempt(turn, step),
+                          lambda done: self._record(turn, done))
 
-        seen_change = [ladder.base_change if ladder else ""]
+    def _attempt(self, turn: _Turn, step: Step) -> AsyncIterator[Event]:
+        content = with_suffix(turn.model_text, step.prompt_change)
+        return self.engine.chat(ChatRequest(
+            messages=(*turn.history, ChatMessage(role="user", content=content)),
+            sampling=turn.sampling, ignore_eos=turn.ignore_eos,
+            reserve=turn.routed.reserve if turn.routed else None,
+            constraint=step.constraint))
 
-        def record(done: Attempt) -> None:
-            if done.strategy != "repair":
-                seen_change[0] = done.prompt_change
-            self.store.add_attempt(
-                reply_id, done.number, done.strategy, ladder.spec.format if ladder else "",
-                done.text, done.check.ok, found=done.check.found, errors=done.check.errors,
-                prompt_change=done.prompt_change, completion_tokens=done.completion_tokens,
-                elapsed_s=round(done.elapsed_s, 3))
+    def _record(self, turn: _Turn, done: Attempt) -> None:
+        """Store a finished attempt for review."""
+        if done.strategy != "repair":  # a repair sends no prompt: the cache keeps the last
+            turn.prompt_change = done.prompt_change
+        ladder = turn.ladder
+        self.store.add_attempt(
+            turn.reply_id, done.number, done.strategy, ladder.spec.format if ladder else "",
+            done.text, done.check.ok, found=done.check.found, errors=done.check.errors,
+            prompt_change=done.prompt_change, completion_tokens=done.completion_tokens,
+            elapsed_s=round(done.elapsed_s, 3))
 
-        events = (run_ladder(ladder, attempt, record) if ladder is not None
-                  else attempt(Step(1, "as_generated")))
-        parts: list[str] = []
-        last_save = time.monotonic()
-        final: Done | Error | None = None
-        try:
-            async for event in events:
-                if isinstance(event, TokenChunk):
-                    parts.append(event.text)
-                    if time.monotonic() - last_save >= self.save_every_s:
-                        self.store.update_message(reply_id, content="".join(parts))
-                        last_save = time.monotonic()
-                elif isinstance(event, Retry):
-                    parts = []  # the stored partial is the attempt in flight
-                elif isinstance(event, Done | Error):
-                    final = event
-                yield event
-        finally:
-            if seen_change[0] != (ladder.base_change if ladder else ""):
-                # The cache holds the last attempt's prompt: the next turn's history
-                # repeats it, so its tokens extend the cache instead of diverging here.
-                self.store.update_message(user_id, stats={
-                    **user_stats, "format_instructions": seen_change[0]})
-            self._finish(user_id, reply_id, "".join(parts), final,
-                         routed.event.route if routed else None)
+    def _follow(self, turn: _Turn, event: Event) -> None:
+        """Keep the reply's text so far, saved every ``save_every_s``, and its end."""
+        if isinstance(event, TokenChunk):
+            turn.parts.append(event.text)
+            if time.monotonic() - turn.last_save >= self.save_every_s:
+                self.store.update_message(turn.reply_id, content="".join(turn.parts))
+                turn.last_save = time.monotonic()
+        elif isinstance(event, Retry):
+            turn.parts = []  # the stored partial is the attempt in flight
+        elif isinstance(event, Done | Error):
+            turn.final = event
+
+    def _close(self, turn: _Turn) -> None:
+        """Store how the turn ended, whether the stream finished or its consumer left."""
+        if turn.prompt_change != (turn.ladder.base_change if turn.ladder else ""):
+            # The cache holds the last attempt's prompt: the next turn's history
+            # repeats it, so its tokens extend the cache instead of diverging here.
+            self.store.update_message(turn.user_id, stats={
+                **turn.user_stats, "format_instructions": turn.prompt_change})
+        self._finish(turn.user_id, turn.reply_id, "".join(turn.parts), turn.final,
+                     turn.routed.event.route if turn.routed else None)
 
     def _finish(self, user_id: int, reply_id: int, partial: str,
                 final: Done | Error | None, route: str | None = None) -> None:

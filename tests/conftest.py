@@ -6,11 +6,13 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from engine.api import ChatMessage, ChatRequest
 from engine.backends.local import LocalEngine
 from engine.config import ModelConfig, SamplingConfig
 from engine.model.loader import bundled_model_path
@@ -38,6 +40,13 @@ async def engine() -> AsyncIterator[LocalEngine]:
     await eng.start()
     yield eng
     await eng.close()
+
+
+def chat_request(messages: Sequence[ChatMessage], sampling: SamplingConfig | None = None,
+                 **options: Any) -> ChatRequest:
+    """A request for ``ChatEngine.chat``: the messages, the sampling (None: the
+    engine's default), then any other field by name."""
+    return ChatRequest(messages=tuple(messages), sampling=sampling, **options)
 
 
 def kvchat_exe() -> str:

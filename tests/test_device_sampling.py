@@ -15,7 +15,8 @@ from engine.decode.sampling.chain import GreedyArgmax
 from engine.decode.sampling.in_graph import DeviceGreedy
 from engine.events import Done, Eviction
 from engine.structured.spec import OutputSpec
-from tests.test_kv_eviction import _view, assert_in_step, on_engine_thread
+from tests.conftest import chat_request
+from tests.test_kv_eviction import _view, assert_in_step
 from tests.test_speculative import REPEAT, STORY, collect, greedy_tokens
 
 
@@ -26,11 +27,11 @@ async def test_in_graph_greedy_is_the_host_argmax_across_evictions() -> None:
     await eng.close()
     graph, events, eng = await greedy_tokens("off", REPEAT, 400, n_ctx=256, in_graph="on")
     try:
-        assert isinstance(await on_engine_thread(eng, lambda g: g.samplers._device),
+        assert isinstance(await eng.run_on_engine_thread(lambda g: g.samplers._device),
                           DeviceGreedy)
         assert sum(isinstance(e, Eviction) for e in events) >= 2
         assert graph == host
-        assert_in_step(await on_engine_thread(eng, _view))
+        assert_in_step(await eng.run_on_engine_thread(_view))
     finally:
         await eng.close()
 
@@ -51,7 +52,7 @@ async def test_verification_rows_come_from_the_graph_with_the_same_choices() -> 
         assert graph == host
         assert (done.drafted_tokens, done.accepted_tokens) == (
             host_done.drafted_tokens, host_done.accepted_tokens)
-        assert_in_step(await on_engine_thread(eng, _view))
+        assert_in_step(await eng.run_on_engine_thread(_view))
     finally:
         await eng.close()
 
@@ -68,17 +69,17 @@ async def test_other_samplers_detach_the_graph_chain_and_greedy_reattaches() -> 
         texts = []
         try:
             for params in (greedy, sampled, greedy):
-                done = (await collect(eng.chat(prompt, params)))[-1]
+                done = (await collect(eng.chat(chat_request(prompt, params))))[-1]
                 assert isinstance(done, Done)
                 texts.append(done.text)
-                kind = await on_engine_thread(eng, lambda g: type(g.samplers._device))
+                kind = await eng.run_on_engine_thread(lambda g: type(g.samplers._device))
                 # attached for greedy replies only, and kept between them
                 assert kind is (DeviceGreedy if in_graph == "on" and params is greedy
                                 else type(None))
             # The grammar filter reads raw logits rows, which an attached chain would
             # leave stale: its reply must be the one the host-only engine gives.
-            done = (await collect(eng.chat(prompt, greedy,
-                                           constraint=OutputSpec(format="list"))))[-1]
+            done = (await collect(eng.chat(chat_request(prompt, greedy,
+                                                        constraint=OutputSpec(format="list")))))[-1]
             assert isinstance(done, Done)
             texts.append(done.text)
         finally:
@@ -113,16 +114,17 @@ async def test_one_chain_attached_at_load_serves_every_greedy_reply() -> None:
                           speculative=SpeculativeConfig(mode="off"))
         await eng.start()
         try:
-            chain = await on_engine_thread(eng, lambda g: g.samplers._device)
+            chain = await eng.run_on_engine_thread(lambda g: g.samplers._device)
             # Attached by the warm-up decode at load, which left nothing in the cache.
             assert isinstance(chain, DeviceGreedy) is (in_graph == "on")
-            assert await on_engine_thread(eng, lambda g: g.cache.used) == 0
-            await collect(eng.chat(prompt, greedy, ignore_eos=True))  # bans end of turn
-            done = (await collect(eng.chat(prompt, greedy)))[-1]
+            assert await eng.run_on_engine_thread(lambda g: g.cache.used) == 0
+            # Banning the end of turn:
+            await collect(eng.chat(chat_request(prompt, greedy, ignore_eos=True)))
+            done = (await collect(eng.chat(chat_request(prompt, greedy))))[-1]
             assert isinstance(done, Done)
             # Banned ids or not, the same chain: no re-attach, no graph re-planning.
-            assert await on_engine_thread(eng, lambda g: g.samplers._device) is chain
-            results.append((done.text, await on_engine_thread(eng, banned_best)))
+            assert await eng.run_on_engine_thread(lambda g: g.samplers._device) is chain
+            results.append((done.text, await eng.run_on_engine_thread(banned_best)))
         finally:
             await eng.close()
     (graph_text, (graph_top, graph_next)), (host_text, host_best) = results

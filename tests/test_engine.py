@@ -22,8 +22,7 @@ from engine.events import (
     TokenChunk,
     parse_event,
 )
-from tests.conftest import GREEDY
-from tests.test_kv_eviction import on_engine_thread
+from tests.conftest import GREEDY, chat_request
 
 
 def user(text: str) -> list[ChatMessage]:
@@ -54,7 +53,7 @@ async def test_model_loaded_reports_the_model(engine: LocalEngine) -> None:
 
 
 async def test_reply_streams_tokens_then_done(engine: LocalEngine) -> None:
-    events = await collect(engine.chat(user("Name three colours."), GREEDY))
+    events = await collect(engine.chat(chat_request(user("Name three colours."), GREEDY)))
     kinds = [e.type for e in events]
     assert kinds[0] == "prompt" and kinds[1] == "kv" and kinds[-1] == "done"
     chunks = [e for e in events if isinstance(e, TokenChunk)]
@@ -73,8 +72,8 @@ async def test_reply_streams_tokens_then_done(engine: LocalEngine) -> None:
 
 
 async def test_greedy_is_deterministic(engine: LocalEngine) -> None:
-    first = (await collect(engine.chat(user("Tell me about rivers."), GREEDY)))[-1]
-    second = (await collect(engine.chat(user("Tell me about rivers."), GREEDY)))[-1]
+    first = (await collect(engine.chat(chat_request(user("Tell me about rivers."), GREEDY))))[-1]
+    second = (await collect(engine.chat(chat_request(user("Tell me about rivers."), GREEDY))))[-1]
     assert isinstance(first, Done) and isinstance(second, Done)
     assert first.text == second.text
     assert second.reused_tokens == second.prompt_tokens - 1  # the same prompt, from cache
@@ -88,17 +87,17 @@ async def test_a_fixed_seed_repeats_a_sampled_reply() -> None:
     for _ in range(2):
         eng = LocalEngine(ModelConfig(n_ctx=256), sampled)
         await eng.start()
-        texts.append((await collect(eng.chat(user("Write a word."))))[-1].text)
+        texts.append((await collect(eng.chat(chat_request(user("Write a word.")))))[-1].text)
         await eng.close()
     assert texts[0] == texts[1] and texts[0]
 
 
 async def test_second_turn_evaluates_only_new_tokens(engine: LocalEngine) -> None:
     history = [ChatMessage(role="system", content="Be brief."), *user("What is rain?")]
-    first = (await collect(engine.chat(history, GREEDY)))[-1]
+    first = (await collect(engine.chat(chat_request(history, GREEDY))))[-1]
     assert isinstance(first, Done)
     history += [ChatMessage(role="assistant", content=first.text), *user("And snow?")]
-    events = await collect(engine.chat(history, GREEDY))
+    events = await collect(engine.chat(chat_request(history, GREEDY)))
     prompt = next(e for e in events if isinstance(e, PromptEvaluated))
     # On "stop" every reply token went through the cache; on "length" the last one
     # was sampled but not yet evaluated.
@@ -115,7 +114,8 @@ async def test_cancel_stops_within_a_token(engine: LocalEngine) -> None:
     long_run = SamplingConfig(temperature=0.0, max_tokens=2000)
     seen = 0
     cancelled_at = None
-    async for event in engine.chat(user("Count upward forever."), long_run, ignore_eos=True):
+    async for event in engine.chat(chat_request(user("Count upward forever."), long_run,
+                                                ignore_eos=True)):
         if isinstance(event, TokenChunk):
             seen += len(event.token_ids)
             if cancelled_at is None and seen >= 3:
@@ -131,25 +131,26 @@ async def test_cancel_stops_within_a_token(engine: LocalEngine) -> None:
     assert done.completion_tokens <= cancelled_at + 10
     assert done.completion_tokens == seen
     # The engine is usable right after.
-    after = (await collect(engine.chat(user("Hello"), GREEDY)))[-1]
+    after = (await collect(engine.chat(chat_request(user("Hello"), GREEDY))))[-1]
     assert isinstance(after, Done)
 
 
 async def test_leaving_the_stream_early_cancels(engine: LocalEngine) -> None:
-    stream = engine.chat(user("Write a long story."), SamplingConfig(max_tokens=2000),
-                         ignore_eos=True)
+    stream = engine.chat(chat_request(user("Write a long story."), SamplingConfig(max_tokens=2000),
+                                      ignore_eos=True))
     async for event in stream:
         if isinstance(event, TokenChunk):
             break
     await stream.aclose()
     # The next reply is not stuck behind 2000 tokens of the abandoned one.
-    after = await asyncio.wait_for(collect(engine.chat(user("Hi"), GREEDY)), timeout=60)
+    after = await asyncio.wait_for(collect(engine.chat(chat_request(user("Hi"), GREEDY))),
+                                   timeout=60)
     assert isinstance(after[-1], Done)
 
 
 async def test_ignore_eos_generates_exactly_max_tokens(engine: LocalEngine) -> None:
-    events = await collect(engine.chat(user("Hi"), SamplingConfig(temperature=0, max_tokens=40),
-                                       ignore_eos=True))
+    events = await collect(engine.chat(chat_request(
+        user("Hi"), SamplingConfig(temperature=0, max_tokens=40), ignore_eos=True)))
     done = events[-1]
     assert isinstance(done, Done)
     assert done.completion_tokens == 40 and done.finish_reason == "length"
@@ -165,11 +166,11 @@ async def test_prompt_longer_than_context_is_an_error_event_without_eviction() -
     info = await eng.start()
     assert info.n_ctx == 256
     try:
-        events = await collect(eng.chat(user("word " * 400), GREEDY))
+        events = await collect(eng.chat(chat_request(user("word " * 400), GREEDY)))
         assert len(events) == 1 and isinstance(events[0], Error)
         assert events[0].code == "prompt_too_long"
         assert "context holds 256" in events[0].message
-        ok = (await collect(eng.chat(user("Hi"), GREEDY)))[-1]
+        ok = (await collect(eng.chat(chat_request(user("Hi"), GREEDY))))[-1]
         assert isinstance(ok, Done)
     finally:
         await eng.close()
@@ -179,9 +180,9 @@ async def test_full_context_finishes_with_context_full_without_eviction() -> Non
     eng = LocalEngine(ModelConfig(n_ctx=256), GREEDY, KVCacheConfig(evict=False))
     await eng.start()
     try:
-        events = await collect(eng.chat(user("Hi"), SamplingConfig(temperature=0,
-                                                                   max_tokens=500),
-                                        ignore_eos=True))
+        events = await collect(eng.chat(chat_request(user("Hi"), SamplingConfig(temperature=0,
+                                                                                max_tokens=500),
+                                                     ignore_eos=True)))
         done = events[-1]
         assert isinstance(done, Done) and done.finish_reason == "context_full"
         kv = [e for e in events if isinstance(e, KVUsage)][-1]
@@ -193,13 +194,13 @@ async def test_full_context_finishes_with_context_full_without_eviction() -> Non
 @pytest.mark.parametrize("text", ["", "   \n\t"])
 async def test_empty_prompt_is_refused(engine: LocalEngine, text: str) -> None:
     with pytest.raises(PromptError, match="empty"):
-        engine.chat(user(text))
+        engine.chat(chat_request(user(text)))
 
 
 async def test_non_utf8_prompt_is_refused(engine: LocalEngine) -> None:
     raw = b"caf\xe9 au lait".decode("utf-8", errors="surrogateescape")
     with pytest.raises(PromptError, match=r"not valid UTF-8 .*0xe9"):
-        engine.chat(user(raw))
+        engine.chat(chat_request(user(raw)))
 
 
 @pytest.mark.parametrize("kind, message", [
@@ -224,7 +225,7 @@ async def test_closed_engine_refuses_work() -> None:
     await eng.start()
     await eng.close()
     with pytest.raises(EngineClosed):
-        eng.chat(user("Hi"))
+        eng.chat(chat_request(user("Hi")))
 
 
 def test_events_round_trip_through_json() -> None:
@@ -294,9 +295,9 @@ async def test_prompts_run_on_the_prompt_threads_and_verification_on_its_own() -
         gen.lm.ctx.decode = counted  # type: ignore[method-assign]
 
     try:
-        await on_engine_thread(eng, watch)
+        await eng.run_on_engine_thread(watch)
         prompt = "Repeat this line twice: one two three four five six seven eight nine ten."
-        events = await collect(eng.chat(user(prompt), ignore_eos=True))
+        events = await collect(eng.chat(chat_request(user(prompt), ignore_eos=True)))
         done = events[-1]
         assert isinstance(done, Done) and done.drafted_tokens
         assert seen[0][0] > 1 and seen[0][1] == 2  # the prompt, in one batch

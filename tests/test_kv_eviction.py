@@ -3,10 +3,8 @@ and the events must agree after every eviction."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import TypeVar
 
 import llama_cpp
 import pytest
@@ -17,8 +15,8 @@ from engine.config import KVCacheConfig, ModelConfig, SamplingConfig, Speculativ
 from engine.decode.generator import Generator
 from engine.decode.kv_window import window
 from engine.events import Done, Event, Eviction, KVUsage, PromptEvaluated, PromptTruncated
+from tests.conftest import chat_request
 
-T = TypeVar("T")
 SYSTEM = ChatMessage(role="system", content="You are a terse assistant who answers in one line.")
 LONG = SamplingConfig(temperature=0.0, max_tokens=600, seed=0)
 
@@ -38,13 +36,6 @@ def _view(gen: Generator) -> CacheView:
     return CacheView(llama_cpp.llama_memory_seq_pos_min(mem, 0),
                      llama_cpp.llama_memory_seq_pos_max(mem, 0), list(kv.tokens),
                      kv.n_keep, kv.dropped, list(kv.rendered_tokens))
-
-
-async def on_engine_thread(eng: LocalEngine, fn: Callable[[Generator], T]) -> T:
-    """Run ``fn`` where the llama context lives (it is not thread-safe)."""
-    gen = eng._gen
-    assert gen is not None
-    return await asyncio.wrap_future(eng._submit(lambda: fn(gen)).future)
 
 
 async def collect(stream: AsyncIterator[Event]) -> list[Event]:
@@ -79,13 +70,14 @@ def assert_in_step(view: CacheView) -> None:
 
 
 async def test_reply_longer_than_the_context_slides_the_window(small: LocalEngine) -> None:
-    events = await collect(small.chat(convo("Count upwards from one."), ignore_eos=True))
+    events = await collect(small.chat(chat_request(convo("Count upwards from one."),
+                                                   ignore_eos=True)))
     done = events[-1]
     assert isinstance(done, Done)
     assert done.finish_reason == "length" and done.completion_tokens == 600
     evictions = [e for e in events if isinstance(e, Eviction)]
     assert len(evictions) >= 3 and done.evictions == len(evictions)
-    view = await on_engine_thread(small, _view)
+    view = await small.run_on_engine_thread(_view)
     assert view.n_keep > 4  # the system prompt is kept, not only the sink tokens
     for ev in evictions:
         assert ev.reason == "generation"
@@ -104,17 +96,18 @@ async def test_reply_longer_than_the_context_slides_the_window(small: LocalEngin
 
 async def test_prefix_reuse_after_eviction_evaluates_only_new_tokens(
         small: LocalEngine) -> None:
-    first = await collect(small.chat(convo("Say hello."), ignore_eos=True,
-                                     sampling=SamplingConfig(temperature=0, max_tokens=300)))
+    first = await collect(small.chat(chat_request(
+        convo("Say hello."), ignore_eos=True,
+        sampling=SamplingConfig(temperature=0, max_tokens=300))))
     reply = first[-1]
     assert isinstance(reply, Done) and reply.evictions >= 1
-    before = await on_engine_thread(small, _view)
-    second = await collect(small.chat(
+    before = await small.run_on_engine_thread(_view)
+    second = await collect(small.chat(chat_request(
         convo("Say hello.", reply.text, "And now goodbye."),
-        SamplingConfig(temperature=0, max_tokens=8)))
+        SamplingConfig(temperature=0, max_tokens=8))))
     done = second[-1]
     assert isinstance(done, Done), second
-    after = await on_engine_thread(small, _view)
+    after = await small.run_on_engine_thread(_view)
     prompt = next(e for e in second if isinstance(e, PromptEvaluated))
     # Logical tokens of this turn's prompt, minus those of the last turn: the new ones.
     new_tokens = len(after.rendered) - done.completion_tokens - len(before.rendered)
@@ -128,22 +121,24 @@ async def test_prefix_reuse_after_eviction_evaluates_only_new_tokens(
 async def test_a_prompt_longer_than_the_context_is_cut_with_a_note(
         small: LocalEngine) -> None:
     text = " ".join(f"item{i}" for i in range(400))
-    events = await collect(small.chat(convo(text), SamplingConfig(temperature=0, max_tokens=8)))
+    events = await collect(small.chat(chat_request(
+        convo(text), SamplingConfig(temperature=0, max_tokens=8))))
     notes = [e for e in events if isinstance(e, PromptTruncated)]
     assert len(notes) == 1 and notes[0].cut_tokens > 0
     assert "first" in notes[0].message and "256" in notes[0].message
     prompt = next(e for e in events if isinstance(e, PromptEvaluated))
     assert prompt.prompt_tokens <= 256 - 8
     assert isinstance(events[-1], Done)
-    assert_in_step(await on_engine_thread(small, _view))
+    assert_in_step(await small.run_on_engine_thread(_view))
 
 
 async def test_cancel_during_an_eviction_heavy_reply_leaves_the_cache_in_step(
         small: LocalEngine) -> None:
     seen = 0
     events: list[Event] = []
-    async for event in small.chat(convo("Write a long story."), ignore_eos=True,
-                                  sampling=SamplingConfig(temperature=0, max_tokens=5000)):
+    async for event in small.chat(chat_request(
+            convo("Write a long story."), ignore_eos=True,
+            sampling=SamplingConfig(temperature=0, max_tokens=5000))):
         events.append(event)
         if isinstance(event, Eviction):
             seen += 1
@@ -151,13 +146,14 @@ async def test_cancel_during_an_eviction_heavy_reply_leaves_the_cache_in_step(
                 small.cancel()
     done = events[-1]
     assert isinstance(done, Done) and done.finish_reason == "cancelled"
-    view = await on_engine_thread(small, _view)
+    view = await small.run_on_engine_thread(_view)
     assert_in_step(view)
     # The conversation goes on from where it was cancelled.
-    again = await collect(small.chat(convo("Write a long story.", done.text, "Thanks."),
-                                     SamplingConfig(temperature=0, max_tokens=4)))
+    again = await collect(small.chat(chat_request(
+        convo("Write a long story.", done.text, "Thanks."),
+        SamplingConfig(temperature=0, max_tokens=4))))
     assert isinstance(again[-1], Done)
-    assert_in_step(await on_engine_thread(small, _view))
+    assert_in_step(await small.run_on_engine_thread(_view))
 
 
 async def test_without_filling_the_context_the_manager_changes_nothing() -> None:
@@ -166,11 +162,11 @@ async def test_without_filling_the_context_the_manager_changes_nothing() -> None
         await eng.start()
         try:
             greedy = SamplingConfig(temperature=0, max_tokens=40)
-            first = await collect(eng.chat(convo("Name three colours."), greedy))
+            first = await collect(eng.chat(chat_request(convo("Name three colours."), greedy)))
             a = first[-1]
             assert isinstance(a, Done)
-            second = await collect(eng.chat(convo("Name three colours.", a.text,
-                                                  "And three animals?"), greedy))
+            second = await collect(eng.chat(chat_request(convo("Name three colours.", a.text,
+                                                               "And three animals?"), greedy)))
             assert not any(isinstance(e, Eviction) for e in first + second)
             return [[t for e in events if e.type == "token" for t in e.token_ids]
                     for events in (first, second)]
@@ -186,8 +182,8 @@ async def test_long_history_is_windowed_at_a_turn_boundary_without_a_cut_note(
     for i in range(12):
         texts += [f"Tell me fact number {i} about the sea.",
                   f"Fact {i}: " + "the sea is deep, wide and cold. " * 6]
-    events = await collect(small.chat(convo(*texts, "And the last fact?"),
-                                      SamplingConfig(temperature=0, max_tokens=8)))
+    events = await collect(small.chat(chat_request(convo(*texts, "And the last fact?"),
+                                                   SamplingConfig(temperature=0, max_tokens=8))))
     assert isinstance(events[-1], Done), events[-1]
     # Old turns went, the new message is whole: no note for the user.
     assert not any(isinstance(e, PromptTruncated) for e in events)
@@ -196,6 +192,6 @@ async def test_long_history_is_windowed_at_a_turn_boundary_without_a_cut_note(
     ev = evictions[0]
     assert ev.reason == "prompt" and ev.at_turn_boundary
     assert ev.used_before == 0 and ev.shifted_tokens == 0  # nothing was cached yet
-    view = await on_engine_thread(small, _view)
+    view = await small.run_on_engine_thread(_view)
     assert view.n_keep > 4
     assert_in_step(view)

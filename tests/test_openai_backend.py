@@ -24,7 +24,7 @@ from engine.routing.service import RouteService
 from engine.session import ChatSession
 from engine.store import Store
 from engine.structured.spec import OutputSpec
-from tests.conftest import run_kvchat
+from tests.conftest import chat_request, run_kvchat
 from tests.openai_servers import LlamaCppServer, ScriptedServer, free_port
 
 API_KEY = "kvchat-test-key-1f7c"
@@ -120,7 +120,7 @@ async def test_streaming_reply_through_the_session(remote: OpenAIEngine,
 async def test_cancel_closes_the_stream(remote: OpenAIEngine, server: LlamaCppServer) -> None:
     disconnects_before = server.log_text().count("Disconnected from client")
     events: list[Event] = []
-    async for event in remote.chat(user("Count from one to one hundred."), LONG):
+    async for event in remote.chat(chat_request(user("Count from one to one hundred."), LONG)):
         events.append(event)
         if sum(isinstance(e, TokenChunk) for e in events) == 3:
             remote.cancel()
@@ -133,17 +133,17 @@ async def test_cancel_closes_the_stream(remote: OpenAIEngine, server: LlamaCppSe
     while server.log_text().count("Disconnected from client") == disconnects_before:
         assert time.monotonic() < deadline, "the server never saw the stream close"
         await asyncio.sleep(0.2)
-    follow = await collect(remote.chat(user("Say hi."), GREEDY))
+    follow = await collect(remote.chat(chat_request(user("Say hi."), GREEDY)))
     assert isinstance(follow[-1], Done) and follow[-1].finish_reason == "length"
 
 
 async def test_leaving_the_iterator_cancels(remote: OpenAIEngine) -> None:
     seen = 0
-    async for event in remote.chat(user("Count from one to one hundred."), LONG):
+    async for event in remote.chat(chat_request(user("Count from one to one hundred."), LONG)):
         seen += isinstance(event, TokenChunk)
         if seen == 2:
             break
-    follow = await collect(remote.chat(user("Say hi."), GREEDY))
+    follow = await collect(remote.chat(chat_request(user("Say hi."), GREEDY)))
     assert isinstance(follow[-1], Done)
 
 
@@ -242,9 +242,9 @@ async def test_routing_end_to_end(remote: OpenAIEngine, store: Store) -> None:
 
 async def test_json_schema_constraint_gives_valid_json(remote: OpenAIEngine) -> None:
     spec = OutputSpec(format="json", schema=PERSON)
-    events = await collect(remote.chat(user("Describe a person."),
-                                       SamplingConfig(temperature=0.0, max_tokens=80),
-                                       constraint=spec))
+    events = await collect(remote.chat(chat_request(user("Describe a person."),
+                                                    SamplingConfig(temperature=0.0, max_tokens=80),
+                                                    constraint=spec)))
     done = events[-1]
     assert isinstance(done, Done), done
     jsonschema.validate(json.loads(done.text), PERSON)
@@ -252,9 +252,9 @@ async def test_json_schema_constraint_gives_valid_json(remote: OpenAIEngine) -> 
 
 async def test_code_constraint_uses_the_grammar_field(remote: OpenAIEngine) -> None:
     spec = OutputSpec(format="code", language="python")
-    events = await collect(remote.chat(user("Add two numbers in Python."),
-                                       SamplingConfig(temperature=0.0, max_tokens=40),
-                                       constraint=spec))
+    events = await collect(remote.chat(chat_request(user("Add two numbers in Python."),
+                                                    SamplingConfig(temperature=0.0, max_tokens=40),
+                                                    constraint=spec)))
     done = events[-1]
     assert isinstance(done, Done), done
     assert done.text.startswith("```python\n")
@@ -264,8 +264,8 @@ async def test_constraint_a_server_cannot_enforce_is_refused_before_sending() ->
     with ScriptedServer(stall_s=0.0) as plain:
         eng = OpenAIEngine(endpoint(plain.base_url))
         await eng.start()
-        events = await collect(eng.chat(user("Code please."), GREEDY,
-                                        constraint=OutputSpec(format="code")))
+        events = await collect(eng.chat(chat_request(user("Code please."), GREEDY,
+                                                     constraint=OutputSpec(format="code"))))
         await eng.close()
         assert plain.chat_requests == 0
     assert len(events) == 1 and isinstance(events[0], Error)

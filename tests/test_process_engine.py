@@ -14,13 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from engine.api import ChatMessage
+from engine.api import ChatMessage, ChatRequest
 from engine.backends.local import LocalEngine
 from engine.backends.process.engine import ProcessEngine
 from engine.backends.process.wire import REPLY_ADAPTER, REQUEST_ADAPTER, Chat, StreamEvent, encode
 from engine.config import ModelConfig, SamplingConfig, SpeculativeConfig
 from engine.errors import EngineClosed, ModelFileError
 from engine.events import Done, Error, Event, MemorySnapshot, ModelLoaded, TokenChunk
+from tests.conftest import chat_request
 
 GREEDY = SamplingConfig(temperature=0.0, max_tokens=48, seed=0)
 PROMPT = [ChatMessage(role="user", content="Write a short poem about the sea.")]
@@ -47,7 +48,8 @@ async def wait_for_vocab(eng: ProcessEngine) -> None:
 
 
 def test_requests_and_replies_survive_the_wire() -> None:
-    chat = Chat(id=7, messages=PROMPT, sampling=GREEDY, reserve=64)
+    chat = Chat(id=7, request=ChatRequest(messages=PROMPT, sampling=GREEDY, reserve=64),
+                relay_gap_s=0.04)
     assert REQUEST_ADAPTER.validate_json(encode(chat)) == chat
     event = StreamEvent(id=7, event=TokenChunk(text="é\n", token_ids=[1, 2]))
     back = REPLY_ADAPTER.validate_json(encode(event))
@@ -59,7 +61,7 @@ async def test_the_child_replies_exactly_as_the_engine_in_process(
     info = child.info
     assert isinstance(info, ModelLoaded) and child.pid is not None and child.pid != os.getpid()
     assert [s.stage for s in child.memory][:1] == ["planned"]
-    events = await collect(child.chat(PROMPT))
+    events = await collect(child.chat(chat_request(PROMPT)))
     done = events[-1]
     assert isinstance(done, Done) and done.completion_tokens == 48
     assert "".join(e.text for e in events if isinstance(e, TokenChunk)) == done.text
@@ -68,7 +70,7 @@ async def test_the_child_replies_exactly_as_the_engine_in_process(
     local = LocalEngine(ModelConfig(n_ctx=1024), GREEDY)
     await local.start()
     try:
-        here = (await collect(local.chat(PROMPT)))[-1]
+        here = (await collect(local.chat(chat_request(PROMPT))))[-1]
         assert isinstance(here, Done)
         assert here.text == done.text  # greedy, same load: the same tokens
     finally:
@@ -77,14 +79,15 @@ async def test_the_child_replies_exactly_as_the_engine_in_process(
 
 async def test_a_client_that_paints_less_often_gets_fewer_batches(
         child: ProcessEngine) -> None:
-    """``relay_gap_s`` travels with the request: the child then sends the reply's
-    events in batches at most that often, and no token is lost."""
-    child.relay_gap_s = 0.3
+    """The pace a client asks for (``pace_events``) travels with each request: the
+    child then sends the reply's events in batches at most that often, and no token is
+    lost."""
+    child.pace_events(0.3)
     loop = asyncio.get_running_loop()
     arrivals: list[float] = []  # when each event arrived, from the first token on
     text = ""
     tokens = 0
-    async for event in child.chat(PROMPT):
+    async for event in child.chat(chat_request(PROMPT)):
         if isinstance(event, TokenChunk) or arrivals:
             arrivals.append(loop.time())
         if isinstance(event, TokenChunk):
@@ -123,7 +126,7 @@ async def test_token_counts_and_classification_cross_over(child: ProcessEngine) 
 async def test_cancel_stops_the_reply_in_the_child(child: ProcessEngine) -> None:
     long = SamplingConfig(temperature=0.0, max_tokens=3000)
     events: list[Event] = []
-    async for event in child.chat(PROMPT, long, ignore_eos=True):
+    async for event in child.chat(chat_request(PROMPT, long, ignore_eos=True)):
         events.append(event)
         if sum(isinstance(e, TokenChunk) for e in events) == 3:
             child.cancel()
@@ -131,12 +134,12 @@ async def test_cancel_stops_the_reply_in_the_child(child: ProcessEngine) -> None
     assert isinstance(done, Done) and done.finish_reason == "cancelled"
     assert done.completion_tokens < 3000
     # Leaving a stream early cancels it too, and the next reply is served normally.
-    stream = child.chat(PROMPT, long, ignore_eos=True)
+    stream = child.chat(chat_request(PROMPT, long, ignore_eos=True))
     async for event in stream:
         if isinstance(event, TokenChunk):
             break
     await stream.aclose()  # type: ignore[attr-defined]
-    after = (await collect(child.chat(PROMPT)))[-1]
+    after = (await collect(child.chat(chat_request(PROMPT))))[-1]
     assert isinstance(after, Done) and after.completion_tokens == 48
 
 
@@ -145,8 +148,8 @@ async def test_a_killed_child_ends_the_reply_and_the_next_one_starts_it_again(
     first_pid = child.pid
     assert first_pid is not None
     events: list[Event] = []
-    async for event in child.chat(PROMPT, SamplingConfig(temperature=0.0, max_tokens=3000),
-                                  ignore_eos=True):
+    async for event in child.chat(chat_request(
+            PROMPT, SamplingConfig(temperature=0.0, max_tokens=3000), ignore_eos=True)):
         events.append(event)
         if isinstance(event, TokenChunk) and len(events) < 50:
             os.kill(first_pid, signal.SIGKILL)
@@ -156,7 +159,7 @@ async def test_a_killed_child_ends_the_reply_and_the_next_one_starts_it_again(
     assert child.pid is None
     # What a classification needs is gone with it: the router's decision stands.
     assert await child.classify("hi", ["chat", "code"], {}) is None
-    events = await collect(child.chat(PROMPT))
+    events = await collect(child.chat(chat_request(PROMPT)))
     again = events[-1]
     assert isinstance(again, Done) and again.completion_tokens == 48
     assert child.starts == 2 and child.pid not in (None, first_pid)
@@ -165,7 +168,7 @@ async def test_a_killed_child_ends_the_reply_and_the_next_one_starts_it_again(
     assert [e.stage for e in events[1:3] if isinstance(e, MemorySnapshot)] == \
         ["planned", "loaded"]
     # Later replies carry no load.
-    assert not isinstance((await collect(child.chat(PROMPT)))[0], ModelLoaded)
+    assert not isinstance((await collect(child.chat(chat_request(PROMPT))))[0], ModelLoaded)
 
 
 async def test_a_bad_file_is_refused_in_the_child_with_the_same_error(
@@ -190,7 +193,7 @@ async def test_closing_stops_the_child_and_refuses_new_replies() -> None:
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)  # reaped, not a zombie
     with pytest.raises(EngineClosed):
-        eng.chat(PROMPT)
+        eng.chat(chat_request(PROMPT))
     with pytest.raises(EngineClosed):
         await eng.start()
 
@@ -225,7 +228,7 @@ def test_a_restarted_engine_process_keeps_the_priority_of_the_first() -> None:
             if eng.pid is None:
                 break
             await asyncio.sleep(0.05)
-        events = await collect(eng.chat(PROMPT))
+        events = await collect(eng.chat(chat_request(PROMPT)))
         assert isinstance(events[-1], Done) and eng.starts == 2 and eng.pid is not None
         seen["again"] = os.getpriority(os.PRIO_PROCESS, eng.pid)
         await eng.close()

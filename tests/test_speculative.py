@@ -22,7 +22,8 @@ from engine.errors import ConfigError, ModelLoadError
 from engine.events import Done, Event, Eviction, SpecStats
 from engine.model.memory.shapes import parse_shape
 from engine.model.memory.synth import write_synthetic
-from tests.test_kv_eviction import _view, assert_in_step, on_engine_thread
+from tests.conftest import chat_request
+from tests.test_kv_eviction import _view, assert_in_step
 
 ROOT = Path(__file__).resolve().parent.parent
 REPEAT = ("Repeat this text exactly, twice:\n\nThe keeper climbed the stairs of the "
@@ -176,8 +177,8 @@ async def greedy_tokens(mode: str, prompt: str, n: int, n_ctx: int = 1024,
                       KVCacheConfig(),
                       SpeculativeConfig(mode=mode, adaptive=adaptive))  # type: ignore[arg-type]
     await eng.start()
-    events = await collect(eng.chat([ChatMessage(role="user", content=prompt)],
-                                    ignore_eos=True))
+    events = await collect(eng.chat(chat_request([ChatMessage(role="user", content=prompt)],
+                                                 ignore_eos=True)))
     tokens = [t for e in events if e.type == "token" for t in e.token_ids]
     return tokens, events, eng
 
@@ -193,7 +194,7 @@ async def test_rejected_drafts_leave_the_cache_and_stats_add_up() -> None:
         assert stats[-1].accepted == done.accepted_tokens
         assert stats[-1].acceptance == pytest.approx(done.accepted_tokens / done.drafted_tokens)
         # Positions past the engine's tokens would be rejected drafts left behind.
-        assert_in_step(await on_engine_thread(eng, _view))
+        assert_in_step(await eng.run_on_engine_thread(_view))
     finally:
         await eng.close()
 
@@ -205,7 +206,7 @@ async def test_speculation_across_evictions_stays_in_step() -> None:
         done = events[-1]
         assert isinstance(done, Done) and done.completion_tokens == 400
         assert done.drafted_tokens > 0
-        assert_in_step(await on_engine_thread(eng, _view))
+        assert_in_step(await eng.run_on_engine_thread(_view))
     finally:
         await eng.close()
 
@@ -216,14 +217,14 @@ async def test_cancel_during_verification_rounds_leaves_the_cache_in_step() -> N
     await eng.start()
     try:
         events: list[Event] = []
-        async for event in eng.chat([ChatMessage(role="user", content=REPEAT)],
-                                    ignore_eos=True):
+        async for event in eng.chat(chat_request([ChatMessage(role="user", content=REPEAT)],
+                                                 ignore_eos=True)):
             events.append(event)
             if isinstance(event, SpecStats) and event.rounds >= 8:
                 eng.cancel()
         done = events[-1]
         assert isinstance(done, Done) and done.finish_reason == "cancelled"
-        assert_in_step(await on_engine_thread(eng, _view))
+        assert_in_step(await eng.run_on_engine_thread(_view))
     finally:
         await eng.close()
 
@@ -253,15 +254,15 @@ async def test_a_draft_as_slow_as_the_model_is_switched_off(model_path: Path) ->
                       KVCacheConfig(), SpeculativeConfig(mode="draft", draft_model=model_path))
     await eng.start()
     try:
-        events = await collect(eng.chat([ChatMessage(role="user", content=REPEAT)],
-                                        ignore_eos=True))
+        events = await collect(eng.chat(chat_request([ChatMessage(role="user", content=REPEAT)],
+                                                     ignore_eos=True)))
         done = events[-1]
         assert isinstance(done, Done) and done.completion_tokens == 64
         assert done.drafted_tokens > 0 and done.accepted_tokens > 0
         off = [e for e in events if isinstance(e, SpecStats) and not e.active]
         assert off and off[0].drafter == "draft-model" and "costing time" in off[0].reason
         assert off[0].speedup < 1.0
-        assert_in_step(await on_engine_thread(eng, _view))
+        assert_in_step(await eng.run_on_engine_thread(_view))
     finally:
         await eng.close()
 
@@ -313,8 +314,8 @@ async def test_auto_stands_aside_for_greedy_unless_invariant_and_drafts_when_sam
                       KVCacheConfig(), SpeculativeConfig())  # the default: auto
     await eng.start()
     try:
-        events = await collect(eng.chat([ChatMessage(role="user", content=REPEAT)],
-                                        ignore_eos=True))
+        events = await collect(eng.chat(chat_request([ChatMessage(role="user", content=REPEAT)],
+                                                     ignore_eos=True)))
     finally:
         await eng.close()
     done = events[-1]
@@ -333,8 +334,8 @@ async def test_greedy_output_with_a_self_draft_is_the_plain_output(model_path: P
                           KVCacheConfig(), spec)
         await eng.start()
         try:
-            events = await collect(eng.chat([ChatMessage(role="user", content=STORY)],
-                                            ignore_eos=True))
+            events = await collect(eng.chat(chat_request([ChatMessage(role="user", content=STORY)],
+                                                         ignore_eos=True)))
         finally:
             await eng.close()
         outputs.append([t for e in events if e.type == "token" for t in e.token_ids])

@@ -33,7 +33,7 @@ from engine.session import ChatSession
 from engine.store import Store
 from engine.structured.checks import check_output
 from engine.structured.spec import OutputSpec
-from tests.conftest import run_kvchat
+from tests.conftest import chat_request, run_kvchat
 
 BOOK = {"type": "object",
         "properties": {"title": {"type": "string", "maxLength": 60},
@@ -57,9 +57,9 @@ async def collect(stream) -> list[Event]:  # type: ignore[no-untyped-def]
 async def test_grammar_constrained_reply_passes_its_check(engine: LocalEngine,
                                                           spec: OutputSpec) -> None:
     sampling = SamplingConfig(temperature=0.0, max_tokens=96)
-    events = await collect(engine.chat(
+    events = await collect(engine.chat(chat_request(
         [ChatMessage(role="user", content="Name a famous novel and its year.")], sampling,
-        constraint=spec))
+        constraint=spec)))
     done = events[-1]
     assert isinstance(done, Done), done
     if spec.format == "json":  # a list may run to max_tokens, still a list
@@ -70,9 +70,9 @@ async def test_grammar_constrained_reply_passes_its_check(engine: LocalEngine,
 
 async def test_unconstrained_reply_to_the_same_prompt_is_not_json(engine: LocalEngine) -> None:
     # The base model left alone does not answer in JSON: the grammar is what does it.
-    events = await collect(engine.chat(
+    events = await collect(engine.chat(chat_request(
         [ChatMessage(role="user", content="Name a famous novel and its year.")],
-        SamplingConfig(temperature=0.0, max_tokens=48)))
+        SamplingConfig(temperature=0.0, max_tokens=48))))
     done = events[-1]
     assert isinstance(done, Done)
     assert not check_output(done.text, OutputSpec(format="json", schema=BOOK)).ok
@@ -84,10 +84,10 @@ async def test_schema_grammar_holds_across_evictions_with_speculation_on() -> No
     await engine.start()
     try:
         spec = OutputSpec(format="json", schema=STEPS)
-        events = await collect(engine.chat(
+        events = await collect(engine.chat(chat_request(
             [ChatMessage(role="user", content="List twelve steps to bake bread. " * 6)],
             # Room for twelve 40-character steps even in one-character tokens.
-            SamplingConfig(temperature=0.0, max_tokens=800), reserve=0, constraint=spec))
+            SamplingConfig(temperature=0.0, max_tokens=800), reserve=0, constraint=spec)))
     finally:
         await engine.close()
     done = events[-1]

@@ -15,6 +15,7 @@ from engine.events import Done
 from engine.model.gguf_header import read_gguf_header
 from engine.model.memory.shapes import parse_shape, shape_header
 from engine.model.memory.synth import write_synthetic
+from tests.conftest import chat_request
 
 
 def _tensors(header) -> dict:
@@ -27,8 +28,8 @@ async def _generate(path: Path, n: int) -> Done:
     try:
         await engine.start()
         done = None
-        async for event in engine.chat([ChatMessage(role="user", content="hello there")],
-                                       ignore_eos=True):
+        async for event in engine.chat(chat_request(
+                [ChatMessage(role="user", content="hello there")], ignore_eos=True)):
             if isinstance(event, Done):
                 done = event
         assert done is not None

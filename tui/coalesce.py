@@ -17,12 +17,22 @@ A frame waits, gathering, while the screen has not shown the one before it (``re
 says whether it has): where the screen thread gets less CPU than the frames ask for,
 frames would otherwise queue up in front of the key presses, each one late. The wait
 is bounded by :data:`STALL_S`.
+
+How often a reply's events move is decided here, once, by :func:`pacing`: the app
+tells the engine its part (``ChatEngine.pace_events``: an engine in another process
+then hands events over at most every ``relay_gap_s``, tokens merged, since each
+hand-over wakes both processes), and gives the coalescer the frame and gauge intervals.
+The engine's gap only thins the hand-overs; the coalescer is still what turns them into
+frames, the one step every backend needs: an engine on a thread or a server hands
+events over as they come, and the gap is at most a frame, so it never holds a frame
+back.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from engine.events import Event, KVUsage, MemorySnapshot, Progress, SpecStats, TokenChunk
 
@@ -38,8 +48,36 @@ screen shares every core with decoding: four a second still reads as live."""
 SOURCE_GAUGE_S = 1.0
 """Pane updates then: once a second."""
 
+RELAY_GAP_S = 0.04
+"""How often, at most, an engine in another process hands a reply's events over while
+frames come every :data:`FRAME_S`. Each hand-over wakes both processes: one per
+speculative round or token otherwise (430 token events for a 512-token reply of the
+bundled model on two cores, 89 with the gap). 40 ms is well inside a frame, and the
+first event of a reply is never held."""
+
 STALL_S = 1.0
 """A frame not acknowledged by the screen within this long no longer holds the next."""
+
+
+@dataclass(frozen=True)
+class Pacing:
+    """How often a reply's events move on their way to the screen."""
+
+    frame_s: float
+    """Text frames at most this often (the coalescer)."""
+    gauge_s: float
+    """Pane updates at most this often (the coalescer)."""
+    relay_gap_s: float
+    """The engine's hand-overs at most this often (``ChatEngine.pace_events``)."""
+
+
+def pacing(source_view: bool) -> Pacing:
+    """The pace for the app's view of a streaming reply: in source view the engine
+    process batches at the frame interval itself, since four frames a second is all
+    the screen takes."""
+    if source_view:
+        return Pacing(SOURCE_FRAME_S, SOURCE_GAUGE_S, relay_gap_s=SOURCE_FRAME_S)
+    return Pacing(FRAME_S, GAUGE_S, relay_gap_s=RELAY_GAP_S)
 
 GAUGES = (KVUsage, Progress, SpecStats, MemorySnapshot)
 

@@ -23,9 +23,10 @@ TERMINAL = (Done, Error)
 class EventChannel:
     """``min_gap_s``: after handing over what was queued, wait this long before the next
     hand-over, so that what arrives meanwhile goes out together (the engine process
-    relays a reply this way: see :data:`engine.backends.process.child.RELAY_GAP_S`). Not until
-    the first token has gone out: what comes before it (routing, the prompt's
-    evaluation) must not hold the reply's first words back."""
+    relays a reply this way, at the gap its client asked for:
+    :meth:`engine.api.ChatEngine.pace_events`). Not until the first token has gone
+    out: what comes before it (routing, the prompt's evaluation) must not hold the
+    reply's first words back."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, min_gap_s: float = 0.0) -> None:
         self._loop = loop

@@ -14,9 +14,9 @@ import queue
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
-from engine.api import ChatEngine, ChatMessage, ChatRequest, ModelAnswer, check_request
+from engine.api import ChatEngine, ChatRequest, ModelAnswer, check_open
 from engine.backends.channel import EventChannel
 from engine.config import KVCacheConfig, ModelConfig, SamplingConfig, SpeculativeConfig
 from engine.decode.generator import Generator
@@ -26,9 +26,10 @@ from engine.events import Error, Event, MemorySnapshot, ModelLoaded
 from engine.model.batch_invariance import wants_invariance
 from engine.model.loader import LoadedModel, has_gpu, load_model
 from engine.routing.model_fallback import RouteClassifier
-from engine.structured.spec import OutputSpec
 
 log = logging.getLogger("kvchat.engine")
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -92,12 +93,8 @@ class LocalEngine(ChatEngine):
 
     # -- replies ------------------------------------------------------------------
 
-    def chat(self, messages: Sequence[ChatMessage], sampling: SamplingConfig | None = None,
-             *, ignore_eos: bool = False, reserve: int | None = None,
-             constraint: OutputSpec | None = None) -> AsyncIterator[Event]:
-        request = ChatRequest(messages=check_request(messages, self._closed),
-                              sampling=sampling or self._default_sampling,
-                              ignore_eos=ignore_eos, reserve=reserve, constraint=constraint)
+    def chat(self, request: ChatRequest) -> AsyncIterator[Event]:
+        check_open(self._closed)
         return self.stream(request, threading.Event())
 
     def count_tokens(self, text: str) -> int | None:
@@ -122,10 +119,12 @@ class LocalEngine(ChatEngine):
 
     async def stream(self, request: ChatRequest, cancel: threading.Event,
                      min_gap_s: float = 0.0) -> AsyncIterator[Event]:
-        """``chat`` for a checked request, stopped by setting ``cancel`` (from any
-        thread, before or while it runs): the engine process cancels one reply by its
-        id this way, where :meth:`cancel` stops whichever reply is running. Events
-        come at most every ``min_gap_s``, tokens merged (:class:`EventChannel`)."""
+        """``chat``, stopped by setting ``cancel`` (from any thread, before or while it
+        runs): the engine process cancels one reply by its id this way, where
+        :meth:`cancel` stops whichever reply is running. Events come at most every
+        ``min_gap_s``, tokens merged (:class:`EventChannel`). A request without
+        sampling gets this engine's default here."""
+        request = request.with_default_sampling(self._default_sampling)
         channel = EventChannel(asyncio.get_running_loop(), min_gap_s)
         job = self._submit(lambda: self._reply(request, channel, cancel), cancel)
         finished = False
@@ -151,6 +150,19 @@ class LocalEngine(ChatEngine):
             channel.put(Error(code="internal", message=f"{type(exc).__name__}: {exc}"))
 
     # -- the engine thread ----------------------------------------------------------
+
+    async def run_on_engine_thread(self, fn: Callable[[Generator], T]) -> T:
+        """Run ``fn`` on the engine thread, between replies, with the loaded model's
+        generator, and return what it returns: the door for tests and benchmarks that
+        read or time the llama context directly (it is not thread-safe, so nothing
+        else may touch it). Raises EngineClosed once closed, and KvchatError before
+        the model is loaded."""
+        def run() -> T:
+            if self._gen is None:
+                raise KvchatError("the model is not loaded")
+            return fn(self._gen)
+
+        return await asyncio.wrap_future(self._submit(run).future)
 
     def _submit(self, run: Callable[[], Any], cancel: threading.Event | None = None) -> _Job:
         if self._closed:

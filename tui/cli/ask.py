@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import TextIO
 
 from engine.api import check_prompt
-from engine.backends.local import LocalEngine
 from engine.errors import KvchatError, PromptError
 from engine.events import (
     Done,
@@ -77,8 +76,7 @@ async def _ask(args: argparse.Namespace, prompt: str, jsonl: bool) -> int:
             info = await engine.start()
             if jsonl:
                 _write_line(info.model_dump_json())
-            memory = engine.memory if isinstance(engine, LocalEngine) else []
-            for snapshot in memory:  # planned, then measured after load
+            for snapshot in engine.memory:  # planned, then measured after load
                 if jsonl:
                     _write_line(snapshot.model_dump_json())
                 elif snapshot.stage == "planned":

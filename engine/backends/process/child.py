@@ -16,7 +16,6 @@ import signal
 import sys
 import threading
 
-from engine.api import ChatRequest, check_request
 from engine.backends.local import LocalEngine
 from engine.backends.process.wire import (
     REQUEST_ADAPTER,
@@ -36,19 +35,10 @@ from engine.backends.process.wire import (
 )
 from engine.errors import KvchatError
 
-RELAY_GAP_S = 0.04
-"""A reply's events go to the app in bursts at most this often, tokens merged.
-
-The app paints at most ten frames a second, but each event sent wakes both processes:
-one per speculative round or token otherwise (430 token events for a 512-token reply
-of the bundled model on two cores, 89 with the gap). 40 ms is well inside a frame, and
-the first event of a reply is never held."""
-
 
 class EngineServer:
     def __init__(self, writer: asyncio.StreamWriter) -> None:
         self._writer = writer
-        self._start: Start | None = None
         self._engine: LocalEngine | None = None
         self._cancels: dict[int, threading.Event] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -85,7 +75,6 @@ class EngineServer:
         await self._writer.drain()
 
     async def _load(self, start: Start) -> None:
-        self._start = start
         self._engine = LocalEngine(start.model, start.sampling, start.kv, start.speculative)
         try:
             info = await self._engine.start()
@@ -100,14 +89,11 @@ class EngineServer:
     async def _reply(self, chat: Chat) -> None:
         cancel = self._cancels[chat.id]
         try:
-            if self._engine is None or self._start is None:
+            if self._engine is None:
                 raise KvchatError("the engine process got a reply before its model")
-            request = ChatRequest(messages=check_request(chat.messages, closed=False),
-                                  sampling=chat.sampling or self._start.sampling,
-                                  ignore_eos=chat.ignore_eos, reserve=chat.reserve,
-                                  constraint=chat.constraint)
-            gap = RELAY_GAP_S if chat.relay_gap_s is None else chat.relay_gap_s
-            async for event in self._engine.stream(request, cancel, gap):
+            # Its messages were checked where the app made them, and decoding the line
+            # made them again: nothing more to check here.
+            async for event in self._engine.stream(chat.request, cancel, chat.relay_gap_s):
                 await self._send(StreamEvent(id=chat.id, event=event))
         except KvchatError as exc:
             await self._send(failure(exc, chat.id))

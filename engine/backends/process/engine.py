@@ -28,7 +28,7 @@ from typing import IO
 
 from pydantic import BaseModel
 
-from engine.api import ChatEngine, ChatMessage, ModelAnswer, check_request
+from engine.api import ChatEngine, ChatRequest, ModelAnswer, check_open
 from engine.backends.channel import TERMINAL, EventChannel
 from engine.backends.process.launcher import EngineChild, Launcher
 from engine.backends.process.wire import (
@@ -50,7 +50,6 @@ from engine.config import KVCacheConfig, ModelConfig, SamplingConfig, Speculativ
 from engine.errors import EngineClosed, EngineDied, KvchatError
 from engine.events import Error, Event, MemorySnapshot, ModelLoaded
 from engine.model.vocab import VocabTokenizer
-from engine.structured.spec import OutputSpec
 
 log = logging.getLogger("kvchat.engine")
 
@@ -71,10 +70,9 @@ class ProcessEngine(ChatEngine):
         self._reader: asyncio.Task[None] | None = None
         self._loaded: asyncio.Future[Loaded] | None = None
         self._replies: dict[int, EventChannel] = {}
-        self.relay_gap_s: float | None = None
-        """How often, at most, the engine process sends a reply's events (None: its
-        default, well inside a frame). A client that paints fewer frames sets its
-        frame interval: each batch sent wakes both processes."""
+        self._relay_gap_s = 0.0
+        """How often, at most, the engine process sends a reply's events
+        (:meth:`pace_events`); it travels with each request."""
         self._answers: dict[int, asyncio.Future[Answer | None]] = {}
         self._ids = itertools.count(1)
         self._info: ModelLoaded | None = None
@@ -189,13 +187,16 @@ class ProcessEngine(ChatEngine):
 
     # -- requests -------------------------------------------------------------------
 
-    def chat(self, messages: Sequence[ChatMessage], sampling: SamplingConfig | None = None,
-             *, ignore_eos: bool = False, reserve: int | None = None,
-             constraint: OutputSpec | None = None) -> AsyncIterator[Event]:
-        request = Chat(id=next(self._ids), messages=check_request(messages, self._closed),
-                       sampling=sampling, ignore_eos=ignore_eos, reserve=reserve,
-                       constraint=constraint, relay_gap_s=self.relay_gap_s)
-        return self._stream(request)
+    def chat(self, request: ChatRequest) -> AsyncIterator[Event]:
+        check_open(self._closed)
+        # Sampling left unset is resolved by the child's engine, from ``Start``.
+        return self._stream(Chat(id=next(self._ids), request=request,
+                                 relay_gap_s=self._relay_gap_s))
+
+    def pace_events(self, gap_s: float) -> None:
+        """Each batch the child sends wakes both processes: the child's channel holds
+        a reply's events back for ``gap_s`` between batches (:class:`EventChannel`)."""
+        self._relay_gap_s = gap_s
 
     async def _stream(self, request: Chat) -> AsyncIterator[Event]:
         starts = self.starts

@@ -13,10 +13,9 @@ from typing import IO, Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from engine import errors
-from engine.api import ChatMessage
+from engine.api import ChatRequest
 from engine.config import KVCacheConfig, ModelConfig, SamplingConfig, SpeculativeConfig
 from engine.events import Event, MemorySnapshot, ModelLoaded
-from engine.structured.spec import OutputSpec
 
 LINE_LIMIT = 1 << 28
 """Longest line either side reads (a whole conversation's messages travel in one)."""
@@ -51,13 +50,11 @@ class Start(_Wire):
 class Chat(_Wire):
     op: Literal["chat"] = "chat"
     id: int
-    messages: list[ChatMessage]
-    sampling: SamplingConfig | None = None
-    ignore_eos: bool = False
-    reserve: int | None = None
-    constraint: OutputSpec | None = None
-    relay_gap_s: float | None = None
-    """Send the reply's events at most this often (None: the child's default)."""
+    request: ChatRequest
+    """As the app's engine was asked; sampling None means the child's default (``Start``)."""
+    relay_gap_s: float = 0.0
+    """Send the reply's events at most this often once its first token is out
+    (``ChatEngine.pace_events``); 0: as they come."""
 
 
 class Cancel(_Wire):

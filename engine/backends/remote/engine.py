@@ -24,7 +24,7 @@ import httpx
 from httpx_sse import SSEError, aconnect_sse
 from pydantic import SecretStr, ValidationError
 
-from engine.api import ChatEngine, ChatMessage, check_request
+from engine.api import ChatEngine, ChatMessage, ChatRequest, check_open
 from engine.backends.remote.errors import (
     ServerError,
     ServerHTTPError,
@@ -56,7 +56,6 @@ from engine.events import (
     TokenChunk,
 )
 from engine.routing.token_count import TokenCounter
-from engine.structured.spec import OutputSpec
 
 PROGRESS_EVERY_S = 0.5
 # Statuses with which a server refuses a field it does not support (FastAPI answers
@@ -156,22 +155,18 @@ class OpenAIEngine(ChatEngine):
 
     # -- replies ------------------------------------------------------------------------
 
-    def chat(self, messages: Sequence[ChatMessage], sampling: SamplingConfig | None = None,
-             *, ignore_eos: bool = False, reserve: int | None = None,
-             constraint: OutputSpec | None = None) -> AsyncIterator[Event]:
+    def chat(self, request: ChatRequest) -> AsyncIterator[Event]:
+        check_open(self._closed)
         # ``reserve`` has no meaning here: the server owns its KV cache.
-        return self._stream(check_request(messages, self._closed),
-                            sampling or self._default_sampling,
-                            ignore_eos, constraint)
+        return self._stream(request.with_default_sampling(self._default_sampling))
 
-    async def _stream(self, messages: list[ChatMessage], sampling: SamplingConfig,
-                      ignore_eos: bool, constraint: OutputSpec | None,
-                      ) -> AsyncIterator[Event]:
+    async def _stream(self, request: ChatRequest) -> AsyncIterator[Event]:
         async with self._lock:
             server = self._server
             if server is None:
                 yield Error(code="not_loaded", message="the engine is not started")
                 return
+            constraint = request.constraint
             forms: list[ConstraintForm | None] = [None]
             if constraint is not None:
                 try:
@@ -187,8 +182,7 @@ class OpenAIEngine(ChatEngine):
             refusals: list[str] = []
             for form in forms:
                 rejected = False
-                async for event in self._attempt(server, messages, sampling, ignore_eos,
-                                                 form):
+                async for event in self._attempt(server, request, form):
                     if (isinstance(event, _Refused) and form is not None):
                         refusals.append(f"{form.name} refused ({event.reason})")
                         rejected = True
@@ -201,75 +195,75 @@ class OpenAIEngine(ChatEngine):
                 f"the server ({server.kind}) could not enforce {constraint.describe()}: "
                 + "; ".join(refusals)))
 
-    async def _attempt(self, server: ServerInfo, messages: list[ChatMessage],
-                       sampling: SamplingConfig, ignore_eos: bool,
+    async def _attempt(self, server: ServerInfo, request: ChatRequest,
                        form: ConstraintForm | None) -> AsyncIterator[Event | _Refused]:
-        body = chat_body(messages, sampling, server.model, server.kind,
-                         ignore_eos=ignore_eos, constraint=form)
+        """One request to the server under ``form``: the reply's events, or a
+        ``_Refused`` alone where the server turned the form down (the next may do)."""
+        assert request.sampling is not None
+        body = chat_body(request.messages, request.sampling, server.model, server.kind,
+                         ignore_eos=request.ignore_eos, constraint=form)
         url = f"{server.base_url}/chat/completions"
         queue: asyncio.Queue[_Item] = asyncio.Queue()
-        reply = StreamedReply(time.perf_counter(), self._estimate_prompt(messages))
+        reply = StreamedReply(time.perf_counter(), self._estimate_prompt(request.messages))
+        reader = self._start_reader(url, body, queue)
+        next_progress = reply.started + PROGRESS_EVERY_S
+        try:
+            while True:
+                item = await queue.get()
+                if not isinstance(item, Chunk) or item.error is not None:
+                    break
+                events = _take(item, reply)
+                for event in events:
+                    yield event
+                now = reply.last_at or 0.0
+                if events and now >= next_progress:
+                    next_progress = now + PROGRESS_EVERY_S
+                    yield Progress(completion_tokens=reply.chunks, tokens_per_s=reply.rate())
+            async for event in self._last(item, server, url, reply, form):
+                yield event
+        finally:
+            await self._stop_reader(reader)
+
+    async def _last(self, item: _Item, server: ServerInfo, url: str, reply: StreamedReply,
+                    form: ConstraintForm | None) -> AsyncIterator[Event | _Refused]:
+        """The attempt's last events, from the item that ended its stream."""
+        if isinstance(item, _Refused):
+            if form is not None and item.retryable:
+                yield item
+            else:
+                yield Error(code=item.error.code, message=item.error.message)
+        elif isinstance(item, BaseException):
+            yield self._failure(item, url, reply)
+        elif isinstance(item, _Cancelled):
+            reply.report = None  # a mid-stream report is not the whole reply's
+            yield reply.done("cancelled")
+        elif isinstance(item, _End):
+            if reply.finish is None and not item.saw_done:
+                yield self._failure(StreamCut(
+                    f"the stream from {url} ended before the reply did"), url, reply)
+            else:
+                async for event in self._finish(server, reply):
+                    yield event
+        else:  # a chunk that carries the server's error
+            detail = error_detail(item.model_dump_json(include={"error"}))
+            yield self._failure(ServerError(f"the server reported: {detail}"), url, reply)
+
+    def _start_reader(self, url: str, body: dict[str, object],
+                      queue: asyncio.Queue[_Item]) -> asyncio.Task[None]:
         reader = asyncio.create_task(self._read(url, body, queue))
         # A task cancelled before its first step never runs its own handlers.
         reader.add_done_callback(
             lambda task: queue.put_nowait(_Cancelled()) if task.cancelled() else None)
         self._reader = reader
-        next_progress = reply.started + PROGRESS_EVERY_S
-        try:
-            while True:
-                item = await queue.get()
-                if isinstance(item, _Refused):
-                    if form is not None and item.retryable:
-                        yield item
-                        return
-                    yield Error(code=item.error.code, message=item.error.message)
-                    return
-                if isinstance(item, BaseException):
-                    yield self._failure(item, url, reply)
-                    return
-                if isinstance(item, _Cancelled):
-                    reply.report = None  # a mid-stream report is not the whole reply's
-                    yield reply.done("cancelled")
-                    return
-                if isinstance(item, _End):
-                    if reply.finish is None and not item.saw_done:
-                        yield self._failure(StreamCut(
-                            f"the stream from {url} ended before the reply did"), url, reply)
-                        return
-                    async for event in self._finish(server, reply):
-                        yield event
-                    return
-                if item.error is not None:
-                    detail = error_detail(item.model_dump_json(include={"error"}))
-                    yield self._failure(ServerError(f"the server reported: {detail}"),
-                                        url, reply)
-                    return
-                if item.usage is not None or item.timings is not None:
-                    reply.report = item
-                reply.finish = item.finish_reason or reply.finish
-                text = item.text
-                if not text:
-                    continue
-                now = time.perf_counter()
-                if reply.first_at is None:
-                    tokens, method = reply.prompt_estimate
-                    yield PromptEvaluated(prompt_tokens=tokens, reused_tokens=None,
-                                          evaluated_tokens=None,
-                                          prefill_s=round(now - reply.started, 4),
-                                          token_count=method)
-                reply.add(text, now)
-                yield TokenChunk(text=text, token_ids=[])
-                if now >= next_progress:
-                    next_progress = now + PROGRESS_EVERY_S
-                    yield Progress(completion_tokens=reply.chunks,
-                                   tokens_per_s=reply.rate())
-        finally:
-            if not reader.done():
-                reader.cancel()  # the consumer left early: close the stream
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await reader
-            if self._reader is reader:
-                self._reader = None
+        return reader
+
+    async def _stop_reader(self, reader: asyncio.Task[None]) -> None:
+        if not reader.done():
+            reader.cancel()  # the consumer left early: close the stream
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await reader
+        if self._reader is reader:
+            self._reader = None
 
     async def _read(self, url: str, body: dict[str, object],
                     queue: asyncio.Queue[_Item]) -> None:
@@ -361,6 +355,27 @@ class _Refused:
 
 
 _Item = Chunk | _End | _Cancelled | _Refused | BaseException
+
+
+def _take(chunk: Chunk, reply: StreamedReply) -> list[Event]:
+    """A chunk's events: the prompt's before the reply's first text, then the text."""
+    if chunk.usage is not None or chunk.timings is not None:
+        reply.report = chunk
+    reply.finish = chunk.finish_reason or reply.finish
+    text = chunk.text
+    if not text:
+        return []
+    now = time.perf_counter()
+    events: list[Event] = []
+    if reply.first_at is None:
+        tokens, method = reply.prompt_estimate
+        events.append(PromptEvaluated(prompt_tokens=tokens, reused_tokens=None,
+                                      evaluated_tokens=None,
+                                      prefill_s=round(now - reply.started, 4),
+                                      token_count=method))
+    reply.add(text, now)
+    events.append(TokenChunk(text=text, token_ids=[]))
+    return events
 
 
 def _meta_int(meta: dict[str, object], key: str) -> int | None:
