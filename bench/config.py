@@ -7,9 +7,8 @@ attention), resolved once from the memory plan, so neither side gets a better sp
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.errors import ConfigError
@@ -80,13 +79,6 @@ class LoadSettings:
     planned_bytes: int | None = None
     """The memory plan's total (weights, KV cache, compute buffers)."""
     verdict: str = ""
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
-
-    @classmethod
-    def from_json(cls, text: str) -> LoadSettings:
-        return cls(**json.loads(text))
 
 
 @dataclass

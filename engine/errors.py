@@ -61,12 +61,6 @@ class StoreError(KvchatError):
     code = "store"
 
 
-class EngineBusy(KvchatError):
-    """A reply is already in flight; the engine runs one at a time."""
-
-    code = "busy"
-
-
 class EngineClosed(KvchatError):
     code = "closed"
 

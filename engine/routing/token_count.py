@@ -92,9 +92,6 @@ class TokenCounter:
         self._tiktoken: Callable[[str], int] | None = None
         self._tiktoken_tried = False
 
-    def with_exact(self, exact: Callable[[str], int] | None) -> TokenCounter:
-        return TokenCounter(exact, self._tiktoken_source)
-
     def count(self, text: str) -> TokenCount:
         if self._exact is not None:
             return TokenCount(self._exact(text), "exact")
