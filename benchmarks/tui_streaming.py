@@ -43,19 +43,19 @@ from pathlib import Path
 from textual import events
 from textual.widgets import TextArea
 
+from engine.backends.factory import make_engine
 from engine.backends.local import LocalEngine
 from engine.config import (
     KvchatConfig,
     ModelConfig,
     SamplingConfig,
     SpeculativeConfig,
-    UIConfig,
     usable_cores,
 )
 from engine.store import Store
 from tui.app import KvchatApp
 from tui.cli import main as kvchat_main
-from tui.cli.backend import make_engine
+from tui.config import UIConfig
 from tui.messages import ModelFailed, ModelReady, PromptSubmitted, ReplyFailed, ReplyFinished
 from tui.ui_priority import spare_a_core
 from tui.widgets.chat_pane import ChatPane, ReplyMessage
@@ -104,7 +104,7 @@ async def run_app(home: Path, args: argparse.Namespace) -> tuple[float, int, lis
                           ui=UIConfig(ui_nice=args.ui_nice, gil_switch_ms=args.gil_switch_ms,
                                       spare_core=not args.no_spare_core,
                                       engine_process=args.face != "app-thread",
-                                      stream_view=args.stream_view),
+                                      stream_view=args.stream_view).model_dump(),
                           sampling=SamplingConfig(temperature=0.0, seed=0,
                                                   max_tokens=args.tokens),
                           speculative=SpeculativeConfig(mode=args.speculative))
@@ -115,7 +115,7 @@ async def run_app(home: Path, args: argparse.Namespace) -> tuple[float, int, lis
         model = config.model.model_copy(update={"n_threads": cores - 1,
                                                 "n_threads_batch": cores})
         config = config.model_copy(update={"model": model})
-    app = KvchatApp(config, make_engine(config, for_app=True),
+    app = KvchatApp(config, make_engine(config, own_process=args.face != "app-thread"),
                     Store(home / "kvchat.db"), route="chat", ignore_eos=True,
                     pinned=("max_tokens", "temperature", "seed"),
                     prefs_file=home / "ui-prefs.json",

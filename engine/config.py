@@ -1,8 +1,9 @@
 """kvchat's settings: nested pydantic models, loaded from one TOML file.
 
 Every model forbids unknown keys, so a typo is an error naming the key instead of a
-setting silently ignored. Settings are passed into constructors; nothing here reads
-the environment or the disk at import time.
+setting silently ignored; the ``[ui]`` table is the app's, kept here as read and
+validated as strictly by the app (``tui.config``). Settings are passed into
+constructors; nothing here reads the environment or the disk at import time.
 """
 
 from __future__ import annotations
@@ -234,45 +235,6 @@ class BackendConfig(_Section):
                           f"({', '.join(sorted(self.endpoints))}); choose one")
 
 
-class UIConfig(_Section):
-    theme: str = "kvchat-dark"
-    """Theme name: kvchat-dark, kvchat-light, kvchat-high-contrast, a Textual built-in,
-    or a TOML theme in the config dir's themes/ folder."""
-    ui_nice: int = Field(10, ge=0, le=19)
-    """Scheduling priority steps the app's screen updates give way to decoding (Linux),
-    for when they share cores (a CPU of fewer than 8, or ``model.n_threads`` set). On
-    a 2-core CPU: 10 decodes at 0.92x of ``kvchat ask`` with key presses answered in
-    about 50 ms at the median; 15 at 0.95x while typing and 0.96x while watching, but
-    key presses then wait about 0.12 s at the median (0.37 s at worst) while a reply
-    streams (docs/tui.md)."""
-    spare_core: bool = True
-    """On a CPU of 8 cores or more, while the app runs, decode and verify drafts on one
-    core fewer than the machine has (prompt processing keeps them all), so that screen
-    updates never stop llama.cpp's decode threads, which wait for each other at every
-    step of the graph: on 16 cores the app ran at 0.89x of ``kvchat ask`` this way and
-    0.67x on all of them. On fewer cores the last one is worth more than the screen
-    costs, and every core decodes. Only when ``model.n_threads`` is empty
-    (docs/tui.md)."""
-    stream_view: Literal["auto", "markdown", "source"] = "auto"
-    """How a reply shows while it streams. ``markdown``: rendered as it comes.
-    ``source``: its Markdown source, highlighted (code in its fence's language), rendered
-    as Markdown when the reply ends; a frame then costs a few rows instead of a
-    layout of the screen. ``auto``: source where the model decodes on the CPU with
-    every core the screen runs on (CPU only, fewer than 8 cores or ``model.n_threads``
-    at least the core count), where every millisecond of screen work is one the decode
-    stands still; Markdown otherwise. On a 2-core CPU, 2048-token replies decoded at
-    0.97-1.0x of ``kvchat ask`` as source while watching and 0.90-0.92x as Markdown
-    (docs/tui.md)."""
-    engine_process: bool = True
-    """Run the local model in a process of its own, so that the screen's Python never
-    holds up the token loop's (they would share one interpreter lock) and a crash in
-    llama.cpp ends only the reply, not the app (docs/tui.md)."""
-    gil_switch_ms: float = Field(0.1, ge=0.0, le=100.0)
-    """With ``engine_process`` off: how long (ms) the app's screen update may keep
-    Python's interpreter lock from the engine thread, which needs it between two
-    decodes; 0 leaves Python's 5 ms (docs/tui.md)."""
-
-
 class KvchatConfig(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
@@ -280,7 +242,9 @@ class KvchatConfig(_Section):
     kv: KVCacheConfig = Field(default_factory=KVCacheConfig)
     speculative: SpeculativeConfig = Field(default_factory=SpeculativeConfig)
     router: RouterConfig = Field(default_factory=RouterConfig)
-    ui: UIConfig = Field(default_factory=UIConfig)
+    ui: dict[str, Any] = Field(default_factory=dict)
+    """The ``[ui]`` table as read: the app's own settings (the screen, and whether its
+    engine runs in a process of its own), validated by the app (``tui.config``)."""
     backend: BackendConfig = Field(default_factory=BackendConfig)
 
 

@@ -114,12 +114,18 @@ def test_prompt_from_stdin(kvchat_home: Path) -> None:
     assert bad.returncode == 2 and "not valid UTF-8 (byte 0xff at offset 0)" in bad.stderr
 
 
-def test_config_typo_is_one_line_naming_the_key(kvchat_home: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("body, key", [
+    ("[sampling]\ntemprature = 0.5\n", "sampling.temprature"),
+    ("[ui]\nthem = 'kvchat-light'\n", "ui.them"),  # the app's table, checked by tui/
+])
+def test_config_typo_is_one_line_naming_the_key(kvchat_home: Path, tmp_path: Path,
+                                                body: str, key: str) -> None:
     config = tmp_path / "bad.toml"
-    config.write_text("[sampling]\ntemprature = 0.5\n")
-    proc = run_kvchat(*ASK, "--config", str(config), "Hi", home=kvchat_home)
-    assert proc.returncode == 2
-    assert proc.stderr.strip() == f"kvchat: error: {config}: sampling.temprature: unknown key"
+    config.write_text(body)
+    for command in ((*ASK, "--config", str(config), "Hi"), ("--config", str(config))):
+        proc = run_kvchat(*command, home=kvchat_home)  # kvchat ask, and the app
+        assert proc.returncode == 2
+        assert proc.stderr.strip() == f"kvchat: error: {config}: {key}: unknown key"
 
 
 def test_generation_runs_through_a_small_context_with_evictions(kvchat_home: Path) -> None:

@@ -10,6 +10,7 @@ from engine.api import ChatMessage
 from engine.config import KvchatConfig, load_config
 from engine.errors import ConfigError, ModelLoadError
 from engine.model.chat_format import GEMMA, TemplateFormat, choose_format
+from tui.config import UIConfig, load_app_config, ui_settings
 
 
 def write(path: Path, text: str) -> Path:
@@ -42,6 +43,28 @@ def test_bad_config_is_one_line_naming_the_key(tmp_path: Path, body: str, expect
     assert expected in info.value.message
     assert "\n" not in info.value.message
     assert str(path) in info.value.message
+
+
+@pytest.mark.parametrize("body, expected", [
+    ("[ui]\nthem = 'kvchat-light'\n", "ui.them: unknown key"),
+    ("[ui]\nui_nice = 50\n", "ui.ui_nice: Input should be less than or equal to 19"),
+    ("[ui]\nstream_view = 'fancy'\n", "ui.stream_view: Input should be"),
+])
+def test_the_apps_ui_table_is_checked_by_the_app(tmp_path: Path, body: str,
+                                                 expected: str) -> None:
+    path = write(tmp_path / "config.toml", body)
+    assert load_config(path).ui  # kept as read: the engine does not know its keys
+    with pytest.raises(ConfigError) as info:
+        load_app_config(path)
+    assert info.value.message.startswith(f"{path}: {expected}")
+    assert "\n" not in info.value.message
+
+
+def test_the_apps_ui_table_reads_as_settings(tmp_path: Path) -> None:
+    path = write(tmp_path / "config.toml", "[ui]\ntheme = 'kvchat-light'\nui_nice = 0\n")
+    ui = ui_settings(load_app_config(path))
+    assert (ui.theme, ui.ui_nice, ui.engine_process) == ("kvchat-light", 0, True)
+    assert ui_settings(KvchatConfig()) == UIConfig()
 
 
 def test_explicit_config_must_exist(tmp_path: Path) -> None:

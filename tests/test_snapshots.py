@@ -4,13 +4,13 @@ are stable; every engine behaviour is tested against the real model elsewhere.""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import pytest
 
-from engine.api import ChatEngine, ChatRequest
-from engine.config import KvchatConfig, UIConfig
+from engine.api import ChatEngine, ChatMessage
+from engine.config import KvchatConfig, SamplingConfig
 from engine.events import (
     Done,
     Event,
@@ -24,6 +24,7 @@ from engine.events import (
     TurnStarted,
 )
 from engine.store import Store
+from engine.structured.spec import OutputSpec
 from tests.test_tui_screens import store_retried_reply
 from tui.app import KvchatApp
 from tui.messages import PromptSubmitted, ReplyChunk, ReplyStarted
@@ -71,7 +72,9 @@ class ScriptedEngine(ChatEngine):
     async def start(self) -> ModelLoaded:
         return INFO
 
-    async def chat(self, request: ChatRequest) -> AsyncIterator[Event]:
+    async def chat(self, messages: Sequence[ChatMessage], sampling: SamplingConfig | None = None,
+                   *, ignore_eos: bool = False, reserve: int | None = None,
+                   constraint: OutputSpec | None = None) -> AsyncIterator[Event]:
         for step in range(24):  # a long conversation's cache, filling and sliding
             used = 600 + step * 150 - (1800 if step >= 16 else 0)
             yield kv(used, 1024 - step * 30, 1800 if step >= 16 else 0)
@@ -106,7 +109,7 @@ def utc(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def scripted_app(tmp_path: Path, theme: str) -> KvchatApp:
-    return KvchatApp(KvchatConfig(ui=UIConfig(theme=theme)), ScriptedEngine(),
+    return KvchatApp(KvchatConfig(ui={"theme": theme}), ScriptedEngine(),
                      Store(tmp_path / "kvchat.db"), prefs_file=tmp_path / "ui-prefs.json")
 
 
@@ -158,7 +161,7 @@ def test_retry_screen(snap_compare, tmp_path: Path, size: tuple[int, int]) -> No
 def test_a_reply_streaming_as_source(snap_compare, tmp_path: Path) -> None:
     """Mid-stream with ``ui.stream_view = "source"``: the reply so far as highlighted
     Markdown source (rendered as Markdown once it ends: test_source_view.py)."""
-    app = KvchatApp(KvchatConfig(ui=UIConfig(theme="kvchat-dark", stream_view="source")),
+    app = KvchatApp(KvchatConfig(ui={"theme": "kvchat-dark", "stream_view": "source"}),
                     ScriptedEngine(), Store(tmp_path / "kvchat.db"),
                     prefs_file=tmp_path / "ui-prefs.json")
 

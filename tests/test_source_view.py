@@ -12,7 +12,7 @@ from textual.app import App, ComposeResult
 from textual.pilot import Pilot
 from textual.strip import Strip
 
-from engine.config import KvchatConfig, ModelConfig, UIConfig
+from engine.config import KvchatConfig, ModelConfig
 from engine.events import ModelLoaded, Retry
 from tests.test_tui_blocks import block_types, chunks_of, long_reply
 from tui.ui_priority import streams_as_source
@@ -323,7 +323,7 @@ def test_replies_stream_as_source_where_decoding_has_every_core() -> None:
     assert not streams_as_source(auto, loaded("CUDA", 18), cores=2)
     assert not streams_as_source(auto, loaded("openai:127.0.0.1:8080", None), cores=2)
     # Said in the config, whatever the machine.
-    assert streams_as_source(KvchatConfig(ui=UIConfig(stream_view="source")),
+    assert streams_as_source(KvchatConfig(ui={"stream_view": "source"}),
                              loaded("CUDA", 18), cores=64)
-    assert not streams_as_source(KvchatConfig(ui=UIConfig(stream_view="markdown")),
+    assert not streams_as_source(KvchatConfig(ui={"stream_view": "markdown"}),
                                  loaded(), cores=2)

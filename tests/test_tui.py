@@ -21,7 +21,6 @@ from engine.config import (
     ModelConfig,
     SamplingConfig,
     SpeculativeConfig,
-    UIConfig,
 )
 from engine.events import (
     Eviction,
@@ -34,6 +33,7 @@ from engine.events import (
 from engine.store import Store
 from tui.app import KvchatApp
 from tui.coalesce import SOURCE_FRAME_S
+from tui.config import UIConfig
 from tui.messages import (
     EngineEvent,
     ModelFailed,
@@ -66,7 +66,7 @@ def make_app(home: Path, max_tokens: int = 16, n_ctx: int = 1024, route: str | N
     unless said otherwise, whatever the machine's cores (``auto`` depends on them)."""
     config = KvchatConfig(model=ModelConfig(n_ctx=n_ctx),
                           sampling=SamplingConfig(temperature=0.0, max_tokens=max_tokens),
-                          ui=UIConfig(stream_view=stream_view))
+                          ui={"stream_view": stream_view})
     engine = LocalEngine(config.model, config.sampling, config.kv, speculative)
     app = KvchatApp(config, engine, Store(home / "kvchat.db"), route=route, pinned=PINNED,
                     prefs_file=home / "ui-prefs.json")
@@ -420,7 +420,7 @@ async def test_a_load_that_dies_unexpectedly_is_reported_not_awaited(kvchat_home
 async def test_the_engine_gets_the_interpreter_lock_back_sooner_while_the_app_runs(
         kvchat_home: Path) -> None:
     # ui_nice 0: this test must not lower the priority of pytest's own thread.
-    config = KvchatConfig(model=ModelConfig(n_ctx=512), ui=UIConfig(ui_nice=0))
+    config = KvchatConfig(model=ModelConfig(n_ctx=512), ui={"ui_nice": 0})
     app = KvchatApp(config, LocalEngine(config.model), Store(kvchat_home / "kvchat.db"),
                     prefs_file=kvchat_home / "ui-prefs.json", yield_cpu=True)
     before = sys.getswitchinterval()
@@ -428,7 +428,7 @@ async def test_the_engine_gets_the_interpreter_lock_back_sooner_while_the_app_ru
     async with app.run_test(size=(120, 36), message_hook=seen.append) as pilot:
         await wait_for(seen, ModelReady, pilot)
         await pilot.pause()
-        assert sys.getswitchinterval() == pytest.approx(config.ui.gil_switch_ms / 1000)
+        assert sys.getswitchinterval() == pytest.approx(UIConfig().gil_switch_ms / 1000)
     assert sys.getswitchinterval() == before  # a process-wide setting: given back
 
 
@@ -438,7 +438,7 @@ async def test_the_app_on_an_engine_process_streams_and_outlives_its_crash(
     the app, its conversation and the next reply go on."""
     # Replies long enough that the kill lands while one streams: the engine process
     # hands events over in bursts (RELAY_GAP_S), so the first frame comes a little later.
-    config = KvchatConfig(model=ModelConfig(n_ctx=1024), ui=UIConfig(ui_nice=0),
+    config = KvchatConfig(model=ModelConfig(n_ctx=1024), ui={"ui_nice": 0},
                           sampling=SamplingConfig(temperature=0.0, max_tokens=160))
     engine = ProcessEngine(config.model, config.sampling, config.kv)
     app = KvchatApp(config, engine, Store(kvchat_home / "kvchat.db"), route="chat",
@@ -497,5 +497,5 @@ def test_the_app_spares_a_core_only_on_a_cpu_of_many() -> None:
     assert (many.n_threads, many.n_threads_batch, many.n_threads_verify) == (15, 16, 15)
     chosen = KvchatConfig(model=ModelConfig(n_threads=1))
     assert spare_a_core(chosen, cores=16) == chosen  # the user's thread count stands
-    off = KvchatConfig(ui=UIConfig(spare_core=False))
+    off = KvchatConfig(ui={"spare_core": False})
     assert spare_a_core(off, cores=16) == off

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from contextlib import ExitStack
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Protocol, runtime_checkable
 
 from textual import on, work
 from textual.app import App, ComposeResult
@@ -28,6 +28,7 @@ from engine.events import (
     Error,
     Event,
     KVUsage,
+    MemorySnapshot,
     Retry,
     RouteDecision,
     TurnStarted,
@@ -37,8 +38,9 @@ from engine.session import ChatSession
 from engine.store import Store
 from tui.app_actions import AppActions
 from tui.app_events import EventPanes
-from tui.coalesce import ReplyCoalescer, pacing
+from tui.coalesce import SOURCE_FRAME_S, SOURCE_GAUGE_S, ReplyCoalescer
 from tui.commands import KvchatCommands
+from tui.config import ui_settings
 from tui.heap import settle_heap, tune_collector
 from tui.messages import (
     EngineEvent,
@@ -60,6 +62,22 @@ from tui.widgets.kv_pane import KVPane
 from tui.widgets.memory_pane import MemoryPane
 from tui.widgets.prompt_input import PromptInput
 from tui.widgets.status_line import StatusLine
+
+
+@runtime_checkable
+class PacesEvents(Protocol):
+    """An engine in another process, which sends a reply's events in batches."""
+
+    relay_gap_s: float | None
+
+
+@runtime_checkable
+class ReportsMemory(Protocol):
+    """An engine that keeps its load's memory snapshots (the local one does)."""
+
+    @property
+    def memory(self) -> list[MemorySnapshot]: ...
+
 
 SETTLE_S = 0.05
 """How long a streamed frame holds screen updates back after it is applied."""
@@ -99,6 +117,8 @@ class KvchatApp(EventPanes, AppActions, App[int]):
         tests keep their thread and process as they are."""
         self._gil = GilHandover()
         self.config = config
+        self.ui = ui_settings(config)
+        """The app's own settings, the config's ``[ui]`` table."""
         self.engine = engine
         self.store = store
         self.routes = routes or RouteService.from_config(config)
@@ -154,7 +174,7 @@ class KvchatApp(EventPanes, AppActions, App[int]):
             self.notify(problem, title="Theme skipped", severity="warning")
         for problem in self.routes.templates.problems:
             self.notify(problem, title="Template skipped", severity="warning")
-        wanted = self.prefs.theme or self.config.ui.theme
+        wanted = self.prefs.theme or self.ui.theme
         if wanted in self.available_themes:
             self.theme = wanted
         else:
@@ -193,21 +213,23 @@ class KvchatApp(EventPanes, AppActions, App[int]):
         except KvchatError as exc:
             self.post_message(ModelFailed(exc.message))
             return
-        self.post_message(ModelReady(info, self.engine.memory))
+        memory = self.engine.memory if isinstance(self.engine, ReportsMemory) else []
+        self.post_message(ModelReady(info, memory))
 
     @on(ModelReady)
     def _model_ready(self, message: ModelReady) -> None:
         self.ready = True
         self.source_view = streams_as_source(self.config, message.info)
-        self.engine.pace_events(pacing(self.source_view).relay_gap_s)
-        if self.yield_cpu and self.config.ui.ui_nice:
-            yield_cpu_to_decoding(self.config.ui.ui_nice)
+        if self.source_view and isinstance(self.engine, PacesEvents):
+            self.engine.relay_gap_s = SOURCE_FRAME_S
+        if self.yield_cpu and self.ui.ui_nice:
+            yield_cpu_to_decoding(self.ui.ui_nice)
         if self.yield_cpu:
             tune_collector()
             self.call_after_refresh(settle_heap)
-        if (self.yield_cpu and self.config.ui.gil_switch_ms
+        if (self.yield_cpu and self.ui.gil_switch_ms
                 and self.engine.generates_on_thread):
-            self._gil.shorten(self.config.ui.gil_switch_ms / 1000)
+            self._gil.shorten(self.ui.gil_switch_ms / 1000)
         status = self.query_one(StatusLine)
         status.model_name = message.info.name
         status.backend = message.info.backend
@@ -332,10 +354,11 @@ class KvchatApp(EventPanes, AppActions, App[int]):
             self.post_message(ReplyChunk(chunk, n, gauges))
 
         self._frames_unshown = 0
-        pace = pacing(self.source_view)
+        pace = {"frame_s": SOURCE_FRAME_S, "gauge_s": SOURCE_GAUGE_S} \
+            if self.source_view else {}
         gather = self._gather = ReplyCoalescer(post_frame, post_event,
                                                ready=lambda: self._frames_unshown == 0,
-                                               frame_s=pace.frame_s, gauge_s=pace.gauge_s)
+                                               **pace)
         try:
             async for event in self.session.send(text, self.conversation_id,
                                                   self.config.sampling, route=route,

@@ -17,6 +17,7 @@ import threading
 
 from engine.config import KvchatConfig, usable_cores
 from engine.events import ModelLoaded
+from tui.config import ui_settings
 
 UI_NICE = 10
 
@@ -76,7 +77,7 @@ def spare_a_core(config: KvchatConfig, cores: int | None = None) -> KvchatConfig
     one core to the screen, and prompt processing uses all of them."""
     model = config.model
     cores = cores or usable_cores()
-    if not config.ui.spare_core or model.n_threads is not None or cores < SPARE_CORE_FROM:
+    if not ui_settings(config).spare_core or model.n_threads is not None or cores < SPARE_CORE_FROM:
         return config
     update: dict[str, int] = {"n_threads": cores - 1,
                               "n_threads_batch": model.n_threads_batch or cores}
@@ -90,7 +91,7 @@ def streams_as_source(config: KvchatConfig, info: ModelLoaded, cores: int | None
     when the model decodes on the CPU with a thread on every core the screen may run on
     (the config as :func:`spare_a_core` left it), so that the screen's work stops the
     decode; with a GPU, a remote server or a core left over, Markdown streams."""
-    mode = config.ui.stream_view
+    mode = ui_settings(config).stream_view
     if mode != "auto":
         return mode == "source"
     cores = cores or usable_cores()

@@ -6,11 +6,9 @@ import argparse
 import asyncio
 import os
 import sys
-from pathlib import Path
-from typing import TextIO
 
-from engine.api import check_prompt
-from engine.errors import KvchatError, PromptError
+from engine.backends.local import LocalEngine
+from engine.errors import KvchatError
 from engine.events import (
     Done,
     Error,
@@ -21,28 +19,14 @@ from engine.events import (
     RouteDecision,
     TokenChunk,
 )
-from engine.routing.service import RouteService
 from engine.session import ChatSession
-from engine.store import Store
 from tui.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
-from tui.cli.backend import make_engine
-from tui.cli.options import resolve_config
-from tui.cli.route import pinned_sampling
+from tui.cli.options import pinned_sampling, read_prompt
+from tui.cli.startup import start_up
 from tui.cli.structured import output_spec
 
 # Error events a person caused (the prompt), as opposed to failures of the machine.
 USAGE_ERROR_CODES = {"prompt_too_long", "prompt_empty", "prompt_not_utf8"}
-
-
-def read_prompt(arg: str, stdin: TextIO = sys.stdin) -> str:
-    if arg != "-":
-        return check_prompt(arg)
-    raw = stdin.buffer.read()
-    try:
-        return check_prompt(raw.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise PromptError(f"the prompt is not valid UTF-8 (byte 0x{raw[exc.start]:02x} at "
-                          f"offset {exc.start})", code="prompt_not_utf8") from None
 
 
 def run_ask(args: argparse.Namespace) -> int:
@@ -57,26 +41,17 @@ def run_ask(args: argparse.Namespace) -> int:
 
 
 async def _ask(args: argparse.Namespace, prompt: str, jsonl: bool) -> int:
-    config = resolve_config(args)
     output = output_spec(args)  # a bad --schema fails before the model loads
     # A structured reply may take several attempts: stdout gets only the final text.
     stream = output is None
-    with Store.open_default() as store:
-        store.recover_interrupted()
-        if args.conversation is not None:
-            store.get_conversation(args.conversation)  # fail before loading the model
-        routes = RouteService.from_config(
-            config, Path(args.config) if getattr(args, "config", None) else None)
-        if args.route is not None:
-            routes.check_route(args.route)  # likewise
-        for problem in routes.templates.problems:
-            print(f"kvchat: warning: {problem}", file=sys.stderr)
-        engine = make_engine(config)
+    with start_up(args, app=False) as ready:
+        config, store, routes, engine = ready.config, ready.store, ready.routes, ready.engine
         try:
             info = await engine.start()
             if jsonl:
                 _write_line(info.model_dump_json())
-            for snapshot in engine.memory:  # planned, then measured after load
+            memory = engine.memory if isinstance(engine, LocalEngine) else []
+            for snapshot in memory:  # planned, then measured after load
                 if jsonl:
                     _write_line(snapshot.model_dump_json())
                 elif snapshot.stage == "planned":

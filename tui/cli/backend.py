@@ -1,16 +1,12 @@
-"""Which engine the commands that chat use: the local model or an OpenAI-compatible
-server, from ``[backend]`` in the config and the options laid over it."""
+"""The backend options (``--backend``, ``--base-url``, ``--endpoint``...): which engine
+the commands that chat use, laid over ``[backend]`` in the config. The engine itself
+comes from :func:`engine.backends.factory.make_engine`."""
 
 from __future__ import annotations
 
 import argparse
-import os
 from typing import Any
 
-from pydantic import SecretStr
-
-from engine.api import ChatEngine
-from engine.config import KvchatConfig
 from engine.errors import ConfigError
 
 CLI_ENDPOINT = "command-line"
@@ -63,31 +59,3 @@ def apply_backend_options(data: dict[str, Any], args: argparse.Namespace) -> Non
             raise ConfigError(f"option {flag} needs a server: give --base-url or "
                               "--endpoint NAME")
         backend["endpoints"][name][key] = value
-
-
-def make_engine(config: KvchatConfig, *, for_app: bool = False) -> ChatEngine:
-    """The engine ``config`` asks for, not started. ConfigError for a missing endpoint
-    or an API key variable that is not set. ``for_app``: the local model runs in a
-    process of its own when ``ui.engine_process`` is on."""
-    if config.backend.kind == "local":
-        if for_app and config.ui.engine_process:
-            from engine.backends.process.engine import ProcessEngine
-
-            return ProcessEngine(config.model, config.sampling, config.kv,
-                                 config.speculative)
-        from engine.backends.local import LocalEngine
-
-        return LocalEngine(config.model, config.sampling, config.kv, config.speculative)
-    from engine.backends.remote.engine import OpenAIEngine
-
-    name, endpoint = config.backend.selected()
-    key = None
-    if endpoint.api_key_env:
-        value = os.environ.get(endpoint.api_key_env)
-        if not value:
-            raise ConfigError(f"the API key variable {endpoint.api_key_env} (api_key_env of "
-                              f"endpoint {name!r}) is not set or empty")
-        key = SecretStr(value)
-    return OpenAIEngine(endpoint, api_key=key, sampling=config.sampling,
-                        assumed_n_ctx=config.model.n_ctx,
-                        tiktoken_source=config.router.tiktoken_file or "cl100k_base")

@@ -1,15 +1,19 @@
-"""Turn command-line options into one validated config."""
+"""Turn command-line options into one validated config, and read what they name."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
+from typing import TextIO
 
 from pydantic import ValidationError
 
-from engine.config import KvchatConfig, describe_validation_error, load_config
-from engine.errors import ConfigError
+from engine.api import check_prompt
+from engine.config import KvchatConfig, describe_validation_error
+from engine.errors import ConfigError, PromptError
 from tui.cli.backend import apply_backend_options
+from tui.config import load_app_config
 
 # option dest -> (config section, field)
 _OVERRIDES = {
@@ -27,8 +31,7 @@ _OVERRIDES = {
 
 def resolve_config(args: argparse.Namespace) -> KvchatConfig:
     """The config file (``--config`` or the default), with options laid over it."""
-    config_path = getattr(args, "config", None)
-    config = load_config(Path(config_path) if config_path else None)
+    config = load_app_config(config_path(args))
     data = config.model_dump()
     changed = {}
     for dest, (section, key) in _OVERRIDES.items():
@@ -48,3 +51,27 @@ def resolve_config(args: argparse.Namespace) -> KvchatConfig:
             option = "--" + changed[key].replace("_", "-")
             raise ConfigError(f"option {option}: {message.split(':', 1)[1].strip()}") from None
         raise ConfigError(message) from None
+
+
+def config_path(args: argparse.Namespace) -> Path | None:
+    """The file ``--config`` names; None for the default."""
+    path = getattr(args, "config", None)
+    return Path(path) if path else None
+
+
+def pinned_sampling(args: argparse.Namespace) -> set[str]:
+    """Sampling fields set on the command line: a route's template keeps its hands off."""
+    names = {"max_tokens": "max_tokens", "temp": "temperature", "seed": "seed"}
+    return {field for dest, field in names.items() if getattr(args, dest, None) is not None}
+
+
+def read_prompt(arg: str, stdin: TextIO = sys.stdin) -> str:
+    """The prompt argument, or stdin for ``-``. Raises PromptError."""
+    if arg != "-":
+        return check_prompt(arg)
+    raw = stdin.buffer.read()
+    try:
+        return check_prompt(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise PromptError(f"the prompt is not valid UTF-8 (byte 0x{raw[exc.start]:02x} at "
+                          f"offset {exc.start})", code="prompt_not_utf8") from None

@@ -46,12 +46,12 @@ def add_plan_parser(commands: argparse._SubParsersAction, positive: object) -> N
 
 
 def run_plan(args: argparse.Namespace) -> int:
-    from engine.config import load_config
     from engine.errors import ConfigError
     from engine.model.memory.budget import detect_budget
     from engine.model.memory.planner import PlanRequest, plan_memory
+    from tui.config import load_app_config
 
-    config = load_config(Path(args.config) if args.config else None).model
+    config = load_app_config(Path(args.config) if args.config else None).model
     if args.shape and args.model:
         raise ConfigError("give a MODEL.gguf or --shape, not both")
     header, source = _header(args, config.path)

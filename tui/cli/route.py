@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
+from engine.config import KvchatConfig
 from engine.events import RouteDecision
 from engine.routing.service import RouteService
 from tui.cli import EXIT_OK
-from tui.cli.options import resolve_config
+from tui.cli.options import pinned_sampling, read_prompt, resolve_config
+from tui.cli.startup import route_service
 
 
 def add_route_parser(commands: Any, add_model_options: Callable[..., None]) -> None:
@@ -36,14 +36,9 @@ def add_route_parser(commands: Any, add_model_options: Callable[..., None]) -> N
 
 
 def run_route(args: argparse.Namespace) -> int:
-    from tui.cli.ask import read_prompt
-
     prompt = read_prompt(args.prompt)
     config = resolve_config(args)
-    config_path = Path(args.config) if getattr(args, "config", None) else None
-    service = RouteService.from_config(config, config_path)
-    for problem in service.templates.problems:
-        print(f"kvchat: warning: {problem}", file=sys.stderr)
+    service = route_service(config, args, warn=True)
     if args.previous is not None:
         service.check_route(args.previous)
     if args.model_fallback:
@@ -61,10 +56,11 @@ def run_route(args: argparse.Namespace) -> int:
 
 
 async def _with_model(service: RouteService, prompt: str, args: argparse.Namespace,
-                      config: Any) -> RouteDecision:
-    from engine.backends.local import LocalEngine
+                      config: KvchatConfig) -> RouteDecision:
+    from engine.backends.factory import make_local_engine
 
-    engine = LocalEngine(config.model, config.sampling, config.kv, config.speculative)
+    # Always the local model, whatever [backend] says: a server cannot classify.
+    engine = make_local_engine(config)
     try:
         info = await engine.start()
         routed = await service.decide(
@@ -74,12 +70,6 @@ async def _with_model(service: RouteService, prompt: str, args: argparse.Namespa
         return routed.event
     finally:
         await engine.close()
-
-
-def pinned_sampling(args: argparse.Namespace) -> set[str]:
-    """Sampling fields set on the command line: a route's template keeps its hands off."""
-    names = {"max_tokens": "max_tokens", "temp": "temperature", "seed": "seed"}
-    return {field for dest, field in names.items() if getattr(args, dest, None) is not None}
 
 
 def describe(event: RouteDecision) -> str:
