@@ -4,13 +4,13 @@ are stable; every engine behaviour is tested against the real model elsewhere.""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from engine.api import ChatEngine, ChatMessage
-from engine.config import KvchatConfig, SamplingConfig
+from engine.api import ChatEngine, ChatRequest
+from engine.config import KvchatConfig
 from engine.events import (
     Done,
     Event,
@@ -24,7 +24,6 @@ from engine.events import (
     TurnStarted,
 )
 from engine.store import Store
-from engine.structured.spec import OutputSpec
 from tests.test_tui_screens import store_retried_reply
 from tui.app import KvchatApp
 from tui.messages import PromptSubmitted, ReplyChunk, ReplyStarted
@@ -72,9 +71,7 @@ class ScriptedEngine(ChatEngine):
     async def start(self) -> ModelLoaded:
         return INFO
 
-    async def chat(self, messages: Sequence[ChatMessage], sampling: SamplingConfig | None = None,
-                   *, ignore_eos: bool = False, reserve: int | None = None,
-                   constraint: OutputSpec | None = None) -> AsyncIterator[Event]:
+    async def chat(self, request: ChatRequest) -> AsyncIterator[Event]:
         for step in range(24):  # a long conversation's cache, filling and sliding
             used = 600 + step * 150 - (1800 if step >= 16 else 0)
             yield kv(used, 1024 - step * 30, 1800 if step >= 16 else 0)

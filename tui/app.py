@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from contextlib import ExitStack
 from pathlib import Path
-from typing import ClassVar, Protocol, runtime_checkable
+from typing import ClassVar
 
 from textual import on, work
 from textual.app import App, ComposeResult
@@ -28,7 +28,6 @@ from engine.events import (
     Error,
     Event,
     KVUsage,
-    MemorySnapshot,
     Retry,
     RouteDecision,
     TurnStarted,
@@ -38,7 +37,7 @@ from engine.session import ChatSession
 from engine.store import Store
 from tui.app_actions import AppActions
 from tui.app_events import EventPanes
-from tui.coalesce import SOURCE_FRAME_S, SOURCE_GAUGE_S, ReplyCoalescer
+from tui.coalesce import ReplyCoalescer, pacing
 from tui.commands import KvchatCommands
 from tui.config import ui_settings
 from tui.heap import settle_heap, tune_collector
@@ -62,22 +61,6 @@ from tui.widgets.kv_pane import KVPane
 from tui.widgets.memory_pane import MemoryPane
 from tui.widgets.prompt_input import PromptInput
 from tui.widgets.status_line import StatusLine
-
-
-@runtime_checkable
-class PacesEvents(Protocol):
-    """An engine in another process, which sends a reply's events in batches."""
-
-    relay_gap_s: float | None
-
-
-@runtime_checkable
-class ReportsMemory(Protocol):
-    """An engine that keeps its load's memory snapshots (the local one does)."""
-
-    @property
-    def memory(self) -> list[MemorySnapshot]: ...
-
 
 SETTLE_S = 0.05
 """How long a streamed frame holds screen updates back after it is applied."""
@@ -213,15 +196,13 @@ class KvchatApp(EventPanes, AppActions, App[int]):
         except KvchatError as exc:
             self.post_message(ModelFailed(exc.message))
             return
-        memory = self.engine.memory if isinstance(self.engine, ReportsMemory) else []
-        self.post_message(ModelReady(info, memory))
+        self.post_message(ModelReady(info, self.engine.memory))
 
     @on(ModelReady)
     def _model_ready(self, message: ModelReady) -> None:
         self.ready = True
         self.source_view = streams_as_source(self.config, message.info)
-        if self.source_view and isinstance(self.engine, PacesEvents):
-            self.engine.relay_gap_s = SOURCE_FRAME_S
+        self.engine.pace_events(pacing(self.source_view).relay_gap_s)
         if self.yield_cpu and self.ui.ui_nice:
             yield_cpu_to_decoding(self.ui.ui_nice)
         if self.yield_cpu:
@@ -354,11 +335,10 @@ class KvchatApp(EventPanes, AppActions, App[int]):
             self.post_message(ReplyChunk(chunk, n, gauges))
 
         self._frames_unshown = 0
-        pace = {"frame_s": SOURCE_FRAME_S, "gauge_s": SOURCE_GAUGE_S} \
-            if self.source_view else {}
+        pace = pacing(self.source_view)
         gather = self._gather = ReplyCoalescer(post_frame, post_event,
                                                ready=lambda: self._frames_unshown == 0,
-                                               **pace)
+                                               frame_s=pace.frame_s, gauge_s=pace.gauge_s)
         try:
             async for event in self.session.send(text, self.conversation_id,
                                                   self.config.sampling, route=route,

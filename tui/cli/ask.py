@@ -7,7 +7,6 @@ import asyncio
 import os
 import sys
 
-from engine.backends.local import LocalEngine
 from engine.errors import KvchatError
 from engine.events import (
     Done,
@@ -50,8 +49,7 @@ async def _ask(args: argparse.Namespace, prompt: str, jsonl: bool) -> int:
             info = await engine.start()
             if jsonl:
                 _write_line(info.model_dump_json())
-            memory = engine.memory if isinstance(engine, LocalEngine) else []
-            for snapshot in memory:  # planned, then measured after load
+            for snapshot in engine.memory:  # planned, then measured after load
                 if jsonl:
                     _write_line(snapshot.model_dump_json())
                 elif snapshot.stage == "planned":
