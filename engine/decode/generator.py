@@ -43,11 +43,9 @@ class Generator:
                  spec: SpecController | None = None, *,
                  greedy_in_graph: bool = False) -> None:
         self.lm = lm
-        self.policy = policy or KVCacheConfig()
         self.spec = spec
         self.samplers = SamplerChoice(lm, SEQ, greedy_in_graph=greedy_in_graph)
-        self.n_vocab = lm.model.n_vocab()
-        self.cache = KVCache(lm, self.policy)
+        self.cache = KVCache(lm, policy or KVCacheConfig())
         self.batch = _internals.LlamaBatch(n_tokens=lm.n_batch, embd=0, n_seq_max=1)
         self._emit: Callable[[Event], None] = _drop
         self._stats: TurnStats | None = None
