@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.api import ChatEngine, ChatMessage, ChatRequest
-from engine.config import SamplingConfig
+from engine.config import KvchatConfig, SamplingConfig
 from engine.events import Done, Error, Event, Retry, TokenChunk, TurnStarted
-from engine.routing.service import DEFAULT_N_CTX, RoutedTurn, RouteService
+from engine.routing.service import DEFAULT_N_CTX, RoutedTurn, RouteError, RouteService
 from engine.routing.templates import with_instructions
 from engine.store import MessageRow, Store, title_from_prompt
 from engine.structured.ladder import (
@@ -66,6 +66,30 @@ class ChatSession:
         self.save_every_s = save_every_s
         self.routes = routes
         """Routes each message to a template; None sends messages as they are."""
+
+    @classmethod
+    def for_config(cls, engine: ChatEngine, store: Store, config: KvchatConfig,
+                   routes: RouteService | None = None) -> ChatSession:
+        """A session as the app holds one: the config's system prompt, and ``routes`` or
+        else the bundled route templates with the user's beside them."""
+        return cls(engine, store, config.chat.system_prompt,
+                   routes=routes or RouteService.from_config(config))
+
+    @property
+    def route_names(self) -> list[str]:
+        """The routes a message can be sent through, sorted (none without routing)."""
+        return sorted(self.routes.templates.templates) if self.routes else []
+
+    @property
+    def route_problems(self) -> list[str]:
+        """One line per user template that could not be loaded and was skipped."""
+        return list(self.routes.templates.problems) if self.routes else []
+
+    def check_route(self, name: str) -> str:
+        """``name`` when it is a route here; RouteError naming the routes otherwise."""
+        if self.routes is None:
+            raise RouteError(f"no routes here: {name!r} cannot be chosen")
+        return self.routes.check_route(name)
 
     def history(self, conversation_id: int) -> list[ChatMessage]:
         """The messages the model sees: the system prompt, then every user message that

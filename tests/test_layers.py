@@ -226,3 +226,21 @@ def strongly_connected(graph: dict[str, set[str]]) -> list[set[str]]:
                         break
                 found.append(component)
     return found
+
+
+MODULE_LINES = 420
+FUNCTION_LINES = 60
+
+
+def test_modules_and_functions_stay_a_readable_size() -> None:
+    """Files under ~400 lines, functions of a screenful: the house's size rules."""
+    long_modules = [f"{path.relative_to(ROOT)}: {n} lines" for path in ALL.values()
+                    if (n := len(path.read_text().splitlines())) > MODULE_LINES]
+    long_functions = [
+        f"{path.relative_to(ROOT)}:{node.lineno} {node.name}: {length} lines"
+        for path in ALL.values()
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        and (length := (node.end_lineno or node.lineno) - node.lineno + 1) > FUNCTION_LINES]
+    assert long_modules == []
+    assert long_functions == []

@@ -32,7 +32,6 @@ from engine.events import (
     RouteDecision,
     TurnStarted,
 )
-from engine.routing.service import RouteService
 from engine.session import ChatSession
 from engine.store import Store
 from tui.app_actions import AppActions
@@ -85,7 +84,7 @@ class KvchatApp(ReplyView, AppActions, App[int]):
     ]
 
     def __init__(self, config: KvchatConfig, engine: ChatEngine, store: Store,
-                 conversation_id: int | None = None, routes: RouteService | None = None,
+                 conversation_id: int | None = None, session: ChatSession | None = None,
                  route: str | None = None, prefs_file: Path | None = None,
                  pinned: Iterable[str] = (), ignore_eos: bool = False,
                  yield_cpu: bool = False) -> None:
@@ -100,9 +99,8 @@ class KvchatApp(ReplyView, AppActions, App[int]):
         """The app's own settings, the config's ``[ui]`` table."""
         self.engine = engine
         self.store = store
-        self.routes = routes or RouteService.from_config(config)
-        self.session = ChatSession(engine, store, config.chat.system_prompt,
-                                   routes=self.routes)
+        self.session = session or ChatSession.for_config(engine, store, config)
+        """The conversation over ``engine``, routed; by default with the config's routes."""
         self.route = route
         """A route for every message (``--route``); ``/route NAME`` overrides one."""
         self.pinned = frozenset(pinned)
@@ -151,7 +149,7 @@ class KvchatApp(ReplyView, AppActions, App[int]):
             self.register_theme(theme)
         for problem in problems:
             self.notify(problem, title="Theme skipped", severity="warning")
-        for problem in self.routes.templates.problems:
+        for problem in self.session.route_problems:
             self.notify(problem, title="Template skipped", severity="warning")
         wanted = self.prefs.theme or self.ui.theme
         if wanted in self.available_themes:
@@ -260,7 +258,7 @@ class KvchatApp(ReplyView, AppActions, App[int]):
         if text.startswith("/route"):
             name, _, rest = text.removeprefix("/route").strip().partition(" ")
             try:
-                route = self.routes.check_route(name)
+                route = self.session.check_route(name)
             except KvchatError as exc:
                 self.notify(exc.message, title="/route NAME message", severity="warning")
                 return

@@ -40,7 +40,7 @@ class KvchatCommands(Provider):
         yield "Help", app.action_help, "Keys and panes"
         yield ("Route next message: automatic", partial(app.action_next_route, ""),
                "Let the router choose")
-        for name in sorted(app.routes.templates.templates):
+        for name in app.session.route_names:
             yield (f"Route next message: {name}", partial(app.action_next_route, name),
                    f"Send the next message through the {name} template")
 

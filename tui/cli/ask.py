@@ -55,7 +55,7 @@ async def _ask(args: argparse.Namespace, prompt: str, jsonl: bool) -> int:
                 elif snapshot.stage == "planned":
                     for warning in snapshot.warnings:
                         print(f"kvchat: note: {warning}", file=sys.stderr)
-            session = ChatSession(engine, store, config.chat.system_prompt, routes=routes)
+            session = ChatSession.for_config(engine, store, config, routes)
             final: Event | None = None
             async for event in session.send(prompt, args.conversation, config.sampling,
                                             ignore_eos=args.ignore_eos, route=args.route,
