@@ -244,3 +244,13 @@ def test_modules_and_functions_stay_a_readable_size() -> None:
         and (length := (node.end_lineno or node.lineno) - node.lineno + 1) > FUNCTION_LINES]
     assert long_modules == []
     assert long_functions == []
+
+
+def test_one_class_per_name() -> None:
+    """A class name says which class it is, wherever it is imported from."""
+    homes: dict[str, list[str]] = {}
+    for name, path in ALL.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef):
+                homes.setdefault(node.name, []).append(name)
+    assert {cls: where for cls, where in homes.items() if len(where) > 1} == {}
