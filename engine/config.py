@@ -235,8 +235,22 @@ class BackendConfig(_Section):
                           f"({', '.join(sorted(self.endpoints))}); choose one")
 
 
+class ModelsConfig(_Section):
+    """Where ``kvchat models`` and ``--model NAME`` look for GGUF files, besides the
+    bundled model, LM Studio, Ollama, the Hugging Face cache and llama.cpp's cache."""
+
+    dirs: list[str] = Field(default_factory=list)
+    """Folders searched for ``*.gguf`` files, subfolders included; ``~`` is expanded."""
+
+    @field_validator("dirs")
+    @classmethod
+    def _expand(cls, value: list[str]) -> list[str]:
+        return [os.path.expanduser(entry) for entry in value]
+
+
 class KvchatConfig(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
+    models: ModelsConfig = Field(default_factory=ModelsConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     chat: ChatConfig = Field(default_factory=ChatConfig)
     kv: KVCacheConfig = Field(default_factory=KVCacheConfig)

@@ -43,8 +43,9 @@ def _float(value: str) -> float:
 def _model_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
     default = argparse.SUPPRESS if suppress else None
     group = parser.add_argument_group("model and sampling")
-    group.add_argument("--model", metavar="PATH", default=default,
-                       help="GGUF file to load (default: the bundled Gemma 3 270M)")
+    group.add_argument("--model", metavar="PATH|NAME", default=default,
+                       help="GGUF file to load, or a name `kvchat models` lists "
+                            "(default: the bundled Gemma 3 270M)")
     group.add_argument("--config", metavar="PATH", default=default,
                        help="config file (default: config.toml in the platform's config dir)")
     group.add_argument("--ctx", metavar="N", type=_positive, default=default,
@@ -102,8 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("--json", action="store_true", help="machine-readable output")
     history.add_argument("--limit", type=_positive, metavar="N", help="show the newest N")
 
+    from tui.cli.models import add_models_parser
     from tui.cli.plan import add_plan_parser
     from tui.cli.synth import add_synth_parser
+
+    add_models_parser(commands)
 
     add_plan_parser(commands, _positive)
     from tui.cli.route import add_route_parser
@@ -133,6 +137,10 @@ def _dispatch(args: argparse.Namespace) -> Callable[[argparse.Namespace], int]:
         from tui.cli.route import run_route
 
         return run_route
+    if args.command == "models":
+        from tui.cli.models import run_models
+
+        return run_models
     if args.command == "plan":
         from tui.cli.plan import run_plan
 

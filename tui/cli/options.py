@@ -13,6 +13,7 @@ from engine.api import check_prompt
 from engine.config import KvchatConfig, describe_validation_error
 from engine.errors import ConfigError, PromptError
 from tui.cli.backend import apply_backend_options
+from tui.cli.models import model_path
 from tui.config import load_app_config
 
 # option dest -> (config section, field)
@@ -40,6 +41,10 @@ def resolve_config(args: argparse.Namespace) -> KvchatConfig:
             data[section][key] = value
             changed[f"{section}.{key}"] = dest
     apply_backend_options(data, args)
+    if getattr(args, "model", None) is not None:
+        # A server ignores the local model: an unknown name is only an error here.
+        data["model"]["path"] = model_path(args.model, config.models.dirs,
+                                           strict=data["backend"]["kind"] == "local")
     if getattr(args, "base_url", None) is not None:
         changed[f"backend.endpoints.{data['backend']['endpoint']}.base_url"] = "base_url"
     try:

