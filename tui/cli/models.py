@@ -91,19 +91,19 @@ def human_bytes(n: int | None) -> str:
 
 
 def model_path(value: str, dirs: list[str], *, strict: bool = True) -> str:
-    """What ``--model VALUE`` loads: VALUE itself when it is a file (or looks like a
-    path no model name matches, so the loader says what is wrong with it), else the
-    file of the catalog's model of that name. Raises ConfigError for an unknown or
+    """What ``--model VALUE`` loads: VALUE itself when it is a file or looks like a
+    path (a missing one is the loader's clear error, with no search of every model
+    folder first), else the file of the catalog's model of that name. Raises ConfigError for an unknown or
     ambiguous name when ``strict``; otherwise VALUE is kept as it is."""
     from engine.errors import ConfigError
     from engine.model.catalog import find_models
     from engine.model.model_names import looks_like_path, resolve_model
 
-    if Path(value).expanduser().exists():
-        return value
+    if Path(value).expanduser().exists() or looks_like_path(value):
+        return value  # a missing path: the loader's own error says what is wrong
     try:
         return str(resolve_model(value, find_models(dirs)))
     except ConfigError:
-        if looks_like_path(value) or not strict:
+        if not strict:
             return value
         raise
