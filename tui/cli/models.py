@@ -93,8 +93,9 @@ def human_bytes(n: int | None) -> str:
 def model_path(value: str, dirs: list[str], *, strict: bool = True) -> str:
     """What ``--model VALUE`` loads: VALUE itself when it is a file or looks like a
     path (a missing one is the loader's clear error, with no search of every model
-    folder first), else the file of the catalog's model of that name. Raises ConfigError for an unknown or
-    ambiguous name when ``strict``; otherwise VALUE is kept as it is."""
+    folder first), else the file of the catalog's model of that name. Raises
+    ConfigError for an unknown or ambiguous name when ``strict``; otherwise VALUE is
+    kept as it is."""
     from engine.errors import ConfigError
     from engine.model.catalog import find_models
     from engine.model.model_names import looks_like_path, resolve_model
