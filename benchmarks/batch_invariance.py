@@ -38,9 +38,9 @@ def main() -> int:
     args = parser.parse_args()
     path = args.model
     if path is None:
-        from engine.model.loader import bundled_model_path
+        from engine.model.bundled import bundled_model_path
 
-        path = str(bundled_model_path())
+        path = str(bundled_model_path("gemma3-270m"))
     bases = [int(b) for b in args.bases.split(",")]
     sizes = [int(s) for s in args.sizes.split(",")]
 

@@ -49,9 +49,9 @@ async def reply(engine: object, prompt: str, tokens: int) -> tuple[list[int], di
 async def run(args: argparse.Namespace) -> dict:
     from engine.backends.local import LocalEngine
     from engine.config import KVCacheConfig, ModelConfig, SamplingConfig, SpeculativeConfig
-    from engine.model.loader import bundled_model_path
+    from engine.model.bundled import bundled_model_path
 
-    path = Path(args.model) if args.model else bundled_model_path()
+    path = Path(args.model) if args.model else bundled_model_path("gemma3-270m")
     model = ModelConfig(path=path, n_ctx=args.ctx, n_gpu_layers=args.gpu_layers,
                         greedy_in_graph=args.greedy_in_graph)
     sampling = SamplingConfig(temperature=0.0, max_tokens=args.tokens)

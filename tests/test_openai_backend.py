@@ -36,9 +36,9 @@ PERSON = {"type": "object", "properties": {"name": {"type": "string"},
 
 
 @pytest.fixture(scope="module")
-def server(model_path: Path, tmp_path_factory: pytest.TempPathFactory,
+def server(gemma_path: Path, tmp_path_factory: pytest.TempPathFactory,
            ) -> Iterator[LlamaCppServer]:
-    srv = LlamaCppServer(model_path, tmp_path_factory.mktemp("srv") / "server.log",
+    srv = LlamaCppServer(gemma_path, tmp_path_factory.mktemp("srv") / "server.log",
                          api_key=API_KEY)
     try:
         srv.wait_ready()
@@ -150,8 +150,8 @@ async def test_leaving_the_iterator_cancels(remote: OpenAIEngine) -> None:
 # -- failures ---------------------------------------------------------------------------
 
 async def test_server_killed_mid_stream_keeps_the_partial_reply(
-        model_path: Path, tmp_path: Path, store: Store) -> None:
-    srv = LlamaCppServer(model_path, tmp_path / "doomed.log")
+        gemma_path: Path, tmp_path: Path, store: Store) -> None:
+    srv = LlamaCppServer(gemma_path, tmp_path / "doomed.log")
     try:
         srv.wait_ready()
         eng = OpenAIEngine(endpoint(srv.base_url), sampling=LONG)

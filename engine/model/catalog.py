@@ -1,6 +1,6 @@
 """The GGUF models that can be run here: found on disk, described from headers only.
 
-Where kvchat looks, in this order: the bundled Gemma 3 270M, the ``[models] dirs`` of
+Where kvchat looks, in this order: the two bundled models, the ``[models] dirs`` of
 the config, LM Studio's model folders, Ollama's store, the Hugging Face hub cache and
 llama.cpp's download cache. Finding a file reads no header (:func:`find_models`);
 describing it reads the header and plans its memory, never the weights
@@ -86,13 +86,15 @@ def llama_cache_dir() -> Path:
 
 
 def _bundled() -> list[Found]:
-    from engine.model.loader import bundled_model_path
+    from engine.model.bundled import BUNDLED, bundled_model_path
 
-    try:
-        return [Found("gemma3-270m", "bundled", bundled_model_path())]
-    except (ImportError, OSError, ValueError, ModelFileError) as exc:
-        return [Found("gemma3-270m", "bundled", Path("gemma-3-270m-q4_k_m.gguf"),
-                      broken=f"the bundled model cannot be assembled: {exc}")]
+    found: list[Found] = []
+    for model in BUNDLED:
+        try:
+            found.append(Found(model.name, "bundled", bundled_model_path(model.name)))
+        except ModelFileError as exc:
+            found.append(Found(model.name, "bundled", Path(model.file_name), broken=str(exc)))
+    return found
 
 
 def gguf_files(root: Path, max_depth: int = MAX_DEPTH) -> Iterator[Path]:

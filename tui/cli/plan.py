@@ -88,9 +88,9 @@ def _header(args: argparse.Namespace, configured: Path | None,
     elif configured:
         path = Path(configured)
     else:
-        from engine.model.loader import bundled_model_path
+        from engine.model.bundled import default_model_path
 
-        path = bundled_model_path()
+        path = default_model_path()
     header = read_gguf_header(path)
     return header, str(path)
 

@@ -78,7 +78,7 @@ def route_service(config: KvchatConfig, args: argparse.Namespace, *,
 
 def _check_model_file(config: KvchatConfig) -> None:
     """A bad model path is a one-line error in the shell, not a dialog in the app."""
+    from engine.model.bundled import default_model_path
     from engine.model.gguf_header import read_gguf_header
-    from engine.model.loader import bundled_model_path
 
-    read_gguf_header(config.model.path or bundled_model_path())
+    read_gguf_header(config.model.path or default_model_path())
