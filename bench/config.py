@@ -97,14 +97,15 @@ class Sample:
 
 
 def fit_prompt(count: Callable[[str], int], target_tokens: int) -> str:
-    """The longest prefix of the repeated text whose tokens (``count``, no BOS) stay
-    within ``target_tokens`` less a small allowance for the turn markers.
+    """The longest prefix of the repeated text whose whole prompt (``count``: the text
+    rendered by the chat template, turn markers and any default system prompt
+    included, tokenized without BOS) stays within ``target_tokens`` less one for BOS.
 
     Both paths call this with the same vocabulary, so they get the same text; the
     search is by characters because tokenizers differ widely (the synthetic shapes'
     byte-fallback vocabulary spends a token per character, Gemma's ~4 characters).
     """
-    goal = max(1, target_tokens - 16)
+    goal = max(1, target_tokens - 1)
     text = "Continue this ledger.\n\n" + PROMPT_SEED * (target_tokens * 8 // len(PROMPT_SEED) + 1)
     lo, hi = 1, len(text)
     while lo < hi:  # the largest n with count(text[:n]) <= goal

@@ -82,6 +82,7 @@ def raw(settings: LoadSettings, prompt_tokens: int, tokens: int) -> Sample:
     import llama_cpp
     from llama_cpp import _internals
 
+    from engine.api import ChatMessage
     from engine.model.memory.budget import process_rss
 
     class _Llama(llama_cpp.Llama):
@@ -104,9 +105,11 @@ def raw(settings: LoadSettings, prompt_tokens: int, tokens: int) -> Sample:
                  n_threads_batch=settings.n_threads, n_batch=settings.n_batch,
                  n_ubatch=settings.n_ubatch, n_gpu_layers=settings.n_gpu_layers,
                  flash_attn=settings.flash_attn, no_perf=True, verbose=False)
-    user = fit_prompt(lambda t: len(llm._model.tokenize(t.encode(), add_bos=False,
-                                                         special=True)), prompt_tokens)
-    text, _fmt = _chat_prompt(settings, user, llm._model)
+    _, fmt = _chat_prompt(settings, "-", llm._model)
+    user = fit_prompt(lambda t: len(llm._model.tokenize(
+        fmt.render([ChatMessage(role="user", content=t)]).encode(), add_bos=False,
+        special=True)), prompt_tokens)
+    text = fmt.render([ChatMessage(role="user", content=user)])
     # Scanned before the clock starts, as the engine scans it once per model.
     llm.eog = tuple(t for t in range(llm.n_vocab())
                     if llama_cpp.llama_vocab_is_eog(llm._model.vocab, t))
@@ -146,7 +149,9 @@ async def engine(settings: LoadSettings, prompt_tokens: int, tokens: int,
         # separate figure (``--extras``), and a random-weight shape has nothing to copy.
         speculative=SpeculativeConfig(mode="off"))
     await eng.start()
-    prompt = fit_prompt(lambda t: eng.count_tokens(t) or 0, prompt_tokens)
+    fmt = await eng.run_on_engine_thread(lambda gen: gen.lm.chat_format)
+    prompt = fit_prompt(lambda t: eng.count_tokens(
+        fmt.render([ChatMessage(role="user", content=t)])) or 0, prompt_tokens)
     # The end-of-generation scan that banning EOS needs happens once per model: done
     # before the clock starts, as on the raw side (normal replies never need it).
     await eng.run_on_engine_thread(lambda gen: gen.lm.eog_tokens())
