@@ -49,6 +49,9 @@ class ModelLoaded(_Event):
     """Names of the devices llama.cpp registered, GPU first."""
     chat_format: str
     """How turns are rendered: ``gguf-template`` or a built-in format name."""
+    chat_format_note: str = ""
+    """Why ``chat_format`` is not simply the model's template (it failed a test
+    conversation: the built-in format replaced it, and why); empty otherwise."""
     kv_bytes: int | None
     """Bytes the KV cache needs for the whole context, by the architecture's formula."""
     buffers: dict[str, int] = Field(default_factory=dict)
@@ -337,6 +340,17 @@ class Retry(_Event):
     """What this attempt adds to the prompt; empty when the prompt is unchanged."""
 
 
+class ChatFormatFallback(_Event):
+    """The chat template failed this conversation: it was rendered in ``chat_format``."""
+
+    type: Literal["chat_format"] = "chat_format"
+    chat_format: str
+    reason: str
+    given_up: bool = False
+    """It hit a limit (time, size, memory): not tried again while the model is loaded."""
+    message: str
+
+
 FinishReason = Literal["stop", "length", "cancelled", "context_full"]
 
 
@@ -394,7 +408,7 @@ class Error(_Event):
 Event = Annotated[
     ModelLoaded | MemorySnapshot | TurnStarted | PromptEvaluated | TokenChunk | Progress
     | KVUsage | Eviction | PromptTruncated | SpecStats | RouteDecision | OutputCheck | Retry
-    | Done | Error,
+    | ChatFormatFallback | Done | Error,
     Field(discriminator="type"),
 ]
 

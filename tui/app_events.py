@@ -6,6 +6,7 @@ from __future__ import annotations
 from textual.app import App
 
 from engine.events import (
+    ChatFormatFallback,
     Event,
     Eviction,
     KVUsage,
@@ -73,3 +74,6 @@ class EventPanes(App[int]):
             pane = self.query_one(ChatPane)
             await pane.add_notice(f"note: {event.message}", before=self._reply)
             self.notify(event.message, title="Message cut", severity="warning")
+        elif isinstance(event, ChatFormatFallback):
+            await self.query_one(ChatPane).add_notice(f"note: {event.message}", before=self._reply)
+            self.notify(event.message, title="Chat template", severity="warning")

@@ -9,6 +9,7 @@ import sys
 
 from engine.errors import KvchatError
 from engine.events import (
+    ChatFormatFallback,
     Done,
     Error,
     Event,
@@ -49,6 +50,8 @@ async def _ask(args: argparse.Namespace, prompt: str, jsonl: bool) -> int:
             info = await engine.start()
             if jsonl:
                 _write_line(info.model_dump_json())
+            elif info.chat_format_note:
+                print(f"kvchat: note: {info.chat_format_note}", file=sys.stderr)
             for snapshot in engine.memory:  # planned, then measured after load
                 if jsonl:
                     _write_line(snapshot.model_dump_json())
@@ -77,7 +80,7 @@ async def _ask(args: argparse.Namespace, prompt: str, jsonl: bool) -> int:
                           f"{'; '.join(event.errors[:3])}", file=sys.stderr)
                 elif isinstance(event, Done) and not stream:
                     sys.stdout.write(event.text)
-                elif isinstance(event, PromptTruncated):
+                elif isinstance(event, PromptTruncated | ChatFormatFallback):
                     print(f"kvchat: note: {event.message}", file=sys.stderr)
                 elif isinstance(event, RouteDecision) and sys.stderr.isatty():
                     print(f"[route {event.route} ({event.confidence:.2f}): {event.reason}]",
