@@ -1,4 +1,5 @@
-"""Shared fixtures. Every engine test runs the real bundled model through llama.cpp."""
+"""Shared fixtures. Every engine test runs a real bundled model through llama.cpp: the
+default SmolLM2-135M-Instruct unless it needs Gemma 3 270M's traits."""
 
 from __future__ import annotations
 
@@ -72,7 +73,7 @@ def run_kvchat(*args: str | bytes, home: Path, stdin: bytes | None = None,
 
 
 @pytest.fixture
-def bad_files(tmp_path: Path, model_path: Path) -> Iterator[dict[str, Path]]:
+def bad_files(tmp_path: Path, gemma_path: Path) -> Iterator[dict[str, Path]]:
     """Files that must be refused with a clear message, never crash llama.cpp."""
     files = tmp_path / "bad"
     files.mkdir()
@@ -81,10 +82,10 @@ def bad_files(tmp_path: Path, model_path: Path) -> Iterator[dict[str, Path]]:
     text = files / "notes.gguf"
     text.write_text("this is a text file, not a model\n" * 20)
     truncated = files / "truncated.gguf"
-    with open(model_path, "rb") as src:
+    with open(gemma_path, "rb") as src:
         truncated.write_bytes(src.read(8 * 1024 * 1024))
     header_cut = files / "header-cut.gguf"
-    with open(model_path, "rb") as src:
+    with open(gemma_path, "rb") as src:
         header_cut.write_bytes(src.read(4096))
     garbage = files / "garbage.gguf"
     garbage.write_bytes(b"GGUF" + (3).to_bytes(4, "little") + os.urandom(4096))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,6 +23,7 @@ from engine.events import (
     TokenChunk,
     parse_event,
 )
+from engine.model.bundled import default_model_path
 from tests.conftest import GREEDY, chat_request
 
 
@@ -33,8 +35,19 @@ async def collect(stream) -> list[Event]:
     return [event async for event in stream]
 
 
-async def test_model_loaded_reports_the_model(engine: LocalEngine) -> None:
+async def test_the_default_model_is_the_instruct_one_with_its_template(
+        engine: LocalEngine) -> None:
     info = engine.info
+    assert info is not None and info.path == str(default_model_path())
+    assert (info.architecture, info.n_vocab) == ("llama", 49152)
+    assert info.chat_format == "gguf-template"
+
+
+async def test_model_loaded_reports_the_model(gemma_path: Path) -> None:
+    eng = LocalEngine(ModelConfig(path=gemma_path, n_ctx=1024), GREEDY)
+    await eng.start()
+    info = eng.info
+    await eng.close()
     assert info is not None
     assert info.architecture == "gemma3"
     assert info.backend == "CPU"

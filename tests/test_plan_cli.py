@@ -34,8 +34,8 @@ def test_plan_json_is_the_pydantic_plan(kvchat_home: Path) -> None:
 def test_plan_of_the_bundled_model(kvchat_home: Path) -> None:
     proc = run_kvchat("plan", "--ctx", "65536", home=kvchat_home)
     assert proc.returncode == 0, proc.stderr
-    assert "Gemma 3 270m" in proc.stdout and "FITS" in proc.stdout
-    assert "warning: context 65536 is larger than the 32768 tokens" in proc.stdout
+    assert "Smollm2 135M" in proc.stdout and "FITS" in proc.stdout
+    assert "warning: context 65536 is larger than the 8192 tokens" in proc.stdout
 
 
 def test_plan_bad_inputs(kvchat_home: Path, bad_files: dict[str, Path]) -> None:

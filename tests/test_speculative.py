@@ -247,11 +247,11 @@ async def test_draft_mode_without_a_draft_model_is_a_config_error() -> None:
     await eng.close()
 
 
-async def test_a_draft_as_slow_as_the_model_is_switched_off(model_path: Path) -> None:
+async def test_a_draft_as_slow_as_the_model_is_switched_off(default_path: Path) -> None:
     # The model drafting for itself agrees with itself, but each draft costs a full
     # decode: speculation cannot pay, and the controller must notice.
     eng = LocalEngine(ModelConfig(n_ctx=1024), SamplingConfig(temperature=0, max_tokens=64),
-                      KVCacheConfig(), SpeculativeConfig(mode="draft", draft_model=model_path))
+                      KVCacheConfig(), SpeculativeConfig(mode="draft", draft_model=default_path))
     await eng.start()
     try:
         events = await collect(eng.chat(chat_request([ChatMessage(role="user", content=REPEAT)],
@@ -323,13 +323,13 @@ async def test_auto_stands_aside_for_greedy_unless_invariant_and_drafts_when_sam
     assert done.drafted_tokens > 0
 
 
-async def test_greedy_output_with_a_self_draft_is_the_plain_output(model_path: Path) -> None:
+async def test_greedy_output_with_a_self_draft_is_the_plain_output(default_path: Path) -> None:
     # The model drafting for itself: long rounds, nearly every draft accepted, so any
     # difference between batched and one-token kernels that flips a choice shows here.
     sampling = SamplingConfig(temperature=0, max_tokens=120)
     outputs = []
     for spec in (SpeculativeConfig(mode="off"),
-                 SpeculativeConfig(mode="draft", draft_model=model_path, adaptive=False)):
+                 SpeculativeConfig(mode="draft", draft_model=default_path, adaptive=False)):
         eng = LocalEngine(ModelConfig(n_ctx=1024, batch_invariant="on"), sampling,
                           KVCacheConfig(), spec)
         await eng.start()

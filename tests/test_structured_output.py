@@ -78,8 +78,10 @@ async def test_unconstrained_reply_to_the_same_prompt_is_not_json(engine: LocalE
     assert not check_output(done.text, OutputSpec(format="json", schema=BOOK)).ok
 
 
-async def test_schema_grammar_holds_across_evictions_with_speculation_on() -> None:
-    engine = LocalEngine(ModelConfig(n_ctx=256), SamplingConfig(temperature=0.0),
+async def test_schema_grammar_holds_across_evictions_with_speculation_on(
+        gemma_path: Path) -> None:
+    # Gemma: a base model that keeps listing steps, so the window has to evict.
+    engine = LocalEngine(ModelConfig(path=gemma_path, n_ctx=256), SamplingConfig(temperature=0.0),
                          KVCacheConfig(), SpeculativeConfig(mode="prompt-lookup"))
     await engine.start()
     try:

@@ -71,11 +71,11 @@ def test_block_scales_are_small_and_finite(tmp_path: Path) -> None:
 
 
 async def test_gemma_synth_has_the_real_vocabulary_and_runs(tmp_path: Path,
-                                                            model_path: Path) -> None:
+                                                            gemma_path: Path) -> None:
     path = tmp_path / "gemma.gguf"
     write_synthetic(*parse_shape("gemma-3-270m:Q4_K_M"), path)
     header = read_gguf_header(path)
-    assert _tensors(header) == _tensors(read_gguf_header(model_path))
+    assert _tensors(header) == _tensors(read_gguf_header(gemma_path))
     assert header.metadata["tokenizer.ggml.tokens"].length == 262_144
     done = await _generate(path, 4)
     assert done.completion_tokens == 4

@@ -125,7 +125,7 @@ async def test_type_send_and_see_the_streamed_reply(kvchat_home: Path) -> None:
         assert note.startswith("route chat chosen · ")
         assert f"{finished.done.completion_tokens} tokens" in note and "tok/s" in note
         status = app.query_one(StatusLine)
-        assert status.ctx_used > 0 and "Gemma 3 270m" in status.render()
+        assert status.ctx_used > 0 and "Smollm2 135M" in status.render()
         assert status.route == "chat chosen" and "route chat" in str(status.tooltip)
         rows = app.store.messages(app.conversation_id)
         assert [r.role for r in rows] == ["user", "assistant"]
