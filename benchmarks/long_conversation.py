@@ -38,6 +38,7 @@ from engine.backends.local import LocalEngine  # noqa: E402
 from engine.config import KVCacheConfig, ModelConfig, SamplingConfig  # noqa: E402
 from engine.decode.generator import Generator  # noqa: E402
 from engine.events import Done, Error, Eviction, TokenChunk  # noqa: E402
+from engine.model.bundled import bundled_model_path  # noqa: E402
 from engine.session import ChatSession  # noqa: E402
 from engine.store import Store  # noqa: E402
 
@@ -99,7 +100,7 @@ async def reevaluate_window(engine: LocalEngine, reps: int = 3) -> tuple[float, 
 
 
 async def converse(args: argparse.Namespace, store: Store) -> tuple[Run, LocalEngine]:
-    engine = LocalEngine(ModelConfig(n_ctx=args.ctx),
+    engine = LocalEngine(ModelConfig(path=bundled_model_path("gemma3-270m"), n_ctx=args.ctx),
                          SamplingConfig(temperature=0.8, seed=7, max_tokens=args.reply),
                          KVCacheConfig())
     await engine.start()

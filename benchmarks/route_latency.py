@@ -59,12 +59,13 @@ async def fallback(repeat: int) -> None:
     from engine.backends.local import LocalEngine
     from engine.config import ModelConfig, SamplingConfig
     from engine.events import PromptEvaluated
+    from engine.model.bundled import bundled_model_path
 
     templates = load_templates()
     names = templates.names
     descriptions = {n: templates.get(n).description for n in names}
-    engine = LocalEngine(ModelConfig(n_ctx=2048), SamplingConfig(max_tokens=1,
-                                                                 temperature=0.0))
+    engine = LocalEngine(ModelConfig(path=bundled_model_path("gemma3-270m"), n_ctx=2048),
+                         SamplingConfig(max_tokens=1, temperature=0.0))
     await engine.start()
     try:
         prompts = [p for p, _ in LABELLED[:: max(1, len(LABELLED) // repeat)]][:repeat]

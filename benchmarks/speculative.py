@@ -59,9 +59,11 @@ async def measure(task: str, mode: str, tokens: int, draft: str | None,
     from engine.api import ChatMessage, ChatRequest
     from engine.backends.local import LocalEngine
     from engine.config import KVCacheConfig, ModelConfig, SamplingConfig, SpeculativeConfig
+    from engine.model.bundled import bundled_model_path
 
     spec = SpeculativeConfig(mode=mode, draft_model=Path(draft) if draft else None)
-    eng = LocalEngine(ModelConfig(path=Path(model) if model else None, n_ctx=4096,
+    path = Path(model) if model else bundled_model_path("gemma3-270m")
+    eng = LocalEngine(ModelConfig(path=path, n_ctx=4096,
                                   n_gpu_layers=gpu_layers, batch_invariant=invariant),
                       SamplingConfig(temperature=temperature, seed=seed, max_tokens=tokens,
                                      **PENALTIES.get(task, {})),

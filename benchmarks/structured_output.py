@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from engine.backends.local import LocalEngine
 from engine.config import KvchatConfig, ModelConfig, SamplingConfig
 from engine.events import Done, OutputCheck
+from engine.model.bundled import bundled_model_path
 from engine.routing.service import RouteService
 from engine.session import ChatSession
 from engine.store import Store
@@ -84,7 +85,8 @@ STEPS = ("as_generated", "repair", "stricter_prompt", "grammar", "failed")
 
 
 async def run(n_ctx: int, max_tokens: int) -> dict:
-    engine = LocalEngine(ModelConfig(n_ctx=n_ctx), SamplingConfig(temperature=0.0))
+    engine = LocalEngine(ModelConfig(path=bundled_model_path("gemma3-270m"), n_ctx=n_ctx),
+                         SamplingConfig(temperature=0.0))
     await engine.start()
     sampling = SamplingConfig(temperature=0.0, max_tokens=max_tokens)
     results = []

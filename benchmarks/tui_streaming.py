@@ -308,7 +308,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--tokens", type=int, default=256)
     parser.add_argument("--ctx", type=int, default=1024)
-    parser.add_argument("--model", help="a GGUF (default: the bundled model), with every "
+    parser.add_argument("--model", help="a GGUF (default: the bundled Gemma 3 270M), with every "
                                         "layer the memory plan fits on a GPU")
     parser.add_argument("--threads", type=int, default=None,
                         help="llama.cpp threads for both faces (default: every core)")
@@ -356,6 +356,10 @@ def main() -> None:
                         help=argparse.SUPPRESS)
     parser.add_argument("--json", metavar="FILE", help="also write the results here")
     args = parser.parse_args()
+    if not args.model:  # the figures in docs/tui.md are Gemma 3 270M's
+        from engine.model.bundled import bundled_model_path
+
+        args.model = str(bundled_model_path("gemma3-270m"))
     if args.face:
         one_face(args)
         return
