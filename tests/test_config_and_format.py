@@ -10,6 +10,7 @@ from engine.api import ChatMessage
 from engine.config import KvchatConfig, load_config
 from engine.errors import ConfigError, ModelLoadError
 from engine.model.chat_format import GEMMA, TemplateFormat, choose_format
+from engine.model.template_limits import TemplateProblem
 from tui.config import UIConfig, load_app_config, ui_settings
 
 
@@ -93,7 +94,7 @@ def test_gguf_template_renders_in_a_sandbox() -> None:
     fmt = TemplateFormat(template, "<s>", "</s>")
     assert fmt.render([ChatMessage(role="user", content="hi")]) == "<s><user>hi<assistant>"
     evil = TemplateFormat("{{ ''.__class__.__mro__[1].__subclasses__() }}", "", "")
-    with pytest.raises(ModelLoadError, match="chat template failed"):
+    with pytest.raises(TemplateProblem, match="unsafe"):
         evil.render([ChatMessage(role="user", content="hi")])
 
 
@@ -101,7 +102,11 @@ def test_format_choice() -> None:
     never = lambda _text: False  # noqa: E731
     assert choose_format("auto", "gemma3", None, "", "", never).name == "gemma"
     assert choose_format("auto", "llama", None, "", "", lambda t: True).name == "llama3"
-    assert choose_format("auto", "qwen2", "{{ 'x' }}", "", "", never).name == "gguf-template"
+    chatml = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n" \
+             "{% endfor %}<|im_start|>assistant\n"
+    assert choose_format("auto", "qwen2", chatml, "", "", never).name == "gguf-template"
+    # A template that leaves the conversation out is no template: the built-in one serves.
+    assert choose_format("auto", "qwen2", "{{ 'x' }}", "", "", never).name == "chatml"
     assert choose_format("chatml", "gemma3", None, "", "", never).name == "chatml"
     with pytest.raises(ModelLoadError, match="unknown chat format"):
         choose_format("vicuna", "llama", None, "", "", never)

@@ -76,6 +76,8 @@ class Generator:
         cancelled, or a failed decode), the cache is left in step with its record."""
         stats = TurnStats(started=time.perf_counter())
         prompt = self.cache.place(req.messages)
+        if fallback := self.lm.chat_format.take_fallback():  # the template failed: said once
+            emit(fallback)
         reserve = self.cache.reserve_for(req)
         turn = self.turn_for(req, stats)  # first: a bad grammar fails before any work
         self._emit, self._stats = emit, stats

@@ -33,6 +33,8 @@ log = logging.getLogger("kvchat.loader")
 
 # llama.cpp marks turn markers and special tokens with this attribute.
 TOKEN_ATTR_CONTROL = 1 << 3
+# A token the model's authors added whole (some files mark their turn markers so).
+TOKEN_ATTR_USER_DEFINED = 1 << 4
 
 
 @dataclass
@@ -54,6 +56,10 @@ class LoadedModel:
     decode (engine/model/batch_invariance.py); 0 when not loaded that way."""
     threads: tuple[int, int, int] = (0, 0, 0)
     """CPU threads for one-token decodes, prompt batches, verification batches."""
+    turn_end_tokens: frozenset[int] = frozenset()
+    """The chat format's end-of-turn markers (``<|im_end|>``, ``<|eot_id|>``,
+    ``<end_of_turn>``...): they end a reply even where the file's EOS/EOG metadata
+    does not list them."""
     _eog_tokens: list[int] | None = field(default=None, repr=False)
     _pieces: dict[int, bytes] = field(default_factory=dict, repr=False)
     _turn_enders: dict[int, bool] = field(default_factory=dict, repr=False)
@@ -93,16 +99,19 @@ class LoadedModel:
         ends = self._turn_enders.get(token)
         if ends is None:
             ends = self._turn_enders[token] = bool(
-                llama_cpp.llama_vocab_is_eog(self.model.vocab, token)
+                token in self.turn_end_tokens
+                or llama_cpp.llama_vocab_is_eog(self.model.vocab, token)
                 or self.model.token_get_attr(token) & TOKEN_ATTR_CONTROL)
         return ends
 
     def eog_tokens(self) -> list[int]:
-        """Every end-of-generation token (scanned once, for --ignore-eos)."""
+        """Every end-of-generation token, the format's turn markers included (scanned
+        once, for --ignore-eos)."""
         if self._eog_tokens is None:
             vocab = self.model.vocab
             self._eog_tokens = [t for t in range(self.model.n_vocab())
-                                if llama_cpp.llama_vocab_is_eog(vocab, t)]
+                                if t in self.turn_end_tokens
+                                or llama_cpp.llama_vocab_is_eog(vocab, t)]
         return self._eog_tokens
 
     @contextmanager
@@ -192,7 +201,7 @@ def load_model(config: ModelConfig, *, invariant: bool = False) -> LoadedModel:
     bytes_per_cell = plan.kv_bytes_per_token[plan.kv_type] if plan is not None \
         else kv_bytes_per_token(header, settings.kv_type)
     buffers = llama_log.buffer_sizes(log_lines)
-    info = _model_info(path, header, model, ctx, settings, plan, chat_format=fmt.name,
+    info = _model_info(path, header, model, ctx, settings, plan, chat_format=fmt,
                        buffers=buffers, kv_bytes=bytes_per_cell * ctx.n_ctx(),
                        started=started, invariant=invariant)
     memory = [] if plan is None else [planned_snapshot(plan),
@@ -201,7 +210,7 @@ def load_model(config: ModelConfig, *, invariant: bool = False) -> LoadedModel:
     prompt_threads = config.n_threads_batch or n_threads
     return LoadedModel(header, model, ctx, fmt, info, settings.n_batch, bytes_per_cell,
                        plan=plan, memory=memory,
-                       invariant_rows=rows,
+                       invariant_rows=rows, turn_end_tokens=turn_end_tokens(model, fmt),
                        threads=(n_threads, prompt_threads,
                                 config.n_threads_verify or prompt_threads))
 
@@ -218,7 +227,7 @@ def _plan_if_known(config: ModelConfig, header: GGUFHeader) -> MemoryPlan | None
 
 def _model_info(path: Path, header: GGUFHeader, model: _internals.LlamaModel,
                 ctx: _internals.LlamaContext, settings: _Settings, plan: MemoryPlan | None,
-                *, chat_format: str, buffers: dict[str, int], kv_bytes: int,
+                *, chat_format: ChatFormat, buffers: dict[str, int], kv_bytes: int,
                 started: float, invariant: bool) -> ModelLoaded:
     """The ``model_loaded`` event for a load that began at ``started``."""
     n_gpu_layers = min(settings.n_gpu_layers, header.n_layers + 1) if has_gpu() else 0
@@ -237,7 +246,8 @@ def _model_info(path: Path, header: GGUFHeader, model: _internals.LlamaModel,
         n_gpu_layers=n_gpu_layers,
         backend=compute_backend(n_gpu_layers),
         devices=[d.name for d in list_devices()],
-        chat_format=chat_format,
+        chat_format=chat_format.name,
+        chat_format_note=chat_format.note,
         kv_bytes=kv_bytes,
         buffers=buffers,
         load_s=time.perf_counter() - started,
@@ -330,6 +340,8 @@ def has_gpu() -> bool:
 
 def _chat_format(config: ModelConfig, header: GGUFHeader,
                  model: _internals.LlamaModel) -> ChatFormat:
+    """The format for this model; its template is tried on a test conversation here,
+    under the sandbox's limits (about a second at most for a template that loops)."""
     def piece(token: int) -> str:
         if token < 0:
             return ""
@@ -339,4 +351,18 @@ def _chat_format(config: ModelConfig, header: GGUFHeader,
         return len(model.tokenize(text.encode(), add_bos=False, special=True)) == 1
 
     return choose_format(config.chat_format, header.architecture, header.chat_template,
-                         piece(model.token_bos()), piece(model.token_eos()), is_single_token)
+                         piece(model.token_bos()), piece(model.token_eos()), is_single_token,
+                         tokenizer_adds_bos=model.add_bos_token() and model.token_bos() >= 0)
+
+
+def turn_end_tokens(model: _internals.LlamaModel, fmt: ChatFormat) -> frozenset[int]:
+    """The tokens that open what ``fmt`` writes after a reply, where that is a special
+    token (control or user-defined: a turn marker, not text the reply may contain)."""
+    found = set()
+    for tail in fmt.turn_ends():
+        tokens = model.tokenize(tail.lstrip().encode(), add_bos=False, special=True)
+        if tokens and (model.token_get_attr(tokens[0])
+                       & (TOKEN_ATTR_CONTROL | TOKEN_ATTR_USER_DEFINED)
+                       or llama_cpp.llama_vocab_is_eog(model.vocab, tokens[0])):
+            found.add(tokens[0])
+    return frozenset(found)
