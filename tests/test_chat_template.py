@@ -14,6 +14,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+from textual.app import App, ComposeResult
 
 from engine.api import ChatMessage
 from engine.backends.local import LocalEngine
@@ -33,6 +34,7 @@ from engine.model.gguf_header import read_gguf_header
 from engine.model.template_limits import Limits, TemplateProblem
 from tests.conftest import GREEDY, chat_request, run_kvchat
 from tests.gguf_patch import patch_gguf
+from tui.widgets.memory_pane import MemoryPane
 
 # Templates as their models publish them (tool-calling branches kept where they are
 # short; they are not taken without tools).
@@ -429,6 +431,27 @@ def test_a_template_failing_on_a_later_conversation_falls_back_for_it() -> None:
     assert "from now on" in event.message and fmt.name == "chatml"
     # Given up: the template is not run again, not even for a conversation it renders.
     assert fmt.render(TALK) == CHATML.render(TALK) and fmt.take_fallback() is None
+
+
+class _PaneHost(App[None]):
+    def compose(self) -> ComposeResult:
+        yield MemoryPane()
+
+
+async def test_the_memory_pane_says_why_the_template_was_replaced() -> None:
+    note = "the model's chat template failed a test conversation (it ran past the 1 s limit)"
+    info = ModelLoaded(path="/models/x.gguf", name="x", architecture="llama", description="x",
+                       n_params=1, file_bytes=1, weights_bytes=1, n_vocab=10, n_ctx=512,
+                       n_ctx_train=512, n_layers=2, n_gpu_layers=0, backend="CPU",
+                       chat_format="chatml", chat_format_note=note, kv_bytes=1, load_s=0.1)
+    async with _PaneHost().run_test() as pilot:
+        pane = pilot.app.query_one(MemoryPane)
+        pane.show_model(info)
+        await pilot.pause()
+        assert f"chat format chatml: {note}" in str(pane.query_one("#mem-layers").render())
+        pane.show_model(info.model_copy(update={"chat_format_note": ""}))
+        await pilot.pause()
+        assert "chat format" not in str(pane.query_one("#mem-layers").render())
 
 
 # -- through llama.cpp (hold the model lock) -----------------------------------------
