@@ -16,12 +16,13 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from engine.config import SamplingConfig
-from engine.errors import EngineClosed, PromptError
+from engine.errors import EngineClosed, PromptError, SwitchUnsupported
 from engine.events import Event, MemorySnapshot, ModelLoaded
 from engine.structured.spec import OutputSpec
 
@@ -91,6 +92,36 @@ class ModelAnswer:
     prompt_tokens: int
 
 
+class ModelChoice(BaseModel):
+    """A model the engine could switch to (``ChatEngine.list_models``), described from
+    its header and planned for this engine's settings and budget, never loaded."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    """As ``kvchat models`` lists it (and ``--model NAME`` takes it)."""
+    source: str
+    """bundled, config, lmstudio, ollama, huggingface or llama.cpp."""
+    path: str
+    architecture: str | None = None
+    parameters: int | None = None
+    quant: str | None = None
+    file_bytes: int | None = None
+    chat_template: bool = False
+    verdict: str
+    """``fits``, ``N of M layers on GPU``, ``does not fit``, ``no plan`` (an
+    architecture the planner does not know: llama.cpp decides) or ``broken``."""
+    reason: str = ""
+    """The plan's sentence (what it needs of what budget), or why the file is broken."""
+    current: bool = False
+    """The model loaded now."""
+
+    @property
+    def runnable(self) -> bool:
+        """Whether ``switch_model`` would try to load it (it still may fail)."""
+        return self.verdict not in ("does not fit", "broken")
+
+
 class ChatEngine(ABC):
     generates_on_thread: bool = False
     """True when replies are generated on a thread of the caller's process, where they
@@ -147,6 +178,30 @@ class ChatEngine(ABC):
         grammar-constrained answer that leaves the conversation's KV cache alone; None
         where the backend cannot (the router's own decision stands)."""
         return None
+
+    async def list_models(self, dirs: Sequence[str | Path] = ()) -> list[ModelChoice]:
+        """The models found here (the bundled ones, ``dirs``, and the other places
+        ``kvchat models`` looks), each with its memory plan's verdict for this engine's
+        settings, counting the memory the loaded model would give back. Reads headers
+        only, off the caller's thread. Raises
+        :class:`~engine.errors.SwitchUnsupported` where the backend cannot switch."""
+        raise SwitchUnsupported("this backend cannot switch models")
+
+    async def switch_model(self, path: Path | str) -> ModelLoaded:
+        """Replace the loaded model by the GGUF at ``path``, with the same settings.
+
+        The file is read and its memory planned first: a missing or broken file
+        (:class:`~engine.errors.ModelFileError`) or a plan that does not fit
+        (:class:`~engine.errors.ModelDoesNotFit`) is refused with the model in use left
+        as it was. Otherwise the loaded model and its context are freed before the new
+        one loads (never two models in memory), and the KV cache starts empty: the next
+        reply evaluates its whole prompt, rendered with the new model's chat format.
+        When the new model fails to load, the previous one is loaded again and the
+        error (:class:`~engine.errors.ModelLoadError`) says so; if that fails too,
+        ``info`` is None, replies end with an error, and another switch can load one.
+        A reply in flight finishes first. Raises
+        :class:`~engine.errors.SwitchUnsupported` where the backend cannot switch."""
+        raise SwitchUnsupported("this backend cannot switch models")
 
     @abstractmethod
     def cancel(self) -> None:

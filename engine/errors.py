@@ -89,3 +89,18 @@ class EngineDied(KvchatError):
     killed by the system): the app stays up and starts a new one for the next reply."""
 
     code = "engine_died"
+
+
+class ModelDoesNotFit(ModelLoadError):
+    """A model to switch to whose memory plan does not fit the budget: refused before
+    anything is unloaded, so the model in use stays."""
+
+    code = "model_does_not_fit"
+    usage = True
+
+
+class SwitchUnsupported(KvchatError):
+    """The backend cannot change its model while it runs (a server serves its own)."""
+
+    code = "switch_unsupported"
+    usage = True

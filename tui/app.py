@@ -53,7 +53,7 @@ from tui.messages import (
 )
 from tui.prefs import load_prefs, prefs_path, save_prefs
 from tui.themes import bundled_theme_files, load_themes
-from tui.ui_priority import GilHandover, streams_as_source, yield_cpu_to_decoding
+from tui.ui_priority import GilHandover, yield_cpu_to_decoding
 from tui.widgets.chat_pane import ChatPane, ReplyMessage, UserMessage
 from tui.widgets.kv_pane import KVPane
 from tui.widgets.memory_pane import MemoryPane
@@ -194,9 +194,7 @@ class KvchatApp(ReplyView, AppActions, App[int]):
 
     @on(ModelReady)
     def _model_ready(self, message: ModelReady) -> None:
-        self.ready = True
-        self.source_view = streams_as_source(self.config, message.info)
-        self.engine.pace_events(pacing(self.source_view).relay_gap_s)
+        self.use_model(message.info, message.memory)
         if self.yield_cpu and self.ui.ui_nice:
             yield_cpu_to_decoding(self.ui.ui_nice)
         if self.yield_cpu:
@@ -205,18 +203,6 @@ class KvchatApp(ReplyView, AppActions, App[int]):
         if (self.yield_cpu and self.ui.gil_switch_ms
                 and self.engine.generates_on_thread):
             self._gil.shorten(self.ui.gil_switch_ms / 1000)
-        status = self.query_one(StatusLine)
-        status.model_name = message.info.name
-        status.backend = message.info.backend
-        status.ctx_total = message.info.n_ctx
-        status.state = "ready"
-        self.query_one(KVPane).show_empty(message.info.n_ctx)
-        pane = self.query_one(MemoryPane)
-        pane.show_model(message.info)
-        for snapshot in message.memory:
-            pane.show_snapshot(snapshot)
-        self.query_one(PromptInput).placeholder = \
-            "Message (Enter sends, Ctrl+J new line, Esc cancels, F1 help)"
 
     @on(Worker.StateChanged)
     def _worker_died(self, event: Worker.StateChanged) -> None:

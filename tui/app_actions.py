@@ -1,26 +1,37 @@
-"""The app's actions: conversations, panes, screens, clipboard. Bound to keys in
-:class:`tui.app.KvchatApp` and offered in the command palette (:mod:`tui.commands`)."""
+"""The app's actions: conversations, the model, panes, screens, clipboard. Bound to
+keys in :class:`tui.app.KvchatApp` and offered in the command palette
+(:mod:`tui.commands`)."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from pydantic import ValidationError
-from textual import events, work
+from textual import events, on, work
 from textual.app import App
 from textual.containers import Vertical
+from textual.timer import Timer
 from textual.widgets import Input, TextArea
 
+from engine.api import ChatEngine, ModelChoice
+from engine.config import KvchatConfig
 from engine.errors import KvchatError
-from engine.events import Done, RouteDecision
+from engine.events import Done, MemorySnapshot, ModelLoaded, RouteDecision
 from engine.store import AttemptRow, MessageRow, Store
+from tui.coalesce import pacing
+from tui.messages import ModelSwitched, ModelSwitchFailed, ModelSwitching
 from tui.notes import done_note, retry_note
 from tui.prefs import SIDE_WIDTHS, UiPrefs, save_prefs
 from tui.screens.conversations import ConversationsScreen, export_conversation
 from tui.screens.help_screen import HelpScreen
+from tui.screens.models_screen import ModelsScreen
 from tui.screens.retry_screen import RetryScreen
 from tui.screens.route_detail import RouteDetailScreen
+from tui.ui_priority import streams_as_source
 from tui.widgets.chat_pane import ChatPane, ReplyMessage
+from tui.widgets.kv_pane import KVPane
+from tui.widgets.memory_pane import MemoryPane
 from tui.widgets.prompt_input import PromptInput
 from tui.widgets.reply_blocks import CodeFence, code_blocks
 from tui.widgets.status_line import StatusLine
@@ -45,13 +56,22 @@ def stored_note(row: MessageRow, attempts: list[AttemptRow]) -> str:
 
 
 class AppActions(App[int]):
+    config: KvchatConfig
+    engine: ChatEngine
     store: Store
     prefs: UiPrefs
     prefs_file: Path
     conversation_id: int | None
+    ready: bool
     replying: bool
+    source_view: bool
     next_route: str | None
     last_route: RouteDecision | None
+    _engine_died: bool
+    _switch_from: ModelLoaded | None = None
+    """The model loaded when the switch in flight began."""
+    _switch_ticker: Timer | None = None
+    """Counts the seconds of the switch in flight on the status line."""
 
     def on_key(self, event: events.Key) -> None:
         """Typing while the conversation or a pane has the focus (after Tab, a click or
@@ -129,6 +149,125 @@ class AppActions(App[int]):
             self.notify(str(exc), title="Export failed", severity="error")
             return
         self.notify(str(path), title="Exported")
+
+    # -- the model ----------------------------------------------------------------------
+
+    def use_model(self, info: ModelLoaded, memory: list[MemorySnapshot]) -> None:
+        """The engine's model, loaded or switched to: ready for messages, in the status
+        line and the panes."""
+        self.ready = True
+        self._engine_died = False
+        self.source_view = streams_as_source(self.config, info)
+        self.engine.pace_events(pacing(self.source_view).relay_gap_s)
+        status = self.query_one(StatusLine)
+        status.model_name = info.name
+        status.backend = info.backend
+        status.ctx_total = info.n_ctx
+        status.state = "ready"
+        self.query_one(KVPane).show_empty(info.n_ctx)
+        pane = self.query_one(MemoryPane)
+        pane.show_model(info)
+        for snapshot in memory:
+            pane.show_snapshot(snapshot)
+        self.query_one(PromptInput).placeholder = \
+            "Message (Enter sends, Ctrl+J new line, Esc cancels, F1 help)"
+
+    def _can_switch(self) -> bool:
+        # Refused rather than cancelling the reply: its text would be cut off unasked.
+        if self.replying:
+            self.notify("A reply is streaming: Esc cancels it, then switch.",
+                        title="Switch model", severity="warning")
+            return False
+        if any(w.group == "load" and w.is_running for w in self.workers):
+            self.notify("A model is loading: switch once it is ready.",
+                        title="Switch model", severity="warning")
+            return False
+        return True
+
+    @work(exclusive=True, group="screens")
+    async def action_switch_model(self) -> None:
+        if not self._can_switch():
+            return
+        choice = await self.push_screen_wait(
+            ModelsScreen(self.engine, list(self.config.models.dirs)))
+        if choice is None or not self._can_switch():
+            return
+        self.ready = False  # no message goes to the model on its way out
+        self._switch_from = self.engine.info
+        self.switch_model(choice)
+
+    @work(exclusive=True, group="load", exit_on_error=False)
+    async def switch_model(self, choice: ModelChoice) -> None:
+        self.post_message(ModelSwitching(choice.name, choice.reason))
+        try:
+            info = await self.engine.switch_model(choice.path)
+        except KvchatError as exc:
+            self.post_message(ModelSwitchFailed(exc.message, self.engine.info,
+                                                self.engine.memory))
+            return
+        self.post_message(ModelSwitched(info, self.engine.memory))
+
+    @on(ModelSwitching)
+    def _model_switching(self, message: ModelSwitching) -> None:
+        self.ready = False
+        status = self.query_one(StatusLine)
+        status.state = f"loading {message.name}…"
+        started = time.monotonic()
+
+        def tick() -> None:
+            status.state = f"loading {message.name}… {time.monotonic() - started:.0f} s"
+
+        self._switch_ticker = self.set_interval(1.0, tick)
+        self.query_one(MemoryPane).reset(
+            f"loading {message.name}: {message.plan}" if message.plan
+            else f"loading {message.name}…")
+        self.query_one(PromptInput).placeholder = f"Loading {message.name}…"
+
+    def _switch_over(self) -> None:
+        if self._switch_ticker is not None:
+            self._switch_ticker.stop()
+            self._switch_ticker = None
+
+    def _fresh_model(self, info: ModelLoaded | None) -> None:
+        """Status and KV pane for a model with an empty cache (None: no model)."""
+        status = self.query_one(StatusLine)
+        status.ctx_used = status.evicted = 0
+        status.tokens_per_s = 0.0
+        status.spec = status.route = ""
+        self.query_one(KVPane).reset(info.n_ctx if info is not None else 0)
+
+    @on(ModelSwitched)
+    async def _model_switched(self, message: ModelSwitched) -> None:
+        self._switch_over()
+        info = message.info
+        self._fresh_model(info)
+        self.use_model(info, message.memory)
+        await self.query_one(ChatPane).add_notice(
+            f"model: {info.name} ({info.chat_format}), loaded in {info.load_s:.1f} s; "
+            "the conversation goes on with it")
+        self.notify(f"{info.name} is loaded; the next message is read whole by it.",
+                    title="Switch model")
+
+    @on(ModelSwitchFailed)
+    def _model_switch_failed(self, message: ModelSwitchFailed) -> None:
+        self._switch_over()
+        self.notify(message.message, title="Switch model failed", severity="error",
+                    timeout=30)
+        info = message.info
+        if info is None:
+            self.ready = False
+            self._fresh_model(None)
+            self.query_one(MemoryPane).reset("no model loaded")
+            status = self.query_one(StatusLine)
+            status.model_name = status.backend = ""
+            status.ctx_total = 0
+            status.state = "no model loaded: Ctrl+P, Switch model"
+            self.query_one(PromptInput).placeholder = \
+                "No model is loaded: Ctrl+P, Switch model loads one"
+            return
+        if info != self._switch_from:  # the previous model, loaded again: an empty cache
+            self._fresh_model(info)
+        self.use_model(info, message.memory)
 
     # -- screens ------------------------------------------------------------------------
 

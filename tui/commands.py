@@ -17,6 +17,8 @@ class KvchatCommands(Provider):
         app: KvchatApp = self.app  # type: ignore[assignment]
         yield "New conversation", app.action_new_conversation, "Start an empty conversation"
         yield "Conversations", app.action_conversations, "Open, rename, delete, export"
+        yield ("Switch model", app.action_switch_model,
+               "Load another model found here; the conversation goes on")
         yield "Retried replies", app.action_retries, "Review malformed outputs and retries"
         yield "Toggle memory pane", partial(app.action_toggle_pane, "memory"), "F2"
         yield "Toggle KV-cache pane", partial(app.action_toggle_pane, "kv"), "F3"

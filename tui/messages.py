@@ -1,6 +1,7 @@
 """The app's message chain: PromptSubmitted -> ReplyStarted -> ReplyChunk* ->
 (ReplyRetrying -> ReplyChunk*)* -> ReplyFinished | ReplyFailed, plus ModelReady /
-ModelFailed at start and EngineEvent for everything else the panes show (evictions,
+ModelFailed at start, ModelSwitching -> ModelSwitched | ModelSwitchFailed for another
+model, and EngineEvent for everything else the panes show (evictions,
 routes, output checks); the gauges (KV usage, speed, speculation, memory) of a
 streaming reply come inside its ReplyChunk frames."""
 
@@ -70,6 +71,35 @@ class ModelFailed(Message):
     def __init__(self, message: str) -> None:
         super().__init__()
         self.message = message
+
+
+class ModelSwitching(Message):
+    """A switch to ``name`` has begun: the old model is being freed, the new one loaded."""
+
+    def __init__(self, name: str, plan: str) -> None:
+        super().__init__()
+        self.name = name
+        self.plan = plan
+        """The listing's plan for it (what it needs of what budget)."""
+
+
+class ModelSwitched(Message):
+    def __init__(self, info: ModelLoaded, memory: list[MemorySnapshot]) -> None:
+        super().__init__()
+        self.info = info
+        self.memory = memory
+
+
+class ModelSwitchFailed(Message):
+    """The switch was refused or its load failed; ``info`` is the model loaded now (the
+    previous one, kept or loaded again), None when none is."""
+
+    def __init__(self, message: str, info: ModelLoaded | None,
+                 memory: list[MemorySnapshot]) -> None:
+        super().__init__()
+        self.message = message
+        self.info = info
+        self.memory = memory
 
 
 class EngineEvent(Message):

@@ -14,14 +14,16 @@ import queue
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
-from engine.api import ChatEngine, ChatRequest, ModelAnswer, check_open
+from engine.api import ChatEngine, ChatRequest, ModelAnswer, ModelChoice, check_open
 from engine.backends.channel import EventChannel
+from engine.backends.model_switch import check_switch, list_choices
 from engine.config import KVCacheConfig, ModelConfig, SamplingConfig, SpeculativeConfig
 from engine.decode.generator import Generator
 from engine.decode.speculation import build_controller
-from engine.errors import EngineClosed, KvchatError
+from engine.errors import EngineClosed, KvchatError, ModelLoadError
 from engine.events import Error, Event, MemorySnapshot, ModelLoaded
 from engine.model.batch_invariance import wants_invariance
 from engine.model.loader import LoadedModel, has_gpu, load_model
@@ -85,6 +87,15 @@ class LocalEngine(ChatEngine):
         await asyncio.wrap_future(job.future)
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join)
+
+    async def list_models(self, dirs: Sequence[str | Path] = ()) -> list[ModelChoice]:
+        check_open(self._closed)
+        # Headers and plans only: off the engine thread, so a reply is not held up.
+        return await asyncio.to_thread(list_choices, self._model_config, dirs, self._lm)
+
+    async def switch_model(self, path: Path | str) -> ModelLoaded:
+        check_open(self._closed)
+        return await asyncio.wrap_future(self._submit(lambda: self._switch(Path(path))).future)
 
     def cancel(self) -> None:
         job = self._current
@@ -213,6 +224,47 @@ class LocalEngine(ChatEngine):
         assert self._info is not None
         return self._info
 
+    def _switch(self, path: Path) -> ModelLoaded:
+        """On the engine thread, between replies: check, free, load; the old model back
+        if the new one fails."""
+        previous = self._model_config
+        config = previous.model_copy(update={"path": path})
+        check_switch(config, self._lm)
+        had_model = self._lm is not None
+        old_name = self._info.name if self._info is not None else "the previous model"
+        # Freed first: a switch never holds two models. The new Generator starts with
+        # an empty KV cache, so nothing the old model evaluated is reused.
+        self._unload()
+        self._info = None
+        self._model_config = config
+        problem = self._try_load()
+        if problem is None:
+            assert self._info is not None
+            return self._info
+        self._model_config = previous
+        failed = f"cannot load {path.name}: {problem}"
+        if not had_model:
+            raise ModelLoadError(f"{failed}; no model is loaded")
+        again = self._try_load()
+        if again is not None:
+            raise ModelLoadError(f"{failed}; loading {old_name} again failed too "
+                                 f"({again}): no model is loaded")
+        assert self._info is not None
+        raise ModelLoadError(f"{failed}; {self._info.name} is loaded again")
+
+    def _try_load(self) -> str | None:
+        """Load ``_model_config``; None when it loaded, else why not, with whatever the
+        attempt left freed again."""
+        try:
+            self._load()
+            return None
+        except Exception as exc:  # whatever failed, the engine must stay usable
+            if not isinstance(exc, KvchatError):
+                log.exception("loading %s failed", self._model_config.path)
+            self._unload()
+            self._info = None
+            return exc.message if isinstance(exc, KvchatError) else f"{type(exc).__name__}: {exc}"
+
     def _unload(self) -> None:
         if self._classifier is not None:
             self._classifier.close()
@@ -220,7 +272,7 @@ class LocalEngine(ChatEngine):
         if self._gen is not None:
             self._gen.close()
             self._gen = None
-        if self._lm is not None:
-            self._lm.close()
-            self._lm = None
+        lm, self._lm = self._lm, None  # count_tokens, off this thread, sees None first
+        if lm is not None:
+            lm.close()
 

@@ -20,7 +20,7 @@ to the conversation (Up, PageUp, Home scroll it); typing goes back to the messag
 
 | key | does |
 | --- | --- |
-| Ctrl+P | command palette: every action below, themes, routes for the next message |
+| Ctrl+P | command palette: every action below, themes, routes, Switch model |
 | Ctrl+N | new conversation |
 | Ctrl+O | conversations: open, rename (r), delete (d), export (m / j) |
 | Ctrl+R | retried replies, attempt by attempt |

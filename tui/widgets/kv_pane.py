@@ -45,6 +45,22 @@ class KVPane(Vertical):
         yield Static("evictions: none yet", id="kv-log-title", markup=False)
         yield EvictionLog(max_lines=EVICTION_LOG_LINES, id="kv-log", auto_scroll=True)
 
+    def reset(self, n_ctx: int) -> None:
+        """Another model's empty cache: the chart, the log and the counts start again."""
+        self.last = None
+        self.evictions = 0
+        chart = self.query_one(CellsChart)
+        chart.samples.clear()
+        chart.n_ctx = n_ctx
+        chart.refresh()
+        self.query_one("#kv-log", Log).clear()
+        self.query_one("#kv-log-title", Static).update("evictions: none yet")
+        self.set_class(False, "-full")
+        if n_ctx:
+            self.show_empty(n_ctx)
+        else:
+            self.query_one("#kv-headline", LiveText).show("no cache: no model is loaded")
+
     def show_empty(self, n_ctx: int) -> None:
         """A model with an empty cache, in the headline's shape while a reply streams
         (it then keeps its height: no layout of the screen at the first tokens)."""

@@ -33,6 +33,17 @@ class MemoryPane(Vertical):
     def on_resize(self) -> None:
         self._refresh_bar()
 
+    def reset(self, headline: str) -> None:
+        """Forget the model shown (another one is loading): ``headline`` until the
+        next one's events come."""
+        self.view = MemoryView()
+        self._legend_key = None
+        self.query_one(SegmentBar).segments = ()
+        self.query_one("#mem-legend", LiveText).show("")
+        for part in ("#mem-layers", "#mem-table"):
+            self.query_one(part, Static).update("")
+        self.query_one("#mem-headline", LiveText).show(headline)
+
     def show_model(self, info: ModelLoaded) -> None:
         self.view.info = info
         self._refresh_view()

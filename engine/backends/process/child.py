@@ -17,6 +17,7 @@ import sys
 import threading
 
 from engine.backends.local import LocalEngine
+from engine.backends.model_switch import list_choices
 from engine.backends.process.wire import (
     REQUEST_ADAPTER,
     Answer,
@@ -26,9 +27,13 @@ from engine.backends.process.wire import (
     Close,
     Closed,
     Failed,
+    ListModels,
     Loaded,
+    Models,
     Start,
     StreamEvent,
+    Switch,
+    Switched,
     encode,
     failure,
     pipe_streams,
@@ -61,6 +66,10 @@ class EngineServer:
                 self._spawn(self._reply(request))
             elif isinstance(request, Classify):
                 self._spawn(self._classify(request))
+            elif isinstance(request, ListModels):
+                self._spawn(self._list_models(request))
+            elif isinstance(request, Switch):
+                self._spawn(self._switch(request))
         await self._shut_down()
 
     def _spawn(self, coro: object) -> None:
@@ -68,7 +77,8 @@ class EngineServer:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _send(self, message: Loaded | Failed | StreamEvent | Answer | Closed) -> None:
+    async def _send(self, message: Loaded | Failed | StreamEvent | Answer | Models
+                    | Switched | Closed) -> None:
         self._writer.write(encode(message))
         # Waits only while the app is not reading; the engine thread keeps decoding
         # meanwhile, and its channel hands over the tokens as one chunk afterwards.
@@ -77,7 +87,10 @@ class EngineServer:
     async def _load(self, start: Start) -> None:
         self._engine = LocalEngine(start.model, start.sampling, start.kv, start.speculative)
         try:
-            info = await self._engine.start()
+            if start.switch and start.model.path is not None:
+                info = await self._engine.switch_model(start.model.path)
+            else:
+                info = await self._engine.start()
         except KvchatError as exc:
             await self._send(failure(exc))
             return
@@ -117,6 +130,31 @@ class EngineServer:
                                     confidence=answer.confidence,
                                     elapsed_ms=answer.elapsed_ms,
                                     prompt_tokens=answer.prompt_tokens))
+
+    async def _list_models(self, req: ListModels) -> None:
+        try:
+            if self._engine is not None:
+                models = await self._engine.list_models(req.dirs)
+            else:  # a process started only to list them: nothing loaded, nothing freed
+                models = await asyncio.to_thread(list_choices, req.model, req.dirs, None)
+        except KvchatError as exc:
+            await self._send(failure(exc, req.id))
+            return
+        await self._send(Models(id=req.id, models=models))
+
+    async def _switch(self, req: Switch) -> None:
+        engine = self._engine
+        if engine is None:
+            await self._send(failure(KvchatError("the engine process was asked to switch "
+                                                 "before its start"), req.id))
+            return
+        try:
+            await engine.switch_model(req.path)
+        except KvchatError as exc:
+            await self._send(Switched(id=req.id, info=engine.info, memory=engine.memory,
+                                      error=type(exc).__name__, message=exc.message))
+            return
+        await self._send(Switched(id=req.id, info=engine.info, memory=engine.memory))
 
     async def _shut_down(self) -> None:
         for cancel in self._cancels.values():

@@ -17,7 +17,6 @@ side reads the GGUF's vocabulary alone (no weights) for ``count_tokens``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import signal
@@ -28,9 +27,9 @@ from typing import IO
 
 from pydantic import BaseModel
 
-from engine.api import ChatEngine, ChatRequest, ModelAnswer, check_open
+from engine.api import ChatEngine, ChatRequest, ModelAnswer, ModelChoice, check_open
 from engine.backends.channel import TERMINAL, EventChannel
-from engine.backends.process.launcher import EngineChild, Launcher
+from engine.backends.process.launcher import EngineChild, Launcher, stderr_tail
 from engine.backends.process.wire import (
     REPLY_ADAPTER,
     Answer,
@@ -40,14 +39,18 @@ from engine.backends.process.wire import (
     Close,
     Failed,
     FromChild,
+    ListModels,
     Loaded,
+    Models,
     Start,
     StreamEvent,
+    Switch,
+    Switched,
     encode,
     raised,
 )
 from engine.config import KVCacheConfig, ModelConfig, SamplingConfig, SpeculativeConfig
-from engine.errors import EngineClosed, EngineDied, KvchatError
+from engine.errors import EngineClosed, EngineDied, KvchatError, ModelLoadError
 from engine.events import Error, Event, MemorySnapshot, ModelLoaded
 from engine.model.vocab import VocabTokenizer
 
@@ -74,10 +77,13 @@ class ProcessEngine(ChatEngine):
         """How often, at most, the engine process sends a reply's events
         (:meth:`pace_events`); it travels with each request."""
         self._answers: dict[int, asyncio.Future[Answer | None]] = {}
+        self._calls: dict[int, asyncio.Future[Models | Switched]] = {}
+        """Model listings and switches waiting for the child's answer."""
         self._ids = itertools.count(1)
         self._info: ModelLoaded | None = None
         self._memory: list[MemorySnapshot] = []
         self._vocab: VocabTokenizer | None = None
+        self._vocab_path: str | None = None
         self._vocab_task: asyncio.Task[None] | None = None
         self._launching: asyncio.Lock | None = None
         self._closed = False
@@ -101,22 +107,29 @@ class ProcessEngine(ChatEngine):
         return self._proc.pid if self._proc is not None else None
 
     async def start(self) -> ModelLoaded:
-        if self._closed:
-            raise EngineClosed("the engine is closed")
-        if self._launching is None:
-            self._launching = asyncio.Lock()
-        async with self._launching:
+        async with self._launch_lock():
             if self._closed:
                 raise EngineClosed("the engine is closed")
             proc = self._proc
             if proc is not None and proc.popen.poll() is not None and self._reader:
                 await self._reader  # died while idle: let that be reported first
             if self._proc is None:
-                await self._launch()
-        assert self._info is not None
+                await self._launch(self._start)
+        if self._info is None:  # the child runs, but a failed switch left it no model
+            raise ModelLoadError("no model is loaded (the last switch failed): "
+                                 "switch to one")
         return self._info
 
-    async def _launch(self) -> None:
+    def _launch_lock(self) -> asyncio.Lock:
+        """Held while a child starts or switches its model: one at a time, and a reply
+        waits for it."""
+        if self._closed:
+            raise EngineClosed("the engine is closed")
+        if self._launching is None:
+            self._launching = asyncio.Lock()
+        return self._launching
+
+    async def _launch(self, start: Start) -> None:
         loop = asyncio.get_running_loop()
         # Kept open for the child's life: its last lines explain a crash.
         stderr = tempfile.TemporaryFile(prefix="kvchat-engine-")  # noqa: SIM115
@@ -127,26 +140,44 @@ class ProcessEngine(ChatEngine):
             self._stderr.close()
         self._proc, self._stderr, self._loaded = proc, stderr, loaded
         self._reader = asyncio.create_task(self._read(proc))
-        self._send(self._start)
+        self._send(start)
         try:
             result = await loaded
         except BaseException:
             self._proc = None  # refused to load, not died: nothing to report twice
             await self._stop(proc)
             raise
-        first = self._info is None
-        self._info, self._memory = result.info, result.memory
-        if first:
+        self._use(result.info, result.memory)
+
+    def _use(self, info: ModelLoaded | None, memory: list[MemorySnapshot]) -> None:
+        """The child's model now; a crash starts the next child with it."""
+        self._info, self._memory = info, memory
+        if info is None:
+            return
+        model = self._start.model.model_copy(update={"path": Path(info.path)})
+        self._start = self._start.model_copy(update={"model": model})
+        if info.path != self._vocab_path:
             # Only now that llama.cpp in the child has read the file without crashing
             # does this process touch it; the weights are not read here.
-            path = result.info.path
-            self._vocab_task = asyncio.create_task(self._read_vocab(path))
+            self._vocab_path = info.path
+            self._vocab_task = asyncio.create_task(
+                self._read_vocab(Path(info.path), self._vocab_task))
 
-    async def _read_vocab(self, path: str) -> None:
+    async def _read_vocab(self, path: Path, before: asyncio.Task[None] | None) -> None:
+        if before is not None:
+            await before  # a read in flight finishes first (it cannot be stopped)
+        old, self._vocab = self._vocab, None  # counts are estimates until the new one
+        if old is not None:
+            old.close()
         try:
-            self._vocab = await asyncio.to_thread(VocabTokenizer, Path(path))
+            vocab = await asyncio.to_thread(VocabTokenizer, path)
         except KvchatError as exc:  # counts fall back to an estimate
             log.warning("%s", exc.message)
+            return
+        if str(path) == self._vocab_path:
+            self._vocab = vocab
+        else:  # another switch came meanwhile
+            vocab.close()
 
     async def close(self) -> None:
         if self._closed:
@@ -241,6 +272,54 @@ class ProcessEngine(ChatEngine):
         return ModelAnswer(route=answer.route, confidence=answer.confidence,
                            elapsed_ms=answer.elapsed_ms, prompt_tokens=answer.prompt_tokens)
 
+    async def list_models(self, dirs: Sequence[str | Path] = ()) -> list[ModelChoice]:
+        check_open(self._closed)
+        request = ListModels(id=next(self._ids), dirs=[str(d) for d in dirs],
+                             model=self._start.model)
+        if self._proc is None:
+            # No child holds a model (not started yet, its start failed, or it died):
+            # one started for the listing alone plans with nothing loaded.
+            return await self._list_apart(request)
+        reply = await self._call(request)
+        assert isinstance(reply, Models)
+        return reply.models
+
+    async def _list_apart(self, request: ListModels) -> list[ModelChoice]:
+        reply = await self._launcher.ask_once(request)
+        if reply is None:
+            raise EngineDied("the process listing the models ended without an answer")
+        if isinstance(reply, Failed):
+            raise raised(reply)
+        assert isinstance(reply, Models)
+        return reply.models
+
+    async def switch_model(self, path: Path | str) -> ModelLoaded:
+        async with self._launch_lock():
+            if self._proc is None:  # nothing runs: a child starts with the new model
+                model = self._start.model.model_copy(update={"path": Path(path)})
+                await self._launch(self._start.model_copy(update={"model": model,
+                                                                  "switch": True}))
+                assert self._info is not None
+                return self._info
+            reply = await self._call(Switch(id=next(self._ids), path=str(path)))
+            assert isinstance(reply, Switched)
+            self._use(reply.info, reply.memory)
+        if reply.error is not None:
+            raise raised(Failed(id=reply.id, error=reply.error, message=reply.message))
+        assert reply.info is not None
+        return reply.info
+
+    async def _call(self, request: ListModels | Switch) -> Models | Switched:
+        """Send ``request`` and wait for its answer; raises what the child raised, or
+        EngineDied."""
+        future: asyncio.Future[Models | Switched] = asyncio.get_running_loop().create_future()
+        self._calls[request.id] = future
+        self._send(request)
+        try:
+            return await future
+        finally:
+            self._calls.pop(request.id, None)
+
     # -- the pipe -------------------------------------------------------------------
 
     def _send(self, message: BaseModel) -> None:
@@ -271,6 +350,10 @@ class ProcessEngine(ChatEngine):
             future = self._answers.pop(reply.id, None)
             if future is not None and not future.done():
                 future.set_result(reply)
+        elif isinstance(reply, Models | Switched):
+            call = self._calls.get(reply.id)
+            if call is not None and not call.done():
+                call.set_result(reply)
         elif isinstance(reply, Loaded):
             if self._loaded is not None and not self._loaded.done():
                 self._loaded.set_result(reply)
@@ -289,6 +372,9 @@ class ProcessEngine(ChatEngine):
         future = self._answers.pop(failed.id, None)
         if future is not None and not future.done():
             future.set_result(None)
+        call = self._calls.get(failed.id)
+        if call is not None and not call.done():
+            call.set_exception(error)
 
     def _gone(self, returncode: int) -> None:
         """The child exited: whoever still waits on it hears why, once."""
@@ -307,6 +393,9 @@ class ProcessEngine(ChatEngine):
             if not future.done():
                 future.set_result(None)
         self._answers.clear()
+        for call in self._calls.values():
+            if not call.done():
+                call.set_exception(error)
 
     def _death_message(self, returncode: int) -> str:
         if returncode < 0:
@@ -316,18 +405,7 @@ class ProcessEngine(ChatEngine):
                 how = f"was killed by signal {-returncode}"
         else:
             how = f"exited with status {returncode}"
-        tail = self._stderr_tail()
+        tail = stderr_tail(self._stderr)
         detail = f" ({tail})" if tail else ""
         return f"the engine process {how}{detail}; the next message loads the model again"
 
-    def _stderr_tail(self, lines: int = 2) -> str:
-        stderr = self._stderr
-        if stderr is None:
-            return ""
-        with contextlib.suppress(OSError, ValueError):
-            size = stderr.seek(0, 2)
-            stderr.seek(max(0, size - 4096))
-            text = stderr.read().decode("utf-8", errors="replace")
-            kept = [line.strip() for line in text.splitlines() if line.strip()]
-            return " | ".join(kept[-lines:])
-        return ""

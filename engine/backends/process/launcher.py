@@ -14,12 +14,15 @@ import asyncio
 import contextlib
 import subprocess
 import sys
+import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import IO
 
-from engine.backends.process.wire import pipe_streams
+from pydantic import BaseModel
+
+from engine.backends.process.wire import REPLY_ADAPTER, Close, FromChild, encode, pipe_streams
 
 
 @dataclass
@@ -65,8 +68,38 @@ class Launcher:
         threading.Thread(target=reap, name="kvchat-engine-reaper", daemon=True).start()
         return EngineChild(popen, stdout, stdin, exited)
 
+    async def ask_once(self, request: BaseModel) -> FromChild | None:
+        """Start an engine process for ``request`` alone (one that needs no model) and
+        return its answer, None if it ended without one."""
+        with tempfile.TemporaryFile(prefix="kvchat-engine-") as stderr:
+            proc = await self.launch(stderr)
+            try:
+                proc.stdin.write(encode(request))
+                line = await proc.stdout.readline()
+                return REPLY_ADAPTER.validate_json(line) if line else None
+            except ValueError:
+                return None
+            finally:
+                if not proc.stdin.is_closing():
+                    proc.stdin.write(encode(Close()))
+                    proc.stdin.close()
+                await proc.wait()
+
     def close(self) -> None:
         self._pool.shutdown(wait=False)
+
+
+def stderr_tail(stderr: IO[bytes] | None, lines: int = 2) -> str:
+    """The last ``lines`` lines an engine process wrote to ``stderr``, joined."""
+    if stderr is None:
+        return ""
+    with contextlib.suppress(OSError, ValueError):
+        size = stderr.seek(0, 2)
+        stderr.seek(max(0, size - 4096))
+        text = stderr.read().decode("utf-8", errors="replace")
+        kept = [line.strip() for line in text.splitlines() if line.strip()]
+        return " | ".join(kept[-lines:])
+    return ""
 
 
 def _popen(stderr: IO[bytes]) -> subprocess.Popen[bytes]:

@@ -13,7 +13,7 @@ from typing import IO, Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from engine import errors
-from engine.api import ChatRequest
+from engine.api import ChatRequest, ModelChoice
 from engine.config import KVCacheConfig, ModelConfig, SamplingConfig, SpeculativeConfig
 from engine.events import Event, MemorySnapshot, ModelLoaded
 
@@ -45,6 +45,9 @@ class Start(_Wire):
     sampling: SamplingConfig
     kv: KVCacheConfig
     speculative: SpeculativeConfig
+    switch: bool = False
+    """Load ``model`` as a switch does (``ChatEngine.switch_model``): refused, with
+    nothing loaded, when the file is broken or its plan does not fit."""
 
 
 class Chat(_Wire):
@@ -71,11 +74,28 @@ class Classify(_Wire):
     descriptions: dict[str, str]
 
 
+class ListModels(_Wire):
+    op: Literal["list_models"] = "list_models"
+    id: int
+    dirs: list[str]
+    model: ModelConfig
+    """The settings to plan with, for a process that has loaded nothing."""
+
+
+class Switch(_Wire):
+    """Replace the model (``ChatEngine.switch_model``); answered by ``Switched``."""
+
+    op: Literal["switch"] = "switch"
+    id: int
+    path: str
+
+
 class Close(_Wire):
     op: Literal["close"] = "close"
 
 
-ToChild = Annotated[Start | Chat | Cancel | Classify | Close, Field(discriminator="op")]
+ToChild = Annotated[Start | Chat | Cancel | Classify | ListModels | Switch | Close,
+                    Field(discriminator="op")]
 REQUEST_ADAPTER: TypeAdapter[ToChild] = TypeAdapter(ToChild)
 
 
@@ -115,12 +135,30 @@ class Answer(_Wire):
     prompt_tokens: int = 0
 
 
+class Models(_Wire):
+    kind: Literal["models"] = "models"
+    id: int
+    models: list[ModelChoice]
+
+
+class Switched(_Wire):
+    """How a switch ended: the model loaded now (the new one; after a failure the
+    previous one again, or None) and, when it failed, the error as ``Failed`` has it."""
+
+    kind: Literal["switched"] = "switched"
+    id: int
+    info: ModelLoaded | None
+    memory: list[MemorySnapshot]
+    error: str | None = None
+    message: str = ""
+
+
 class Closed(_Wire):
     kind: Literal["closed"] = "closed"
 
 
-FromChild = Annotated[Loaded | Failed | StreamEvent | Answer | Closed,
-                  Field(discriminator="kind")]
+FromChild = Annotated[Loaded | Failed | StreamEvent | Answer | Models | Switched | Closed,
+                      Field(discriminator="kind")]
 REPLY_ADAPTER: TypeAdapter[FromChild] = TypeAdapter(FromChild)
 
 

@@ -24,7 +24,7 @@ import httpx
 from httpx_sse import SSEError, aconnect_sse
 from pydantic import SecretStr, ValidationError
 
-from engine.api import ChatEngine, ChatMessage, ChatRequest, check_open
+from engine.api import ChatEngine, ChatMessage, ChatRequest, ModelChoice, check_open
 from engine.backends.remote.errors import (
     ServerError,
     ServerHTTPError,
@@ -45,7 +45,7 @@ from engine.backends.remote.wire import (
     finish_reason,
 )
 from engine.config import EndpointConfig, SamplingConfig
-from engine.errors import EngineClosed, KvchatError
+from engine.errors import EngineClosed, KvchatError, SwitchUnsupported
 from engine.events import (
     Error,
     Event,
@@ -63,6 +63,8 @@ PROGRESS_EVERY_S = 0.5
 _REFUSAL_STATUSES = (400, 415, 422, 500, 501)
 # Turn markers and role names a chat template adds per message, for the estimate.
 _PER_MESSAGE_TOKENS = 4
+_NO_SWITCH = ("a server backend cannot switch models here: the server serves its own "
+              "(choose another with the endpoint's model in the config)")
 
 
 class _End:
@@ -147,6 +149,12 @@ class OpenAIEngine(ChatEngine):
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+
+    async def list_models(self, dirs: Sequence[str | Path] = ()) -> list[ModelChoice]:
+        raise SwitchUnsupported(_NO_SWITCH)
+
+    async def switch_model(self, path: Path | str) -> ModelLoaded:
+        raise SwitchUnsupported(_NO_SWITCH)
 
     def cancel(self) -> None:
         reader = self._reader
