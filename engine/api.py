@@ -123,6 +123,10 @@ class ModelChoice(BaseModel):
 
 
 class ChatEngine(ABC):
+    parallel_replies: int = 1
+    """Replies this engine generates at once; ``chat`` calls beyond that wait for one to
+    finish. A server sharing the engine (``kvchat serve``) starts this many replies at a
+    time and queues the rest."""
     generates_on_thread: bool = False
     """True when replies are generated on a thread of the caller's process, where they
     need Python's interpreter lock between two tokens: the app then shortens the

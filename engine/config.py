@@ -235,6 +235,30 @@ class BackendConfig(_Section):
                           f"({', '.join(sorted(self.endpoints))}); choose one")
 
 
+class ServeConfig(_Section):
+    """``kvchat serve``: the local model as an HTTP server that several clients share."""
+
+    host: str = "127.0.0.1"
+    """Address to listen on. Any address but loopback needs ``api_key_env``."""
+    port: int = Field(8411, ge=0, le=65_535)
+    """TCP port; 0 takes any free one (the server prints which)."""
+    max_queue: int = Field(16, ge=0, le=10_000)
+    """Replies that may wait for the engine; one more is refused with HTTP 429."""
+    api_key_env: str | None = None
+    """Name of the environment variable holding the key every request must send as
+    ``Authorization: Bearer KEY`` (never the key itself); empty: no key (loopback only)."""
+    drain_s: float = Field(30.0, ge=0.0, le=3600.0)
+    """Seconds a stop (Ctrl+C, SIGTERM) waits for the replies in flight to finish."""
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_name(cls, value: str | None) -> str | None:
+        if value is not None and not value.replace("_", "a").isalnum():
+            raise ValueError("expected the name of an environment variable, "
+                             "not the key itself")
+        return value
+
+
 class ModelsConfig(_Section):
     """Where ``kvchat models`` and ``--model NAME`` look for GGUF files, besides the
     bundled model, LM Studio, Ollama, the Hugging Face cache and llama.cpp's cache."""
@@ -260,6 +284,7 @@ class KvchatConfig(_Section):
     """The ``[ui]`` table as read: the app's own settings (the screen, and whether its
     engine runs in a process of its own), validated by the app (``tui.config``)."""
     backend: BackendConfig = Field(default_factory=BackendConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
 
 
 def default_config_path() -> Path:

@@ -77,7 +77,7 @@ class ModelLoaded(_Event):
     assumed: the server does not say, so ``n_ctx`` is the config's ``model.n_ctx``,
     used only to size route budgets."""
     remote: str | None = None
-    """The server's kind (llama-server, vllm, ollama, llama-cpp-python or
+    """The server's kind (kvchat, llama-server, vllm, ollama, llama-cpp-python or
     openai-compatible) when the model runs behind an HTTP API; None when local.
     Fields set to None are what that server does not tell."""
 
@@ -397,6 +397,20 @@ class Done(_Event):
     usage: a cancelled reply or a server that never does)."""
 
 
+class Queued(_Event):
+    """The reply waits for its turn on an engine that other clients share (``kvchat
+    serve``): sent when it joins the queue, when it moves up, and every few seconds
+    while it waits. Its own events follow once it starts."""
+
+    type: Literal["queued"] = "queued"
+    position: int
+    """1: the next reply to start."""
+    queued: int
+    """Replies waiting, this one included."""
+    in_flight: int
+    """Replies generating now."""
+
+
 class Error(_Event):
     type: Literal["error"] = "error"
     code: str
@@ -408,7 +422,7 @@ class Error(_Event):
 Event = Annotated[
     ModelLoaded | MemorySnapshot | TurnStarted | PromptEvaluated | TokenChunk | Progress
     | KVUsage | Eviction | PromptTruncated | SpecStats | RouteDecision | OutputCheck | Retry
-    | ChatFormatFallback | Done | Error,
+    | ChatFormatFallback | Queued | Done | Error,
     Field(discriminator="type"),
 ]
 
