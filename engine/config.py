@@ -126,6 +126,34 @@ class KVCacheConfig(_Section):
     ``sampling.max_tokens`` and a quarter of the context."""
 
 
+class CacheConfig(_Section):
+    """Saved KV states of conversations (engine/cache/): a conversation that comes back,
+    after another one, a restart or a model switch, resumes from its saved state instead
+    of being evaluated again."""
+
+    enabled: bool = True
+    """Save a conversation's state when another one takes the cache, restore it when a
+    prompt shares enough of its tokens; false evaluates every switched-to conversation."""
+    ram_budget: str | int | None = None
+    """Memory for saved states, e.g. ``512MiB``; empty means 10% of the available
+    system memory at start, at most 4 GiB; 0 keeps no state in memory."""
+    disk_budget: str | int = "2GiB"
+    """Disk for saved states (they outlive the process); 0 keeps none on disk."""
+    dir: Path | None = None
+    """Where the disk tier lives; empty means ``state-cache/`` in the data dir
+    (``$KVCHAT_HOME``, else the platform's data dir)."""
+    min_tokens: int = Field(32, ge=1)
+    """Fewest prompt tokens a saved state must share with a prompt to be restored (and
+    fewest cells a conversation must hold to be saved)."""
+
+    @field_validator("ram_budget", "disk_budget")
+    @classmethod
+    def _budget_parses(cls, value: str | int | None) -> str | int | None:
+        if value is not None:
+            budget_bytes(value)  # its ValueError names the input
+        return value
+
+
 class SpeculativeConfig(_Section):
     """Speculative decoding: draft several tokens cheaply, verify them in one batch."""
 
@@ -280,6 +308,7 @@ class KvchatConfig(_Section):
     kv: KVCacheConfig = Field(default_factory=KVCacheConfig)
     speculative: SpeculativeConfig = Field(default_factory=SpeculativeConfig)
     router: RouterConfig = Field(default_factory=RouterConfig)
+    cache: CacheConfig = Field(default_factory=CacheConfig)
     ui: dict[str, Any] = Field(default_factory=dict)
     """The ``[ui]`` table as read: the app's own settings (the screen, and whether its
     engine runs in a process of its own), validated by the app (``tui.config``)."""
@@ -369,6 +398,19 @@ def parse_size(text: str) -> int:
     if value <= 0:
         raise ValueError(f"a size must be positive, got {text!r}")
     return int(value * _SIZE_UNITS[unit])
+
+
+def budget_bytes(value: str | int) -> int:
+    """Bytes from a budget: a size (``512MiB``), a count of bytes, or 0 for none."""
+    if isinstance(value, bool):
+        raise ValueError(f"not a size: {value!r}")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"a budget cannot be negative, got {value}")
+        return value
+    if value.strip() in ("0", "0B", "0b"):
+        return 0
+    return parse_size(value)
 
 
 def usable_cores() -> int:
