@@ -136,6 +136,8 @@ class PromptEvaluated(_Event):
     None when a server does not say."""
     evaluated_tokens: int | None
     """Prompt tokens evaluated for this turn; None when a server does not say."""
+    restored_tokens: int = 0
+    """Of ``reused_tokens``, those restored from a saved state (engine/cache/)."""
     prefill_s: float
     """For a remote backend: request sent to first token, network and queue included."""
     token_count: str = "exact"
@@ -217,6 +219,30 @@ class Eviction(_Event):
     shift_tokens: int
     evicted_total: int
     """Tokens of this conversation evicted so far, this eviction included."""
+
+
+StateCacheAction = Literal["save", "restore", "miss", "evict", "drop"]
+
+
+class StateCacheNote(_Event):
+    """The state cache (engine/cache/) saved, restored, missed or evicted a
+    conversation's KV state; with the pool's totals after it, for the KV pane."""
+
+    type: Literal["state_cache"] = "state_cache"
+    action: StateCacheAction
+    """drop: a save not kept (larger than the budgets, a full disk, a pending shift)."""
+    tier: Literal["ram", "disk"] | None = None
+    tokens: int = 0
+    """Cells saved, evicted, or restored (the shared prefix kept)."""
+    bytes: int = 0
+    ms: float = 0.0
+    reason: str = ""
+    """Why, for a miss, an eviction or a drop: one line."""
+    entries: int = 0
+    ram_bytes: int = 0
+    ram_budget: int = 0
+    disk_bytes: int = 0
+    disk_budget: int = 0
 
 
 class SpecStats(_Event):
@@ -422,7 +448,7 @@ class Error(_Event):
 Event = Annotated[
     ModelLoaded | MemorySnapshot | TurnStarted | PromptEvaluated | TokenChunk | Progress
     | KVUsage | Eviction | PromptTruncated | SpecStats | RouteDecision | OutputCheck | Retry
-    | ChatFormatFallback | Queued | Done | Error,
+    | ChatFormatFallback | Queued | Done | Error | StateCacheNote,
     Field(discriminator="type"),
 ]
 
