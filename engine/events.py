@@ -328,10 +328,9 @@ class RouteDecision(_Event):
 
 
 RetryStrategy = Literal["as_generated", "repair", "stricter_prompt", "grammar"]
-"""How an attempt at a structured reply was made: the reply as generated; the same
-text with trivially broken JSON repaired (no generation); a new reply to a prompt that
-adds the error and stricter instructions; a new reply under grammar-constrained
-decoding."""
+"""How an attempt at a structured reply was made: the reply as generated; the same text
+with trivially broken JSON repaired (no generation); a new reply to a prompt that adds
+the error and stricter instructions; a new reply under grammar-constrained decoding."""
 
 
 class OutputCheck(_Event):
@@ -347,10 +346,11 @@ class OutputCheck(_Event):
     """What the reply holds, for a person: ``a JSON object with 3 keys``,
     ``2 code blocks (python, json)``, ``a list of 5 items``, ``nothing structured``."""
     errors: list[str] = Field(default_factory=list)
-    """Each problem, one line each: parse errors with their position, schema
-    violations with their JSON path, syntax errors with their line."""
+    """Each problem, one line each: parse and syntax errors with their position, schema
+    violations with their JSON path; a ``truncated`` attempt's first: ``cut off at N tokens``."""
     final: bool = False
     """True on the check that decides the reply (it passed, or no attempt is left)."""
+    truncated: bool = False  # cut off (length, context_full) before it ended: never ok
 
 
 class Retry(_Event):

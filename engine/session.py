@@ -214,7 +214,7 @@ class ChatSession:
             turn.reply_id, done.number, done.strategy, ladder.spec.format if ladder else "",
             done.text, done.check.ok, found=done.check.found, errors=done.check.errors,
             prompt_change=done.prompt_change, completion_tokens=done.completion_tokens,
-            elapsed_s=round(done.elapsed_s, 3))
+            elapsed_s=round(done.elapsed_s, 3), truncated=done.check.truncated)
 
     def _follow(self, turn: _Turn, event: Event) -> None:
         """Keep the reply's text so far, saved every ``save_every_s``, and its end."""

@@ -23,7 +23,13 @@ import platformdirs
 from pydantic import BaseModel, ConfigDict
 
 from engine.errors import ConversationNotFound, StoreError
-from engine.structured.attempt_log import ATTEMPTS_SCHEMA, AttemptLog, AttemptRow, RetriedReply
+from engine.structured.attempt_log import (
+    ATTEMPTS_SCHEMA,
+    ATTEMPTS_TRUNCATED,
+    AttemptLog,
+    AttemptRow,
+    RetriedReply,
+)
 
 __all__ = ["MIGRATIONS", "AttemptRow", "ConversationRow", "MessageRow", "RetriedReply", "Store",
            "default_data_dir", "title_from_prompt"]
@@ -60,6 +66,7 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX messages_conversation ON messages(conversation_id, id);
     """,
     ATTEMPTS_SCHEMA,
+    ATTEMPTS_TRUNCATED,
 )
 
 

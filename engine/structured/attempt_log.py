@@ -35,6 +35,11 @@ CREATE TABLE attempts (
 CREATE INDEX attempts_message ON attempts(message_id, number);
 """
 
+ATTEMPTS_TRUNCATED = """
+ALTER TABLE attempts ADD COLUMN truncated INTEGER NOT NULL DEFAULT 0;
+"""
+"""Schema version 3: whether an attempt was cut off before it ended by itself."""
+
 
 class AttemptRow(BaseModel):
     model_config = ConfigDict(frozen=True)
@@ -55,6 +60,14 @@ class AttemptRow(BaseModel):
     completion_tokens: int
     elapsed_s: float
     created_at: float
+    truncated: bool = False
+    """Cut off at ``completion_tokens`` (its token limit or a full context) before it
+    ended by itself; such an attempt never passes."""
+
+    @property
+    def cut_off_note(self) -> str:
+        """``cut off at N tokens`` for a truncated attempt, else empty."""
+        return f"cut off at {self.completion_tokens} tokens" if self.truncated else ""
 
 
 class RetriedReply(BaseModel):
@@ -84,18 +97,19 @@ class AttemptLog:
     def add_attempt(self, message_id: int, number: int, strategy: RetryStrategy, fmt: str,
                     content: str, ok: bool, *, found: str = "",
                     errors: list[str] | None = None, prompt_change: str = "",
-                    completion_tokens: int = 0, elapsed_s: float = 0.0) -> int:
+                    completion_tokens: int = 0, elapsed_s: float = 0.0,
+                    truncated: bool = False) -> int:
         with self._write() as conn:
             if conn.execute("SELECT 1 FROM messages WHERE id = ?",
                             (message_id,)).fetchone() is None:
                 raise StoreError(f"no message with id {message_id}")
             cur = conn.execute(
                 "INSERT INTO attempts (message_id, number, strategy, format, content, ok,"
-                " found, errors, prompt_change, completion_tokens, elapsed_s, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " found, errors, prompt_change, completion_tokens, elapsed_s, created_at,"
+                " truncated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (message_id, number, strategy, fmt, content, int(ok), found,
                  json.dumps(errors or []), prompt_change, completion_tokens, elapsed_s,
-                 time.time()))
+                 time.time(), int(truncated)))
             return int(cur.lastrowid or 0)
 
     def attempts(self, message_id: int) -> list[AttemptRow]:
@@ -103,7 +117,8 @@ class AttemptLog:
         with self._read() as conn:
             rows = conn.execute(
                 "SELECT id, message_id, number, strategy, format, content, ok, found, errors,"
-                " prompt_change, completion_tokens, elapsed_s, created_at FROM attempts"
+                " prompt_change, completion_tokens, elapsed_s, created_at, truncated"
+                " FROM attempts"
                 " WHERE message_id = ? ORDER BY number", (message_id,)).fetchall()
         return [_attempt(r) for r in rows]
 
@@ -135,7 +150,7 @@ def _attempt(r: tuple[Any, ...]) -> AttemptRow:
     return AttemptRow(id=r[0], message_id=r[1], number=r[2], strategy=r[3], format=r[4],
                       content=r[5], ok=bool(r[6]), found=r[7], errors=json.loads(r[8]),
                       prompt_change=r[9], completion_tokens=r[10], elapsed_s=r[11],
-                      created_at=r[12])
+                      created_at=r[12], truncated=bool(r[13]))
 
 
 def _retried(rows: list[tuple[Any, ...]]) -> Iterator[RetriedReply]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,7 +42,15 @@ class CheckResult:
     """What the reply holds, for a person."""
     errors: list[str] = field(default_factory=list)
     value: Any = None
-    """The parsed JSON value, the code blocks, or the list items."""
+    """The parsed JSON value, the code blocks, or the list items (None for a reply that
+    was cut off: nothing in it is offered as the answer)."""
+    cut_off_at: int | None = None
+    """Tokens at which the reply was cut off (its token limit or a full context), before
+    it ended by itself; None when it ended."""
+
+    @property
+    def truncated(self) -> bool:
+        return self.cut_off_at is not None
 
 
 def _markdown() -> MarkdownIt:
@@ -64,7 +73,12 @@ class JsonFind:
 def find_json(text: str) -> JsonFind:
     """The first complete JSON value in ``text``: a fenced ``json`` (or untagged) block
     that parses, else the whole text when it is one value, else the first object or
-    array that parses starting at a ``{`` or ``[`` in the prose."""
+    array that parses starting at a ``{`` or ``[`` in the prose.
+
+    A value nested inside a candidate that read as JSON and then failed is never taken:
+    the inner object of a malformed or cut-off outer one is not the answer. A candidate
+    that is cut off (valid JSON up to the end of the text) ends the search with that
+    error, since everything after its start lies inside it."""
     for block in find_code_blocks(text):
         if block.language in ("json", "") and block.code.strip():
             parsed = _loads(block.code)
@@ -86,9 +100,13 @@ def find_json(text: str) -> JsonFind:
         try:
             value, end = decoder.raw_decode(text, start)
         except json.JSONDecodeError as exc:
+            if _cut_off(exc, text):
+                return JsonFind(error=_describe(exc, text), span=(start, len(text)))
             if first_error is None:
                 first_error = JsonFind(error=_describe(exc, text), span=(start, len(text)))
-            pos = start + 1
+            pos = _after_failed(text, start, exc.pos)
+            if pos is None:
+                break
             continue
         except RecursionError:
             if first_error is None:
@@ -99,6 +117,55 @@ def find_json(text: str) -> JsonFind:
     if first_error is not None:
         return first_error
     return JsonFind(error="no JSON object or array in the reply")
+
+
+def _cut_off(exc: json.JSONDecodeError, text: str) -> bool:
+    """Whether the decoder read valid JSON up to the end of ``text`` (a string that
+    never closes is reported at its start, every other cut at the end)."""
+    return exc.pos >= len(text.rstrip()) or exc.msg.startswith("Unterminated string")
+
+
+def _after_failed(text: str, start: int, error_at: int) -> int | None:
+    """Where to look for the next candidate after the one at ``start`` failed at
+    ``error_at``: past its closing bracket when it read as JSON for more than its
+    opening bracket (so nothing inside it is taken), else the next character; None when
+    such a candidate never closes."""
+    rest = text[start + 1:]
+    first_token = start + 1 + len(rest) - len(rest.lstrip())
+    if error_at <= first_token:
+        return start + 1  # prose in brackets: `{curly}`, `[see below]`
+    return json_end(text, start)
+
+
+_STRUCTURAL = re.compile(r'[\\"{}\[\]]')
+
+
+def json_end(text: str, start: int) -> int | None:
+    """The index after the bracket that closes the object or array opening at
+    ``start``, reading strings as JSON does; None when the text ends first. Linear,
+    and it visits only quotes, backslashes and brackets."""
+    depth = 0
+    in_string = False
+    escaped = -1
+    for match in _STRUCTURAL.finditer(text, start):
+        i = match.start()
+        char = text[i]
+        if i == escaped:
+            continue
+        if in_string:
+            if char == "\\":
+                escaped = i + 1
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "{[":
+            depth += 1
+        elif char in "}]":
+            depth -= 1
+            if depth == 0:
+                return i + 1
+    return None
 
 
 def _loads(text: str) -> JsonFind:
@@ -113,7 +180,7 @@ def _loads(text: str) -> JsonFind:
 
 
 def _describe(exc: json.JSONDecodeError, text: str) -> str:
-    if exc.pos >= len(text.rstrip()):
+    if _cut_off(exc, text):
         return f"the JSON is cut off (line {exc.lineno}): {exc.msg}"
     return f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
 
@@ -313,14 +380,26 @@ def check_list(text: str) -> CheckResult:
 # -- one entry point -------------------------------------------------------------------
 
 
-def check_output(text: str, spec: OutputSpec) -> CheckResult:
+def check_output(text: str, spec: OutputSpec, *, cut_off_at: int | None = None,
+                 cut_by: str = "its token limit") -> CheckResult:
     """Check ``text`` against ``spec``. Never raises: an internal failure is reported as
-    a failed check naming it."""
+    a failed check naming it.
+
+    ``cut_off_at``: the reply stopped at this many tokens because of ``cut_by``, before
+    it ended by itself. Such a reply never passes, whatever its text holds: a cut-off
+    reply may look complete (a value closed by a repair, an inner object, a list missing
+    its last items) while it is not what the model meant to say."""
     try:
         if spec.format == "json":
-            return check_json(text, spec.json_schema)
-        if spec.format == "code":
-            return check_code(text, spec.language)
-        return check_list(text)
+            result = check_json(text, spec.json_schema)
+        elif spec.format == "code":
+            result = check_code(text, spec.language)
+        else:
+            result = check_list(text)
     except Exception as exc:  # a checker bug must not lose the reply
-        return CheckResult(False, "unchecked", [f"the checker failed: {type(exc).__name__}"])
+        result = CheckResult(False, "unchecked", [f"the checker failed: {type(exc).__name__}"])
+    if cut_off_at is None:
+        return result
+    cut = f"cut off at {cut_off_at} tokens: the reply reached {cut_by} before it ended"
+    return CheckResult(False, result.found, [cut, *result.errors][:MAX_ERRORS],
+                       cut_off_at=cut_off_at)

@@ -1,12 +1,17 @@
 """The retry ladder: check a structured reply and try again, more strictly each time.
 
 Steps, each one attempt: (1) the reply as generated; for JSON, a repair of trivially
-broken JSON (``json-repair``: trailing commas, single quotes, a value cut off at the
-end), which costs no generation; (2..) a new reply whose prompt adds the precise error
-and stricter instructions; (last) a new reply under grammar-constrained decoding, which
-cannot produce malformed output. The route's template sets which steps run and how many
-(:class:`engine.structured.spec.RetryPolicy`). Backend-agnostic: it sees the engine only
-through the ``generate`` callable the session hands it.
+broken JSON (``json-repair``: trailing commas, single quotes, unquoted keys), which
+costs no generation and never completes a structure that does not close; (2..) a new
+reply whose prompt adds the precise error and stricter instructions; (last) a new reply
+under grammar-constrained decoding, which cannot produce malformed output and plans for
+the token limit (:mod:`engine.structured.budget`). The route's template sets which
+steps run and how many (:class:`engine.structured.spec.RetryPolicy`). Backend-agnostic:
+it sees the engine only through the ``generate`` callable the session hands it.
+
+A reply cut off before it ended (``finish_reason`` length or context_full) is never
+accepted: its check fails with "cut off at N tokens", it is not repaired, and the ladder
+goes on to its next step or ends with ``output_ok: false``.
 """
 
 from __future__ import annotations
@@ -15,11 +20,12 @@ import json
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import json_repair
 
 from engine.events import Done, Error, Event, OutputCheck, Retry, RetryStrategy
-from engine.structured.checks import CheckResult, check_output, find_json
+from engine.structured.checks import CheckResult, check_output, find_json, json_end
 from engine.structured.spec import OutputSpec, RetryPolicy
 
 DEFAULT_POLICY = RetryPolicy(max_attempts=2, stricter_prompt=True, grammar_fallback=True)
@@ -82,7 +88,8 @@ class Ladder:
         if not self.retries:
             return None
         strategy = self.retries.pop(0)
-        change = stricter_instructions(self.spec, failed.errors[0] if failed.errors else "")
+        change = stricter_instructions(self.spec, failed.errors[0] if failed.errors else "",
+                                       failed.cut_off_at)
         return Step(number + 1, strategy, change,
                     self.spec if strategy == "grammar" else None)
 
@@ -96,9 +103,12 @@ def format_instructions(spec: OutputSpec) -> str:
     return "Reply with a list: one item per line, each starting with \"- \"."
 
 
-def stricter_instructions(spec: OutputSpec, error: str) -> str:
+def stricter_instructions(spec: OutputSpec, error: str, cut_off_at: int | None = None,
+                          ) -> str:
     because = f"Your previous reply could not be used: {error}." if error else \
         "Your previous reply could not be used."
+    if cut_off_at is not None:
+        because += f" Keep this reply well under {cut_off_at} tokens."
     if spec.format == "json":
         rule = (f"Reply with only the JSON value{_schema_clause(spec)}: no explanation, "
                 "no code fence, nothing before or after it.")
@@ -123,11 +133,16 @@ def _schema_clause(spec: OutputSpec) -> str:
 
 def repair(text: str, spec: OutputSpec) -> str | None:
     """The reply's JSON repaired and re-serialised, or None when there is nothing a
-    repair can fix (no object or array to start from)."""
+    repair can fix: no object or array to start from, or one that never closes. Closing
+    the brackets of JSON that stops short, or finishing its last value (``"population":
+    6`` made a number), would pass off a fragment as the answer."""
     found = find_json(text)
     start = found.span[0] if found.error else 0
+    end = json_end(text, start) if text[start:start + 1] in ("{", "[") else None
+    if end is None:
+        return None
     try:
-        value = json_repair.loads(text[start:])
+        value = json_repair.loads(text[start:end])
     except Exception:  # the repairer is best effort; a crash means "cannot repair"
         return None
     if not isinstance(value, dict | list) or not value:
@@ -173,13 +188,11 @@ async def run_ladder(ladder: Ladder, generate: Generate, record: Record,
         if done.finish_reason == "cancelled":
             yield done.model_copy(update={"attempts": step.number})
             return
-        check = check_output(done.text, spec)
+        check = check_output(done.text, spec, **_cut_off(done))
         attempt = Attempt(step.number, step.strategy, done.text, check, step.prompt_change,
                           done.completion_tokens, time.perf_counter() - started)
         final_text, number = done.text, step.number
-        # A repair fixes syntax only: JSON that parses but breaks the schema needs the model.
-        if (not check.ok and check.value is None and ladder.repairs
-                and (fixed := repair(done.text, spec)) is not None):
+        if (fixed := _repaired(ladder, check, done.text)) is not None:
             yield _check_event(attempt, spec, final=False)
             record(attempt)
             number += 1
@@ -201,6 +214,24 @@ async def run_ladder(ladder: Ladder, generate: Generate, record: Record,
                     + ("\n(decoding constrained by a grammar)" if step.constraint else ""))
 
 
+def _repaired(ladder: Ladder, check: CheckResult, text: str) -> str | None:
+    """The reply repaired, where a repair applies. It fixes syntax only: JSON that parses
+    but breaks the schema needs the model, and a cut-off reply needs a new one (closing
+    its brackets would hide the cut)."""
+    if check.ok or check.value is not None or check.truncated or not ladder.repairs:
+        return None
+    return repair(text, ladder.spec)
+
+
+def _cut_off(done: Done) -> dict[str, Any]:
+    """The check's arguments for a reply that stopped before it ended by itself."""
+    if done.finish_reason == "length":
+        return {"cut_off_at": done.completion_tokens}
+    if done.finish_reason == "context_full":
+        return {"cut_off_at": done.completion_tokens, "cut_by": "the end of the context"}
+    return {}
+
+
 def _first(check: CheckResult) -> str:
     return check.errors[0] if check.errors else "the output check failed"
 
@@ -208,4 +239,5 @@ def _first(check: CheckResult) -> str:
 def _check_event(attempt: Attempt, spec: OutputSpec, final: bool) -> OutputCheck:
     check = attempt.check
     return OutputCheck(attempt=attempt.number, strategy=attempt.strategy, format=spec.format,
-                       ok=check.ok, found=check.found, errors=check.errors, final=final)
+                       ok=check.ok, found=check.found, errors=check.errors, final=final,
+                       truncated=check.truncated)

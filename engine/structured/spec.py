@@ -76,10 +76,11 @@ lang  ::= LANG
 line  ::= ( [^`\n] [^\n]{0,300} )? "\n"
 """
 
-# One item per line, each introduced by "- " or "N. ".
+# One item per line, each introduced by "- " or "N. " and holding more than blanks (an
+# item of spaces is an empty item to a Markdown reader).
 _LIST_GBNF = r"""
 root  ::= item{1,50}
-item  ::= ( "- " | [1-9] [0-9]? ". " ) [^\n]{1,400} "\n"
+item  ::= ( "- " | [1-9] [0-9]? ". " ) [^ \t\n] [^\n]{0,399} "\n"
 """
 
 

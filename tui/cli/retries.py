@@ -63,7 +63,7 @@ def _show(attempts: list[AttemptRow], as_json: bool) -> int:
         return EXIT_OK
     previous: AttemptRow | None = None
     for a in attempts:
-        verdict = "ok" if a.ok else "malformed"
+        verdict = "ok" if a.ok else a.cut_off_note or "malformed"
         print(f"── attempt {a.number}: {a.strategy.replace('_', ' ')} · {a.format} · {verdict}"
               f" · {a.found} · {a.completion_tokens} tokens · {a.elapsed_s:.2f} s")
         if a.prompt_change:

@@ -56,7 +56,7 @@ class AttemptView(Vertical):
 
     def compose(self) -> ComposeResult:
         row = self.row
-        verdict = "passed" if row.ok else "malformed"
+        verdict = "passed" if row.ok else row.cut_off_note or "malformed"
         yield Static(f"attempt {row.number} · {strategy_name(row.strategy)} · {verdict} · "
                      f"{row.completion_tokens} tokens · {row.elapsed_s:.2f} s",
                      classes="attempt-head", markup=False)

@@ -17,6 +17,7 @@ from engine.decode.sampling.constrained import ConstrainedSampler, GrammarError
 from engine.decode.sampling.in_graph import DeviceGreedy, DeviceSamplerError
 from engine.errors import ConstraintError
 from engine.model.loader import LoadedModel
+from engine.structured.budget import budget_for
 from engine.structured.spec import gbnf_for
 
 Sampler = _internals.LlamaSampler | GreedyArgmax | DeviceGreedy | ConstrainedSampler
@@ -47,8 +48,10 @@ class SamplerChoice:
             return chain
         assert isinstance(chain, _internals.LlamaSampler)
         try:
-            return ConstrainedSampler(self.lm.model, gbnf_for(req.constraint), chain,
-                                      always=self.lm.eog_tokens())
+            return ConstrainedSampler(
+                self.lm.model, gbnf_for(req.constraint), chain, always=self.lm.eog_tokens(),
+                budget=budget_for(req.constraint, req.sampling.max_tokens),
+                piece=self.lm.token_piece)
         except (ValueError, GrammarError) as exc:
             chain.close()
             raise ConstraintError(f"cannot constrain the reply to "

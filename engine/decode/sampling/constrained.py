@@ -9,16 +9,26 @@ the token a whole-vocabulary check would: the best allowed token among the top k
 best allowed token overall whenever there is one. With temperature it samples from the
 target's distribution restricted to the allowed tokens among the widest set tried.
 
+With a budget (:mod:`engine.structured.budget`) the reply also plans for its token
+limit: at an element boundary where another element would not fit, the sampler emits
+the closing bracket (or ends the reply) in place of the comma the model chose, and a
+finished JSON value ends the reply at once. The closing brackets and the newline are
+among the candidates at every step, so one is always there to choose when the grammar
+allows it.
+
 Runs on the engine thread only, like every llama.cpp object.
 """
 
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Callable
 
 import llama_cpp
 import numpy as np
 from llama_cpp import _internals
+
+from engine.structured.budget import END, Budget
 
 TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
 WIDTHS = (64, 4096)
@@ -35,7 +45,8 @@ class ConstrainedSampler:
     token loop and verification rounds use either without knowing which."""
 
     def __init__(self, model: _internals.LlamaModel, grammar: str,
-                 chain: _internals.LlamaSampler, always: list[int]) -> None:
+                 chain: _internals.LlamaSampler, always: list[int], *,
+                 piece: Callable[[int], bytes], budget: Budget | None = None) -> None:
         grammar_p = llama_cpp.llama_sampler_init_grammar(model.vocab, grammar.encode(),
                                                          b"root")
         if not grammar_p:
@@ -45,6 +56,15 @@ class ConstrainedSampler:
         self.n_vocab = model.n_vocab()
         self._always = np.asarray(sorted(set(always)), dtype=np.int32)
         self._buf = np.zeros(self.n_vocab, dtype=TOKEN_DATA)
+        self._model = model
+        self.budget = budget
+        self._piece = piece
+        """A token's bytes (the loader's cached lookup)."""
+        self._firsts: dict[bytes, int | None] = {}
+        enders = [t for text in (b"]", b"}", b"\n")
+                  if (t := self._first_token(text)) is not None]
+        self._offered = np.union1d(self._always, np.asarray(enders, dtype=np.int32)) \
+            if budget is not None else self._always
         self.widened = 0
         """Steps where no top-k candidate was allowed and a wider set was checked."""
 
@@ -69,9 +89,13 @@ class ConstrainedSampler:
             # Nothing is allowed (a finished grammar whose end-of-turn tokens are banned):
             # end the reply; the token loop stops on an end-of-turn token under a grammar.
             return int(self._always[0]) if len(self._always) else 0
+        allowed = buf["id"][np.isfinite(buf["logit"])].copy()
         # The chain sorts and selects in place; `selected` indexes the (reordered) array.
         llama_cpp.llama_sampler_apply(self.chain.sampler, ctypes.byref(cur))
         token = int(buf["id"][cur.selected])
+        if self.budget is not None:
+            token = self._within_budget(token, allowed, logits)
+            self.budget.accept(self._piece(token))
         llama_cpp.llama_sampler_accept(self._grammar, token)
         llama_cpp.llama_sampler_accept(self.chain.sampler, token)
         return token
@@ -80,7 +104,47 @@ class ConstrainedSampler:
         if width >= self.n_vocab:
             return np.arange(self.n_vocab, dtype=np.int32)
         top = np.argpartition(logits, -width)[-width:].astype(np.int32)
-        return np.union1d(top, self._always)
+        return np.union1d(top, self._offered)
+
+    def _within_budget(self, token: int, allowed: np.ndarray, logits: np.ndarray) -> int:
+        """``token``, or what the budget asks for in its place: an end-of-turn token, or
+        the allowed token that goes furthest along the bytes it wants (the likeliest of
+        those that go equally far). ``token`` when the grammar allows none of them."""
+        assert self.budget is not None
+        want = self.budget.instead_of(self._piece(token))
+        if want is None:
+            return token
+        if want == END:
+            ends = np.intersect1d(allowed, self._always)
+            return int(ends[np.argmax(logits[ends])]) if len(ends) else token
+        options = [int(t) for t in allowed if self._starts(want, int(t))]
+        first = self._first_token(want)
+        if first is not None and first not in options and self._allows(first):
+            options.append(first)
+        if not options:
+            return token
+        return max(options, key=lambda t: (len(self._piece(t)), logits[t]))
+
+    def _starts(self, want: bytes, token: int) -> bool:
+        piece = self._piece(token)
+        return bool(piece) and want.startswith(piece)
+
+    def _first_token(self, text: bytes) -> int | None:
+        """The first token of ``text`` when its bytes begin ``text``."""
+        if text not in self._firsts:
+            ids = self._model.tokenize(text, add_bos=False, special=False)
+            self._firsts[text] = ids[0] if ids and self._starts(text, ids[0]) else None
+        return self._firsts[text]
+
+    def _allows(self, token: int) -> bool:
+        """Whether the grammar, in its current state, allows ``token``."""
+        one = np.zeros(1, dtype=TOKEN_DATA)
+        one["id"] = token
+        cur = llama_cpp.llama_token_data_array(
+            data=one.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_token_data)),
+            size=1, selected=-1, sorted=False)
+        llama_cpp.llama_sampler_apply(self._grammar, ctypes.byref(cur))
+        return bool(np.isfinite(one["logit"][0]))
 
     def close(self) -> None:
         if self._grammar:
