@@ -19,7 +19,7 @@ PACKAGES = ("engine", "bench", "tui")
 CONTRACT = ("api", "events", "errors", "config", "session", "store")
 """The modules at engine/'s top; everything else in engine/ lives in a wing."""
 
-WINGS = ("model", "decode", "backends", "routing", "structured")
+WINGS = ("model", "decode", "backends", "routing", "structured", "serve")
 
 BASE = {"engine.errors", "engine.config", "engine.events"}
 """The contract's vocabulary: every layer above may use it."""
@@ -36,6 +36,8 @@ ALLOWED: dict[str, set[str]] = {
     "engine.routing": BASE | {"engine.api", "engine.model", "engine.structured"},
     "engine.backends": BASE | {"engine.api", "engine.model", "engine.decode",
                                "engine.routing", "engine.structured"},
+    # The server shares one engine among its clients: the engine a backend makes.
+    "engine.serve": BASE | {"engine.api", "engine.backends"},
     # The conversation layer: the store keeps the attempt log's rows; the session
     # routes, checks and retries a turn over any engine.
     "engine.store": BASE | {"engine.structured"},

@@ -120,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     from tui.cli.bench import add_bench_parser
 
     add_bench_parser(commands, _positive)
+    from tui.cli.serve import add_serve_parser
+
+    add_serve_parser(commands, _positive, _non_negative)
 
     export = commands.add_parser("export", help="write out one conversation")
     export.add_argument("id", type=_positive, metavar="ID", help="conversation id")
@@ -153,6 +156,10 @@ def _dispatch(args: argparse.Namespace) -> Callable[[argparse.Namespace], int]:
         from tui.cli.bench import run_bench_command
 
         return run_bench_command
+    if args.command == "serve":
+        from tui.cli.serve import run_serve
+
+        return run_serve
     if args.command == "synth":
         from tui.cli.synth import run_synth
 
