@@ -34,6 +34,7 @@ from engine.backends.remote.errors import (
     error_detail,
     status_error,
 )
+from engine.backends.remote.kvchat import KvchatReplies, probe_kvchat
 from engine.backends.remote.probe import ServerInfo, probe
 from engine.backends.remote.reply import StreamedReply
 from engine.backends.remote.stats import read_stats
@@ -50,6 +51,7 @@ from engine.events import (
     Error,
     Event,
     KVUsage,
+    MemorySnapshot,
     ModelLoaded,
     Progress,
     PromptEvaluated,
@@ -95,11 +97,18 @@ class OpenAIEngine(ChatEngine):
         self._info: ModelLoaded | None = None
         self._lock = asyncio.Lock()
         self._reader: asyncio.Task[None] | None = None
+        self._kvchat: KvchatReplies | None = None
+        """Set when the server is ``kvchat serve``: replies then come as its typed events."""
         self._closed = False
 
     @property
     def info(self) -> ModelLoaded | None:
         return self._info
+
+    @property
+    def memory(self) -> list[MemorySnapshot]:
+        """A kvchat server's memory snapshots; other servers plan no memory here."""
+        return list(self._kvchat.server.memory) if self._kvchat is not None else []
 
     @property
     def server(self) -> ServerInfo | None:
@@ -122,6 +131,11 @@ class OpenAIEngine(ChatEngine):
         if self._info is not None:
             return self._info
         began = time.perf_counter()
+        kvchat = await probe_kvchat(self._http(), self.endpoint.base_url, self.endpoint.model)
+        if kvchat is not None:
+            self._kvchat = KvchatReplies(kvchat, self.endpoint.timeout)
+            self._info = kvchat.info
+            return self._info
         server = await probe(self._http(), self.endpoint.base_url, self.endpoint.model,
                              self.endpoint.timeout)
         self._server = server
@@ -157,6 +171,8 @@ class OpenAIEngine(ChatEngine):
         raise SwitchUnsupported(_NO_SWITCH)
 
     def cancel(self) -> None:
+        if self._kvchat is not None:
+            self._kvchat.cancel()
         reader = self._reader
         if reader is not None and not reader.done():
             reader.cancel()
@@ -165,8 +181,11 @@ class OpenAIEngine(ChatEngine):
 
     def chat(self, request: ChatRequest) -> AsyncIterator[Event]:
         check_open(self._closed)
+        request = request.with_default_sampling(self._default_sampling)
+        if self._kvchat is not None:  # the engine's own events, reserve and all
+            return self._kvchat.stream(self._http(), request)
         # ``reserve`` has no meaning here: the server owns its KV cache.
-        return self._stream(request.with_default_sampling(self._default_sampling))
+        return self._stream(request)
 
     async def _stream(self, request: ChatRequest) -> AsyncIterator[Event]:
         async with self._lock:
