@@ -14,7 +14,9 @@ from engine.events import (
     ModelLoaded,
     OutputCheck,
     Progress,
+    PromptEvaluated,
     PromptTruncated,
+    Queued,
     RouteDecision,
     SpecStats,
 )
@@ -49,6 +51,11 @@ class EventPanes(App[int]):
             status.tokens_per_s = event.tokens_per_s
         elif isinstance(event, SpecStats):
             status.show_spec(event)
+        elif isinstance(event, Queued):  # a shared server generates others' replies first
+            status.state = (f"queued: {event.position} in the server's line, "
+                            f"{event.in_flight} generating…")
+        elif isinstance(event, PromptEvaluated) and status.state.startswith("queued"):
+            status.state = "generating…"
         elif isinstance(event, Eviction):
             self.query_one(KVPane).show_eviction(event)
         elif isinstance(event, MemorySnapshot):
