@@ -19,7 +19,7 @@ from typing import Any
 from engine.api import ChatEngine, ChatRequest
 from engine.config import SamplingConfig
 from engine.errors import KvchatError
-from engine.events import Done, Error, Event, Queued
+from engine.events import Done, Error, Event, Queued, TokenChunk
 from engine.serve.scheduler import QueueFull, Scheduler, ServerClosing, Ticket
 
 log = logging.getLogger("kvchat.serve")
@@ -77,7 +77,8 @@ class SharedEngine:
         Always leaves the ticket, however the stream ends."""
         self._replies += 1
         number = self._replies
-        outcome, detail = "cancelled", "the client left"
+        outcome, tokens = "cancelled", 0
+        detail = ""
         try:
             async for position in self.scheduler.wait(ticket, self.keepalive_s):
                 yield Queued(position=position, queued=self.scheduler.queued,
@@ -85,7 +86,9 @@ class SharedEngine:
             events = self.engine.chat(request)
             try:
                 async for event in events:
-                    if isinstance(event, Done):
+                    if isinstance(event, TokenChunk):
+                        tokens += len(event.token_ids)
+                    elif isinstance(event, Done):
                         outcome = "served"
                         detail = f"{event.completion_tokens} tokens, {event.finish_reason}"
                     elif isinstance(event, Error):
@@ -94,11 +97,14 @@ class SharedEngine:
             finally:
                 await events.aclose()  # cancels the reply when its client left
         except KvchatError as exc:  # the server stopping, the engine closed
-            outcome, detail = "failed", f"{exc.code}: {exc.message}"
+            outcome = "refused" if isinstance(exc, ServerClosing) else "failed"
+            detail = f"{exc.code}: {exc.message}"
             yield Error(code=exc.code, message=exc.message)
         finally:
             self.scheduler.leave(ticket)
             setattr(self.counters, outcome, getattr(self.counters, outcome) + 1)
+            if outcome == "cancelled":  # what its client took before leaving
+                detail = f"stopped after {tokens} tokens (its client left, or a stop string)"
             log.info("reply %d%s %s: %s", number, f" ({label})" if label else "",
                      outcome, detail)
 

@@ -26,8 +26,9 @@ from engine.serve.server import bind, bound_url, is_loopback, run_server
 from tui.cli import EXIT_OK
 from tui.cli.options import resolve_config
 
+# option dest -> [serve] key; the key's dest differs from the backend's --api-key-env
 _SERVE_OPTIONS = {"host": "host", "port": "port", "max_queue": "max_queue",
-                  "api_key_env": "api_key_env", "drain": "drain_s"}
+                  "serve_key_env": "api_key_env", "drain": "drain_s"}
 
 
 def add_serve_parser(commands: Any, positive: Callable[[str], int],
@@ -48,7 +49,7 @@ def add_serve_parser(commands: Any, positive: Callable[[str], int],
     group.add_argument("--max-queue", metavar="N", type=non_negative,
                        help="replies that may wait for the model; more get HTTP 429 "
                             "(default 16)")
-    group.add_argument("--api-key-env", metavar="NAME",
+    group.add_argument("--api-key-env", metavar="NAME", dest="serve_key_env",
                        help="environment variable holding the key every request must "
                             "send as Authorization: Bearer KEY")
     group.add_argument("--drain", metavar="S", type=non_negative,
@@ -79,8 +80,10 @@ def serve_settings(config: KvchatConfig, args: argparse.Namespace) -> ServeConfi
     except ValidationError as exc:
         message = describe_validation_error(exc)
         key, _, problem = message.partition(":")
+        flags = {"serve_key_env": "api_key_env"}
         option = next((d for d, k in _SERVE_OPTIONS.items() if k == key and k in given), None)
-        where = f"option --{option.replace('_', '-')}" if option else f"serve.{key}"
+        where = (f"option --{flags.get(option, option).replace('_', '-')}" if option
+                 else f"serve.{key}")
         raise ConfigError(f"{where}:{problem}") from None
 
 
