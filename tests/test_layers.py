@@ -19,7 +19,7 @@ PACKAGES = ("engine", "bench", "tui")
 CONTRACT = ("api", "events", "errors", "config", "session", "store")
 """The modules at engine/'s top; everything else in engine/ lives in a wing."""
 
-WINGS = ("model", "decode", "backends", "routing", "structured", "serve")
+WINGS = ("model", "decode", "backends", "routing", "structured", "serve", "cache")
 
 BASE = {"engine.errors", "engine.config", "engine.events"}
 """The contract's vocabulary: every layer above may use it."""
@@ -32,10 +32,13 @@ ALLOWED: dict[str, set[str]] = {
     "engine.structured": BASE,
     "engine.api": BASE | {"engine.structured"},
     "engine.model": BASE | {"engine.api"},
-    "engine.decode": BASE | {"engine.api", "engine.model", "engine.structured"},
+    # Saved KV states: read from and written into a loaded model's context.
+    "engine.cache": BASE | {"engine.model"},
+    "engine.decode": BASE | {"engine.api", "engine.model", "engine.structured",
+                             "engine.cache"},
     "engine.routing": BASE | {"engine.api", "engine.model", "engine.structured"},
     "engine.backends": BASE | {"engine.api", "engine.model", "engine.decode",
-                               "engine.routing", "engine.structured"},
+                               "engine.routing", "engine.structured", "engine.cache"},
     # The server shares one engine among its clients: the engine a backend makes.
     "engine.serve": BASE | {"engine.api", "engine.backends"},
     # The conversation layer: the store keeps the attempt log's rows; the session

@@ -35,6 +35,7 @@ from engine.backends.process.wire import (
 )
 from engine.backends.remote.engine import OpenAIEngine
 from engine.config import (
+    CacheConfig,
     EndpointConfig,
     KvchatConfig,
     ModelConfig,
@@ -126,7 +127,9 @@ async def small(request: pytest.FixtureRequest) -> AsyncIterator[ChatEngine]:
 
 async def test_local_switch_frees_the_old_model_and_reads_the_conversation_whole(
         default_path: Path, gemma_path: Path, tmp_path: Path) -> None:
-    engine = LocalEngine(ModelConfig(n_ctx=1024), GREEDY)
+    # Without saved states (engine/cache/, whose restores after a switch
+    # test_state_cache.py checks): nothing of the live cache may outlive the switch.
+    engine = LocalEngine(ModelConfig(n_ctx=1024), GREEDY, cache=CacheConfig(enabled=False))
     fresh = LocalEngine(ModelConfig(path=gemma_path, n_ctx=1024), GREEDY)
     try:
         await engine.start()

@@ -39,7 +39,8 @@ def make_local_engine(config: KvchatConfig, *, own_process: bool = False) -> Cha
     if own_process:
         from engine.backends.process.engine import ProcessEngine
 
-        return ProcessEngine(config.model, config.sampling, config.kv, config.speculative)
+        return ProcessEngine(config.model, config.sampling, config.kv, config.speculative,
+                             config.cache)
     from engine.backends.local import LocalEngine
 
-    return LocalEngine(config.model, config.sampling, config.kv, config.speculative)
+    return LocalEngine(config.model, config.sampling, config.kv, config.speculative, config.cache)

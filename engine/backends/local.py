@@ -20,7 +20,14 @@ from typing import Any, TypeVar
 from engine.api import ChatEngine, ChatRequest, ModelAnswer, ModelChoice, check_open
 from engine.backends.channel import EventChannel
 from engine.backends.model_switch import check_switch, list_choices
-from engine.config import KVCacheConfig, ModelConfig, SamplingConfig, SpeculativeConfig
+from engine.cache.pool import StateCache
+from engine.config import (
+    CacheConfig,
+    KVCacheConfig,
+    ModelConfig,
+    SamplingConfig,
+    SpeculativeConfig,
+)
 from engine.decode.generator import Generator
 from engine.decode.speculation import build_controller
 from engine.errors import EngineClosed, KvchatError, ModelLoadError
@@ -46,10 +53,13 @@ class LocalEngine(ChatEngine):
 
     def __init__(self, model: ModelConfig, sampling: SamplingConfig | None = None,
                  kv: KVCacheConfig | None = None,
-                 speculative: SpeculativeConfig | None = None) -> None:
+                 speculative: SpeculativeConfig | None = None,
+                 cache: CacheConfig | None = None) -> None:
         self._model_config = model
         self._default_sampling = sampling or SamplingConfig()
         self._kv_policy = kv or KVCacheConfig()
+        # Saved conversation states, for every model this engine loads (engine/cache/).
+        self._states = StateCache(cache)
         self._spec_config = speculative or SpeculativeConfig()
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
         self._thread: threading.Thread | None = None
@@ -81,7 +91,7 @@ class LocalEngine(ChatEngine):
         if self._closed:
             return
         self.cancel()
-        job = self._submit(self._unload)
+        job = self._submit(self._shut_down)
         self._closed = True
         self._jobs.put(None)
         await asyncio.wrap_future(job.future)
@@ -216,7 +226,7 @@ class LocalEngine(ChatEngine):
             # would only move the same scan between threads.
             in_graph = self._model_config.greedy_in_graph
             on_gpu = info.n_gpu_layers > info.n_layers
-            self._gen = Generator(self._lm, self._kv_policy, spec,
+            self._gen = Generator(self._lm, self._kv_policy, spec, states=self._states,
                                   greedy_in_graph=in_graph == "on" or (
                                       in_graph == "auto" and on_gpu))
             self._gen.warm_up()
@@ -264,6 +274,10 @@ class LocalEngine(ChatEngine):
             self._unload()
             self._info = None
             return exc.message if isinstance(exc, KvchatError) else f"{type(exc).__name__}: {exc}"
+
+    def _shut_down(self) -> None:
+        self._unload()  # saves the live conversation's state
+        self._states.close()  # and the disk tier keeps what RAM holds
 
     def _unload(self) -> None:
         if self._classifier is not None:

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from llama_cpp import _internals
 
 from engine.api import ChatRequest
+from engine.cache.pool import StateCache
 from engine.config import KVCacheConfig
 from engine.decode.kv_cache import SEQ, KVCache, Prompt
 from engine.decode.sampling.choice import Sampler, SamplerChoice, near_tie
@@ -41,16 +42,17 @@ class Generator:
 
     def __init__(self, lm: LoadedModel, policy: KVCacheConfig | None = None,
                  spec: SpecController | None = None, *,
-                 greedy_in_graph: bool = False) -> None:
+                 greedy_in_graph: bool = False, states: StateCache | None = None) -> None:
         self.lm = lm
         self.spec = spec
         self.samplers = SamplerChoice(lm, SEQ, greedy_in_graph=greedy_in_graph)
-        self.cache = KVCache(lm, policy or KVCacheConfig())
+        self.cache = KVCache(lm, policy or KVCacheConfig(), states)
         self.batch = _internals.LlamaBatch(n_tokens=lm.n_batch, embd=0, n_seq_max=1)
         self._emit: Callable[[Event], None] = _drop
         self._stats: TurnStats | None = None
 
     def close(self) -> None:
+        self.cache.leave()  # the conversation's state outlives the context
         self.samplers.detach()
         self.batch.close()
         if self.spec is not None:
@@ -76,6 +78,8 @@ class Generator:
         cancelled, or a failed decode), the cache is left in step with its record."""
         stats = TurnStats(started=time.perf_counter())
         prompt = self.cache.place(req.messages)
+        for note in self.cache.take_notes():
+            emit(note)
         if fallback := self.lm.chat_format.take_fallback():  # the template failed: said once
             emit(fallback)
         reserve = self.cache.reserve_for(req)
@@ -148,6 +152,8 @@ class Generator:
         self._emit(PromptEvaluated(prompt_tokens=stats.prompt_tokens,
                                    reused_tokens=stats.reused_tokens,
                                    evaluated_tokens=stats.evaluated_tokens,
+                                   restored_tokens=min(self.cache.restored,
+                                                       stats.reused_tokens),
                                    prefill_s=stats.prefill_s))
         self._emit(self.cache.usage(min(reserve, n_ctx - len(tokens))))
         reason = self.generate(turn, cancel)

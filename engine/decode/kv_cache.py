@@ -9,8 +9,13 @@ When the conversation outgrows the context, ``evict`` slides the window in place
 the kept prefix stays, the oldest span after it leaves, and the rest is shifted down
 with llama.cpp's memory API instead of being evaluated again (see ``kv_window``).
 
-Nothing here emits: a method with something to tell returns the event, and the
-generator sends it.
+A conversation that does not extend the cached one goes through the state cache
+(``engine/cache``) when there is one: the cached sequence is saved if the switch would
+lose cells of it, and a saved state that shares more of the new prompt is restored in
+its place, cut to the shared prefix.
+
+Nothing here emits: a method with something to tell returns the event (or, for the
+state cache, keeps it for ``take_notes``), and the generator sends it.
 """
 
 from __future__ import annotations
@@ -22,10 +27,13 @@ from dataclasses import dataclass
 import llama_cpp
 
 from engine.api import ChatMessage, ChatRequest
+from engine.cache.entry import Snapshot
+from engine.cache.pool import StateCache
+from engine.cache.sequence import SeqStates
 from engine.config import KVCacheConfig
 from engine.decode.kv_window import Span, choose_span, turn_boundaries, window
 from engine.decode.turn_state import KVState, PendingEviction, TurnStats, common_prefix
-from engine.events import Eviction, EvictionReason, KVUsage, PromptTruncated
+from engine.events import Eviction, EvictionReason, KVUsage, PromptTruncated, StateCacheNote
 from engine.model.loader import LoadedModel
 
 SEQ = 0
@@ -51,11 +59,18 @@ class Prompt:
 class KVCache:
     """Which tokens the cells of sequence 0 hold, and how the window slides."""
 
-    def __init__(self, lm: LoadedModel, policy: KVCacheConfig) -> None:
+    def __init__(self, lm: LoadedModel, policy: KVCacheConfig,
+                 states: StateCache | None = None) -> None:
         self.lm = lm
         self.policy = policy
         self.state = KVState()
+        self.states = SeqStates(states, lm, policy) if states and states.enabled else None
+        self.restored = 0
+        """Cells this turn's prompt got from a saved state."""
         self._pending: PendingEviction | None = None
+        self._unshifted = False
+        """An eviction moved cells and no decode has applied llama.cpp's shift yet: the
+        sequence cannot be saved as it is."""
         self._stats: TurnStats | None = None
 
     @property
@@ -80,15 +95,52 @@ class KVCache:
         fresh window, with its own kept prefix."""
         text = self.lm.chat_format.render(messages)
         kv = self.state
-        if kv.rendered_text and text.startswith(kv.rendered_text):
-            # Extend the last turn's tokens so the reply keeps the tokens it was
-            # generated as (re-tokenizing its text may split it differently).
-            suffix = text[len(kv.rendered_text):]
-            logical = kv.rendered_tokens + self.lm.tokenize(suffix, add_bos=False)
-            return Prompt(text, logical, len(kv.rendered_tokens))
-        logical = self._tokenize_fresh(text)
-        kv.n_keep, kv.dropped = self.count_kept(messages, logical), 0
-        return Prompt(text, logical, self.message_start(messages, logical))
+        self.restored = 0
+        if not (kv.rendered_text and text.startswith(kv.rendered_text)):
+            logical = self._tokenize_fresh(text)
+            if self.states is not None:
+                self._switch(text, logical)
+            elif kv.dropped:  # past the kept prefix the cells hold another history
+                self.rewind(min(common_prefix(kv.tokens, logical), kv.n_keep))
+            if not (kv.rendered_text and text.startswith(kv.rendered_text)):
+                kv.n_keep, kv.dropped = self.count_kept(messages, logical), 0
+                return Prompt(text, logical, self.message_start(messages, logical))
+        # Extend the last turn's tokens so the reply keeps the tokens it was generated
+        # as (re-tokenizing its text may split it differently).
+        suffix = text[len(kv.rendered_text):]
+        logical = kv.rendered_tokens + self.lm.tokenize(suffix, add_bos=False)
+        return Prompt(text, logical, len(kv.rendered_tokens))
+
+    def _snapshot(self) -> Snapshot:
+        kv = self.state
+        return Snapshot(list(kv.tokens), kv.n_keep, kv.dropped, kv.rendered_text,
+                        list(kv.rendered_tokens))
+
+    def _switch(self, text: str, fresh: list[int]) -> None:
+        """Another conversation: keep what the cells share with it, or restore a saved
+        state that shares more (saving the cells first if they would be lost)."""
+        assert self.states is not None
+        kv = self.state
+        got = self.states.switch(self._snapshot(), text, fresh, can_save=not self._unshifted)
+        kv.rendered_text, kv.rendered_tokens = "", []
+        if got.snap is None:
+            self.rewind(got.keep)
+            return
+        self._unshifted = False
+        kv.tokens[:] = got.snap.cells[:got.keep]
+        self.restored = got.keep
+        if got.via_text:
+            kv.n_keep, kv.dropped = got.snap.n_keep, got.snap.dropped
+            kv.rendered_text, kv.rendered_tokens = got.snap.text, list(got.snap.logical)
+
+    def leave(self) -> None:
+        """The conversation leaves the cache for good (the model is closed): save it."""
+        if self.states is not None and self.used:
+            self.states.leave(self._snapshot(), can_save=not self._unshifted)
+
+    def take_notes(self) -> list[StateCacheNote]:
+        """The state cache's events since the last call."""
+        return self.states.pool.take_notes() if self.states is not None else []
 
     def record(self, text: str, logical: list[int]) -> None:
         """The turn ended: ``text`` is the conversation as rendered, reply included,
@@ -207,6 +259,7 @@ class KVCache:
         """A decode of ``elapsed_s`` put ``tokens`` at the next positions; the event of
         an eviction waiting for it (llama.cpp applies the shift inside that decode)."""
         self.state.tokens.extend(tokens)
+        self._unshifted = False
         return self.report_eviction(elapsed_s, len(tokens))
 
     def rewind(self, n_keep: int) -> None:
@@ -231,6 +284,7 @@ class KVCache:
             if span.end < used:
                 # positions [end, used) become [start, used - size)
                 self.lm.ctx.kv_cache_seq_shift(SEQ, span.end, -1, -span.size)
+                self._unshifted = True
             del kv.tokens[span.start:cached_end]
         kv.dropped += span.size
         if self._stats is not None:

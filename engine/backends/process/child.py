@@ -85,7 +85,8 @@ class EngineServer:
         await self._writer.drain()
 
     async def _load(self, start: Start) -> None:
-        self._engine = LocalEngine(start.model, start.sampling, start.kv, start.speculative)
+        self._engine = LocalEngine(start.model, start.sampling, start.kv, start.speculative,
+                                   start.cache)
         try:
             if start.switch and start.model.path is not None:
                 info = await self._engine.switch_model(start.model.path)

@@ -49,7 +49,13 @@ from engine.backends.process.wire import (
     encode,
     raised,
 )
-from engine.config import KVCacheConfig, ModelConfig, SamplingConfig, SpeculativeConfig
+from engine.config import (
+    CacheConfig,
+    KVCacheConfig,
+    ModelConfig,
+    SamplingConfig,
+    SpeculativeConfig,
+)
 from engine.errors import EngineClosed, EngineDied, KvchatError, ModelLoadError
 from engine.events import Error, Event, MemorySnapshot, ModelLoaded
 from engine.model.vocab import VocabTokenizer
@@ -63,10 +69,12 @@ CLOSE_TIMEOUT_S = 15.0
 class ProcessEngine(ChatEngine):
     def __init__(self, model: ModelConfig, sampling: SamplingConfig | None = None,
                  kv: KVCacheConfig | None = None,
-                 speculative: SpeculativeConfig | None = None) -> None:
+                 speculative: SpeculativeConfig | None = None,
+                 cache: CacheConfig | None = None) -> None:
         self._start = Start(model=model, sampling=sampling or SamplingConfig(),
                             kv=kv or KVCacheConfig(),
-                            speculative=speculative or SpeculativeConfig())
+                            speculative=speculative or SpeculativeConfig(),
+                            cache=cache or CacheConfig())
         self._launcher = Launcher()
         self._proc: EngineChild | None = None
         self._stderr: IO[bytes] | None = None

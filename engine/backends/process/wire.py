@@ -14,7 +14,13 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from engine import errors
 from engine.api import ChatRequest, ModelChoice
-from engine.config import KVCacheConfig, ModelConfig, SamplingConfig, SpeculativeConfig
+from engine.config import (
+    CacheConfig,
+    KVCacheConfig,
+    ModelConfig,
+    SamplingConfig,
+    SpeculativeConfig,
+)
 from engine.events import Event, MemorySnapshot, ModelLoaded
 
 LINE_LIMIT = 1 << 28
@@ -45,6 +51,7 @@ class Start(_Wire):
     sampling: SamplingConfig
     kv: KVCacheConfig
     speculative: SpeculativeConfig
+    cache: CacheConfig = Field(default_factory=CacheConfig)
     switch: bool = False
     """Load ``model`` as a switch does (``ChatEngine.switch_model``): refused, with
     nothing loaded, when the file is broken or its plan does not fit."""

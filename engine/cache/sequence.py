@@ -1,0 +1,148 @@
+"""The state cache as one loaded model's sequence 0 sees it: read its cells out with
+llama.cpp's per-sequence state API, write a saved state back in, cut it to the prefix a
+prompt shares.
+
+Runs on the engine thread, which owns the context. A restore that fails half way (a
+state llama.cpp refuses, a cut the cache cannot make) leaves sequence 0 empty and says
+so: the prompt is then evaluated in full, as if nothing had been saved.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import llama_cpp
+
+from engine.cache.entry import Match, SavedState, Snapshot, Tier, match
+from engine.cache.key import StateKey, state_key
+from engine.cache.pool import StateCache
+from engine.cache.state_file import StateFileError
+from engine.config import KVCacheConfig
+from engine.model.loader import LoadedModel
+
+SEQ = 0
+
+
+@dataclass(frozen=True)
+class Resume:
+    """What sequence 0 holds after a switch."""
+
+    snap: Snapshot | None
+    """The restored state, or None when the live cells stayed."""
+    keep: int
+    """Leading cells of it (or of the live sequence) that serve the prompt."""
+    via_text: bool = False
+    """The prompt extends the restored conversation's text: take over its bookkeeping."""
+
+
+class SeqStates:
+    def __init__(self, pool: StateCache, lm: LoadedModel, policy: KVCacheConfig) -> None:
+        self.pool = pool
+        self.lm = lm
+        self.key: StateKey = state_key(lm, policy)
+        self.n_swa = int(llama_cpp.llama_model_n_swa(lm.model.model))
+
+    # -- llama.cpp ----------------------------------------------------------------
+
+    def read(self) -> bytearray:
+        ctx = self.lm.ctx.ctx
+        size = llama_cpp.llama_state_seq_get_size(ctx, SEQ)
+        data = bytearray(size)
+        view = (ctypes.c_uint8 * size).from_buffer(data)
+        got = llama_cpp.llama_state_seq_get_data(ctx, view, size, SEQ)
+        del view  # the bytearray may not be resized while a ctypes view holds it
+        return data if got == size else bytearray()
+
+    def write(self, data: bytearray) -> bool:
+        """Replace sequence 0 with ``data``; False (the sequence left empty) when
+        llama.cpp refuses it."""
+        self.lm.ctx.kv_cache_seq_rm(SEQ, -1, -1)
+        view = (ctypes.c_uint8 * len(data)).from_buffer(data)
+        ok = llama_cpp.llama_state_seq_set_data(self.lm.ctx.ctx, view, len(data), SEQ) > 0
+        del view
+        if not ok:
+            self.lm.ctx.kv_cache_seq_rm(SEQ, -1, -1)
+        return ok
+
+    def cut(self, keep: int, cells: int) -> str:
+        """Keep positions ``[0, keep)`` of a restored sequence of ``cells``; why not,
+        empty when done. A sliding-window cache that no longer holds the positions the
+        next token attends to cannot be cut there."""
+        if keep < cells and not self.lm.ctx.kv_cache_seq_rm(SEQ, keep, -1):
+            return f"llama.cpp cannot cut this model's cache at position {keep}"
+        mem = self.lm.ctx.memory
+        pos_min = llama_cpp.llama_memory_seq_pos_min(mem, SEQ)
+        if self.n_swa and pos_min > max(0, keep - self.n_swa):
+            return (f"the sliding-window cache holds positions from {pos_min} only; "
+                    f"continuing at {keep} needs them from {max(0, keep - self.n_swa)}")
+        return ""
+
+    # -- a switch -----------------------------------------------------------------
+
+    def save(self, snap: Snapshot) -> None:
+        started = time.perf_counter()
+        data = self.read()
+        if not data:
+            self.pool.note("drop", tokens=len(snap.cells), reason="llama.cpp gave no state")
+            return
+        self.pool.put(self.key, snap, data, started=started)
+
+    def switch(self, live: Snapshot, text: str, fresh: Sequence[int], *,
+               can_save: bool = True) -> Resume:
+        """A prompt that does not extend the live conversation: keep the live cells if
+        nothing saved serves it better, else restore the state that does. The live
+        conversation is saved first when the switch would lose cells of it."""
+        here = match(live, text, fresh)
+        entry, best, why = self.pool.best(self.key, text, fresh)
+        enough = best.common >= self.pool.config.min_tokens
+        data: bytearray | None = None
+        reason, loaded_ms = "", 0.0
+        tier = entry.tier if entry is not None else None
+        if entry is not None and best.common > here.common and enough:
+            started = time.perf_counter()
+            try:
+                data = self.pool.load(entry)
+            except StateFileError as exc:
+                reason = exc.message
+            loaded_ms = (time.perf_counter() - started) * 1000
+        if here.common < len(live.cells) and len(live.cells) >= self.pool.config.min_tokens:
+            if can_save:
+                self.save(live)
+            else:
+                self.pool.note("drop", tokens=len(live.cells),
+                               reason="a window shift is not applied yet")
+        if data is None or entry is None:
+            if reason or why or (entry is not None and best.common > here.common):
+                self.pool.note("miss", tier, tokens=best.common,
+                               reason=reason or why or
+                               f"shares {best.common} tokens, fewer than "
+                               f"{self.pool.config.min_tokens}")
+            return Resume(None, here.common)
+        return self._restore(entry, best, data, tier, loaded_ms)
+
+    def _restore(self, entry: SavedState, best: Match, data: bytearray, tier: Tier | None,
+                 loaded_ms: float) -> Resume:
+        started = time.perf_counter()
+        cells = len(entry.snap.cells)
+        why = "" if self.write(data) else "llama.cpp refused the saved state"
+        why = why or self.cut(best.common, cells)
+        if why:
+            self.lm.ctx.kv_cache_seq_rm(SEQ, -1, -1)
+            self.pool.note("miss", tier, tokens=best.common, reason=why)
+            return Resume(Snapshot([], 0, 0, "", []), 0)
+        self.pool.touch(entry)
+        ms = loaded_ms + (time.perf_counter() - started) * 1000
+        self.pool.note("restore", tier, tokens=best.common, nbytes=entry.nbytes, ms=ms)
+        return Resume(entry.snap, best.common, best.via_text)
+
+    def leave(self, live: Snapshot, *, can_save: bool = True) -> None:
+        """The live conversation leaves for good (the engine closes, the model goes)."""
+        if len(live.cells) >= self.pool.config.min_tokens:
+            if can_save:
+                self.save(live)
+            else:
+                self.pool.note("drop", tokens=len(live.cells),
+                               reason="a window shift is not applied yet")

@@ -1,0 +1,453 @@
+"""The state cache on the real default model: a conversation that comes back (after
+another one, a restart, a regenerate or an edit) restores its saved KV state and
+evaluates only what is new; a damaged or foreign state is a miss with a reason and the
+reply is the one an uncached engine gives; the tiers keep their budgets."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine.api import ChatMessage
+from engine.backends.local import LocalEngine
+from engine.cache.entry import Snapshot
+from engine.cache.key import StateKey
+from engine.cache.pool import StateCache, default_dir
+from engine.cache.state_file import encode, read_index, read_state, write_parts
+from engine.config import CacheConfig, KvchatConfig, ModelConfig, SamplingConfig, parse_config
+from engine.decode.generator import Generator
+from engine.errors import ConfigError
+from engine.events import Done, Event, PromptEvaluated, StateCacheNote
+from engine.store import default_data_dir
+from tests.conftest import chat_request
+
+SAMPLING = SamplingConfig(temperature=0.0, max_tokens=24, seed=0)
+SYSTEM = ChatMessage(role="system", content=KvchatConfig().chat.system_prompt)
+N_CTX = 1024
+
+
+def user(text: str) -> ChatMessage:
+    return ChatMessage(role="user", content=text)
+
+
+def reply(text: str) -> ChatMessage:
+    return ChatMessage(role="assistant", content=text)
+
+
+A1 = [SYSTEM, user("Name three colours of the rainbow and say one thing about each.")]
+B1 = [SYSTEM, user("Write a short poem about rain on a tin roof at night.")]
+C1 = [SYSTEM, user("List four animals that live in the sea.")]
+
+
+@dataclass
+class Turn:
+    text: str
+    prompt: PromptEvaluated
+    notes: list[StateCacheNote] = field(default_factory=list)
+
+    def actions(self) -> list[str]:
+        return [n.action for n in self.notes]
+
+
+async def ask(eng: LocalEngine, messages: Sequence[ChatMessage], **options: Any) -> Turn:
+    events: list[Event] = [e async for e in eng.chat(chat_request(messages, **options))]
+    done = events[-1]
+    assert isinstance(done, Done), done
+    prompt = next(e for e in events if isinstance(e, PromptEvaluated))
+    return Turn(done.text, prompt, [e for e in events if isinstance(e, StateCacheNote)])
+
+
+def engine(cache: CacheConfig | None = None, n_ctx: int = N_CTX) -> LocalEngine:
+    return LocalEngine(ModelConfig(n_ctx=n_ctx), SAMPLING, cache=cache)
+
+
+async def plain(*conversations: Sequence[ChatMessage], n_ctx: int = N_CTX) -> list[Turn]:
+    """The turns on an engine without a state cache."""
+    eng = engine(CacheConfig(enabled=False), n_ctx)
+    await eng.start()
+    try:
+        return [await ask(eng, c) for c in conversations]
+    finally:
+        await eng.close()
+
+
+def cells(gen: Generator) -> int:
+    return gen.cache.used
+
+
+def second(first: Sequence[ChatMessage], answer: str, question: str) -> list[ChatMessage]:
+    return [*first, reply(answer), user(question)]
+
+
+async def test_switching_back_evaluates_only_the_new_message() -> None:
+    control_1, = await plain(A1)
+    a2 = second(A1, control_1.text, "Which of them is your favourite?")
+    control = await plain(A1, a2)
+    uncached = await plain(A1, B1, a2)
+    eng = engine()
+    await eng.start()
+    try:
+        first = await ask(eng, A1)
+        held = await eng.run_on_engine_thread(cells)
+        other = await ask(eng, B1)
+        back = await ask(eng, a2)
+    finally:
+        await eng.close()
+    assert first.text == control[0].text
+    assert other.actions() == ["save"]
+    assert other.notes[0].tier == "ram" and other.notes[0].tokens == held
+    assert back.actions() == ["save", "restore"]  # B saved, A restored
+    assert back.notes[1].tokens == held and back.notes[1].tier == "ram"
+    # Exactly what the turn evaluates when A never left the cache, and the same reply.
+    assert back.prompt.restored_tokens == back.prompt.reused_tokens == held
+    assert back.prompt.reused_tokens == control[1].prompt.reused_tokens
+    assert back.prompt.evaluated_tokens == control[1].prompt.evaluated_tokens
+    assert back.text == control[1].text
+    # Without the cache the system prompt is all that survives B.
+    assert uncached[2].prompt.reused_tokens < held / 2
+    assert uncached[2].prompt.evaluated_tokens > back.prompt.evaluated_tokens + held / 2
+
+
+async def test_a_new_engine_resumes_from_the_disk(kvchat_home: Path) -> None:
+    eng = engine()
+    await eng.start()
+    try:
+        first = await ask(eng, A1)
+        held = await eng.run_on_engine_thread(cells)
+    finally:
+        await eng.close()  # the live conversation is saved, RAM goes to disk
+    files = list((kvchat_home / "state-cache").glob("*.kvstate"))
+    assert len(files) == 1
+    a2 = second(A1, first.text, "Which of them is your favourite?")
+    control = await plain(A1, a2)
+    again = engine()
+    await again.start()
+    try:
+        back = await ask(again, a2)
+    finally:
+        await again.close()
+    assert back.actions() == ["restore"] and back.notes[0].tier == "disk"
+    assert back.prompt.restored_tokens == back.prompt.reused_tokens == held
+    assert back.prompt.evaluated_tokens == control[1].prompt.evaluated_tokens
+    assert back.text == control[1].text
+
+
+def fresh_tokens(messages: Sequence[ChatMessage]) -> Callable[[Generator], list[int]]:
+    def tokens(gen: Generator) -> list[int]:
+        return gen.lm.tokenize(gen.lm.chat_format.render(messages), add_bos=True)
+    return tokens
+
+
+def shared(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+async def test_regenerate_and_edit_evaluate_only_past_where_they_depart() -> None:
+    history = [SYSTEM, user("My cat is called Miso and she is three years old."),
+               reply("Miso sounds lovely! Three is a fun age for a cat."),
+               user("What should I feed her?")]
+    edited = [*history[:3], user("How often should she see a vet?")]
+    eng = engine()
+    await eng.start()
+    try:
+        await ask(eng, history)
+        await ask(eng, B1)
+        regen = await ask(eng, history)  # the same messages: its reply again
+        await ask(eng, B1)
+        edit = await ask(eng, edited)
+        old = await eng.run_on_engine_thread(fresh_tokens(history))
+        new = await eng.run_on_engine_thread(fresh_tokens(edited))
+    finally:
+        await eng.close()
+    assert "restore" in regen.actions()
+    # Every prompt token was saved: only the last is evaluated, for its logits.
+    assert regen.prompt.evaluated_tokens == 1
+    assert regen.prompt.restored_tokens == regen.prompt.prompt_tokens - 1
+    # The edit departs in the last user message: what comes before it is restored.
+    depart = shared(old, new)
+    assert 0 < depart < len(new) - 4
+    assert "restore" in edit.actions()
+    assert edit.prompt.restored_tokens == edit.prompt.reused_tokens == depart
+    assert edit.prompt.evaluated_tokens == len(new) - depart
+
+
+async def test_a_model_switch_saves_the_conversation_for_when_the_model_returns(
+        default_path: Path, gemma_path: Path) -> None:
+    """Each model gets its own conversation back, Gemma's sliding-window cache too."""
+    g1 = [user("The quick brown fox jumps over the lazy dog. The quick brown fox")]
+    control_a = await plain(A1)
+    a2 = second(A1, control_a[0].text, "Which of them is your favourite?")
+    control_a = await plain(A1, a2)
+    gemma = LocalEngine(ModelConfig(path=gemma_path, n_ctx=N_CTX), SAMPLING,
+                        cache=CacheConfig(enabled=False))
+    await gemma.start()
+    try:
+        control_g = [await ask(gemma, g1)]
+        g2 = [*g1, reply(control_g[0].text), user("And then?")]
+        control_g.append(await ask(gemma, g2))
+    finally:
+        await gemma.close()
+    eng = engine()
+    await eng.start()
+    try:
+        await ask(eng, A1)
+        held = await eng.run_on_engine_thread(cells)
+        await eng.switch_model(gemma_path)
+        on_gemma = await ask(eng, g1)
+        await eng.switch_model(default_path)
+        back = await ask(eng, a2)
+        await eng.switch_model(gemma_path)
+        back_g = await ask(eng, g2)
+    finally:
+        await eng.close()
+    assert on_gemma.actions() == ["save"]  # SmolLM2's conversation, saved at the switch
+    assert on_gemma.prompt.restored_tokens == 0
+    assert back.prompt.restored_tokens == held
+    assert back.prompt.evaluated_tokens == control_a[1].prompt.evaluated_tokens
+    assert back.text == control_a[1].text
+    assert back_g.prompt.restored_tokens == control_g[1].prompt.reused_tokens > 0
+    assert back_g.prompt.evaluated_tokens == control_g[1].prompt.evaluated_tokens
+    assert back_g.text == control_g[1].text
+
+
+@pytest.fixture(scope="module")
+def saved_a1(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A state file of A1 as an engine leaves it at close, and A1's reply."""
+    folder = tmp_path_factory.mktemp("saved")
+
+    async def run() -> str:
+        eng = engine(CacheConfig(dir=folder))
+        await eng.start()
+        try:
+            return (await ask(eng, A1)).text
+        finally:
+            await eng.close()
+
+    text = asyncio.run(run())
+    (path,) = folder.glob("*.kvstate")
+    return path, text
+
+
+def damage(path: Path, how: str) -> None:
+    if how == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif how == "flipped":
+        data = bytearray(path.read_bytes())
+        data[-1000] ^= 0xFF
+        path.write_bytes(bytes(data))
+    elif how == "refused":  # a well-formed file whose state llama.cpp cannot take
+        entry = read_index(path)
+        data = read_state(entry)
+        entry.data = data[: len(data) // 3]
+        entry.nbytes = len(entry.data)
+        write_parts(path, encode(entry))
+
+
+@pytest.mark.parametrize(("how", "reason"), [
+    ("truncated", "its header says"), ("flipped", "fails its checksum"),
+    ("deleted", "was deleted"), ("refused", "llama.cpp refused the saved state"),
+    ("other context", "another context size (1024, here 2048)")])
+async def test_a_damaged_or_foreign_state_is_a_miss_and_the_reply_is_uncached(
+        saved_a1: tuple[Path, str], kvchat_home: Path, how: str, reason: str) -> None:
+    path, a1_text = saved_a1
+    folder = kvchat_home / "state-cache"
+    folder.mkdir(parents=True)
+    copy = folder / path.name
+    shutil.copy(path, copy)
+    if how not in ("deleted", "other context"):
+        damage(copy, how)
+    n_ctx = 2048 if how == "other context" else N_CTX
+    a2 = second(A1, a1_text, "Which of them is your favourite?")
+    # What an engine without saved states answers after the same turns.
+    expected = (await plain(C1, a2) if how == "deleted" else await plain(a2, n_ctx=n_ctx))[-1]
+    eng = engine(n_ctx=n_ctx)
+    await eng.start()
+    try:
+        if how == "deleted":
+            await ask(eng, C1)  # the engine has indexed the file by now
+            copy.unlink()
+        back = await ask(eng, a2)
+    finally:
+        await eng.close()
+    misses = [n for n in back.notes if n.action == "miss"]
+    assert len(misses) == 1 and reason in misses[0].reason, back.notes
+    assert "restore" not in back.actions()
+    assert back.prompt.restored_tokens == 0
+    assert back.prompt.evaluated_tokens == expected.prompt.evaluated_tokens
+    assert back.text == expected.text
+
+
+async def test_a_small_ram_budget_spills_the_oldest_to_disk_and_restores_it() -> None:
+    # One short conversation's state is about 0.75 MB here: RAM holds one.
+    eng = engine(CacheConfig(ram_budget="1MiB", disk_budget="8MiB"))
+    await eng.start()
+    try:
+        first = await ask(eng, A1)
+        await ask(eng, B1)  # A1 saved to RAM
+        third = await ask(eng, C1)  # B1 saved: A1 moves to disk
+        back = await ask(eng, second(A1, first.text, "Which is the brightest?"))
+    finally:
+        await eng.close()
+    assert third.actions() == ["evict", "save"]
+    evicted, saved = third.notes
+    assert evicted.tier == "ram" and evicted.reason == "moved to disk"
+    assert saved.tier == "ram" and saved.disk_bytes > 0
+    restore = next(n for n in back.notes if n.action == "restore")
+    assert restore.tier == "disk" and back.prompt.restored_tokens > 0
+    for note in [*third.notes, *back.notes]:
+        assert note.ram_bytes <= note.ram_budget and note.disk_bytes <= note.disk_budget
+
+
+async def test_with_both_budgets_zero_nothing_is_saved(kvchat_home: Path) -> None:
+    eng = engine(CacheConfig(ram_budget=0, disk_budget=0))
+    await eng.start()
+    try:
+        first = await ask(eng, A1)
+        other = await ask(eng, B1)
+        back = await ask(eng, second(A1, first.text, "Which is the brightest?"))
+    finally:
+        await eng.close()
+    assert other.notes == back.notes == []
+    assert back.prompt.restored_tokens == 0
+    assert not (kvchat_home / "state-cache").exists()
+
+
+async def test_a_conversation_with_evictions_restores_only_as_its_own_window() -> None:
+    """Cells after an eviction hold a non-contiguous stretch of the conversation: it is
+    restored when the prompt extends the same conversation, and only its kept prefix
+    can serve a prompt that departs from it."""
+    long = SamplingConfig(temperature=0.0, max_tokens=300, seed=0)
+    count = [SYSTEM, user("Count upwards from one, one number per line.")]
+
+    async def run(cache: CacheConfig | None, switch: bool) -> list[Turn]:
+        eng = LocalEngine(ModelConfig(n_ctx=256), long, cache=cache)
+        await eng.start()
+        try:
+            # 300 tokens each in 256 cells: the window slides in every one of them.
+            turns = [await ask(eng, count, ignore_eos=True)]
+            if switch:
+                turns.append(await ask(eng, B1))
+            more = second(count, turns[0].text, "Now count down to one.")
+            turns.append(await ask(eng, more, ignore_eos=True))
+            if switch:
+                turns.append(await ask(eng, B1))
+                turns.append(await ask(eng, count))  # departs after the user message
+            return turns
+        finally:
+            await eng.close()
+
+    control = await run(CacheConfig(enabled=False), switch=False)
+    first, other, back, _, departing = await run(None, switch=True)
+    assert first.text == control[0].text
+    saved = other.notes[0]
+    assert saved.action == "save" and saved.tokens < first.prompt.prompt_tokens + 300
+    assert "restore" in back.actions()
+    assert back.prompt.evaluated_tokens == control[1].prompt.evaluated_tokens
+    assert back.text == control[1].text
+    # The count's kept prefix is the system prompt, which B's cells hold too: nothing
+    # past it may come from the evicted state.
+    assert departing.prompt.restored_tokens == 0
+    assert departing.prompt.reused_tokens <= other.prompt.reused_tokens
+
+
+# -- the pool alone: tiers, budgets, order (no model) -------------------------------
+
+KEY = StateKey(model="m", n_ctx=1024, kv_type="q8_0", flash_attn=True,
+               batch_invariant=True, window="w", llama_cpp="0")
+
+
+def snap(n: int, start: int = 0) -> Snapshot:
+    tokens = list(range(start, start + n))
+    return Snapshot(tokens, 4, 0, f"text {start} {n}", tokens)
+
+
+def put(pool: StateCache, n: int, start: int, nbytes: int = 100_000) -> None:
+    pool.put(KEY, snap(n, start), bytearray(nbytes))
+
+
+def test_the_least_recently_used_goes_first_and_ram_spills_to_disk(tmp_path: Path) -> None:
+    pool = StateCache(CacheConfig(ram_budget=250_000, disk_budget=250_000, dir=tmp_path))
+    for start in (0, 1000, 2000):  # the third pushes the first out of RAM
+        put(pool, 50, start)
+    entry, m, _ = pool.best(KEY, "", list(range(50)))
+    assert entry is not None and entry.tier == "disk" and m.common == 50
+    pool.touch(entry)  # restored: now the most recent on disk
+    put(pool, 50, 3000)  # 1000 spills; disk holds two files at most
+    put(pool, 50, 4000)  # 2000 spills: the disk's least recent, 1000, goes
+    notes = pool.take_notes()
+    evictions = [(n.tier, n.reason) for n in notes if n.action == "evict"]
+    spilled = ("ram", "moved to disk")
+    # The last spill made room on disk first.
+    assert evictions == [spilled, spilled, ("disk", "least recently used"), spilled]
+    on_disk = sorted(e.snap.cells[0] for e in pool.entries() if e.tier == "disk")
+    in_ram = sorted(e.snap.cells[0] for e in pool.entries() if e.tier == "ram")
+    assert on_disk == [0, 2000] and in_ram == [3000, 4000]
+    for note in notes:
+        assert note.ram_bytes <= note.ram_budget and note.disk_bytes <= note.disk_budget
+
+
+def test_budgets_hold_whatever_comes(tmp_path: Path) -> None:
+    pool = StateCache(CacheConfig(ram_budget=300_000, disk_budget=500_000, dir=tmp_path))
+    for i, size in enumerate([90_000, 250_000, 10_000, 299_000, 120_000, 60_000, 400_000,
+                              700_000, 5_000, 200_000]):
+        pool.put(KEY, snap(20 + i, 10_000 * i), bytearray(size))
+        assert pool.ram_bytes <= pool.ram_budget and pool.disk_bytes <= pool.disk_budget
+    assert sum(f.stat().st_size for f in tmp_path.glob("*.kvstate")) == pool.disk_bytes
+    drops = [n for n in pool.take_notes() if n.action == "drop"]
+    assert [n.reason for n in drops] == ["0.7 MiB is more than the disk budget"]
+
+
+def test_a_zero_budget_turns_its_tier_off(tmp_path: Path) -> None:
+    disk_only = StateCache(CacheConfig(ram_budget=0, disk_budget="1MiB", dir=tmp_path))
+    put(disk_only, 40, 0)
+    assert [e.tier for e in disk_only.entries()] == ["disk"]
+    ram_only = StateCache(CacheConfig(ram_budget="1MiB", disk_budget=0, dir=tmp_path / "r"))
+    put(ram_only, 40, 0)
+    ram_only.close()
+    assert not (tmp_path / "r").exists()
+    assert not StateCache(CacheConfig(ram_budget=0, disk_budget=0)).enabled
+
+
+def test_a_longer_save_of_the_same_conversation_replaces_the_shorter(tmp_path: Path) -> None:
+    pool = StateCache(CacheConfig(ram_budget="1MiB", dir=tmp_path))
+    put(pool, 40, 0)
+    put(pool, 60, 0)  # the same cells, more of them
+    put(pool, 30, 500)
+    assert sorted(len(e.snap.cells) for e in pool.entries()) == [30, 60]
+
+
+def test_the_disk_tier_outlives_the_pool_and_skips_damaged_files(tmp_path: Path) -> None:
+    pool = StateCache(CacheConfig(ram_budget="1MiB", dir=tmp_path))
+    put(pool, 40, 0)
+    put(pool, 40, 100)
+    pool.close()
+    (tmp_path / "junk.kvstate").write_bytes(b"not a state file at all")
+    later = StateCache(CacheConfig(ram_budget="1MiB", dir=tmp_path))
+    entry, m, _ = later.best(KEY, "", list(range(100, 140)))
+    assert entry is not None and m.common == 40 and entry.tier == "disk"
+    assert bytes(later.load(entry)) == bytes(100_000)
+    misses = [n.reason for n in later.take_notes() if n.action == "miss"]
+    assert misses == ["junk.kvstate is not a state file"]
+    assert not (tmp_path / "junk.kvstate").exists()
+
+
+def test_the_disk_tier_lives_in_the_data_dir() -> None:
+    assert default_dir() == default_data_dir() / "state-cache"
+
+
+def test_cache_settings_are_checked() -> None:
+    assert parse_config({"cache": {"ram_budget": "0"}}).cache.ram_budget == "0"
+    for bad, key in [({"ram_budget": "lots"}, "cache.ram_budget"),
+                     ({"disk_budget": -1}, "cache.disk_budget"),
+                     ({"ram": "1GiB"}, "cache.ram")]:
+        with pytest.raises(ConfigError, match=key):
+            parse_config({"cache": bad})
