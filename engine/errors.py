@@ -104,3 +104,25 @@ class SwitchUnsupported(KvchatError):
 
     code = "switch_unsupported"
     usage = True
+
+
+class MessageNotFound(KvchatError):
+    """No stored message has this id (or it is in another conversation)."""
+
+    code = "message_not_found"
+    usage = True
+
+
+class BranchError(KvchatError):
+    """A branch that cannot be taken: editing a reply, answering again in a
+    conversation with nothing to answer."""
+
+    code = "branch"
+    usage = True
+
+
+class SearchError(KvchatError):
+    """A search query with nothing to search for, or one the index refused."""
+
+    code = "search_query"
+    usage = True

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Iterable
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +20,7 @@ from engine.config import KvchatConfig, SamplingConfig
 from engine.events import Done, Error, Event, Retry, TokenChunk, TurnStarted
 from engine.routing.service import DEFAULT_N_CTX, RoutedTurn, RouteError, RouteService
 from engine.routing.templates import with_instructions
-from engine.store import MessageRow, Store, title_from_prompt
+from engine.store import MessageRow, Parent, Store, title_from_prompt
 from engine.structured.ladder import (
     DEFAULT_POLICY,
     Attempt,
@@ -94,9 +95,11 @@ class ChatSession:
     def history(self, conversation_id: int) -> list[ChatMessage]:
         """The messages the model sees: the system prompt, then every user message that
         was answered and every reply with text."""
+        return self._context(self.store.messages(conversation_id))
+
+    def _context(self, rows: list[MessageRow]) -> list[ChatMessage]:
         messages = [ChatMessage(role="system", content=self.system_prompt)] \
             if self.system_prompt else []
-        rows = self.store.messages(conversation_id)
         for row in rows:
             if _in_context(row):
                 # A routed turn is rebuilt exactly as the model saw it, so this turn's
@@ -135,10 +138,53 @@ class ChatSession:
         routed = await self._route(text, conversation_id, sampling, route, pinned)
         turn = self._open(text, conversation_id, routed, _ladder_for(output, routed),
                           routed.sampling if routed else sampling, ignore_eos)
+        async with aclosing(self._stream(turn)) as events:
+            async for event in events:
+                yield event
+
+    async def edit(self, message_id: int, text: str, sampling: SamplingConfig | None = None,
+                   *, ignore_eos: bool = False, route: str | None = None,
+                   pinned: Iterable[str] = (),
+                   output: OutputSpec | None = None) -> AsyncIterator[Event]:
+        """``text`` as a new version of the user message ``message_id``: a sibling of
+        it, answered as :meth:`send` answers. The model sees the path before that
+        message, which the KV cache already holds. Raises as :meth:`send` does, and
+        MessageNotFound or BranchError (a reply cannot be edited)."""
+        edited = self.store.editable(message_id)
+        cid = edited.conversation_id
+        routed = await self._route(text, cid, sampling, route, pinned)
+        turn = self._open(text, cid, routed, _ladder_for(output, routed),
+                          routed.sampling if routed else sampling, ignore_eos,
+                          parent=edited.parent_id)
+        async with aclosing(self._stream(turn)) as events:
+            async for event in events:
+                yield event
+
+    async def regenerate(self, conversation_id: int, sampling: SamplingConfig | None = None,
+                         *, ignore_eos: bool = False, pinned: Iterable[str] = (),
+                         output: OutputSpec | None = None) -> AsyncIterator[Event]:
+        """A new reply to the last user message of the path shown, beside the old
+        reply, which is kept. The message goes to the model as it went the first time
+        (its route, its instructions), so the prompt is the cached one up to the old
+        reply. Raises ConversationNotFound, and BranchError when there is no user
+        message to answer."""
+        user = self.store.to_answer_again(conversation_id)
+        route = (user.stats or {}).get("route")
+        routed = await self._route(user.content, conversation_id, sampling,
+                                   route if route in self.route_names else None, pinned)
+        turn = self._reopen(user, routed, _ladder_for(output, routed),
+                            routed.sampling if routed else sampling, ignore_eos)
+        async with aclosing(self._stream(turn)) as events:
+            async for event in events:
+                yield event
+
+    async def _stream(self, turn: _Turn) -> AsyncIterator[Event]:
+        """A stored turn's events, from ``turn_started`` to its end, the reply saved as
+        it streams and its end stored however the stream stops."""
         yield TurnStarted(conversation_id=turn.conversation_id, user_message_id=turn.user_id,
                           reply_message_id=turn.reply_id)
-        if routed is not None:
-            yield routed.event
+        if turn.routed is not None:
+            yield turn.routed.event
         events = self._events(turn)
         turn.last_save = time.monotonic()
         try:
@@ -170,13 +216,15 @@ class ChatSession:
 
     def _open(self, text: str, conversation_id: int | None, routed: RoutedTurn | None,
               ladder: Ladder | None, sampling: SamplingConfig | None,
-              ignore_eos: bool) -> _Turn:
-        """Store the user's message and the reply's row (``streaming``), in a new
-        conversation where ``conversation_id`` is None."""
+              ignore_eos: bool, parent: Parent = "active") -> _Turn:
+        """Store the user's message (under ``parent``, by default the active leaf) and
+        the reply's row (``streaming``), in a new conversation where
+        ``conversation_id`` is None."""
         if conversation_id is None:
             model = self.engine.info.name if self.engine.info else None
             conversation_id = self.store.create_conversation(title_from_prompt(text), model)
-        history = self.history(conversation_id)
+        history = self.history(conversation_id) if parent == "active" else \
+            self._context([] if parent is None else self.store.path_to(parent))
         user_stats: dict[str, Any] = ({"route": routed.event.route,
                                        "instructions": routed.template.instructions}
                                       if routed else {})
@@ -184,11 +232,32 @@ class ChatSession:
         if base_change:
             user_stats["format_instructions"] = base_change
         user_id = self.store.add_message(conversation_id, "user", text,
-                                         stats=user_stats or None)
+                                         stats=user_stats or None, parent_id=parent)
         reply_id = self.store.add_message(conversation_id, "assistant", "", status="streaming")
         return _Turn(conversation_id, user_id, reply_id, routed, ladder, history,
                      model_text=routed.model_text if routed else text, sampling=sampling,
                      ignore_eos=ignore_eos, user_stats=user_stats, prompt_change=base_change)
+
+    def _reopen(self, user: MessageRow, routed: RoutedTurn | None, ladder: Ladder | None,
+                sampling: SamplingConfig | None, ignore_eos: bool) -> _Turn:
+        """A new reply's row (``streaming``) under the stored user message ``user``."""
+        stats = dict(user.stats or {})
+        base_change = ladder.base_change if ladder else ""
+        if stats.get("format_instructions", "") != base_change or user.status == "error":
+            # The message is kept as this attempt sends it, so the next turn's history
+            # extends what the cache will hold; a prompt that failed is tried again.
+            stats.pop("format_instructions", None)
+            stats.update({"format_instructions": base_change} if base_change else {})
+            self.store.update_message(user.id, status="complete", stats=stats)
+        reply_id = self.store.add_message(user.conversation_id, "assistant", "",
+                                          status="streaming", parent_id=user.id)
+        history = self._context(self.store.path_to(user.parent_id)
+                                if user.parent_id is not None else [])
+        # As the model saw it before, whatever the route's template says now.
+        model_text = with_instructions(user.content, stats.get("instructions", ""))
+        return _Turn(user.conversation_id, user.id, reply_id, routed, ladder, history,
+                     model_text=model_text, sampling=sampling, ignore_eos=ignore_eos,
+                     user_stats=stats, prompt_change=base_change)
 
     def _events(self, turn: _Turn) -> AsyncIterator[Event]:
         """The reply's events: one attempt, or the retry ladder's attempts."""
@@ -249,7 +318,7 @@ class ChatSession:
         elif isinstance(final, Error):
             self.store.update_message(reply_id, content=partial, status="error",
                                       stats={"error": final.code, "message": final.message})
-            if not partial:
+            if not partial and not _answered_elsewhere(self.store, reply_id):
                 # Nothing was answered: keep the prompt for the record but out of the
                 # context, or every later turn would fail the same way.
                 self.store.update_message(user_id, status="error")
@@ -273,6 +342,13 @@ def _ladder_for(output: OutputSpec | None, routed: RoutedTurn | None) -> Ladder 
                           schema=template.json_schema if template.output == "json" else None)
         return Ladder(spec, template.retry)
     return None
+
+
+def _answered_elsewhere(store: Store, reply_id: int) -> bool:
+    """Whether another reply to the same message has text (an earlier answer that a
+    failed regeneration must not take out of the context)."""
+    replies, _ = store.siblings(reply_id)
+    return any(r.content and r.id != reply_id for r in replies)
 
 
 def _in_context(row: MessageRow) -> bool:

@@ -17,12 +17,23 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, get_args
+from typing import Any
 
 import platformdirs
 from pydantic import BaseModel, ConfigDict
 
 from engine.errors import ConversationNotFound, StoreError
+from engine.history.search import SEARCH_SCHEMA, SearchHit, SearchIndex
+from engine.history.tree import (
+    TREE_SCHEMA,
+    MessageRow,
+    MessageTree,
+    Parent,
+    Role,
+    Status,
+    check_fields,
+    tree_markdown,
+)
 from engine.structured.attempt_log import (
     ATTEMPTS_SCHEMA,
     ATTEMPTS_TRUNCATED,
@@ -31,12 +42,11 @@ from engine.structured.attempt_log import (
     RetriedReply,
 )
 
-__all__ = ["MIGRATIONS", "AttemptRow", "ConversationRow", "MessageRow", "RetriedReply", "Store",
-           "default_data_dir", "title_from_prompt"]
-"""The attempt log's rows are defined with it (a mixin of Store) and given back here."""
-
-Role = Literal["system", "user", "assistant"]
-Status = Literal["complete", "streaming", "cancelled", "interrupted", "error"]
+__all__ = ["MIGRATIONS", "AttemptRow", "ConversationRow", "MessageRow", "Parent",
+           "RetriedReply", "Role", "SearchHit", "Status", "Store", "default_data_dir",
+           "title_from_prompt"]
+"""The rows of the attempt log, the message tree and the search index are defined with
+them (mixins of Store) and given back here."""
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _TITLE_MAX = 60
@@ -67,6 +77,8 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     ATTEMPTS_SCHEMA,
     ATTEMPTS_TRUNCATED,
+    TREE_SCHEMA,
+    SEARCH_SCHEMA,
 )
 
 
@@ -98,19 +110,9 @@ class ConversationRow(BaseModel):
     created_at: float
     updated_at: float
     message_count: int
-
-
-class MessageRow(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    id: int
-    conversation_id: int
-    role: Role
-    content: str
-    status: Status
-    created_at: float
-    updated_at: float
-    stats: dict[str, Any] | None
+    """Every message stored, on any branch."""
+    active_leaf_id: int | None = None
+    """The last message of the path shown; None while there are no messages."""
 
 
 def _statements(script: str) -> Iterator[str]:
@@ -130,7 +132,7 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-class Store(AttemptLog):
+class Store(AttemptLog, MessageTree, SearchIndex):
     """The conversation store. Safe to share between threads; one lock serialises use."""
 
     def __init__(self, path: Path) -> None:
@@ -194,9 +196,11 @@ class Store(AttemptLog):
                 raise StoreError(f"{self.path} has schema version {version}, newer than "
                                  f"this kvchat understands ({len(MIGRATIONS)})")
             for number in range(version, len(MIGRATIONS)):
-                for statement in _statements(MIGRATIONS[number]):
-                    conn.execute(statement)
+                if not self._skips_migration(MIGRATIONS[number]):
+                    for statement in _statements(MIGRATIONS[number]):
+                        conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {number + 1}")
+            self._ready_search(conn, list(_statements(SEARCH_SCHEMA)))
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -242,14 +246,16 @@ class Store(AttemptLog):
 
     _CONVERSATION_SELECT = """
         SELECT c.id, c.title, c.model, c.created_at, c.updated_at,
-               (SELECT COUNT(*) FROM messages m WHERE m.conversation_id = c.id)
+               (SELECT COUNT(*) FROM messages m WHERE m.conversation_id = c.id),
+               c.active_leaf_id
         FROM conversations c
     """
 
     @staticmethod
     def _conversation(row: tuple[Any, ...]) -> ConversationRow:
         return ConversationRow(id=row[0], title=row[1], model=row[2], created_at=row[3],
-                               updated_at=row[4], message_count=row[5])
+                               updated_at=row[4], message_count=row[5],
+                               active_leaf_id=row[6])
 
     def create_conversation(self, title: str, model: str | None) -> int:
         now = time.time()
@@ -291,35 +297,11 @@ class Store(AttemptLog):
 
     # -- messages ------------------------------------------------------------------
 
-    @staticmethod
-    def _check(role: str | None, status: str | None) -> None:
-        # The CHECK constraints would catch these too, but as an opaque IntegrityError.
-        if role is not None and role not in get_args(Role):
-            raise ValueError(f"unknown message role {role!r}")
-        if status is not None and status not in get_args(Status):
-            raise ValueError(f"unknown message status {status!r}")
-
-    def add_message(self, cid: int, role: Role, content: str, status: Status = "complete",
-                    stats: dict[str, Any] | None = None) -> int:
-        self._check(role, status)
-        stats_json = None if stats is None else json.dumps(stats)
-        now = time.time()
-        with self._write() as conn:
-            touched = conn.execute("UPDATE conversations SET updated_at = ? WHERE id = ?",
-                                   (now, cid))
-            if touched.rowcount == 0:
-                raise ConversationNotFound(f"no conversation with id {cid}")
-            cur = conn.execute(
-                "INSERT INTO messages (conversation_id, role, content, status, created_at,"
-                " updated_at, stats) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (cid, role, content, status, now, now, stats_json))
-            return int(cur.lastrowid or 0)
-
     def update_message(self, mid: int, *, content: str | None = None,
                        status: Status | None = None,
                        stats: dict[str, Any] | None = None) -> None:
         """Changes the fields given; ``None`` leaves a field as it is."""
-        self._check(None, status)
+        check_fields(None, status)
         fields: dict[str, Any] = {"content": content, "status": status,
                                   "stats": None if stats is None else json.dumps(stats)}
         changes = {k: v for k, v in fields.items() if v is not None}
@@ -334,19 +316,6 @@ class Store(AttemptLog):
                 raise StoreError(f"no message with id {mid} in {self.path}")
             conn.execute("UPDATE conversations SET updated_at = ? WHERE id ="
                          " (SELECT conversation_id FROM messages WHERE id = ?)", (now, mid))
-
-    def messages(self, cid: int) -> list[MessageRow]:
-        """The conversation's messages, oldest first."""
-        with self._read() as conn:
-            if conn.execute("SELECT 1 FROM conversations WHERE id = ?", (cid,)).fetchone() is None:
-                raise ConversationNotFound(f"no conversation with id {cid}")
-            rows = conn.execute(
-                "SELECT id, conversation_id, role, content, status, created_at, updated_at,"
-                " stats FROM messages WHERE conversation_id = ? ORDER BY id", (cid,)).fetchall()
-        return [MessageRow(id=r[0], conversation_id=r[1], role=r[2], content=r[3], status=r[4],
-                           created_at=r[5], updated_at=r[6],
-                           stats=None if r[7] is None else json.loads(r[7]))
-                for r in rows]
 
     def recent_prompts(self, limit: int = 500) -> list[str]:
         """The last ``limit`` messages the user sent, across conversations, oldest
@@ -372,11 +341,15 @@ class Store(AttemptLog):
 
     # -- export --------------------------------------------------------------------
 
-    def export_markdown(self, cid: int) -> str:
+    def export_markdown(self, cid: int, all_branches: bool = False) -> str:
+        """The path shown; ``all_branches``: every message, each fork's branches marked."""
         conv = self.get_conversation(cid)
         parts = [f"# {conv.title}"]
         if conv.model:
             parts.append(f"_Model: {conv.model}_")
+        if all_branches:
+            parts += tree_markdown(self.tree(cid), {m.id for m in self.messages(cid)})
+            return "\n\n".join(parts) + "\n"
         for msg in self.messages(cid):
             parts.append(f"## {msg.role.capitalize()}")
             if msg.content:
@@ -385,8 +358,14 @@ class Store(AttemptLog):
                 parts.append(f"_({msg.status})_")
         return "\n\n".join(parts) + "\n"
 
-    def export_json(self, cid: int) -> dict[str, Any]:
+    def export_json(self, cid: int, all_branches: bool = False) -> dict[str, Any]:
+        """The path shown as ``messages``; ``all_branches``: every message (each with its
+        ``parent_id``), and the path shown as ``active_path``, a list of ids."""
         conv = self.get_conversation(cid)
         data = conv.model_dump(mode="json")
-        data["messages"] = [m.model_dump(mode="json") for m in self.messages(cid)]
+        path = self.messages(cid)
+        rows = self.tree(cid) if all_branches else path
+        data["messages"] = [m.model_dump(mode="json") for m in rows]
+        if all_branches:
+            data["active_path"] = [m.id for m in path]
         return data

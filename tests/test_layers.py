@@ -19,7 +19,7 @@ PACKAGES = ("engine", "bench", "tui")
 CONTRACT = ("api", "events", "errors", "config", "session", "store")
 """The modules at engine/'s top; everything else in engine/ lives in a wing."""
 
-WINGS = ("model", "decode", "backends", "routing", "structured", "serve", "cache")
+WINGS = ("model", "decode", "backends", "routing", "structured", "history", "cache", "serve")
 
 BASE = {"engine.errors", "engine.config", "engine.events"}
 """The contract's vocabulary: every layer above may use it."""
@@ -41,9 +41,11 @@ ALLOWED: dict[str, set[str]] = {
                                "engine.routing", "engine.structured", "engine.cache"},
     # The server shares one engine among its clients: the engine a backend makes.
     "engine.serve": BASE | {"engine.api", "engine.backends"},
-    # The conversation layer: the store keeps the attempt log's rows; the session
-    # routes, checks and retries a turn over any engine.
-    "engine.store": BASE | {"engine.structured"},
+    # The store's mixins and their tables: the message tree and the search index.
+    "engine.history": BASE,
+    # The conversation layer: the store keeps the attempt log's rows, the message tree
+    # and the index; the session routes, checks and retries a turn over any engine.
+    "engine.store": BASE | {"engine.structured", "engine.history"},
     "engine.session": BASE | {"engine.api", "engine.routing", "engine.structured",
                               "engine.store"},
     "bench": {"engine.*", "bench"},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -15,6 +16,7 @@ import platformdirs
 import pytest
 
 from engine.errors import ConversationNotFound, StoreError
+from engine.history.tree import TREE_SCHEMA
 from engine.store import MIGRATIONS, Store, default_data_dir, title_from_prompt
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -349,3 +351,76 @@ def test_recent_prompts_span_conversations_oldest_first(db_path: Path) -> None:
     with Store(db_path) as s:
         assert s.recent_prompts() == ["first", "second", "third\nwith two lines"]
         assert s.recent_prompts(limit=2) == ["second", "third\nwith two lines"]
+
+
+def _raw_messages(path: Path) -> dict[int, list[tuple[int, str, str, str]]]:
+    """Each conversation's messages as the old schema ordered them: by id."""
+    raw = sqlite3.connect(path)
+    try:
+        rows = raw.execute("SELECT conversation_id, id, role, content, status FROM messages"
+                           " ORDER BY id").fetchall()
+        convs = [cid for (cid,) in raw.execute("SELECT id FROM conversations")]
+    finally:
+        raw.close()
+    found: dict[int, list[tuple[int, str, str, str]]] = {cid: [] for cid in convs}
+    for cid, *rest in rows:
+        found[cid].append(tuple(rest))  # type: ignore[arg-type]
+    return found
+
+
+def test_a_store_written_before_message_trees_opens_as_single_paths(tmp_path: Path) -> None:
+    # Written by kvchat's store at schema version 2 (before attempts recorded a cut-off,
+    # before message trees and search): see tests/data/store-v2.db's rows below.
+    path = tmp_path / "kvchat.db"
+    shutil.copyfile(ROOT / "tests" / "data" / "store-v2.db", path)
+    before = _raw_messages(path)
+    assert [len(rows) for rows in before.values()] == [4, 6, 0]
+
+    with Store(path) as s:
+        for cid, old in before.items():
+            path_rows = s.messages(cid)
+            assert [(m.id, m.role, m.content, m.status) for m in path_rows] == old
+            assert [m.parent_id for m in path_rows] == [None, *[m.id for m in path_rows]][
+                :len(path_rows)]
+            conv = s.get_conversation(cid)
+            assert conv.active_leaf_id == (old[-1][0] if old else None)
+            assert conv.message_count == len(old)
+        (rust, capitals, empty) = before
+        assert s.messages(capitals)[1].stats == {"attempts": 1}
+        assert [a.ok for a in s.attempts(s.messages(capitals)[1].id)] == [True]
+        # Indexed by the migration.
+        assert [h.message_id for h in s.search("borrow checker")] == [before[rust][2][0]]
+        assert [h.conversation_id for h in s.search("lifetimes")] == [rust]
+        # A new message continues the path; a regenerated reply is a sibling.
+        new = s.add_message(rust, "user", "Thanks")
+        assert s.messages(rust)[-1].parent_id == before[rust][-1][0]
+        assert s.message(new).parent_id == before[rust][-1][0]
+        again = s.add_message(capitals, "assistant", "Roma.", parent_id=before[capitals][4][0])
+        assert [m.id for m in s.siblings(again)[0]] == [before[capitals][5][0], again]
+        assert s.messages(empty) == []
+        s.add_message(empty, "user", "first")
+        assert [m.content for m in s.messages(empty)] == ["first"]
+
+
+def test_tree_migration_keeps_interleaved_conversations_apart(tmp_path: Path) -> None:
+    """Messages of two conversations written in turns: each gets its own chain."""
+    path = tmp_path / "kvchat.db"
+    version = MIGRATIONS.index(TREE_SCHEMA)
+    raw = sqlite3.connect(path)
+    for script in MIGRATIONS[:version]:
+        raw.executescript(script)
+    raw.execute(f"PRAGMA user_version = {version}")
+    raw.execute("INSERT INTO conversations VALUES (1, 'a', NULL, 1, 1), (2, 'b', NULL, 1, 1)")
+    for n in range(6):
+        raw.execute("INSERT INTO messages (conversation_id, role, content, status, created_at,"
+                    " updated_at) VALUES (?, ?, ?, 'complete', ?, ?)",
+                    (1 + n % 2, "user" if n % 4 < 2 else "assistant", f"m{n}", n, n))
+    raw.commit()
+    raw.close()
+
+    with Store(path) as s:
+        assert [(m.content, m.parent_id) for m in s.messages(1)] == [
+            ("m0", None), ("m2", 1), ("m4", 3)]
+        assert [(m.content, m.parent_id) for m in s.messages(2)] == [
+            ("m1", None), ("m3", 2), ("m5", 4)]
+        assert [h.message_id for h in s.search("m3")] == [4]

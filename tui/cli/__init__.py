@@ -85,7 +85,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     ask = commands.add_parser("ask", help="stream one reply to stdout",
                               description="Send one prompt and stream the reply to stdout.")
-    ask.add_argument("prompt", help="the prompt; '-' reads it from stdin")
+    ask.add_argument("prompt", nargs="?",
+                     help="the prompt ('-' reads it from stdin); with --edit, the new text")
+    ask.add_argument("--regenerate", action="store_true",
+                     help="answer the last message of --conversation again (the old reply "
+                          "is kept as a sibling)")
+    ask.add_argument("--edit", metavar="MESSAGE_ID", type=_positive,
+                     help="send the prompt as a new version of your message MESSAGE_ID in "
+                          "--conversation (`kvchat history ID` shows the ids)")
     ask.add_argument("--events", choices=["jsonl"],
                      help="print every engine event as one JSON object per line instead")
     ask.add_argument("--ignore-eos", action="store_true",
@@ -99,9 +106,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_format_options(ask)
 
-    history = commands.add_parser("history", help="list stored conversations")
+    history = commands.add_parser("history", help="list stored conversations, or the "
+                                  "messages of one (with their ids)")
+    history.add_argument("id", type=_positive, metavar="ID", nargs="?",
+                         help="show this conversation's messages (the path shown)")
     history.add_argument("--json", action="store_true", help="machine-readable output")
     history.add_argument("--limit", type=_positive, metavar="N", help="show the newest N")
+    from tui.cli.search import add_search_parser
+
+    add_search_parser(commands, _positive)
 
     from tui.cli.models import add_models_parser
     from tui.cli.plan import add_plan_parser
@@ -120,6 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
     from tui.cli.bench import add_bench_parser
 
     add_bench_parser(commands, _positive)
+    from tui.cli.quality import add_quality_parser
+    from tui.cli.quantize import add_quantize_parser
+
+    add_quantize_parser(commands, _positive)
+    add_quality_parser(commands, _positive)
     from tui.cli.serve import add_serve_parser
 
     add_serve_parser(commands, _positive, _non_negative)
@@ -128,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("id", type=_positive, metavar="ID", help="conversation id")
     export.add_argument("--format", choices=["md", "json"], default="md")
     export.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
+    export.add_argument("--all-branches", action="store_true",
+                        help="every message, edits and other replies too (JSON: each with "
+                             "its parent_id; Markdown: each branch marked)")
     return parser
 
 
@@ -160,10 +181,19 @@ def _dispatch(args: argparse.Namespace) -> Callable[[argparse.Namespace], int]:
         from tui.cli.serve import run_serve
 
         return run_serve
+    if args.command in ("quantize", "quality"):
+        from tui.cli.quality import run_quality
+        from tui.cli.quantize import run_quantize
+
+        return run_quantize if args.command == "quantize" else run_quality
     if args.command == "synth":
         from tui.cli.synth import run_synth
 
         return run_synth
+    if args.command == "search":
+        from tui.cli.search import run_search
+
+        return run_search
     if args.command in ("history", "export"):
         from tui.cli.history import run_export, run_history
 

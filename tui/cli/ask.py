@@ -6,8 +6,10 @@ import argparse
 import asyncio
 import os
 import sys
+from collections.abc import AsyncIterator
 
-from engine.errors import KvchatError
+from engine.config import KvchatConfig
+from engine.errors import BranchError, KvchatError
 from engine.events import (
     ChatFormatFallback,
     Done,
@@ -20,6 +22,8 @@ from engine.events import (
     TokenChunk,
 )
 from engine.session import ChatSession
+from engine.store import Store
+from engine.structured.spec import OutputSpec
 from tui.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 from tui.cli.options import pinned_sampling, read_prompt
 from tui.cli.startup import start_up
@@ -32,7 +36,8 @@ USAGE_ERROR_CODES = {"prompt_too_long", "prompt_empty", "prompt_not_utf8"}
 def run_ask(args: argparse.Namespace) -> int:
     jsonl = args.events == "jsonl"
     try:
-        prompt = read_prompt(args.prompt)
+        _check_branch_options(args)
+        prompt = "" if args.regenerate else read_prompt(args.prompt)
         return asyncio.run(_ask(args, prompt, jsonl))
     except KvchatError as exc:
         if jsonl:
@@ -46,6 +51,7 @@ async def _ask(args: argparse.Namespace, prompt: str, jsonl: bool) -> int:
     stream = output is None
     with start_up(args, app=False) as ready:
         config, store, routes, engine = ready.config, ready.store, ready.routes, ready.engine
+        _check_branch(args, store)  # a wrong message id fails before the model loads
         try:
             info = await engine.start()
             if jsonl:
@@ -60,9 +66,7 @@ async def _ask(args: argparse.Namespace, prompt: str, jsonl: bool) -> int:
                         print(f"kvchat: note: {warning}", file=sys.stderr)
             session = ChatSession.for_config(engine, store, config, routes)
             final: Event | None = None
-            async for event in session.send(prompt, args.conversation, config.sampling,
-                                            ignore_eos=args.ignore_eos, route=args.route,
-                                            pinned=pinned_sampling(args), output=output):
+            async for event in _turn(session, args, prompt, config, output):
                 final = event
                 if jsonl:
                     _write_line(event.model_dump_json())
@@ -88,6 +92,44 @@ async def _ask(args: argparse.Namespace, prompt: str, jsonl: bool) -> int:
         finally:
             await engine.close()
     return _finish(final, jsonl, strict=output is not None)
+
+
+def _check_branch_options(args: argparse.Namespace) -> None:
+    """``--regenerate`` and ``--edit`` name a conversation; only ``--edit`` takes text."""
+    if args.regenerate and args.edit is not None:
+        raise BranchError("--regenerate and --edit cannot be used together")
+    option = "--regenerate" if args.regenerate else "--edit" if args.edit else None
+    if option and args.conversation is None:
+        raise BranchError(f"{option} needs --conversation ID")
+    if args.regenerate and args.prompt is not None:
+        raise BranchError("--regenerate takes no prompt: it answers the last message again")
+    if args.regenerate and args.route is not None:
+        raise BranchError("--regenerate answers through the message's own route: "
+                          "--route cannot be used with it")
+    if args.prompt is None and not args.regenerate:
+        raise BranchError("a prompt is needed (or --regenerate)" if option is None
+                          else "--edit needs the new text as the prompt")
+
+
+def _check_branch(args: argparse.Namespace, store: Store) -> None:
+    if args.edit is not None:
+        store.editable(args.edit, args.conversation)
+    elif args.regenerate:
+        store.to_answer_again(args.conversation)
+
+
+def _turn(session: ChatSession, args: argparse.Namespace, prompt: str, config: KvchatConfig,
+          output: OutputSpec | None) -> AsyncIterator[Event]:
+    """The events of the turn the options ask for: a new message, an edit or a new
+    reply to the last message."""
+    common = {"ignore_eos": args.ignore_eos, "pinned": pinned_sampling(args),
+              "output": output}
+    if args.regenerate:
+        return session.regenerate(args.conversation, config.sampling, **common)
+    if args.edit is not None:
+        return session.edit(args.edit, prompt, config.sampling, route=args.route, **common)
+    return session.send(prompt, args.conversation, config.sampling, route=args.route,
+                        **common)
 
 
 def _finish(final: Event | None, jsonl: bool, strict: bool = False) -> int:
