@@ -31,6 +31,12 @@ class ModelLoaded(_Event):
     """GGUF architecture string, e.g. ``gemma3`` or ``llama``."""
     description: str
     """llama.cpp's one-line description (type, size, quant)."""
+    quant: str = ""
+    """The file's quant as llama.cpp's tools name it (``Q4_K_M``, ``F16``); empty where
+    not known (a server)."""
+    quant_cost: str = ""
+    """What ``kvchat quality`` measured this quant of this model to cost (KL divergence,
+    top-1 agreement, against which reference), or ``quality not measured``."""
     n_params: int | None
     """None: not known (a remote server that does not say)."""
     file_bytes: int | None
