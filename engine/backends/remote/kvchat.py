@@ -84,15 +84,15 @@ async def probe_kvchat(client: httpx.AsyncClient, base_url: str,
     return KvchatServer(base_url, info, memory)
 
 
-class _End:
+class _Ended:
     """The stream ended without a done or error event."""
 
 
-class _Cancelled:
+class _ReaderCancelled:
     pass
 
 
-_Item = Event | _End | _Cancelled | BaseException
+_Item = Event | _Ended | _ReaderCancelled | BaseException
 
 
 @dataclass
@@ -151,16 +151,16 @@ class KvchatReplies:
             queue: asyncio.Queue[_Item] = asyncio.Queue()
             reader = asyncio.create_task(self._read(client, url, request, queue))
             reader.add_done_callback(
-                lambda task: queue.put_nowait(_Cancelled()) if task.cancelled() else None)
+                lambda task: queue.put_nowait(_ReaderCancelled()) if task.cancelled() else None)
             self._reader = reader
             tally = _Tally()
             try:
                 while True:
                     item = await queue.get()
-                    if isinstance(item, _Cancelled):
+                    if isinstance(item, _ReaderCancelled):
                         yield tally.cancelled()
                         return
-                    if not isinstance(item, _End | BaseException):
+                    if not isinstance(item, _Ended | BaseException):
                         tally.see(item)
                         yield item
                         if isinstance(item, Done | Error):
@@ -195,7 +195,7 @@ class KvchatReplies:
                             raise ServerProtocolError(
                                 f"the kvchat server sent a line that is not an event: "
                                 f"{line[:120]!r}") from None
-            queue.put_nowait(_End())
+            queue.put_nowait(_Ended())
         except (httpx.HTTPError, KvchatError) as exc:
             queue.put_nowait(exc)
         except Exception as exc:  # never leave the consumer waiting on an empty queue
