@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from engine.backends.local import LocalEngine
-from engine.config import ModelConfig, SamplingConfig
+from engine.config import KVCacheConfig, ModelConfig, SamplingConfig
 from engine.errors import BranchError, ConversationNotFound, MessageNotFound
-from engine.events import Done, Event, PromptEvaluated, TurnStarted
+from engine.events import Done, Error, Event, PromptEvaluated, TurnStarted
 from engine.session import ChatSession
 from engine.store import Store
 from tests.conftest import GREEDY, run_kvchat
@@ -230,6 +230,44 @@ async def test_editing_the_first_message_starts_a_second_root(engine: LocalEngin
     prompt = _one(events, PromptEvaluated)
     # The system prompt and the start of the question were cached.
     assert prompt.reused_tokens and prompt.reused_tokens > 5
+
+
+async def test_regenerating_a_failed_prompt_tries_it_again(engine: LocalEngine,
+                                                          store: Store) -> None:
+    session = ChatSession(engine, store, "Be brief.")
+    cid = store.create_conversation("failed", None)
+    user = store.add_message(cid, "user", "What is the capital of France?", status="error")
+    store.add_message(cid, "assistant", "", status="error")
+    assert [m.role for m in session.history(cid)] == ["system"]
+
+    events = await _collect(session.regenerate(cid, SHORT))
+
+    assert isinstance(events[-1], Done)
+    assert store.message(user).status == "complete"
+    assert [m.role for m in session.history(cid)] == ["system", "user", "assistant"]
+
+
+async def test_a_failed_regeneration_leaves_the_answered_message_in(store: Store) -> None:
+    eng = LocalEngine(ModelConfig(n_ctx=256), SHORT, KVCacheConfig(evict=False))
+    await eng.start()
+    try:
+        session = ChatSession(eng, store)
+        cid = store.create_conversation("long", None)
+        user = store.add_message(cid, "user", "word " * 400)
+        answer = store.add_message(cid, "assistant", "An answer from a larger context.")
+
+        events = await _collect(session.regenerate(cid, SHORT))
+    finally:
+        await eng.close()
+
+    final = events[-1]
+    assert isinstance(final, Error) and final.code == "prompt_too_long", final
+    failed = _one(events, TurnStarted).reply_message_id  # type: ignore[attr-defined]
+    assert store.message(failed).status == "error"
+    # The message was answered before: it stays in the context of that answer.
+    assert store.message(user).status == "complete"
+    store.set_active(cid, answer)
+    assert [m.role for m in session.history(cid)] == ["user", "assistant"]
 
 
 def test_cli_regenerate_edit_history_and_export_all_branches(kvchat_home: Path) -> None:
