@@ -294,6 +294,26 @@ class PromptTruncated(_Event):
     """One line for a person."""
 
 
+class ContextMap(_Event):
+    """Which tokens of each message are in the KV cache, in logical positions (the
+    conversation as rendered, nothing evicted): sent after an eviction and before ``done``."""
+
+    type: Literal["context"] = "context"
+    spans: list[tuple[str, int, int]]
+    """Each message of the request, then the reply: its role and tokens ``[start, end)``."""
+    n_keep: int
+    """``[0, n_keep)`` is never evicted (system prompt, sink tokens)."""
+    evicted: list[tuple[int, int, str]] = Field(default_factory=list)
+    """Spans gone from the cache, each with its eviction's reason (``earlier``: before
+    the engine's record of this window)."""
+    cached_end: int
+    """Tokens before this are in the cache, but for ``evicted``."""
+    restored: list[tuple[int, int]] = Field(default_factory=list)
+    """Spans this turn restored from a saved state (engine/cache/)."""
+    cut: int = 0
+    """Tokens of the turn's own message cut to fit (``prompt_truncated``)."""
+
+
 class RouteDecision(_Event):
     """Where a prompt was routed and what that decided, sent before its reply starts."""
 
@@ -454,7 +474,7 @@ class Error(_Event):
 Event = Annotated[
     ModelLoaded | MemorySnapshot | TurnStarted | PromptEvaluated | TokenChunk | Progress
     | KVUsage | Eviction | PromptTruncated | SpecStats | RouteDecision | OutputCheck | Retry
-    | ChatFormatFallback | Queued | Done | Error | StateCacheNote,
+    | ChatFormatFallback | Queued | Done | Error | StateCacheNote | ContextMap,
     Field(discriminator="type"),
 ]
 

@@ -21,6 +21,7 @@ from llama_cpp import _internals
 from engine.api import ChatRequest
 from engine.cache.pool import StateCache
 from engine.config import KVCacheConfig
+from engine.decode.context_map import ContextTracker
 from engine.decode.kv_cache import SEQ, KVCache, Prompt
 from engine.decode.sampling.choice import Sampler, SamplerChoice, near_tie
 from engine.decode.speculation import SpecController
@@ -47,6 +48,7 @@ class Generator:
         self.spec = spec
         self.samplers = SamplerChoice(lm, SEQ, greedy_in_graph=greedy_in_graph)
         self.cache = KVCache(lm, policy or KVCacheConfig(), states)
+        self.context = ContextTracker(self.cache)
         self.batch = _internals.LlamaBatch(n_tokens=lm.n_batch, embd=0, n_seq_max=1)
         self._emit: Callable[[Event], None] = _drop
         self._stats: TurnStats | None = None
@@ -78,6 +80,7 @@ class Generator:
         cancelled, or a failed decode), the cache is left in step with its record."""
         stats = TurnStats(started=time.perf_counter())
         prompt = self.cache.place(req.messages)
+        self.context.begin(req.messages, prompt)
         for note in self.cache.take_notes():
             emit(note)
         if fallback := self.lm.chat_format.take_fallback():  # the template failed: said once
@@ -93,6 +96,7 @@ class Generator:
         finally:
             self.samplers.release(turn.sampler)
             if note := self.cache.close_turn():  # no decode followed (cancelled, or the end)
+                self.context.evicted(note)
                 self._emit(note)
             self._emit, self._stats = _drop, None
             if not ok:
@@ -133,7 +137,9 @@ class Generator:
         reply, and record the conversation as the cache now holds it."""
         stats, n_ctx = turn.stats, self.lm.n_ctx
         tokens, note = self.cache.fit(prompt, reserve)
+        self.context.reply = turn.tokens
         if note is not None:
+            self.context.cut = note.cut_tokens
             self._emit(note)
         if len(tokens) >= n_ctx:
             self._emit(Error(code="prompt_too_long",
@@ -160,6 +166,7 @@ class Generator:
         text = b"".join(map(self.lm.token_piece, turn.tokens)).decode("utf-8", "replace")
         self.cache.record(prompt.text + text, prompt.logical + turn.tokens)
         self._emit(self.cache.usage(0))
+        self._emit(self.context.event())
         self._emit(done_event(stats, reason, text))
 
     # -- evaluation ---------------------------------------------------------------
@@ -197,7 +204,9 @@ class Generator:
         if self._stats is not None and self._stats.first_token_at:
             self._stats.decode_s += elapsed
         if evicted is not None:
+            self.context.evicted(evicted)
             self._emit(evicted)
+            self._emit(self.context.event())
 
     # -- the reply ----------------------------------------------------------------
 
