@@ -233,7 +233,8 @@ class ChatSession:
             user_stats["format_instructions"] = base_change
         user_id = self.store.add_message(conversation_id, "user", text,
                                          stats=user_stats or None, parent_id=parent)
-        reply_id = self.store.add_message(conversation_id, "assistant", "", status="streaming")
+        reply_id = self.store.add_message(conversation_id, "assistant", "", status="streaming",
+                                          parent_id=user_id)
         return _Turn(conversation_id, user_id, reply_id, routed, ladder, history,
                      model_text=routed.model_text if routed else text, sampling=sampling,
                      ignore_eos=ignore_eos, user_stats=user_stats, prompt_change=base_change)

@@ -86,6 +86,17 @@ def test_a_query_without_words_is_a_one_line_error(store: Store, query: str) -> 
         store.search(query)
 
 
+def _index_matches_its_tables(path: Path) -> None:
+    """FTS5's integrity check, against the tables it indexes too (rank 1): it raises
+    where the index and the rows differ."""
+    raw = sqlite3.connect(path)
+    try:
+        for table in ("message_search", "title_search"):
+            raw.execute(f"INSERT INTO {table}({table}, rank) VALUES ('integrity-check', 1)")
+    finally:
+        raw.close()
+
+
 def test_triggers_keep_the_index_in_step(store: Store) -> None:
     cid = store.create_conversation("Untitled", None)
     mid = store.add_message(cid, "assistant", "", status="streaming")
@@ -102,6 +113,7 @@ def test_triggers_keep_the_index_in_step(store: Store) -> None:
     assert {h.conversation_id for h in store.search("final")} == {branch}
     assert [h.conversation_title for h in store.search("renamed")] == [
         "Renamed topic (branch)"]
+    _index_matches_its_tables(store.path)
 
 
 def test_without_fts5_search_falls_back_to_like_and_the_index_is_built_later(
@@ -128,6 +140,7 @@ def test_without_fts5_search_falls_back_to_like_and_the_index_is_built_later(
     monkeypatch.undo()
     with Store(path) as s:
         assert [h.message_id for h in s.search("without index")] == [later]
+    _index_matches_its_tables(path)
 
 
 def test_search_command(kvchat_home: Path) -> None:
