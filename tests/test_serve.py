@@ -338,6 +338,42 @@ def test_ask_through_the_server_prints_typed_events(server: ServeProcess,
     assert done.text == "".join(e.text for e in tokens)
 
 
+async def test_the_app_attached_to_the_server_shows_its_panes(server: ServeProcess,
+                                                              kvchat_home: Path) -> None:
+    # As `kvchat --base-url URL/v1` builds it: the server's own memory snapshots and
+    # layer split, and the KV cells its engine reports, not "unknown".
+    from engine.config import KvchatConfig
+    from engine.store import Store
+    from tests.test_tui import wait_for
+    from tui.app import KvchatApp
+    from tui.messages import ModelReady, ReplyFinished
+    from tui.widgets.memory_pane import MemoryPane
+    from tui.widgets.status_line import StatusLine
+
+    config = KvchatConfig(sampling=SamplingConfig(temperature=0.0, max_tokens=12))
+    engine = OpenAIEngine(EndpointConfig(base_url=f"{server.url}/v1"),
+                          sampling=config.sampling)
+    app = KvchatApp(config, engine, Store(kvchat_home / "kvchat.db"), route="chat",
+                    pinned=("max_tokens", "temperature"),
+                    prefs_file=kvchat_home / "ui-prefs.json")
+    seen: list[Any] = []
+    async with app.run_test(size=(160, 48), message_hook=seen.append) as pilot:
+        ready = await wait_for(seen, ModelReady, pilot)
+        assert isinstance(ready, ModelReady)
+        assert [m.stage for m in ready.memory] == ["planned", "loaded"]
+        await pilot.click("#prompt")
+        await pilot.press(*"Name a colour.")
+        await pilot.press("enter")
+        finished = await wait_for(seen, ReplyFinished, pilot)
+        await pilot.pause()
+        assert isinstance(finished, ReplyFinished)
+        assert finished.done.token_count == "exact"
+        layers = str(app.query_one(MemoryPane).query_one("#mem-layers").render())
+        assert "layers 30:" in layers and "unknown" not in layers
+        # The engine's own cell count: the prompt and the reply's tokens in its cache.
+        assert app.query_one(StatusLine).ctx_used >= finished.done.prompt_tokens > 5
+
+
 # -- starting and stopping ------------------------------------------------------------------
 
 def test_port_in_use_is_one_line(kvchat_home: Path) -> None:
