@@ -9,6 +9,7 @@ constructors; nothing here reads the environment or the disk at import time.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -18,6 +19,15 @@ import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from engine.errors import ConfigError
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# A URL's userinfo: everything between "scheme://" and the authority's last "@".
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#\s]*@")
+
+
+def redact_userinfo(text: str) -> str:
+    """``text`` with the user and password of every URL in it shown as ``***``."""
+    return _USERINFO.sub(r"\1***@", text)
 
 
 class _Section(BaseModel):
@@ -230,8 +240,8 @@ class EndpointConfig(_Section):
     @field_validator("api_key_env")
     @classmethod
     def _env_name(cls, value: str | None) -> str | None:
-        if value is not None and not value.replace("_", "a").isalnum():
-            raise ValueError("expected the name of an environment variable, "
+        if value is not None and not _ENV_NAME.fullmatch(value):
+            raise ValueError("expected the NAME of an environment variable, "
                              "not the key itself")
         return value
 
@@ -281,8 +291,8 @@ class ServeConfig(_Section):
     @field_validator("api_key_env")
     @classmethod
     def _env_name(cls, value: str | None) -> str | None:
-        if value is not None and not value.replace("_", "a").isalnum():
-            raise ValueError("expected the name of an environment variable, "
+        if value is not None and not _ENV_NAME.fullmatch(value):
+            raise ValueError("expected the NAME of an environment variable, "
                              "not the key itself")
         return value
 
@@ -365,8 +375,10 @@ def describe_validation_error(exc: ValidationError) -> str:
         message = "unknown key"
     else:
         message = first["msg"]
-        if "input" in first and not isinstance(first["input"], dict | list):
-            message += f" (got {first['input']!r})"
+        # A value given where a variable's name belongs is most likely a secret.
+        if "input" in first and not isinstance(first["input"], dict | list) \
+                and first["loc"][-1:] != ("api_key_env",):
+            message += f" (got {redact_userinfo(repr(first['input']))})"
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     return f"{key}: {message}{more}"
 
