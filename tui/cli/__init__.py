@@ -70,7 +70,9 @@ def _model_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from tui.cli.options import OneLineParser
+
+    parser = OneLineParser(
         prog="kvchat",
         description="Chat with a local GGUF model through llama.cpp, and watch it work.",
     )

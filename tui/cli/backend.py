@@ -5,9 +5,13 @@ comes from :func:`engine.backends.factory.make_engine`."""
 from __future__ import annotations
 
 import argparse
+import re
 from typing import Any
 
 from engine.errors import ConfigError
+
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+"""What an environment variable's name may be (POSIX shells' rule)."""
 
 CLI_ENDPOINT = "command-line"
 """The endpoint ``--base-url`` defines when ``--endpoint`` names none."""
@@ -52,6 +56,10 @@ def apply_backend_options(data: dict[str, Any], args: argparse.Namespace) -> Non
         value = getattr(args, option, None)
         if value is None:
             continue
+        if option == "api_key_env" and not ENV_NAME.fullmatch(value):
+            # Most likely the key itself: never echoed, not even in the error.
+            raise ConfigError("--api-key-env takes the NAME of an environment variable "
+                              "that holds the key (e.g. OPENAI_API_KEY), not the key itself")
         name = backend.get("endpoint") or (next(iter(backend["endpoints"]))
                                            if len(backend["endpoints"]) == 1 else None)
         if name is None or name not in backend["endpoints"]:

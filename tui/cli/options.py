@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import TextIO
+from typing import NoReturn, TextIO
 
 from pydantic import ValidationError
 
@@ -15,6 +15,15 @@ from engine.errors import ConfigError, PromptError
 from tui.cli.backend import apply_backend_options
 from tui.cli.models import model_path
 from tui.config import load_app_config
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """A mistake on the command line is one line on stderr and exit code 2, like every
+    other error; the whole usage is what ``--help`` is for."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
 
 # option dest -> (config section, field)
 _OVERRIDES = {
