@@ -29,8 +29,11 @@ from tui.cli.options import pinned_sampling, read_prompt
 from tui.cli.startup import start_up
 from tui.cli.structured import output_spec
 
-# Error events a person caused (the prompt), as opposed to failures of the machine.
-USAGE_ERROR_CODES = {"prompt_too_long", "prompt_empty", "prompt_not_utf8"}
+# Error events a person caused (the prompt, the server's address or API key, the model
+# file), as opposed to failures of the machine: the same exit code as when the same
+# mistake stops the start (a 401 on the model list or on the reply alike).
+USAGE_ERROR_CODES = {"prompt_too_long", "prompt_empty", "prompt_not_utf8", "server_auth",
+                     "server_unreachable", "server_not_found", "model_file"}
 
 
 def run_ask(args: argparse.Namespace) -> int:
@@ -66,6 +69,7 @@ async def _ask(args: argparse.Namespace, prompt: str, jsonl: bool) -> int:
                         print(f"kvchat: note: {warning}", file=sys.stderr)
             session = ChatSession.for_config(engine, store, config, routes)
             final: Event | None = None
+            streamed = False
             async for event in _turn(session, args, prompt, config, output):
                 final = event
                 if jsonl:
@@ -73,6 +77,7 @@ async def _ask(args: argparse.Namespace, prompt: str, jsonl: bool) -> int:
                 elif isinstance(event, TokenChunk) and stream:
                     sys.stdout.write(event.text)
                     sys.stdout.flush()
+                    streamed = streamed or bool(event.text)
                 elif isinstance(event, Retry):
                     if stream:
                         sys.stdout.write("\n")
@@ -91,7 +96,7 @@ async def _ask(args: argparse.Namespace, prompt: str, jsonl: bool) -> int:
                           file=sys.stderr)
         finally:
             await engine.close()
-    return _finish(final, jsonl, strict=output is not None)
+    return _finish(final, jsonl, strict=output is not None, streamed=streamed)
 
 
 def _check_branch_options(args: argparse.Namespace) -> None:
@@ -132,10 +137,12 @@ def _turn(session: ChatSession, args: argparse.Namespace, prompt: str, config: K
                         **common)
 
 
-def _finish(final: Event | None, jsonl: bool, strict: bool = False) -> int:
+def _finish(final: Event | None, jsonl: bool, strict: bool = False,
+            streamed: bool = False) -> int:
     """The exit code. ``strict``: the user asked for a format (``--format``/``--schema``),
     so a reply still malformed after every attempt fails the command; a check the
-    route's template asked for only says so on stderr."""
+    route's template asked for only says so on stderr. ``streamed``: part of a reply
+    went to stdout, whose line an error ends first."""
     if isinstance(final, Done) and final.output_ok is False and strict:
         if not jsonl:
             sys.stdout.write("\n")
@@ -155,7 +162,10 @@ def _finish(final: Event | None, jsonl: bool, strict: bool = False) -> int:
         return EXIT_OK
     if isinstance(final, Error):
         if not jsonl:
-            print(f"\nkvchat: error: {final.message}", file=sys.stderr)
+            if streamed:
+                sys.stdout.write("\n")
+                sys.stdout.flush()
+            print(f"kvchat: error: {final.message}", file=sys.stderr)
         return EXIT_USAGE if final.code in USAGE_ERROR_CODES else EXIT_FAILURE
     return EXIT_FAILURE
 
