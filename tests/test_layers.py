@@ -19,7 +19,8 @@ PACKAGES = ("engine", "bench", "tui")
 CONTRACT = ("api", "events", "errors", "config", "session", "store")
 """The modules at engine/'s top; everything else in engine/ lives in a wing."""
 
-WINGS = ("model", "decode", "backends", "routing", "structured", "history", "cache", "serve")
+WINGS = ("model", "decode", "backends", "routing", "structured", "history", "cache", "serve",
+         "quant")
 
 BASE = {"engine.errors", "engine.config", "engine.events"}
 """The contract's vocabulary: every layer above may use it."""
@@ -39,6 +40,8 @@ ALLOWED: dict[str, set[str]] = {
     "engine.routing": BASE | {"engine.api", "engine.model", "engine.structured"},
     "engine.backends": BASE | {"engine.api", "engine.model", "engine.decode",
                                "engine.routing", "engine.structured", "engine.cache"},
+    # Quantizing and measuring a quant's cost: model files, headers and shapes.
+    "engine.quant": BASE | {"engine.model"},
     # The server shares one engine among its clients: the engine a backend makes.
     "engine.serve": BASE | {"engine.api", "engine.backends"},
     # The store's mixins and their tables: the message tree and the search index.

@@ -11,7 +11,7 @@ import ctypes
 import logging
 import re
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import llama_cpp
@@ -21,6 +21,7 @@ _recent: deque[str] = deque(maxlen=50)
 _partial: list[str] = []
 _installed: list[object] = []  # keeps the ctypes callback alive
 _captures: list[list[str]] = []
+_followers: list[Callable[[str], None]] = []
 _BUFFER_LINE = re.compile(r"(\S+)\s+(model|KV|compute|output) buffer size =\s*([\d.]+) MiB")
 
 
@@ -34,6 +35,8 @@ def _on_log(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
             _recent.append(line)
             for lines in _captures:
                 lines.append(line)
+            for follower in _followers:
+                follower(line)
             log.debug(line)
 
 
@@ -55,6 +58,17 @@ def capture() -> Iterator[list[str]]:
         yield lines
     finally:
         _captures.remove(lines)
+
+
+@contextmanager
+def follow(callback: Callable[[str], None]) -> Iterator[None]:
+    """Call ``callback`` with every log line written inside the block, as it comes
+    (a quantization's per-tensor lines are its progress)."""
+    _followers.append(callback)
+    try:
+        yield
+    finally:
+        _followers.remove(callback)
 
 
 def buffer_sizes(lines: list[str]) -> dict[str, int]:

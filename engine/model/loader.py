@@ -28,6 +28,7 @@ from engine.model.gguf_header import GGUFHeader, read_gguf_header
 from engine.model.memory.budget import detect_budget, process_rss
 from engine.model.memory.kv_cost import kv_bytes_per_token
 from engine.model.memory.planner import MemoryPlan, PlanRequest, UnplannableModel, plan_memory
+from engine.model.quant_costs import describe, lookup, model_identity, quant_name
 
 log = logging.getLogger("kvchat.loader")
 
@@ -236,6 +237,8 @@ def _model_info(path: Path, header: GGUFHeader, model: _internals.LlamaModel,
         name=header.name,
         architecture=header.architecture,
         description=model.desc(),
+        quant=quant_name(header),
+        quant_cost=describe(lookup(model_identity(header), quant_name(header))),
         n_params=model.n_params(),
         file_bytes=header.file_bytes,
         weights_bytes=model.size(),

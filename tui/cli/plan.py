@@ -4,6 +4,7 @@ header only (or a built-in shape); never loads weights."""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -13,6 +14,7 @@ from tui.cli import EXIT_OK
 if TYPE_CHECKING:  # the engine is imported when the command runs, not for --help
     from engine.model.gguf_header import GGUFHeader
     from engine.model.memory.planner import MemoryPlan
+    from engine.model.quant_costs import QuantCost
 
 GiB = 1024**3
 MiB = 1024**2
@@ -67,11 +69,25 @@ def run_plan(args: argparse.Namespace) -> int:
         flash_attn=config.flash_attn, n_outputs_max=config.n_outputs_max,
         headroom=config.headroom)
     plan = plan_memory(header, budget, request, source=source)
+    costs = _quant_costs(header, plan)
     if args.json:
-        print(plan.model_dump_json(indent=2))
+        data = plan.model_dump(mode="json")
+        for alt in data["alternatives"]:
+            if alt["quant"]:
+                cost = costs.get(alt["quant"])
+                alt["quality"] = cost.model_dump() if cost else None
+        print(json.dumps(data, indent=2, ensure_ascii=False))
     else:
-        sys.stdout.write(render(plan))
+        sys.stdout.write(render(plan, costs))
     return EXIT_OK
+
+
+def _quant_costs(header: GGUFHeader, plan: MemoryPlan) -> dict[str, QuantCost | None]:
+    """What ``kvchat quality`` measured for the plan's smaller quants of this model."""
+    from engine.model.quant_costs import lookup, model_identity
+
+    identity = model_identity(header)
+    return {alt.quant: lookup(identity, alt.quant) for alt in plan.alternatives if alt.quant}
 
 
 def _header(args: argparse.Namespace, configured: Path | None,
@@ -101,8 +117,9 @@ def _size(n: int) -> str:
     return f"{sign}{n / GiB:.2f} GiB" if n >= GiB else f"{sign}{n / MiB:.1f} MiB"
 
 
-def render(p: MemoryPlan) -> str:
-    """The plan as a readable table."""
+def render(p: MemoryPlan, costs: dict[str, QuantCost | None] | None = None) -> str:
+    """The plan as a readable table; a smaller quant's row says what it was measured to
+    cost in ``costs`` (from ``kvchat quality``), or that it was not."""
     per = p.weights_per_layer
     kv = " · ".join(f"{k} {v / 1024:.1f} KiB" for k, v in p.kv_bytes_per_token.items())
     gpu = (f"layers {p.gpu_layers[0]}-{p.gpu_layers[-1]}" if p.gpu_layers else "no layers") \
@@ -145,4 +162,15 @@ def render(p: MemoryPlan) -> str:
         for alt in p.alternatives:
             mark = "fits" if alt.fits else "no"
             out.append(f"  {alt.change:<22}{_size(alt.total_bytes):>12}  {mark:<5} {alt.detail}")
+            if alt.quant:
+                out.append(f"  {'':<42}quality: {_cost_line((costs or {}).get(alt.quant))}")
     return "\n".join(out) + "\n"
+
+
+def _cost_line(cost: QuantCost | None) -> str:
+    if cost is None:
+        return "not measured (kvchat quantize, then kvchat quality)"
+    from engine.model.quant_costs import describe
+
+    ppl = f", perplexity {cost.ppl / cost.ppl_reference - 1:+.1%}" if cost.ppl_reference else ""
+    return describe(cost) + ppl

@@ -127,6 +127,8 @@ class MemoryPane(Vertical):
         for layer in range(info.n_layers):
             text.append("▮", gpu_style if layer in gpu else cpu_style)
         text.append(" output " + ("GPU" if info.output_on_gpu else "CPU"))
+        if info.quant:  # what this quant was measured to cost, where kvchat quality ran
+            text.append(f"\nweights {info.quant} · {info.quant_cost or 'quality not measured'}")
         if info.chat_format_note:  # the model's template failed: the user should know why
             text.append(f"\nchat format {info.chat_format}: {info.chat_format_note}")
         self.query_one("#mem-layers", Static).update(text)

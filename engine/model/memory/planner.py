@@ -42,6 +42,9 @@ class Alternative(BaseModel):
     total_bytes: int
     """Memory the plan would then need from the budget's pool."""
     detail: str
+    quant: str = ""
+    """For a smaller quant of the same model: its type (``Q2_K``), by which ``kvchat
+    plan`` finds what it was measured to cost."""
 
 
 class MemoryPlan(BaseModel):
@@ -308,7 +311,7 @@ def _smaller_quant(m: ModelFigures, budget: Budget, req: PlanRequest, lay: Layou
         out.append(Alternative(change=f"a {mix.name} file", fits=fits,
                                total_bytes=x.pool_bytes,
                                detail=f"weights {_gib(h.weights_bytes)} instead of "
-                                      f"{_gib(m.header.weights_bytes)}"))
+                                      f"{_gib(m.header.weights_bytes)}", quant=mix.name))
         if fits:
             break
     return out
