@@ -225,10 +225,13 @@ class ChatSession:
             conversation_id = self.store.create_conversation(title_from_prompt(text), model)
         history = self.history(conversation_id) if parent == "active" else \
             self._context([] if parent is None else self.store.path_to(parent))
-        user_stats: dict[str, Any] = ({"route": routed.event.route,
-                                       "instructions": routed.template.instructions}
-                                      if routed else {})
         base_change = ladder.base_change if ladder else ""
+        # A format the user asked for (--format) replaces the route's own instructions:
+        # "answer briefly" beside "reply with only JSON" made small models answer in
+        # prose (docs/answer-quality.md).
+        instructions = "" if base_change or not routed else routed.template.instructions
+        user_stats: dict[str, Any] = ({"route": routed.event.route,
+                                       "instructions": instructions} if routed else {})
         if base_change:
             user_stats["format_instructions"] = base_change
         user_id = self.store.add_message(conversation_id, "user", text,
@@ -236,7 +239,7 @@ class ChatSession:
         reply_id = self.store.add_message(conversation_id, "assistant", "", status="streaming",
                                           parent_id=user_id)
         return _Turn(conversation_id, user_id, reply_id, routed, ladder, history,
-                     model_text=routed.model_text if routed else text, sampling=sampling,
+                     model_text=with_instructions(text, instructions), sampling=sampling,
                      ignore_eos=ignore_eos, user_stats=user_stats, prompt_change=base_change)
 
     def _reopen(self, user: MessageRow, routed: RoutedTurn | None, ladder: Ladder | None,

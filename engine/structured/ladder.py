@@ -26,14 +26,13 @@ import json_repair
 
 from engine.events import Done, Error, Event, OutputCheck, Retry, RetryStrategy
 from engine.structured.checks import CheckResult, check_output, find_json, json_end
+from engine.structured.schema_words import describe_schema
 from engine.structured.spec import OutputSpec, RetryPolicy
 
 DEFAULT_POLICY = RetryPolicy(max_attempts=2, stricter_prompt=True, grammar_fallback=True)
 """For ``--format``: one stricter prompt, then the grammar."""
 UNSUPPORTED_CODES = frozenset({"constraint_invalid", "constraint_unsupported"})
 """Error codes with which a backend refuses a constrained step before generating."""
-SCHEMA_CHARS = 2000
-"""Longest schema text quoted in a prompt; a bigger one is summarised by its keys."""
 
 
 @dataclass(frozen=True)
@@ -97,7 +96,7 @@ class Ladder:
 def format_instructions(spec: OutputSpec) -> str:
     """What a message asked for with ``--format`` carries from its first attempt."""
     if spec.format == "json":
-        return f"Reply with only a JSON value{_schema_clause(spec)}."
+        return f"Reply with only {_json_phrase(spec)}, and nothing else."
     if spec.format == "code":
         return f"Reply with {spec.describe()} (```), closed with ```."
     return "Reply with a list: one item per line, each starting with \"- \"."
@@ -110,8 +109,8 @@ def stricter_instructions(spec: OutputSpec, error: str, cut_off_at: int | None =
     if cut_off_at is not None:
         because += f" Keep this reply well under {cut_off_at} tokens."
     if spec.format == "json":
-        rule = (f"Reply with only the JSON value{_schema_clause(spec)}: no explanation, "
-                "no code fence, nothing before or after it.")
+        rule = (f"Reply with only {_json_phrase(spec)}: no explanation, no code fence, "
+                "nothing before or after it.")
     elif spec.format == "code":
         lang = spec.language or "the language's name"
         rule = (f"Reply with only one fenced code block: a line ```{lang}, the code, then "
@@ -121,14 +120,16 @@ def stricter_instructions(spec: OutputSpec, error: str, cut_off_at: int | None =
     return f"{because}\n{rule}"
 
 
-def _schema_clause(spec: OutputSpec) -> str:
+def _json_phrase(spec: OutputSpec) -> str:
+    """``a JSON object with the keys "name" (a string) and ...``: the schema in words,
+    not quoted (engine/structured/schema_words.py says why)."""
     if spec.json_schema is None:
-        return ""
-    text = json.dumps(spec.json_schema, separators=(",", ":"))
-    if len(text) > SCHEMA_CHARS:
-        keys = ", ".join(map(str, (spec.json_schema.get("properties") or {})))
-        return f" (an object with the keys {keys})" if keys else ""
-    return f" matching this JSON Schema: {text}"
+        return "a JSON value"
+    words = describe_schema(spec.json_schema)
+    for article in ("an ", "a "):
+        if words.startswith(article) and words != "a JSON value":
+            return "a JSON " + words[len(article):]
+    return f"JSON: {words}"
 
 
 def repair(text: str, spec: OutputSpec) -> str | None:
