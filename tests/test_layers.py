@@ -20,15 +20,17 @@ CONTRACT = ("api", "events", "errors", "config", "session", "store")
 """The modules at engine/'s top; everything else in engine/ lives in a wing."""
 
 WINGS = ("model", "decode", "backends", "routing", "structured", "history", "cache", "serve",
-         "quant")
+         "quant", "files")
 
-BASE = {"engine.errors", "engine.config", "engine.events"}
-"""The contract's vocabulary: every layer above may use it."""
+BASE = {"engine.errors", "engine.config", "engine.events", "engine.files"}
+"""The contract's vocabulary, and how files are written: every layer above may use it."""
 
 ALLOWED: dict[str, set[str]] = {
     "engine.errors": set(),
     "engine.config": {"engine.errors"},
     "engine.events": {"engine.errors"},
+    # Atomic, private files: the store, the state cache, the app's preferences, exports.
+    "engine.files": {"engine.errors"},
     # The output spec travels in a request: the interface may name it.
     "engine.structured": BASE,
     "engine.api": BASE | {"engine.structured"},
@@ -53,11 +55,12 @@ ALLOWED: dict[str, set[str]] = {
                               "engine.store"},
     "bench": {"engine.*", "bench"},
     "tui.cli": {"engine.*", "bench", "tui", "tui.cli"},
-    "tui": {f"engine.{name}" for name in CONTRACT} | {"tui"},
+    "tui": {f"engine.{name}" for name in CONTRACT} | {"engine.files", "tui"},
 }
 """What each layer may import, besides itself. ``engine.*`` is any part of the engine.
-The app (``tui`` outside its CLI) sees the engine's contract only; the CLI also
-plans, synthesizes, benchmarks and builds engines (``engine.backends.factory``)."""
+The app (``tui`` outside its CLI) sees the engine's contract only, and writes its files
+through ``engine.files``; the CLI also plans, synthesizes, benchmarks and builds engines
+(``engine.backends.factory``)."""
 
 FORBIDDEN_THIRD_PARTY: dict[str, tuple[str, ...]] = {
     "engine": ("textual", "tui", "bench"),
