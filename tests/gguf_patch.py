@@ -4,6 +4,7 @@ chat template, special tokens or token types are not the bundled one's."""
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -54,4 +55,66 @@ def patch_gguf(src: Path, dst: Path, *, template: str | None = None,
         header += b"\0" * (-len(header) % reader.alignment)
         data = header + data[reader.data_offset:]
     dst.write_bytes(data)
+    return dst
+
+
+@dataclass(frozen=True)
+class Raw:
+    """A metadata value written as given: its GGUF type and the bytes after the type,
+    for values no writer would make (a wrong type, a lying array length, deep nesting)."""
+
+    vtype: int
+    payload: bytes
+
+
+def encode_value(vtype: GGUFValueType, value: object) -> bytes:
+    """The bytes of ``value`` as GGUF type ``vtype`` (after the type field). An array
+    is ``(element type, [elements])``; its elements encode the same way."""
+    if vtype == GGUFValueType.STRING:
+        raw = str(value).encode()
+        return struct.pack("<Q", len(raw)) + raw
+    if vtype == GGUFValueType.ARRAY:
+        etype, items = value  # type: ignore[misc]
+        body = b"".join(encode_value(etype, item) for item in items)
+        return struct.pack("<IQ", etype, len(items)) + body
+    fmt = {GGUFValueType.UINT8: "B", GGUFValueType.INT8: "b", GGUFValueType.UINT16: "H",
+           GGUFValueType.INT16: "h", GGUFValueType.UINT32: "I", GGUFValueType.INT32: "i",
+           GGUFValueType.FLOAT32: "f", GGUFValueType.BOOL: "?", GGUFValueType.UINT64: "Q",
+           GGUFValueType.INT64: "q", GGUFValueType.FLOAT64: "d"}[vtype]
+    return struct.pack("<" + fmt, value)
+
+
+def _kv_bytes(key: str, value: Raw | tuple[GGUFValueType, object]) -> bytes:
+    k = key.encode()
+    raw = value if isinstance(value, Raw) else Raw(value[0], encode_value(*value))
+    return struct.pack("<Q", len(k)) + k + struct.pack("<I", raw.vtype) + raw.payload
+
+
+def rewrite_kv(src: Path, dst: Path,
+               changes: dict[str, Raw | tuple[GGUFValueType, object] | None]) -> Path:
+    """Write ``src`` to ``dst`` with metadata keys replaced in place, added at the end
+    (keys ``src`` lacks) or removed (None); tensors and their data stay as they are."""
+    reader = GGUFReader(str(src))
+    data = src.read_bytes()
+    fields = [f for f in reader.fields.values() if not f.name.startswith("GGUF.")]
+    kv_end = max(f.offset + sum(p.nbytes for p in f.parts) for f in fields)
+    infos_end = max(t.field.offset + sum(p.nbytes for p in t.field.parts)
+                    for t in reader.tensors)
+    out = bytearray()
+    count = 0
+    for f in fields:
+        size = sum(p.nbytes for p in f.parts)
+        if f.name not in changes:
+            out += data[f.offset:f.offset + size]
+            count += 1
+        elif changes[f.name] is not None:
+            out += _kv_bytes(f.name, changes[f.name])  # type: ignore[arg-type]
+            count += 1
+    for key, value in changes.items():
+        if key not in reader.fields and value is not None:
+            out += _kv_bytes(key, value)
+            count += 1
+    header = bytearray(data[:16]) + struct.pack("<Q", count) + out + data[kv_end:infos_end]
+    header += b"\0" * (-len(header) % reader.alignment)
+    dst.write_bytes(bytes(header) + data[reader.data_offset:])
     return dst

@@ -11,6 +11,7 @@ an exception.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -283,9 +284,11 @@ def _from_size_label(label: object) -> int | None:
         return None
     scale = {"K": 10**3, "M": 10**6, "B": 10**9, "T": 10**12}.get(label[-1].upper())
     try:
-        return int(float(label[:-1]) * scale) if scale else None
+        number = float(label[:-1]) * scale if scale else math.nan
     except ValueError:
         return None
+    # "nan", "inf" and "1e400" parse as floats too; none is a size.
+    return int(number) if math.isfinite(number) and number > 0 else None
 
 
 def quant_name(header: GGUFHeader) -> str | None:

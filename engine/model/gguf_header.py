@@ -8,6 +8,12 @@ planner needs (architecture, layers, heads, per-tensor types and bytes).
 The ``gguf`` package's ``GGUFReader`` parses every metadata array into numpy objects
 (7.6 s for Gemma 3's 262k-entry vocabulary on a 2-core machine), so this reader walks
 the header itself and skips large arrays, using the package's type tables for sizes.
+
+The file may be hostile: no count read from it sizes any work before the bytes it
+claims are known to be there (each key, tensor record and array element takes at
+least a few bytes), arrays of arrays are refused as llama.cpp refuses them (so
+nothing recurses), and the values kvchat and llama.cpp rely on are checked by
+:mod:`engine.model.gguf_checks`. Every failure is a one-line ``ModelFileError``.
 """
 
 from __future__ import annotations
@@ -21,13 +27,22 @@ from typing import Any
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
 from engine.errors import ModelFileError
+from engine.model.gguf_checks import check_header, label, shown
 
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
 DEFAULT_ALIGNMENT = 32
-# Arrays up to this length are kept in the metadata; longer ones (vocabularies,
-# merges) are skipped and only their length recorded.
-KEEP_ARRAY_MAX = 64
+# Numeric arrays up to this length are kept in the metadata (per-layer values: llama.cpp
+# takes at most 512 layers), string arrays up to KEEP_STRINGS_MAX; longer ones
+# (vocabularies, merges, scores) are skipped and only their length recorded.
+KEEP_ARRAY_MAX = 512
+KEEP_STRINGS_MAX = 64
+# The fewest bytes a metadata pair (key length, type, a one-byte value) and a tensor
+# record (name length, dims, one dim, type, offset) take: counts that claim more than
+# the rest of the file holds are refused before anything loops over them.
+_MIN_KV_BYTES = 8 + 4 + 1
+_MIN_TENSOR_BYTES = 8 + 4 + 8 + 4 + 8
+VOCABULARY_KEY = "tokenizer.ggml.tokens"
 MAX_TENSORS = 1_000_000
 MAX_KV = 100_000
 MAX_STRING = 64 * 1024 * 1024
@@ -89,13 +104,21 @@ class GGUFHeader:
     def name(self) -> str:
         return str(self.metadata.get("general.name") or self.path.stem)
 
+    def arch_int(self, key: str, default: int = 0) -> int:
+        """An architecture-scoped count; the largest entry of a per-layer array (head
+        counts, feed-forward widths); ``default`` when absent or not a count."""
+        value = self.arch_value(key)
+        if isinstance(value, list):
+            value = max(value, default=default)
+        return value if isinstance(value, int) and not isinstance(value, bool) else default
+
     @property
     def n_layers(self) -> int:
-        return int(self.arch_value("block_count", 0))
+        return self.arch_int("block_count")
 
     @property
     def n_ctx_train(self) -> int:
-        return int(self.arch_value("context_length", 0))
+        return self.arch_int("context_length")
 
     @property
     def chat_template(self) -> str | None:
@@ -135,14 +158,25 @@ class _Cursor:
         self.pos += n
         return raw.decode("utf-8", errors="replace")
 
-    def skip_strings(self, count: int, what: str) -> None:
+    def skip_strings(self, count: int, what: str, unique: bool = False) -> None:
+        """Step over ``count`` strings; ``unique``: refuse a repeated non-empty one (a
+        vocabulary that lists a token twice makes llama.cpp abort)."""
         buf, pos, size = self.buf, self.pos, self.size
-        for _ in range(count):
+        seen: dict[bytes, int] = {}
+        for index in range(count):
             if pos + 8 > size:
                 self.pos = pos
                 raise _truncated(self.path, f"while reading {what}")
             (n,) = _U64.unpack_from(buf, pos)
             pos += 8 + n
+            if unique and n and pos <= size:
+                text = buf[pos - n:pos]
+                first = seen.setdefault(text, index)
+                if first != index:
+                    raise ModelFileError(
+                        f"{self.path}: the vocabulary lists "
+                        f"{shown(text.decode('utf-8', 'replace'))} twice (tokens {first} "
+                        f"and {index}); llama.cpp cannot load such a vocabulary")
         if pos > size:
             raise _truncated(self.path, f"while reading {what}")
         self.pos = pos
@@ -154,24 +188,37 @@ def _truncated(path: Path, detail: str) -> ModelFileError:
 
 def _read_value(cur: _Cursor, vtype: int, key: str) -> Any:
     if vtype == GGUFValueType.STRING:
-        return cur.string(f"value of {key}")
+        return cur.string(f"value of {label(key)}")
     if vtype in _SCALARS:
-        return cur.unpack(_SCALARS[vtype], f"value of {key}")
+        return cur.unpack(_SCALARS[vtype], f"value of {label(key)}")
     if vtype == GGUFValueType.ARRAY:
-        etype = cur.unpack(_U32, f"array type of {key}")
-        length = cur.unpack(_U64, f"array length of {key}")
-        if length > KEEP_ARRAY_MAX:
-            if etype == GGUFValueType.STRING:
-                cur.skip_strings(length, f"array {key}")
-            elif etype in _SCALARS:
-                n = _SCALARS[etype].size * length
-                cur.need(n, f"array {key}")
-                cur.pos += n
-            else:
-                raise ModelFileError(f"{cur.path}: unsupported array type {etype} in {key}")
-            return ArraySummary(GGUFValueType(etype).name.lower(), length)
-        return [_read_value(cur, etype, key) for _ in range(length)]
-    raise ModelFileError(f"{cur.path}: not a valid GGUF file (unknown value type {vtype} in {key})")
+        return _read_array(cur, key)
+    raise ModelFileError(f"{cur.path}: not a valid GGUF file (unknown value type {vtype} in "
+                         f"{label(key)})")
+
+
+def _read_array(cur: _Cursor, key: str) -> Any:
+    etype = cur.unpack(_U32, f"array type of {label(key)}")
+    length = cur.unpack(_U64, f"array length of {label(key)}")
+    if etype == GGUFValueType.ARRAY:
+        raise ModelFileError(f"{cur.path}: {label(key)} is an array of arrays, which "
+                             "llama.cpp does not read")
+    if etype == GGUFValueType.STRING:
+        cur.need(8 * length, f"array {label(key)}")  # every string starts with its length
+        if length <= KEEP_STRINGS_MAX:
+            return [cur.string(f"array {label(key)}") for _ in range(length)]
+        cur.skip_strings(length, f"array {label(key)}", unique=key == VOCABULARY_KEY)
+        return ArraySummary("string", length)
+    if etype not in _SCALARS:
+        raise ModelFileError(f"{cur.path}: not a valid GGUF file (unknown array type {etype} "
+                             f"in {label(key)})")
+    st = _SCALARS[etype]
+    cur.need(st.size * length, f"array {label(key)}")
+    start = cur.pos
+    cur.pos += st.size * length
+    if length > KEEP_ARRAY_MAX:
+        return ArraySummary(GGUFValueType(etype).name.lower(), length)
+    return list(struct.unpack_from(f"<{length}{st.format[-1]}", cur.buf, start))
 
 
 def _check_path(path: Path) -> int:
@@ -209,27 +256,29 @@ def _parse(buf: mmap.mmap, path: Path, file_bytes: int) -> GGUFHeader:
         raise ModelFileError(f"{path}: unsupported GGUF version {version}")
     n_tensors = cur.unpack(_U64, "tensor count")
     n_kv = cur.unpack(_U64, "metadata count")
-    if n_tensors > MAX_TENSORS or n_kv > MAX_KV:
-        raise ModelFileError(f"{path}: not a valid GGUF file (implausible counts)")
+    if n_tensors > MAX_TENSORS or n_kv > MAX_KV \
+            or n_kv * _MIN_KV_BYTES + n_tensors * _MIN_TENSOR_BYTES > file_bytes - cur.pos:
+        raise _truncated(path, f"it claims {n_kv} metadata entries and {n_tensors} "
+                               f"tensors, more than its {file_bytes} bytes hold")
 
     metadata: dict[str, Any] = {}
     for _ in range(n_kv):
         key = cur.string("metadata key")
-        vtype = cur.unpack(_U32, f"type of {key}")
+        vtype = cur.unpack(_U32, f"type of {label(key)}")
         metadata[key] = _read_value(cur, vtype, key)
 
     raw_tensors = []
     for _ in range(n_tensors):
         name = cur.string("tensor name")
-        n_dims = cur.unpack(_U32, f"dims of {name}")
+        n_dims = cur.unpack(_U32, f"dims of {label(name)}")
         if not 1 <= n_dims <= 4:
-            raise ModelFileError(f"{path}: tensor {name} has {n_dims} dimensions")
-        shape = tuple(cur.unpack(_U64, f"shape of {name}") for _ in range(n_dims))
-        ggml_type = cur.unpack(_U32, f"type of {name}")
-        rel_offset = cur.unpack(_U64, f"offset of {name}")
+            raise ModelFileError(f"{path}: tensor {shown(name)} has {n_dims} dimensions")
+        shape = tuple(cur.unpack(_U64, f"shape of {label(name)}") for _ in range(n_dims))
+        ggml_type = cur.unpack(_U32, f"type of {label(name)}")
+        rel_offset = cur.unpack(_U64, f"offset of {label(name)}")
         raw_tensors.append((name, shape, ggml_type, rel_offset))
 
-    alignment = int(metadata.get("general.alignment", DEFAULT_ALIGNMENT) or DEFAULT_ALIGNMENT)
+    alignment = _alignment(path, metadata)
     data_offset = -(-cur.pos // alignment) * alignment
     tensors = [_tensor(path, data_offset, *raw) for raw in raw_tensors]
 
@@ -239,9 +288,17 @@ def _parse(buf: mmap.mmap, path: Path, file_bytes: int) -> GGUFHeader:
         raise _truncated(path, f"tensor data needs {end} bytes, file has {file_bytes}; "
                                f"{missing} bytes missing")
     header = GGUFHeader(path, file_bytes, version, metadata, tensors, data_offset)
-    if not header.architecture:
-        raise ModelFileError(f"{path}: GGUF file has no general.architecture")
+    check_header(header)
     return header
+
+
+def _alignment(path: Path, metadata: dict[str, Any]) -> int:
+    value = metadata.get("general.alignment", DEFAULT_ALIGNMENT)
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value < 2**32 \
+            or value & (value - 1):
+        raise ModelFileError(f"{path}: general.alignment is {shown(value)}, not a power of "
+                             "two (llama.cpp reads no other)")
+    return value
 
 
 def _tensor(path: Path, data_offset: int, name: str, shape: tuple[int, ...], ggml_type: int,
@@ -250,12 +307,13 @@ def _tensor(path: Path, data_offset: int, name: str, shape: tuple[int, ...], ggm
         qtype = GGMLQuantizationType(ggml_type)
         block, type_size = GGML_QUANT_SIZES[qtype]
     except (ValueError, KeyError):
-        raise ModelFileError(f"{path}: tensor {name} has unknown type {ggml_type}") from None
+        raise ModelFileError(f"{path}: tensor {shown(name)} has unknown type {ggml_type}") \
+            from None
     n_elements = 1
     for dim in shape:
         n_elements *= dim
     if n_elements % block:
-        raise ModelFileError(f"{path}: tensor {name} shape {shape} is not whole "
+        raise ModelFileError(f"{path}: tensor {shown(name)} shape {shape} is not whole "
                              f"{qtype.name} blocks")
     return TensorInfo(name, shape, ggml_type, qtype.name, data_offset + rel_offset,
                       n_elements // block * type_size)

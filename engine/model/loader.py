@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,7 +18,7 @@ import llama_cpp
 from llama_cpp import _internals
 
 from engine.config import ModelConfig, usable_cores
-from engine.errors import ConfigError, ModelLoadError
+from engine.errors import ConfigError, ModelFileError, ModelLoadError
 from engine.events import MemorySnapshot, MemoryStage, ModelLoaded
 from engine.model import llama_log
 from engine.model.batch_invariance import invariant_config, invariant_rows
@@ -31,6 +32,10 @@ from engine.model.memory.planner import MemoryPlan, PlanRequest, UnplannableMode
 from engine.model.quant_costs import describe, lookup, model_identity, quant_name
 
 log = logging.getLogger("kvchat.loader")
+
+# A failed GGML_ASSERT prints its line, then by default attaches gdb and dumps every
+# thread's stack onto the terminal; the line alone says what went wrong.
+os.environ.setdefault("GGML_NO_BACKTRACE", "1")
 
 # llama.cpp marks turn markers and special tokens with this attribute.
 TOKEN_ATTR_CONTROL = 1 << 3
@@ -181,7 +186,8 @@ class _Settings:
 def load_model(config: ModelConfig, *, invariant: bool = False) -> LoadedModel:
     """Validate the file, plan its memory, then load it by the plan; ``invariant`` loads
     it batch-invariant (see engine/model/batch_invariance.py).
-    Raises ModelFileError / ConfigError / ModelLoadError."""
+    Raises ModelFileError (a file kvchat or llama.cpp refuses) / ConfigError /
+    ModelLoadError (no context of that size)."""
     rows = invariant_rows(invariant)
     if invariant:
         config = invariant_config(config)
@@ -307,8 +313,9 @@ def _load(config: ModelConfig, plan: _Settings, path: Path, *, repack: bool = Tr
         # the C library's log goes to our callback either way.
         model = _internals.LlamaModel(path_model=str(path), params=model_params, verbose=True)
     except ValueError:
+        # The file passed kvchat's checks but not llama.cpp's: still a bad model file.
         detail = llama_log.recent_errors() or "llama.cpp could not load it"
-        raise ModelLoadError(f"cannot load {path}: {detail}") from None
+        raise ModelFileError(f"cannot load {path}: {detail}") from None
 
     n_threads = config.n_threads or usable_cores()
     ctx_params = llama_cpp.llama_context_default_params()

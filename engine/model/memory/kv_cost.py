@@ -5,6 +5,7 @@ The full planner (GPU/CPU layer split against a budget) builds on these figures.
 
 from __future__ import annotations
 
+from engine.model.gguf_checks import layer_index
 from engine.model.gguf_header import GGUFHeader
 
 KV_TYPE_BYTES: dict[str, float] = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
@@ -12,10 +13,11 @@ KV_TYPE_BYTES: dict[str, float] = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
 
 
 def _per_layer(value: object, n_layers: int) -> list[int]:
-    # Some architectures store a per-layer array (e.g. head_count_kv varying by layer).
+    # Some architectures store a per-layer array (e.g. head_count_kv varying by layer);
+    # the header reader has checked it holds one count per layer.
     if isinstance(value, list):
         return [int(v) for v in value]
-    return [int(value or 0)] * n_layers
+    return [value if isinstance(value, int) else 0] * n_layers
 
 
 def kv_bytes_per_token(header: GGUFHeader, kv_type: str = "f16") -> int:
@@ -34,10 +36,9 @@ def weights_by_layer(header: GGUFHeader) -> tuple[list[int], int]:
     per_layer = [0] * header.n_layers
     other = 0
     for tensor in header.tensors:
-        parts = tensor.name.split(".")
-        if parts[0] == "blk" and len(parts) > 1 and parts[1].isdigit() \
-                and int(parts[1]) < len(per_layer):
-            per_layer[int(parts[1])] += tensor.n_bytes
+        layer = layer_index(tensor.name)
+        if layer is not None and layer < len(per_layer):
+            per_layer[layer] += tensor.n_bytes
         else:
             other += tensor.n_bytes
     return per_layer, other
@@ -47,11 +48,11 @@ def kv_bytes_per_layer(header: GGUFHeader, kv_type: str = "f16") -> list[int]:
     """KV bytes one token occupies in each layer (K and V), as llama.cpp sizes the rows
     (``ggml_row_size``: whole 32-value blocks for q8_0 / q4_0)."""
     n_layers = header.n_layers
-    n_head = int(header.arch_value("attention.head_count", 0) or 0)
-    n_embd = int(header.arch_value("embedding_length", 0) or 0)
+    n_head = header.arch_int("attention.head_count")
+    n_embd = header.arch_int("embedding_length")
     head_dim = n_embd // n_head if n_head else 0
-    key_len = int(header.arch_value("attention.key_length", head_dim) or head_dim)
-    value_len = int(header.arch_value("attention.value_length", head_dim) or head_dim)
+    key_len = header.arch_int("attention.key_length") or head_dim
+    value_len = header.arch_int("attention.value_length") or head_dim
     kv_heads = _per_layer(header.arch_value("attention.head_count_kv", n_head), n_layers)
     return [int(h * (key_len + value_len) * KV_TYPE_BYTES[kv_type]) for h in kv_heads]
 
@@ -69,20 +70,13 @@ def repacked_bytes(header: GGUFHeader, cpu_layers: set[int], output_on_cpu: bool
     for t in header.tensors:
         if t.type_name not in REPACKED_TYPES or len(t.shape) != 2 or t.shape[1] % 8:
             continue
-        layer = _layer_of(t.name)
+        layer = layer_index(t.name)
         if layer is None:
             if t.name == "output.weight" and output_on_cpu:
                 total += t.n_bytes
         elif layer in cpu_layers:
             total += t.n_bytes
     return total
-
-
-def _layer_of(name: str) -> int | None:
-    parts = name.split(".")
-    if parts[0] == "blk" and len(parts) > 1 and parts[1].isdigit():
-        return int(parts[1])
-    return None
 
 
 def pad_ctx(n_ctx: int) -> int:

@@ -27,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from engine.errors import ModelFileError
+from engine.model.gguf_checks import MAX_LAYERS, layer_index
 from engine.model.gguf_header import GGUFHeader
 from engine.model.memory.budget import Budget
 from engine.model.memory.kv_cost import (
@@ -91,20 +92,21 @@ def model_figures(header: GGUFHeader) -> ModelFigures:
     """Raises UnplannableModel for a header without the figures planning needs."""
     arch = header.architecture
     n_layers = header.n_layers
-    n_embd = int(header.arch_value("embedding_length", 0) or 0)
-    n_head = int(header.arch_value("attention.head_count", 0) or 0)
+    n_embd = header.arch_int("embedding_length")
+    n_head = header.arch_int("attention.head_count")
     if n_layers <= 0 or n_embd <= 0 or n_head <= 0:
         raise UnplannableModel(f"cannot plan for architecture {arch!r}: its GGUF metadata has "
                              f"no {arch}.block_count / embedding_length / attention.head_count")
-    n_ff_raw = header.arch_value("feed_forward_length", 4 * n_embd)
-    n_ff = max(n_ff_raw) if isinstance(n_ff_raw, list) else int(n_ff_raw or 4 * n_embd)
-    head_dim = int(header.arch_value("attention.key_length", n_embd // n_head) or 0)
-    kv_heads = header.arch_value("attention.head_count_kv", n_head)
-    n_kv_head = max(kv_heads) if isinstance(kv_heads, list) else int(kv_heads or n_head)
+    if n_layers > MAX_LAYERS:  # a header made by hand: files are checked when read
+        raise UnplannableModel(f"cannot plan {n_layers} layers (llama.cpp takes at most "
+                               f"{MAX_LAYERS})")
+    n_ff = header.arch_int("feed_forward_length") or 4 * n_embd
+    head_dim = header.arch_int("attention.key_length") or n_embd // n_head
+    n_kv_head = header.arch_int("attention.head_count_kv") or n_head
     tensors = {t.name: t for t in header.tensors}
     embd = tensors.get("token_embd.weight")
     n_vocab = embd.shape[1] if embd is not None and len(embd.shape) == 2 else \
-        int(header.arch_value("vocab_size", 32000) or 32000)
+        header.arch_int("vocab_size", 32000) or 32000
     per_layer, other = weights_by_layer(header)
     output = tensors.get("output.weight") or embd
     return ModelFigures(
@@ -219,7 +221,7 @@ def _mapped_span(m: ModelFigures, cpu_layers: set[int], output_on_gpu: bool) -> 
     the tensors the CPU keeps (one span per file, holes included)."""
     first, last = None, 0
     for t in m.header.tensors:
-        layer = _layer_index(t.name)
+        layer = layer_index(t.name)
         if layer is not None:
             on_cpu = layer in cpu_layers
         elif t.name in ("output.weight", "output_norm.weight"):
@@ -235,7 +237,7 @@ def _mapped_span(m: ModelFigures, cpu_layers: set[int], output_on_gpu: bool) -> 
 def _cpu_tensor_bytes(m: ModelFigures, cpu_layers: set[int], output_on_gpu: bool) -> int:
     total = 0
     for t in m.header.tensors:
-        layer = _layer_index(t.name)
+        layer = layer_index(t.name)
         if layer is not None:
             total += t.n_bytes if layer in cpu_layers else 0
         elif t.name in ("output.weight", "output_norm.weight"):
@@ -243,9 +245,3 @@ def _cpu_tensor_bytes(m: ModelFigures, cpu_layers: set[int], output_on_gpu: bool
         else:
             total += t.n_bytes
     return total
-
-
-def _layer_index(name: str) -> int | None:
-    parts = name.split(".")
-    return int(parts[1]) if parts[0] == "blk" and len(parts) > 1 and parts[1].isdigit() \
-        else None
