@@ -23,6 +23,8 @@ import platformdirs
 from pydantic import BaseModel, ConfigDict
 
 from engine.errors import ConversationNotFound, StoreError
+from engine.files.atomic import PRIVATE_FILE, private_dir
+from engine.history.owner import OWNER_SCHEMA, owner_alive
 from engine.history.search import SEARCH_SCHEMA, SearchHit, SearchIndex
 from engine.history.tree import (
     TREE_SCHEMA,
@@ -79,6 +81,7 @@ MIGRATIONS: tuple[str, ...] = (
     ATTEMPTS_TRUNCATED,
     TREE_SCHEMA,
     SEARCH_SCHEMA,
+    OWNER_SCHEMA,
 )
 
 
@@ -140,9 +143,14 @@ class Store(AttemptLog, MessageTree, SearchIndex):
         self._lock = threading.Lock()
         self._check_header()
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            private_dir(self.path.parent)
+            # Made here, private: SQLite would make it 0644, and gives its -wal and -shm
+            # files the database's own mode.
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE))
+        except FileExistsError:
+            pass
         except OSError as exc:
-            raise StoreError(f"cannot create {self.path.parent}: {_one_line(exc)}") from exc
+            raise StoreError(f"cannot create {self.path}: {_one_line(exc)}") from exc
         try:
             # isolation_level=None: no implicit transactions, so each statement commits
             # at once unless we open one ourselves.
@@ -330,14 +338,22 @@ class Store(AttemptLog, MessageTree, SearchIndex):
         return prompts
 
     def recover_interrupted(self) -> int:
-        """Marks replies left 'streaming' by a dead process as 'interrupted'.
-
-        Call once at start-up, before anything streams: a live stream would be marked too.
-        """
+        """Marks replies left 'streaming' by a process that is gone as 'interrupted'
+        (see :mod:`engine.history.owner`); a reply another process is streaming now
+        stays as it is. Returns how many were marked."""
+        with self._read() as conn:
+            rows = conn.execute("SELECT id, owner, updated_at FROM messages"
+                                " WHERE status = 'streaming'").fetchall()
+        now = time.time()
+        dead = [mid for mid, owner, updated_at in rows
+                if not owner_alive(owner, updated_at, now)]
+        if not dead:
+            return 0
         with self._write() as conn:
-            cur = conn.execute("UPDATE messages SET status = 'interrupted', updated_at = ?"
-                               " WHERE status = 'streaming'", (time.time(),))
-            return cur.rowcount
+            # Still streaming: the owner may have ended the reply since it was read.
+            return sum(conn.execute("UPDATE messages SET status = 'interrupted', updated_at = ?"
+                                    " WHERE id = ? AND status = 'streaming'",
+                                    (now, mid)).rowcount for mid in dead)
 
     # -- export --------------------------------------------------------------------
 

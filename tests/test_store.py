@@ -170,13 +170,23 @@ def test_rename(store: Store) -> None:
 
 
 def test_recover_interrupted(db_path: Path) -> None:
-    with Store(db_path) as s:
-        cid = s.create_conversation("chat", None)
-        s.add_message(cid, "user", "q")
-        s.add_message(cid, "assistant", "partial answ", status="streaming")
-        s.add_message(cid, "assistant", "stopped", status="cancelled")
-        other = s.create_conversation("other", None)
-        s.add_message(other, "assistant", "also partial", status="streaming")
+    # Streamed by a process that has ended since: only replies whose process is gone
+    # are marked (tests/test_hostile_data.py has a live owner).
+    script = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from engine.store import Store\n"
+        "with Store(Path(sys.argv[1])) as s:\n"
+        "    cid = s.create_conversation('chat', None)\n"
+        "    s.add_message(cid, 'user', 'q')\n"
+        "    s.add_message(cid, 'assistant', 'partial answ', status='streaming')\n"
+        "    s.add_message(cid, 'assistant', 'stopped', status='cancelled')\n"
+        "    other = s.create_conversation('other', None)\n"
+        "    s.add_message(other, 'assistant', 'also partial', status='streaming')\n"
+    )
+    subprocess.run([sys.executable, "-c", script, str(db_path)], cwd=ROOT, check=True,
+                   timeout=60)
+    cid, other = 1, 2
 
     with Store(db_path) as s:
         assert s.recover_interrupted() == 2

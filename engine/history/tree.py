@@ -19,6 +19,7 @@ from typing import Any, Literal, get_args
 from pydantic import BaseModel, ConfigDict
 
 from engine.errors import BranchError, ConversationNotFound, MessageNotFound
+from engine.history.owner import this_process
 
 Role = Literal["system", "user", "assistant"]
 Status = Literal["complete", "streaming", "cancelled", "interrupted", "error"]
@@ -130,10 +131,12 @@ class MessageTree:
             if parent is not None and _message(conn, parent).conversation_id != cid:
                 raise MessageNotFound(f"message {parent} is not in conversation {cid}")
             conn.execute("UPDATE conversations SET updated_at = ? WHERE id = ?", (now, cid))
+            owner = this_process() if status == "streaming" else None
             cur = conn.execute(
                 "INSERT INTO messages (conversation_id, role, content, status, created_at,"
-                " updated_at, stats, parent_id, visited_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (cid, role, content, status, now, now, stats_json, parent, now))
+                " updated_at, stats, parent_id, visited_at, owner)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (cid, role, content, status, now, now, stats_json, parent, now, owner))
             mid = int(cur.lastrowid or 0)
             _activate(conn, cid, mid, now)
             return mid
