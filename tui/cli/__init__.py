@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from engine.errors import KvchatError
 
@@ -84,6 +85,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="in the app, send every message through route NAME "
                              "(/route NAME message overrides one)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_ask_parser(commands)
+    _add_history_parsers(commands)
+    _add_tool_parsers(commands)
+    return parser
+
+
+def _add_ask_parser(commands: Any) -> None:
+    from tui.cli.backend import add_backend_options
+    from tui.cli.structured import add_format_options
 
     ask = commands.add_parser("ask", help="stream one reply to stdout",
                               description="Send one prompt and stream the reply to stdout.")
@@ -104,10 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
                           "or your own) instead of the router's choice")
     _model_options(ask, suppress=True)
     add_backend_options(ask, suppress=True)
-    from tui.cli.structured import add_format_options
-
     add_format_options(ask)
 
+
+def _add_history_parsers(commands: Any) -> None:
+    """history, search, retries and export: what the store holds."""
     history = commands.add_parser("history", help="list stored conversations, or the "
                                   "messages of one (with their ids)")
     history.add_argument("id", type=_positive, metavar="ID", nargs="?",
@@ -117,7 +128,20 @@ def build_parser() -> argparse.ArgumentParser:
     from tui.cli.search import add_search_parser
 
     add_search_parser(commands, _positive)
+    from tui.cli.retries import add_retries_parser
 
+    add_retries_parser(commands, _positive)
+    export = commands.add_parser("export", help="write out one conversation")
+    export.add_argument("id", type=_positive, metavar="ID", help="conversation id")
+    export.add_argument("--format", choices=["md", "json"], default="md")
+    export.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
+    export.add_argument("--all-branches", action="store_true",
+                        help="every message, edits and other replies too (JSON: each with "
+                             "its parent_id; Markdown: each branch marked)")
+
+
+def _add_tool_parsers(commands: Any) -> None:
+    """models, plan, route, synth, bench, quantize, quality and serve."""
     from tui.cli.models import add_models_parser
     from tui.cli.plan import add_plan_parser
     from tui.cli.synth import add_synth_parser
@@ -129,9 +153,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_route_parser(commands, _model_options)
     add_synth_parser(commands, _non_negative)
-    from tui.cli.retries import add_retries_parser
-
-    add_retries_parser(commands, _positive)
     from tui.cli.bench import add_bench_parser
 
     add_bench_parser(commands, _positive)
@@ -143,15 +164,6 @@ def build_parser() -> argparse.ArgumentParser:
     from tui.cli.serve import add_serve_parser
 
     add_serve_parser(commands, _positive, _non_negative)
-
-    export = commands.add_parser("export", help="write out one conversation")
-    export.add_argument("id", type=_positive, metavar="ID", help="conversation id")
-    export.add_argument("--format", choices=["md", "json"], default="md")
-    export.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
-    export.add_argument("--all-branches", action="store_true",
-                        help="every message, edits and other replies too (JSON: each with "
-                             "its parent_id; Markdown: each branch marked)")
-    return parser
 
 
 def _dispatch(args: argparse.Namespace) -> Callable[[argparse.Namespace], int]:
