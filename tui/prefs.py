@@ -16,6 +16,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from engine.files.atomic import atomic_write, private_dir
 from engine.store import default_data_dir
 
 log = logging.getLogger("kvchat.tui")
@@ -51,9 +52,7 @@ def load_prefs(path: Path | None = None) -> UiPrefs:
 def save_prefs(prefs: UiPrefs, path: Path | None = None) -> None:
     path = path or prefs_path()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(prefs.model_dump(), indent=2) + "\n", encoding="utf-8")
-        tmp.replace(path)  # never leave a half-written file behind
+        private_dir(path.parent)
+        atomic_write(path, json.dumps(prefs.model_dump(), indent=2) + "\n")
     except OSError as exc:
         log.warning("cannot save %s: %s", path, exc)

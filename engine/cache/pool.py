@@ -31,6 +31,7 @@ from engine.cache.state_file import (
 )
 from engine.config import CacheConfig, budget_bytes
 from engine.events import StateCacheAction, StateCacheNote
+from engine.files.atomic import private_dir
 from engine.model.memory.budget import system_memory
 
 log = logging.getLogger("kvchat.cache")
@@ -212,7 +213,7 @@ class StateCache:
                       nbytes=victim.file_bytes, reason="least recently used")
         path = self.dir / f"{entry.id}{SUFFIX}"
         try:
-            self.dir.mkdir(parents=True, exist_ok=True)
+            private_dir(self.dir)
             write_parts(path, parts)
         except OSError as exc:
             self.note("drop", "disk", tokens=len(entry.snap.cells), nbytes=size,

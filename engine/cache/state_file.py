@@ -11,7 +11,6 @@ cut short, bytes changed on disk).
 from __future__ import annotations
 
 import json
-import os
 import struct
 import zlib
 from array import array
@@ -21,6 +20,7 @@ from typing import Any
 from engine.cache.entry import SavedState, Snapshot
 from engine.cache.key import StateKey
 from engine.errors import KvchatError
+from engine.files.atomic import PRIVATE_FILE, atomic_write
 
 MAGIC = b"KVCSTATE"
 VERSION = 1
@@ -53,19 +53,10 @@ def encode(state: SavedState) -> list[bytes | bytearray]:
 
 
 def write_parts(path: Path, parts: list[bytes | bytearray]) -> None:
-    """Write a file atomically: to a temporary name, synced, then renamed. OSError (a
-    full disk) leaves no file behind."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            for part in parts:
-                f.write(part)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """Write a file atomically and private to the user (it holds a conversation's
+    text): to a temporary name, synced, then renamed. OSError (a full disk) leaves no
+    file behind."""
+    atomic_write(path, parts, mode=PRIVATE_FILE)
 
 
 def _header(f: Any, path: Path) -> tuple[dict[str, Any], int]:

@@ -11,7 +11,6 @@ loads; neither measures anything. The table is ``quant-costs.json`` in the data 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 import platformdirs
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from engine.files.atomic import atomic_write, private_dir
 from engine.model import catalog
 from engine.model.gguf_header import GGUFHeader
 
@@ -98,16 +98,9 @@ def record_costs(costs: list[QuantCost], path: Path | None = None) -> Path:
     table = load_costs(path)
     for cost in costs:
         table[_key(cost.identity, cost.quant)] = cost
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    private_dir(path.parent)
     rows = [c.model_dump() for c in sorted(table.values(), key=lambda c: (c.identity, c.quant))]
-    try:
-        tmp.write_text(json.dumps({"version": 1, "rows": rows}, indent=1) + "\n",
-                       encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+    atomic_write(path, json.dumps({"version": 1, "rows": rows}, indent=1) + "\n")
     return path
 
 

@@ -10,34 +10,38 @@ from typing import ClassVar
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
+from textual.content import Content
 from textual.screen import ModalScreen
 from textual.widgets import Footer, OptionList, Static
 from textual.widgets.option_list import Option
 
 from engine.errors import KvchatError
+from engine.files.atomic import atomic_write, private_dir
 from engine.store import ConversationRow, Store, default_data_dir
+from tui.safe_text import one_line
 from tui.screens.dialogs import AskText, Confirm
 
 Choice = tuple[str, int | None]
 """("open", id), ("new", None), or ("deleted", id) for the conversation on screen."""
 
 
-def conversation_label(row: ConversationRow, current: int | None) -> str:
+def conversation_label(row: ConversationRow, current: int | None) -> Content:
+    """One row, the title as plain text (a title is the user's text: no markup)."""
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(row.updated_at))
     mark = "▶ " if row.id == current else "  "
-    return f"{mark}#{row.id} {row.title} · {row.message_count} messages · {when}"
+    return Content(f"{mark}#{row.id} {one_line(row.title)} · {row.message_count} messages"
+                   f" · {when}")
 
 
 def export_conversation(store: Store, cid: int, fmt: str, folder: Path | None = None) -> Path:
     """Writes the conversation as Markdown or JSON into the data dir's exports/."""
-    folder = folder or default_data_dir() / "exports"
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = private_dir(folder or default_data_dir() / "exports")
     path = folder / f"conversation-{cid}.{fmt}"
     if fmt == "md":
-        path.write_text(store.export_markdown(cid), encoding="utf-8")
+        atomic_write(path, store.export_markdown(cid))
     else:
-        path.write_text(json.dumps(store.export_json(cid), indent=2, ensure_ascii=False) + "\n",
-                        encoding="utf-8")
+        atomic_write(path, json.dumps(store.export_json(cid), indent=2, ensure_ascii=False)
+                     + "\n")
     return path
 
 
@@ -100,7 +104,7 @@ class ConversationsScreen(ModalScreen[Choice | None]):
         if cid is None:
             return
         title = await self.app.push_screen_wait(
-            AskText("New title:", self.store.get_conversation(cid).title))
+            AskText("New title:", one_line(self.store.get_conversation(cid).title)))
         if title:
             self.store.rename_conversation(cid, title)
             self.reload()
@@ -110,7 +114,7 @@ class ConversationsScreen(ModalScreen[Choice | None]):
         cid = self.highlighted_id
         if cid is None:
             return
-        title = self.store.get_conversation(cid).title
+        title = one_line(self.store.get_conversation(cid).title)
         if await self.app.push_screen_wait(Confirm(f"Delete #{cid} “{title}”?")):
             self.store.delete_conversation(cid)
             if cid == self.current:

@@ -20,13 +20,7 @@ from textual.widgets.option_list import Option
 from engine.api import ChatEngine, ModelChoice
 from engine.errors import KvchatError
 from tui.memory_view import human_bytes
-
-
-def printable(text: str) -> str:
-    """``text`` with control characters written as escapes: names come from the disk."""
-    if text.isprintable():
-        return text
-    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+from tui.safe_text import one_line
 
 
 def human_count(n: int | None) -> str:
@@ -49,22 +43,22 @@ def model_label(model: ModelChoice) -> Content:
     """One row: mark, name, what it is, and the verdict in its colour."""
     mark = "▶ " if model.current else ("✗ " if not model.runnable else "  ")
     about = " · ".join(part for part in (
-        printable(model.architecture or ""), human_count(model.parameters),
-        printable(model.quant or ""),
+        one_line(model.architecture or ""), human_count(model.parameters),
+        one_line(model.quant or ""),
         human_bytes(model.file_bytes) if model.file_bytes is not None else "",
         "chat template" if model.chat_template else "no chat template"
         if model.architecture else "") if part and part != "-")
     return Content.from_markup(
         f"$mark[b]$name[/b]  [dim]$source[/dim]  $about  [{verdict_style(model)}]$verdict[/]",
-        mark=mark, name=printable(model.name), source=model.source, about=about,
-        verdict=model.verdict)
+        mark=mark, name=one_line(model.name), source=one_line(model.source), about=about,
+        verdict=one_line(model.verdict))
 
 
 def refusal(model: ModelChoice) -> str:
     """Why ``model`` cannot be chosen, in one line."""
     if model.verdict == "broken":
-        return f"{printable(model.name)} is broken: {printable(model.reason)}"
-    return f"{printable(model.name)} does not fit: {printable(model.reason)}"
+        return f"{one_line(model.name)} is broken: {one_line(model.reason)}"
+    return f"{one_line(model.name)} does not fit: {one_line(model.reason)}"
 
 
 class ModelsScreen(ModalScreen[ModelChoice | None]):
@@ -149,7 +143,7 @@ class ModelsScreen(ModalScreen[ModelChoice | None]):
         model = self._model(event.option)
         if model is not None:
             self.query_one("#model-detail", Static).update(
-                f"{printable(model.reason) or model.verdict}\n{printable(model.path)}")
+                f"{one_line(model.reason) or model.verdict}\n{one_line(model.path)}")
 
     @on(OptionList.OptionSelected, "#models")
     def _selected(self, event: OptionList.OptionSelected) -> None:
@@ -157,7 +151,7 @@ class ModelsScreen(ModalScreen[ModelChoice | None]):
         if model is None:
             return
         if model.current:
-            self.notify(f"{printable(model.name)} is the model in use.")
+            self.notify(f"{one_line(model.name)} is the model in use.")
         elif not model.runnable:
             self.notify(refusal(model), title="Model refused", severity="error", timeout=15)
         else:

@@ -11,19 +11,22 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.content import Content
 from textual.screen import Screen
 from textual.widgets import Footer, OptionList, Static
 from textual.widgets.option_list import Option
 
 from engine.store import AttemptRow, RetriedReply, Store
 from tui.notes import strategy_name
+from tui.safe_text import one_line, visible
 
 
-def reply_label(reply: RetriedReply) -> str:
+def reply_label(reply: RetriedReply) -> Content:
     verdict = "ok" if reply.ok else "FAILED"
     strategies = ", ".join(strategy_name(s) for s in reply.strategies)
-    prompt = " ".join(reply.prompt.split())[:60]
-    return f"#{reply.message_id} {verdict} · {reply.attempts} attempts ({strategies}) · {prompt}"
+    prompt = one_line(reply.prompt)[:60]
+    return Content(f"#{reply.message_id} {verdict} · {reply.attempts} attempts ({strategies})"
+                   f" · {prompt}")
 
 
 def attempt_diff(before: str, after: str) -> list[str]:
@@ -44,7 +47,8 @@ class DiffView(Static):
             style = ("diff--hunk" if line.startswith(("@@", "---", "+++"))
                      else "diff--add" if line.startswith("+")
                      else "diff--remove" if line.startswith("-") else None)
-            text.append(line + "\n", self.get_component_rich_style(style) if style else "")
+            text.append(visible(line) + "\n",
+                        self.get_component_rich_style(style) if style else "")
         self.update(text if self.lines else "(no change in text)")
 
 
@@ -61,13 +65,13 @@ class AttemptView(Vertical):
                      f"{row.completion_tokens} tokens · {row.elapsed_s:.2f} s",
                      classes="attempt-head", markup=False)
         if row.found:
-            yield Static(f"found: {row.found}", classes="attempt-found", markup=False)
+            yield Static(f"found: {visible(row.found)}", classes="attempt-found", markup=False)
         for error in row.errors:
-            yield Static(f"error: {error}", classes="attempt-error", markup=False)
+            yield Static(f"error: {visible(error)}", classes="attempt-error", markup=False)
         if row.prompt_change:
-            yield Static(f"prompt added: {row.prompt_change}", classes="attempt-prompt",
-                         markup=False)
-        yield Static(row.content or "(no text)", classes="attempt-text", markup=False)
+            yield Static(f"prompt added: {visible(row.prompt_change)}",
+                         classes="attempt-prompt", markup=False)
+        yield Static(visible(row.content) or "(no text)", classes="attempt-text", markup=False)
         if self.previous is not None:
             yield Static(f"diff against attempt {self.previous.number}",
                          classes="attempt-head", markup=False)

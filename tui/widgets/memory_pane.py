@@ -6,10 +6,12 @@ from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical
+from textual.content import Content
 from textual.widgets import Static
 
 from engine.events import KVUsage, MemorySnapshot, ModelLoaded
 from tui.memory_view import LABELS, MemoryView, human_bytes
+from tui.safe_text import visible_fields
 from tui.widgets.live_text import LiveText
 from tui.widgets.segment_bar import SegmentBar
 
@@ -45,7 +47,7 @@ class MemoryPane(Vertical):
         self.query_one("#mem-headline", LiveText).show(headline)
 
     def show_model(self, info: ModelLoaded) -> None:
-        self.view.info = info
+        self.view.info = visible_fields(info)  # names and notes from the model file
         self._refresh_view()
 
     def show_snapshot(self, snapshot: MemorySnapshot) -> None:
@@ -114,8 +116,8 @@ class MemoryPane(Vertical):
         if info is None:
             return
         if info.n_layers is None:  # a server that does not say how the model is split
-            self.query_one("#mem-layers", Static).update(
-                f"layers unknown · {info.backend} (served by {info.remote or 'a server'})")
+            self.query_one("#mem-layers", Static).update(Content(
+                f"layers unknown · {info.backend} (served by {info.remote or 'a server'})"))
             return
         gpu = set(info.gpu_layers) if info.n_gpu_layers else set()
         bar = self.query_one(SegmentBar)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from textual.content import Content
 from textual.reactive import reactive
 from textual.widgets import Static
 
 from engine.events import RouteDecision, SpecStats
+from tui.safe_text import one_line
 
 
 class StatusLine(Static):
@@ -26,7 +28,7 @@ class StatusLine(Static):
     def show_route(self, route: RouteDecision) -> None:
         how = "chosen" if route.source == "override" else f"{route.confidence:.2f}"
         self.route = f"{route.route} {how}"
-        self.tooltip = f"route {route.route}: {route.reason}"
+        self.tooltip = Content(one_line(f"route {route.route}: {route.reason}"))
 
     def show_spec(self, spec: SpecStats) -> None:
         if not spec.active:
@@ -35,7 +37,7 @@ class StatusLine(Static):
             self.spec = (f"spec {spec.acceptance:.0%} ({spec.running_acceptance:.0%} all) "
                          f"×{spec.speedup:.2f}")
 
-    def render(self) -> str:
+    def render(self) -> Content:
         parts = [self.model_name or "(no model)"]
         if self.backend:
             parts.append(self.backend)
@@ -53,4 +55,5 @@ class StatusLine(Static):
             parts.append(f"ctx {self.ctx_used}/{self.ctx_total} ({pct:.0f}%)")
         if self.evicted:
             parts.append(f"{self.evicted} evicted")
-        return " │ ".join(parts)
+        # Plain text, escaped: the model's name comes from its file or a server.
+        return Content(one_line(" │ ".join(parts)))
