@@ -17,6 +17,7 @@ from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
+from textual.notifications import SeverityLevel
 from textual.theme import Theme
 from textual.widgets import Footer
 from textual.worker import Worker, WorkerState
@@ -52,6 +53,7 @@ from tui.messages import (
     ReplyStarted,
 )
 from tui.prefs import load_prefs, prefs_path, save_prefs
+from tui.safe_text import visible
 from tui.themes import bundled_theme_files, load_themes
 from tui.ui_priority import GilHandover, yield_cpu_to_decoding
 from tui.widgets.chat_pane import ChatPane, ReplyMessage, UserMessage
@@ -226,6 +228,13 @@ class KvchatApp(ReplyView, AppActions, App[int]):
         self.query_one(StatusLine).state = "model failed to load"
         self.query_one(PromptInput).placeholder = "The model could not be loaded"
         self.notify(message.message, title="Model", severity="error", timeout=30)
+
+    def notify(self, message: str, *, title: str = "", severity: SeverityLevel = "information",
+               timeout: float | None = None, markup: bool = False) -> None:
+        """Every toast (the screens' too) as plain text, escaped: they quote names,
+        titles and errors, which are neither markup nor terminal commands."""
+        super().notify(visible(message), title=visible(title), severity=severity,
+                       timeout=timeout, markup=False)
 
     # -- the reply chain --------------------------------------------------------------
 

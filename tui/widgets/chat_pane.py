@@ -17,6 +17,7 @@ from textual.widgets import Collapsible, Markdown, Static
 
 from engine.events import OutputCheck, Retry
 from tui.notes import attempt_title
+from tui.safe_text import visible
 from tui.widgets.reply_blocks import plan_write
 from tui.widgets.reply_source import SourceReply
 from tui.widgets.source_stream import SourceStream
@@ -35,7 +36,7 @@ class UserMessage(Static):
     """A prompt as the user typed it (shown literally, not as Markdown)."""
 
     def __init__(self, text: str) -> None:
-        super().__init__(text, markup=False)
+        super().__init__(visible(text), markup=False)
 
 
 class ReplyNote(Static):
@@ -44,10 +45,11 @@ class ReplyNote(Static):
     reply's first tokens do, and a layout of the whole screen then costs decode time."""
 
     def __init__(self, note: str = "") -> None:
-        super().__init__(note, markup=False, classes="reply-stats")
+        super().__init__(visible(note), markup=False, classes="reply-stats")
         self._shown = note
 
     def show(self, note: str) -> None:
+        note = visible(note)  # route reasons and errors quote the prompt and the reply
         width = self.content_region.width
         layout = not width or _rows(note, width) != _rows(self._shown, width)
         self._shown = note
@@ -76,6 +78,7 @@ class ReplyMessage(SourceReply):
     def __init__(self, text: str = "", note: str = "", message_id: int | None = None,
                  source_view: bool = False) -> None:
         super().__init__()
+        text = visible(text)  # shown, never acted on: see tui.safe_text
         self.source_view = source_view
         self.message_id = message_id
         """The reply's row in the store, once known."""
@@ -119,6 +122,7 @@ class ReplyMessage(SourceReply):
         return pane if isinstance(pane, ChatPane) else None
 
     async def append(self, fragment: str) -> None:
+        fragment = visible(fragment)
         self.text += fragment
         if self.source_view:
             await self._append_source(fragment)
@@ -258,8 +262,9 @@ class ReplyMessage(SourceReply):
 
     async def add_folded(self, number: int, strategy: str, error: str, text: str) -> None:
         """An earlier attempt, collapsed above the body and marked malformed."""
-        raw = Static(text or "(no text)", markup=False, classes="attempt-text")
-        folded = Collapsible(raw, title=attempt_title(number, strategy, error),
+        raw = Static(visible(text) or "(no text)", markup=False, classes="attempt-text")
+        title = Content(attempt_title(number, strategy, visible(error)))  # not markup
+        folded = Collapsible(raw, title=title,  # type: ignore[arg-type]
                              collapsed=True, classes="attempt")
         await self.mount(folded, before=self.query_one(".reply-parked", Widget))
 
@@ -268,6 +273,7 @@ class ReplyMessage(SourceReply):
         if self._torn_down():  # the app closed while the Markdown went in
             return
         await self._write_held()
+        final_text = None if final_text is None else visible(final_text)
         # The final text is authoritative: a repaired reply streamed no tokens of its own.
         if final_text is not None and final_text != self.text:
             self.text = final_text
@@ -371,7 +377,7 @@ class ChatPane(VerticalScroll):
     async def add_notice(self, text: str, before: ReplyMessage | None = None) -> None:
         if before is None:
             self.close_runways()
-        await self.mount(Static(text, classes="notice", markup=False), before=before)
+        await self.mount(Static(visible(text), classes="notice", markup=False), before=before)
 
     async def clear(self) -> None:
         await self.remove_children()
