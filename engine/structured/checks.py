@@ -1,8 +1,9 @@
 """Find and check the structure in a reply: a JSON value, fenced code blocks, a list.
 
 Parsing leans on maintained libraries: :mod:`json` for values, ``jsonschema`` for
-schemas, ``markdown-it-py`` (CommonMark) for fences and lists, :mod:`ast` for a Python
-syntax check. Nothing is ever executed. No function here raises on any input: every
+schemas (its patterns matched by RE2, :mod:`engine.structured.patterns`),
+``markdown-it-py`` (CommonMark) for fences and lists, :mod:`ast` for a Python syntax
+check. Nothing is ever executed. No function here raises on any input: every
 problem becomes a line in ``errors``.
 """
 
@@ -18,6 +19,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 from markdown_it import MarkdownIt
 
+from engine.structured.patterns import LinearValidator, pattern_problem
 from engine.structured.spec import OutputSpec
 
 MAX_CANDIDATES = 64
@@ -197,8 +199,10 @@ def schema_problem(schema: Any) -> str | None:
         return "invalid JSON Schema: nested too deeply"
     if isinstance(schema, dict) and (ref := _remote_ref(schema)):
         return f"a $ref outside the schema is not supported (nothing is downloaded): {ref}"
+    if problem := pattern_problem(schema):
+        return problem
     try:
-        Draft202012Validator(schema).is_valid(None)  # resolves $refs: a missing one fails
+        LinearValidator(schema).is_valid(None)  # resolves $refs: a missing one fails
     except Exception as exc:
         return f"the schema cannot be applied: {_short(str(exc).splitlines()[0])}"
     return None
@@ -224,7 +228,7 @@ def _remote_ref(node: Any, depth: int = 0) -> str | None:
 
 def schema_errors(value: Any, schema: dict[str, Any]) -> list[str]:
     """Each violation as ``$.path: message``, in document order."""
-    validator = Draft202012Validator(schema)
+    validator = LinearValidator(schema)  # patterns matched in linear time
     try:
         errors = sorted(validator.iter_errors(value), key=lambda e: [str(p) for p in e.path])
     except RecursionError:
