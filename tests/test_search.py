@@ -152,9 +152,10 @@ def test_search_command(kvchat_home: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "\x1b" not in proc.stdout and "\x07" not in proc.stdout
     assert "\u202e" not in proc.stdout
+    # What a terminal would act on shows as an escape (tui.safe_text).
     assert proc.stdout.splitlines() == [
-        f"conversation {cid} · message {mid} (assistant) · Terminal ]0;pwnedtitle",
-        "    colour [31m [red] [0m textevil next line"]
+        f"conversation {cid} · message {mid} (assistant) · Terminal \\x1b]0;pwned\\x07title",
+        "    colour \\x1b[31m [red] \\x1b[0m text\\u202eevil next line"]
     as_json = json.loads(run_kvchat("search", "red", "--json", "--limit", "1",
                                     home=kvchat_home).stdout)
     assert [(h["message_id"], h["role"]) for h in as_json] == [(mid, "assistant")]

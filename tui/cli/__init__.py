@@ -134,7 +134,10 @@ def _add_history_parsers(commands: Any) -> None:
     export = commands.add_parser("export", help="write out one conversation")
     export.add_argument("id", type=_positive, metavar="ID", help="conversation id")
     export.add_argument("--format", choices=["md", "json"], default="md")
-    export.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
+    export.add_argument("-o", "--output", metavar="FILE",
+                        help="write here instead of stdout (a new file is private to you)")
+    export.add_argument("--force", action="store_true",
+                        help="replace FILE if it exists (never the conversation store)")
     export.add_argument("--all-branches", action="store_true",
                         help="every message, edits and other replies too (JSON: each with "
                              "its parent_id; Markdown: each branch marked)")
@@ -222,7 +225,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _dispatch(args)(args)
     except KvchatError as exc:
-        print(f"kvchat: error: {exc.message}", file=sys.stderr)
+        from tui.safe_text import visible
+
+        # Messages quote what was typed and what files hold: shown, never acted on.
+        print(f"kvchat: error: {visible(exc.message)}", file=sys.stderr)
         return EXIT_USAGE if exc.usage else EXIT_FAILURE
     except KeyboardInterrupt:
         print("kvchat: interrupted", file=sys.stderr)

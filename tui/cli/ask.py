@@ -28,6 +28,7 @@ from tui.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 from tui.cli.options import pinned_sampling, read_prompt
 from tui.cli.startup import start_up
 from tui.cli.structured import output_spec
+from tui.safe_text import json_text, visible
 
 # Error events a person caused (the prompt, the server's address or API key, the model
 # file), as opposed to failures of the machine: the same exit code as when the same
@@ -60,13 +61,13 @@ async def _ask(args: argparse.Namespace, prompt: str, jsonl: bool) -> int:
             if jsonl:
                 _write_line(info.model_dump_json())
             elif info.chat_format_note:
-                print(f"kvchat: note: {info.chat_format_note}", file=sys.stderr)
+                _note(info.chat_format_note)
             for snapshot in engine.memory:  # planned, then measured after load
                 if jsonl:
                     _write_line(snapshot.model_dump_json())
                 elif snapshot.stage == "planned":
                     for warning in snapshot.warnings:
-                        print(f"kvchat: note: {warning}", file=sys.stderr)
+                        _note(warning)
             session = ChatSession.for_config(engine, store, config, routes)
             final: Event | None = None
             streamed = False
@@ -74,29 +75,40 @@ async def _ask(args: argparse.Namespace, prompt: str, jsonl: bool) -> int:
                 final = event
                 if jsonl:
                     _write_line(event.model_dump_json())
-                elif isinstance(event, TokenChunk) and stream:
-                    sys.stdout.write(event.text)
-                    sys.stdout.flush()
-                    streamed = streamed or bool(event.text)
-                elif isinstance(event, Retry):
-                    if stream:
-                        sys.stdout.write("\n")
-                    print(f"kvchat: note: attempt {event.attempt - 1} was malformed "
-                          f"({event.reason}); retrying: {event.strategy.replace('_', ' ')}",
-                          file=sys.stderr)
-                elif isinstance(event, OutputCheck) and event.final and not event.ok:
-                    print(f"kvchat: note: attempt {event.attempt} failed its check: "
-                          f"{'; '.join(event.errors[:3])}", file=sys.stderr)
-                elif isinstance(event, Done) and not stream:
-                    sys.stdout.write(event.text)
-                elif isinstance(event, PromptTruncated | ChatFormatFallback):
-                    print(f"kvchat: note: {event.message}", file=sys.stderr)
-                elif isinstance(event, RouteDecision) and sys.stderr.isatty():
-                    print(f"[route {event.route} ({event.confidence:.2f}): {event.reason}]",
-                          file=sys.stderr)
+                else:
+                    streamed = _show(event, stream) or streamed
         finally:
             await engine.close()
     return _finish(final, jsonl, strict=output is not None, streamed=streamed)
+
+
+def _show(event: Event, stream: bool) -> bool:
+    """One event as ``kvchat ask`` shows it: the reply on stdout, notes on stderr.
+    Returns whether reply text went to stdout. A terminal is shown the model's text
+    with what it would act on escaped (tui.safe_text); a pipe gets it as generated."""
+    if isinstance(event, TokenChunk) and stream:
+        sys.stdout.write(visible(event.text) if sys.stdout.isatty() else event.text)
+        sys.stdout.flush()
+        return bool(event.text)
+    if isinstance(event, Retry):
+        if stream:
+            sys.stdout.write("\n")
+        _note(f"attempt {event.attempt - 1} was malformed ({event.reason}); retrying: "
+              f"{event.strategy.replace('_', ' ')}")
+    elif isinstance(event, OutputCheck) and event.final and not event.ok:
+        _note(f"attempt {event.attempt} failed its check: {'; '.join(event.errors[:3])}")
+    elif isinstance(event, Done) and not stream:
+        sys.stdout.write(visible(event.text) if sys.stdout.isatty() else event.text)
+    elif isinstance(event, PromptTruncated | ChatFormatFallback):
+        _note(event.message)
+    elif isinstance(event, RouteDecision) and sys.stderr.isatty():
+        print(visible(f"[route {event.route} ({event.confidence:.2f}): {event.reason}]"),
+              file=sys.stderr)
+    return False
+
+
+def _note(text: str) -> None:
+    print(f"kvchat: note: {visible(text)}", file=sys.stderr)
 
 
 def _check_branch_options(args: argparse.Namespace) -> None:
@@ -165,14 +177,14 @@ def _finish(final: Event | None, jsonl: bool, strict: bool = False,
             if streamed:
                 sys.stdout.write("\n")
                 sys.stdout.flush()
-            print(f"kvchat: error: {final.message}", file=sys.stderr)
+            print(f"kvchat: error: {visible(final.message)}", file=sys.stderr)
         return EXIT_USAGE if final.code in USAGE_ERROR_CODES else EXIT_FAILURE
     return EXIT_FAILURE
 
 
 def _write_line(line: str) -> None:
     try:
-        sys.stdout.write(line + "\n")
+        sys.stdout.write(json_text(line) + "\n")  # the same JSON, safe on a terminal
         sys.stdout.flush()
     except BrokenPipeError:
         # The reader went away (`| head`): stop quietly, without a second error on exit.

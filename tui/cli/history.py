@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
-import unicodedata
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from engine.errors import KvchatError
+from engine.files.atomic import atomic_write
 from engine.store import MessageRow, Store
 from tui.cli import EXIT_OK
+from tui.safe_text import json_dumps, json_text, one_line, visible
 
 _TEXT_WIDTH = 64
 
@@ -23,7 +25,7 @@ def run_history(args: argparse.Namespace) -> int:
     with Store.open_default() as store:
         rows = store.list_conversations(limit=args.limit)
     if args.json:
-        print(json.dumps([row.model_dump() for row in rows], indent=2))
+        print(json_dumps([row.model_dump() for row in rows]))
         return EXIT_OK
     if not rows:
         print("no conversations yet: start one with `kvchat` or `kvchat ask`")
@@ -31,7 +33,7 @@ def run_history(args: argparse.Namespace) -> int:
     print(f"{'ID':>5}  {'UPDATED':16}  {'MSGS':>4}  TITLE")
     for row in rows:
         when = datetime.fromtimestamp(row.updated_at).strftime("%Y-%m-%d %H:%M")
-        print(f"{row.id:>5}  {when:16}  {row.message_count:>4}  {terminal_safe(row.title)}")
+        print(f"{row.id:>5}  {when:16}  {row.message_count:>4}  {one_line(row.title)}")
     return EXIT_OK
 
 
@@ -49,9 +51,9 @@ def _show_conversation(args: argparse.Namespace) -> int:
         data["messages"] = [{**row.model_dump(), "siblings": [s.id for s in siblings],
                              "sibling_index": index}
                             for row, (siblings, index) in zip(rows, forks, strict=True)]
-        print(json.dumps(data, indent=2, ensure_ascii=False))
+        print(json_dumps(data))
         return EXIT_OK
-    print(f"conversation {conv.id}: {terminal_safe(conv.title)} "
+    print(f"conversation {conv.id}: {one_line(conv.title)} "
           f"({len(rows)} messages shown, {conv.message_count} stored)")
     print(f"{'ID':>6}  {'ROLE':9}  TEXT")
     for row, (siblings, index) in zip(rows, forks, strict=True):
@@ -64,44 +66,62 @@ def _show_conversation(args: argparse.Namespace) -> int:
 
 
 def _gist(row: MessageRow) -> str:
-    text = " ".join(terminal_safe(row.content).split())
+    text = one_line(row.content)
     if len(text) > _TEXT_WIDTH:
         text = text[: _TEXT_WIDTH - 1] + "…"
     return text + ("" if row.status == "complete" else f" ({row.status})")
 
 
-def terminal_safe(text: str, keep: str = "") -> str:
-    """``text`` without what a terminal would act on: control characters (escape
-    sequences start with one) and the bidirectional overrides that reorder a line,
-    but for those in ``keep``. Tabs and line ends become spaces."""
-    return "".join(" " if ch in "\t\n\r" else ch for ch in text
-                   if ch in "\t\n\r" or ch in keep or not _acts(ch))
-
-
-def _acts(ch: str) -> bool:
-    category = unicodedata.category(ch)
-    return category == "Cc" or (category == "Cf" and unicodedata.bidirectional(ch) in
-                                {"LRE", "RLE", "LRO", "RLO", "PDF", "LRI", "RLI", "FSI",
-                                 "PDI"})
-
-
 def run_export(args: argparse.Namespace) -> int:
     with Store.open_default() as store:
+        target = _export_target(args, store.path) if args.output else None
         if args.format == "json":
             data = store.export_json(args.id, all_branches=args.all_branches)
             text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
         else:
             text = store.export_markdown(args.id, all_branches=args.all_branches)
-    if args.output:
-        path = Path(args.output).expanduser()
+    if target is not None:
         try:
-            path.write_text(text, encoding="utf-8")
+            atomic_write(target, text)  # a new file 0600; one replaced keeps its mode
         except OSError as exc:
-            raise ExportError(f"cannot write {path}: {exc.strerror}") from None
-        print(f"wrote conversation {args.id} to {path}", file=sys.stderr)
+            raise ExportError(f"cannot write {target}: {exc.strerror or exc}") from None
+        print(f"wrote conversation {args.id} to {visible(str(target))}", file=sys.stderr)
+    elif sys.stdout.isatty():
+        # A terminal shows the text; a pipe or a file gets it as stored.
+        sys.stdout.write(json_text(text) if args.format == "json" else visible(text))
     else:
         sys.stdout.write(text)
     return EXIT_OK
+
+
+def _export_target(args: argparse.Namespace, store_path: Path) -> Path:
+    """Where ``-o`` writes: never over the store or its -wal, -shm or journal files;
+    over another existing file only with ``--force``."""
+    path = Path(args.output).expanduser()
+    resolved = path.resolve()
+    store = store_path.resolve()
+    if any(_same(resolved, f) for f in (store, *(store.with_name(store.name + s)
+                                                for s in ("-wal", "-shm", "-journal")))):
+        raise ExportError(f"{visible(str(path))} is the conversation store itself: "
+                          "choose another file")
+    if resolved.is_dir():
+        raise ExportError(f"{visible(str(path))} is a directory: name the file to write")
+    if resolved.exists() and not args.force:
+        raise ExportError(f"{visible(str(path))} exists: --force replaces it")
+    if not resolved.parent.is_dir():
+        raise ExportError(f"cannot write {visible(str(path))}: no directory "
+                          f"{visible(str(path.parent))}")
+    return path
+
+
+def _same(path: Path, other: Path) -> bool:
+    """The same file: by name, or (a hard link) by inode."""
+    if path == other:
+        return True
+    try:
+        return os.path.samefile(path, other)
+    except OSError:  # either is missing
+        return False
 
 
 class ExportError(KvchatError):

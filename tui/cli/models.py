@@ -4,12 +4,12 @@ and ``--model NAME``, a name from that list in place of a path."""
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tui.cli import EXIT_OK
+from tui.safe_text import json_dumps, one_line
 
 if TYPE_CHECKING:  # the engine is imported when the command runs, not for --help
     from engine.model.catalog import ModelRow
@@ -39,7 +39,7 @@ def run_models(args: argparse.Namespace) -> int:
     budget = detect_budget(args.budget or config.model.memory_budget)
     rows = describe_models(find_models(config.models.dirs), budget)
     if args.json:
-        print(json.dumps([_as_json(row) for row in rows], indent=2))
+        print(json_dumps([_as_json(row) for row in rows]))
     else:
         sys.stdout.write(render(rows))
     return EXIT_OK
@@ -66,10 +66,8 @@ def render(rows: list[ModelRow]) -> str:
 
 
 def safe(text: str) -> str:
-    """``text`` with control characters written as escapes (``\\x1b``, ``\\n``)."""
-    if text.isprintable():
-        return text
-    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+    """``text`` on one line, what a terminal would act on written as escapes."""
+    return one_line(text)
 
 
 def human_count(n: int | None) -> str:

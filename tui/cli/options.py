@@ -22,7 +22,9 @@ class OneLineParser(argparse.ArgumentParser):
     other error; the whole usage is what ``--help`` is for."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        from tui.safe_text import visible  # the message quotes what was typed
+
+        self.exit(2, f"{self.prog}: error: {visible(message)} (see {self.prog} --help)\n")
 
 
 # option dest -> (config section, field)

@@ -4,12 +4,12 @@ header only (or a built-in shape); never loads weights."""
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tui.cli import EXIT_OK
+from tui.safe_text import json_dumps, visible
 
 if TYPE_CHECKING:  # the engine is imported when the command runs, not for --help
     from engine.model.gguf_header import GGUFHeader
@@ -76,9 +76,9 @@ def run_plan(args: argparse.Namespace) -> int:
             if alt["quant"]:
                 cost = costs.get(alt["quant"])
                 alt["quality"] = cost.model_dump() if cost else None
-        print(json.dumps(data, indent=2, ensure_ascii=False))
+        print(json_dumps(data))
     else:
-        sys.stdout.write(render(plan, costs))
+        sys.stdout.write(visible(render(plan, costs)))  # names from the model file
     return EXIT_OK
 
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import json
 from datetime import datetime
 from typing import Any
 
 from engine.errors import KvchatError
 from engine.store import AttemptRow, Store
 from tui.cli import EXIT_OK
+from tui.safe_text import json_dumps, one_line, visible
 
 
 class NoSuchReply(KvchatError):
@@ -42,7 +42,7 @@ def run_retries(args: argparse.Namespace) -> int:
             return _show(attempts, args.json)
         rows = store.retried_replies(limit=args.limit)
     if args.json:
-        print(json.dumps([row.model_dump() for row in rows], indent=2))
+        print(json_dumps([row.model_dump() for row in rows]))
         return EXIT_OK
     if not rows:
         print("no retried replies yet: ask for one with `kvchat ask --format json ...`")
@@ -59,18 +59,18 @@ def run_retries(args: argparse.Namespace) -> int:
 
 def _show(attempts: list[AttemptRow], as_json: bool) -> int:
     if as_json:
-        print(json.dumps([a.model_dump() for a in attempts], indent=2))
+        print(json_dumps([a.model_dump() for a in attempts]))
         return EXIT_OK
     previous: AttemptRow | None = None
     for a in attempts:
         verdict = "ok" if a.ok else a.cut_off_note or "malformed"
         print(f"── attempt {a.number}: {a.strategy.replace('_', ' ')} · {a.format} · {verdict}"
-              f" · {a.found} · {a.completion_tokens} tokens · {a.elapsed_s:.2f} s")
+              f" · {one_line(a.found)} · {a.completion_tokens} tokens · {a.elapsed_s:.2f} s")
         if a.prompt_change:
             print("prompt added:")
             print(_indent(a.prompt_change))
         for error in a.errors:
-            print(f"error: {error}")
+            print(f"error: {one_line(error)}")
         if previous is None:
             print("text:")
             print(_indent(a.content))
@@ -89,9 +89,10 @@ def diff(before: str, after: str) -> str:
 
 
 def _indent(text: str) -> str:
-    return "\n".join(f"  {line}" for line in (text.splitlines() or [""]))
+    """Indented, what a terminal would act on escaped: attempts are a model's text."""
+    return "\n".join(f"  {line}" for line in (visible(text).splitlines() or [""]))
 
 
 def _clip(text: str, width: int) -> str:
-    line = " ".join(text.split())
+    line = one_line(text)
     return line if len(line) <= width else line[: width - 1] + "…"

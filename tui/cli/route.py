@@ -17,6 +17,7 @@ from engine.routing.service import RouteService
 from tui.cli import EXIT_OK
 from tui.cli.options import pinned_sampling, read_prompt, resolve_config
 from tui.cli.startup import route_service
+from tui.safe_text import json_text, visible
 
 
 def add_route_parser(commands: Any, add_model_options: Callable[..., None]) -> None:
@@ -49,9 +50,9 @@ def run_route(args: argparse.Namespace) -> int:
             prompt, base=config.sampling, n_ctx=config.model.n_ctx, previous=args.previous,
             override=args.route_name, pinned=pinned_sampling(args))).event
     if args.json:
-        print(event.model_dump_json())
+        print(json_text(event.model_dump_json()))
     else:
-        print(describe(event))
+        print(visible(describe(event)))
     return EXIT_OK
 
 

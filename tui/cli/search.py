@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable
 from typing import Any
 
 from engine.store import SearchHit, Store
 from tui.cli import EXIT_OK
-from tui.cli.history import terminal_safe
+from tui.safe_text import json_dumps, one_line
 
 _MARKS = ("\x02", "\x03")
-"""Control characters mark the matches: terminal_safe removes every other one, so
+"""Control characters mark the matches: every other one is escaped (tui.safe_text), so
 whatever a stored message holds, only these become highlighting."""
 _BOLD = ("\x1b[1m", "\x1b[22m")
 
@@ -38,15 +37,15 @@ def run_search(args: argparse.Namespace) -> int:
         hits = store.search(args.query, args.limit,
                             marks=("[", "]") if args.json else _MARKS)
     if args.json:
-        print(json.dumps([hit.model_dump() for hit in hits], indent=2, ensure_ascii=False))
+        print(json_dumps([hit.model_dump() for hit in hits]))
         return EXIT_OK
     if not hits:
-        print(f"nothing stored matches {terminal_safe(args.query)!r}", file=sys.stderr)
+        print(f"nothing stored matches '{one_line(args.query)}'", file=sys.stderr)
         return EXIT_OK
     marks = _BOLD if sys.stdout.isatty() else ("[", "]")
     for hit in hits:
         print(_heading(hit))
-        snippet = " ".join(terminal_safe(hit.snippet, keep="".join(_MARKS)).split())
+        snippet = one_line(hit.snippet, keep="".join(_MARKS))
         print("    " + snippet.replace(_MARKS[0], marks[0]).replace(_MARKS[1], marks[1]))
     return EXIT_OK
 
@@ -54,4 +53,4 @@ def run_search(args: argparse.Namespace) -> int:
 def _heading(hit: SearchHit) -> str:
     where = "title" if hit.message_id is None else f"message {hit.message_id} ({hit.role})"
     return f"conversation {hit.conversation_id} · {where} · " \
-        f"{terminal_safe(hit.conversation_title)}"
+        f"{one_line(hit.conversation_title)}"
