@@ -92,8 +92,11 @@ class EngineDied(KvchatError):
 
 
 class ModelDoesNotFit(ModelLoadError):
-    """A model to switch to whose memory plan does not fit the budget: refused before
-    anything is unloaded, so the model in use stays."""
+    """A model whose memory plan does not fit the budget: a model to switch to, refused
+    before anything is unloaded (the model in use stays), or a model to start under a
+    budget the user set (``--budget``, ``model.memory_budget``). Under a detected budget
+    a model that does not fit is still loaded (the weights are mapped from the file and
+    may page), and the planned snapshot says it does not fit."""
 
     code = "model_does_not_fit"
     usage = True

@@ -18,7 +18,7 @@ import llama_cpp
 from llama_cpp import _internals
 
 from engine.config import ModelConfig, usable_cores
-from engine.errors import ConfigError, ModelFileError, ModelLoadError
+from engine.errors import ConfigError, ModelDoesNotFit, ModelFileError, ModelLoadError
 from engine.events import MemorySnapshot, MemoryStage, ModelLoaded
 from engine.model import llama_log
 from engine.model.batch_invariance import invariant_config, invariant_rows
@@ -194,6 +194,8 @@ def load_model(config: ModelConfig, *, invariant: bool = False) -> LoadedModel:
     path = Path(config.path).expanduser() if config.path else default_model_path()
     header = read_gguf_header(path)  # before llama.cpp sees the file
     plan = _plan_if_known(config, header)
+    if plan is not None and not plan.fits and plan.budget_source == "given":
+        raise ModelDoesNotFit(does_not_fit(header.name, plan))
     settings = _Settings.of(config, plan)
     llama_log.install()
     started = time.perf_counter()
@@ -220,6 +222,13 @@ def load_model(config: ModelConfig, *, invariant: bool = False) -> LoadedModel:
                        invariant_rows=rows, turn_end_tokens=turn_end_tokens(model, fmt),
                        threads=(n_threads, prompt_threads,
                                 config.n_threads_verify or prompt_threads))
+
+
+def does_not_fit(name: str, plan: MemoryPlan) -> str:
+    """Why a model is refused under a budget the user set, and what would fit."""
+    would = [alt.change for alt in plan.alternatives if alt.fits]
+    return (f"{name} does not fit the memory budget that was set: {plan.verdict}"
+            + (f" (it would with {' or '.join(would[:3])})" if would else ""))
 
 
 def _plan_if_known(config: ModelConfig, header: GGUFHeader) -> MemoryPlan | None:

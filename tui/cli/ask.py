@@ -68,6 +68,10 @@ async def _ask(args: argparse.Namespace, prompt: str, jsonl: bool) -> int:
                 elif snapshot.stage == "planned":
                     for warning in snapshot.warnings:
                         _note(warning)
+                    if not snapshot.fits:  # a detected budget: one that was set refuses
+                        _note(f"the memory plan says the model does not fit "
+                              f"({snapshot.verdict}); loaded anyway, its weights mapped "
+                              "from the file (--budget SIZE refuses what does not fit)")
             session = ChatSession.for_config(engine, store, config, routes)
             final: Event | None = None
             streamed = False
