@@ -32,9 +32,11 @@ from engine.backends.remote.errors import (
     StreamCut,
     describe,
     error_detail,
+    redact_url,
     status_error,
 )
 from engine.backends.remote.kvchat import KvchatReplies, probe_kvchat
+from engine.backends.remote.limits import MAX_ERROR_BYTES, ReplyWatch, Stalled, read_capped
 from engine.backends.remote.probe import ServerInfo, probe
 from engine.backends.remote.reply import StreamedReply
 from engine.backends.remote.stats import read_stats
@@ -142,15 +144,16 @@ class OpenAIEngine(ChatEngine):
         meta = server.meta
         name = PurePosixPath(server.model).name if server.model.endswith(".gguf") \
             else server.model
+        shown = redact_url(server.base_url)  # what is shown and stored: no password
         self._info = ModelLoaded(
-            path=server.base_url, name=name, architecture="unknown",
-            description=f"{server.model} on {server.kind} at {server.base_url}",
+            path=shown, name=name, architecture="unknown",
+            description=f"{server.model} on {server.kind} at {shown}",
             n_params=_meta_int(meta, "n_params"), file_bytes=None,
             weights_bytes=_meta_int(meta, "size"), n_vocab=_meta_int(meta, "n_vocab"),
             n_ctx=server.n_ctx or self._assumed_n_ctx,
             n_ctx_source="server" if server.n_ctx else "assumed",
             n_ctx_train=_meta_int(meta, "n_ctx_train"), n_layers=None, n_gpu_layers=None,
-            backend=f"openai:{urlsplit(server.base_url).netloc}", chat_format="server",
+            backend=f"openai:{urlsplit(shown).netloc}", chat_format="server",
             kv_bytes=None, load_s=round(time.perf_counter() - began, 3),
             kv_type="unknown", remote=server.kind)
         return self._info
@@ -234,11 +237,17 @@ class OpenAIEngine(ChatEngine):
         reply = StreamedReply(time.perf_counter(), self._estimate_prompt(request.messages))
         reader = self._start_reader(url, body, queue)
         next_progress = reply.started + PROGRESS_EVERY_S
+        watch = ReplyWatch(self.endpoint.timeout, request.sampling.max_tokens, reply.started)
         try:
             while True:
-                item = await queue.get()
+                item = await watch.next(queue)
                 if not isinstance(item, Chunk) or item.error is not None:
                     break
+                if watch.past_limit(reply, item):
+                    # The server went on past max_tokens: stop reading, as a limit would.
+                    reply.finish, item = "length", _End(saw_done=True)
+                    break
+                watch.took(item)
                 events = _take(item, reply)
                 for event in events:
                     yield event
@@ -246,6 +255,8 @@ class OpenAIEngine(ChatEngine):
                 if events and now >= next_progress:
                     next_progress = now + PROGRESS_EVERY_S
                     yield Progress(completion_tokens=reply.chunks, tokens_per_s=reply.rate())
+            if isinstance(item, Stalled):
+                item = watch.stalled_error(item, url)
             async for event in self._last(item, server, url, reply, form):
                 yield event
         finally:
@@ -300,8 +311,7 @@ class OpenAIEngine(ChatEngine):
             async with aconnect_sse(self._http(), "POST", url, json=body) as source:
                 response = source.response
                 if response.status_code >= 400:
-                    await response.aread()
-                    detail = error_detail(response.content)
+                    detail = error_detail(await read_capped(response, MAX_ERROR_BYTES))
                     error = status_error(response.status_code, detail, url)
                     queue.put_nowait(_Refused(error, response.status_code, detail))
                     return
@@ -331,7 +341,7 @@ class OpenAIEngine(ChatEngine):
         if isinstance(exc, httpx.HTTPError):
             exc = describe(exc, url, self.endpoint.timeout)
         code = exc.code if isinstance(exc, KvchatError) else "server"
-        message = exc.message if isinstance(exc, KvchatError) else str(exc)
+        message = exc.message if isinstance(exc, KvchatError) else redact_url(str(exc))
         if reply.parts:
             message += f" (the partial reply, {reply.chunks} chunks, is kept)"
         return Error(code=code, message=message)

@@ -4,7 +4,8 @@ httpx raises a different exception for each way a request fails; :func:`describe
 turns them (and HTTP error statuses) into :class:`~engine.errors.KvchatError`s with
 stable codes. At ``start`` they are ``ModelLoadError``s, as the engine API documents;
 during a reply the engine sends the same code and message as an ``Error`` event.
-Messages name the URL but never a header: the API key is not in them.
+Messages name the URL but never a header: the API key is not in them, and a user and
+password in a URL (``http://user:pw@host``) show as ``***``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import os
 
 import httpx
 
+from engine.config import redact_userinfo as redact_url
 from engine.errors import ModelLoadError
 
 
@@ -21,6 +23,9 @@ class ServerError(ModelLoadError):
     """The server could not be used."""
 
     code = "server"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(redact_url(message))
 
 
 class ServerUnreachable(ServerError):

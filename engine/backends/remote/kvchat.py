@@ -30,8 +30,10 @@ from engine.backends.remote.errors import (
     StreamCut,
     describe,
     error_detail,
+    redact_url,
     status_error,
 )
+from engine.backends.remote.limits import get_json
 from engine.backends.remote.probe import PROBE_TIMEOUT_S, server_root
 from engine.errors import KvchatError
 from engine.events import (
@@ -63,24 +65,23 @@ async def probe_kvchat(client: httpx.AsyncClient, base_url: str,
     """The kvchat server at ``base_url``, or None for any other server (or none: the
     standard probe that follows says what is wrong). Raises ServerError when it is one
     but does not serve ``model``."""
+    data = await get_json(client, server_root(base_url) + INFO_PATH, PROBE_TIMEOUT_S)
+    if data is None:
+        return None
     try:
-        response = await client.get(server_root(base_url) + INFO_PATH,
-                                    timeout=PROBE_TIMEOUT_S)
-        if response.status_code != 200:
-            return None
-        data = response.json()
         loaded = ModelLoaded.model_validate(data["model_loaded"])
         memory = [MemorySnapshot.model_validate(m) for m in data.get("memory") or []]
         served = str(data["model"])
-    except (httpx.HTTPError, ValueError, KeyError, TypeError, ValidationError):
+    except (ValueError, KeyError, TypeError, ValidationError):
         return None
     if model is not None and model not in (served, loaded.name):
         raise ServerError(f"the kvchat server at {base_url} has no model {model!r} "
                           f"(it serves: {served})")
+    shown = redact_url(base_url)  # what is shown and stored: no password
     info = loaded.model_copy(update={
-        "path": base_url, "remote": "kvchat",
-        "backend": f"kvchat:{urlsplit(base_url).netloc} {loaded.backend}",
-        "description": f"{loaded.description} on kvchat serve at {base_url}"})
+        "path": shown, "remote": "kvchat",
+        "backend": f"kvchat:{urlsplit(shown).netloc} {loaded.backend}",
+        "description": f"{loaded.description} on kvchat serve at {shown}"})
     return KvchatServer(base_url, info, memory)
 
 

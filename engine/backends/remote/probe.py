@@ -10,6 +10,7 @@ only the standard fields. A probe that fails just means "not that kind".
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +23,7 @@ from engine.backends.remote.errors import (
     error_detail,
     status_error,
 )
+from engine.backends.remote.limits import get_body, get_json
 from engine.backends.remote.wire import ServerKind
 
 PROBE_TIMEOUT_S = 3.0
@@ -56,13 +58,13 @@ async def probe(client: httpx.AsyncClient, base_url: str, model: str | None,
     an OpenAI API, no such model)."""
     url = f"{base_url}/models"
     try:
-        response = await client.get(url)
+        status, body = await get_body(client, url, timeout)
     except httpx.HTTPError as exc:
         raise describe(exc, url, timeout) from None
-    if response.status_code >= 400:
-        raise status_error(response.status_code, error_detail(response.content), url)
+    if status >= 400:
+        raise status_error(status, error_detail(body), url)
     try:
-        listing = response.json()
+        listing = json.loads(body)
         entries = [e for e in listing["data"] if isinstance(e, dict) and "id" in e]
     except (ValueError, KeyError, TypeError):
         raise ServerProtocolError(f"{url} did not answer with an OpenAI model list: "
@@ -107,13 +109,7 @@ def _is_llama_cpp_python(spec: Any) -> bool:
 
 async def _get_json(client: httpx.AsyncClient, url: str) -> Any:
     """The JSON at ``url``, or None for any failure: a probe only asks."""
-    try:
-        response = await client.get(url, timeout=PROBE_TIMEOUT_S)
-        if response.status_code != 200:
-            return None
-        return response.json()
-    except (httpx.HTTPError, ValueError):
-        return None
+    return await get_json(client, url, PROBE_TIMEOUT_S)
 
 
 def _int(value: Any) -> int | None:

@@ -5,12 +5,15 @@ parser. Every value is None unless the server reported it.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from engine.backends.remote.errors import ServerError
+from engine.backends.remote.limits import get_body
 from engine.backends.remote.wire import ServerKind
 
 STATS_TIMEOUT_S = 2.0
@@ -104,7 +107,7 @@ async def read_stats(client: httpx.AsyncClient, root: str, kind: ServerKind) -> 
         slots = await _get(client, f"{root}/slots")
         if slots is not None:
             try:
-                found.update(stats_from_slots(slots.json()))
+                found.update(stats_from_slots(json.loads(slots)))
                 sources.append("/slots")
             except ValueError:
                 pass
@@ -113,16 +116,17 @@ async def read_stats(client: httpx.AsyncClient, root: str, kind: ServerKind) -> 
         if metrics is not None:
             try:
                 found.update({k: v for k, v in stats_from_metrics(
-                    parse_metrics(metrics.text)).items() if v is not None})
+                    parse_metrics(metrics.decode("utf-8", "replace"))).items()
+                    if v is not None})
                 sources.append("/metrics")
             except ValueError:
                 pass
     return ServerStats(sources=sources, **found)
 
 
-async def _get(client: httpx.AsyncClient, url: str) -> httpx.Response | None:
+async def _get(client: httpx.AsyncClient, url: str) -> bytes | None:
     try:
-        response = await client.get(url, timeout=STATS_TIMEOUT_S)
-    except httpx.HTTPError:
+        status, body = await get_body(client, url, STATS_TIMEOUT_S)
+    except (httpx.HTTPError, ServerError):
         return None
-    return response if response.status_code == 200 else None
+    return body if status == 200 else None
