@@ -3,6 +3,7 @@ chat template, special tokens or token types are not the bundled one's."""
 
 from __future__ import annotations
 
+import functools
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,31 +91,44 @@ def _kv_bytes(key: str, value: Raw | tuple[GGUFValueType, object]) -> bytes:
     return struct.pack("<Q", len(k)) + k + struct.pack("<I", raw.vtype) + raw.payload
 
 
+@functools.lru_cache(maxsize=8)
+def _layout(src: Path, size: int, mtime_ns: int) -> tuple[list[tuple[str, int, int]], int,
+                                                         int, int, int]:
+    """Where ``src``'s metadata pairs lie, (key, offset, size) each; where its metadata
+    and tensor records end, its data starts, and its alignment (read once per file:
+    GGUFReader parses every vocabulary entry)."""
+    reader = GGUFReader(str(src))
+    fields = [(f.name, f.offset, sum(p.nbytes for p in f.parts))
+              for f in reader.fields.values() if not f.name.startswith("GGUF.")]
+    infos_end = max(t.field.offset + sum(p.nbytes for p in t.field.parts)
+                    for t in reader.tensors)
+    return (fields, max(o + n for _, o, n in fields), infos_end, reader.data_offset,
+            reader.alignment)
+
+
 def rewrite_kv(src: Path, dst: Path,
                changes: dict[str, Raw | tuple[GGUFValueType, object] | None]) -> Path:
     """Write ``src`` to ``dst`` with metadata keys replaced in place, added at the end
     (keys ``src`` lacks) or removed (None); tensors and their data stay as they are."""
-    reader = GGUFReader(str(src))
+    stat = src.stat()
+    fields, kv_end, infos_end, data_offset, alignment = _layout(src, stat.st_size,
+                                                                stat.st_mtime_ns)
     data = src.read_bytes()
-    fields = [f for f in reader.fields.values() if not f.name.startswith("GGUF.")]
-    kv_end = max(f.offset + sum(p.nbytes for p in f.parts) for f in fields)
-    infos_end = max(t.field.offset + sum(p.nbytes for p in t.field.parts)
-                    for t in reader.tensors)
     out = bytearray()
     count = 0
-    for f in fields:
-        size = sum(p.nbytes for p in f.parts)
-        if f.name not in changes:
-            out += data[f.offset:f.offset + size]
+    for name, offset, size in fields:
+        if name not in changes:
+            out += data[offset:offset + size]
             count += 1
-        elif changes[f.name] is not None:
-            out += _kv_bytes(f.name, changes[f.name])  # type: ignore[arg-type]
+        elif changes[name] is not None:
+            out += _kv_bytes(name, changes[name])  # type: ignore[arg-type]
             count += 1
+    known = {name for name, _, _ in fields}
     for key, value in changes.items():
-        if key not in reader.fields and value is not None:
+        if key not in known and value is not None:
             out += _kv_bytes(key, value)
             count += 1
     header = bytearray(data[:16]) + struct.pack("<Q", count) + out + data[kv_end:infos_end]
-    header += b"\0" * (-len(header) % reader.alignment)
-    dst.write_bytes(bytes(header) + data[reader.data_offset:])
+    header += b"\0" * (-len(header) % alignment)
+    dst.write_bytes(bytes(header) + data[data_offset:])
     return dst

@@ -3,7 +3,9 @@
 ``LlamaCppServer``: llama-cpp-python's own OpenAI-compatible server on the bundled
 model, as a subprocess. ``ScriptedServer``: a small stdlib HTTP server for what a
 healthy server never does (stall mid-reply), answering the model list like any
-OpenAI server. Both listen on loopback only and stop by themselves.
+OpenAI server. ``HostileServer``: what a broken or hostile one does (keep-alives and
+no token, tokens past max_tokens, a refused key). All listen on loopback only and
+stop by themselves.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import IO
 
 import httpx
 
@@ -139,6 +142,88 @@ class ScriptedServer:
         self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
     def __enter__(self) -> ScriptedServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class HostileServer:
+    """A server that misbehaves on purpose, each ``chat`` mode one way a real server
+    (or a hostile one) can: ``keepalive`` sends SSE comments and never a token;
+    ``token-then-keepalive`` sends one token, then only comments; ``overrun`` streams
+    tokens without end, whatever max_tokens says; ``401`` refuses the key. ``models``
+    is the status of the model list (401: the key refused there already). Every loop
+    ends by itself after ``give_up_s``, or when the client hangs up; ``chunks_sent`` and
+    ``hung_up`` say which."""
+
+    def __init__(self, chat: str, models: int = 200, give_up_s: float = 60.0) -> None:
+        self.chat, self.models, self.give_up_s = chat, models, give_up_s
+        self.chunks_sent = 0
+        self.hung_up = threading.Event()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                if self.path != "/v1/models":
+                    self._json(404, {"error": {"message": "not found"}})
+                elif server.models != 200:
+                    self._json(server.models, {"error": {"message": "invalid api key"}})
+                else:
+                    self._json(200, {"object": "list", "data": [
+                        {"id": "hostile-model", "object": "model", "owned_by": "test"}]})
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if server.chat == "401":
+                    self._json(401, {"error": {"message": "invalid api key"}})
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Connection", "close")
+                self.end_headers()
+                try:
+                    server.stream(self.wfile)
+                except OSError:  # the client hung up, as it should
+                    server.hung_up.set()
+
+            def _json(self, status: int, body: dict[str, object]) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.httpd = ThreadingHTTPServer((HOST, 0), Handler)
+        self.httpd.daemon_threads = True
+        self.base_url = f"http://{HOST}:{self.httpd.server_address[1]}/v1"
+        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def stream(self, out: IO[bytes]) -> None:
+        until = time.monotonic() + self.give_up_s
+        token = {"choices": [{"index": 0, "delta": {"content": "ha"}, "finish_reason": None}]}
+        if self.chat == "token-then-keepalive":
+            out.write(f"data: {json.dumps(token)}\n\n".encode())
+            self.chunks_sent += 1
+        while time.monotonic() < until:
+            if self.chat == "overrun":
+                out.write(f"data: {json.dumps(token)}\n\n".encode())
+                self.chunks_sent += 1
+                time.sleep(0.005)
+            else:
+                out.write(b": keep-alive\n\n")
+                time.sleep(0.2)
+            out.flush()
+
+    def __enter__(self) -> HostileServer:
         self._thread.start()
         return self
 
