@@ -1,8 +1,9 @@
 """The interface every engine backend implements; the UIs see engines only through it.
 
 Errors: ``start`` raises :class:`~engine.errors.ModelFileError` (missing, empty,
-truncated or foreign file), :class:`~engine.errors.ModelLoadError` (llama.cpp or the
-backend refused it) or :class:`~engine.errors.EngineClosed`. A user message that
+truncated or foreign file, refused by kvchat's checks or by llama.cpp),
+:class:`~engine.errors.ModelLoadError` (no context of that size, or the backend
+refused it) or :class:`~engine.errors.EngineClosed`. A user message that
 cannot be sent (empty, or not UTF-8) is refused where it is made: constructing its
 :class:`ChatMessage` raises :class:`~engine.errors.PromptError`, so every request that
 reaches a backend holds only prompts that can be sent. ``chat`` raises

@@ -20,14 +20,16 @@ class KvchatError(Exception):
 
 
 class ModelFileError(KvchatError):
-    """The model file is missing, unreadable or not a valid GGUF."""
+    """The model file is missing, unreadable, not a valid GGUF, holds values llama.cpp
+    would abort on, or llama.cpp refuses it."""
 
     code = "model_file"
     usage = True
 
 
 class ModelLoadError(KvchatError):
-    """llama.cpp refused a file that passed our header checks."""
+    """A sound file that still cannot be used (llama.cpp cannot make a context of that
+    size), or a server that cannot be used."""
 
     code = "model_load"
 

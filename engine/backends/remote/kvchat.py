@@ -33,7 +33,7 @@ from engine.backends.remote.errors import (
     redact_url,
     status_error,
 )
-from engine.backends.remote.limits import get_json
+from engine.backends.remote.limits import MAX_ERROR_BYTES, get_json, read_capped
 from engine.backends.remote.probe import PROBE_TIMEOUT_S, server_root
 from engine.errors import KvchatError
 from engine.events import (
@@ -185,8 +185,8 @@ class KvchatReplies:
         try:
             async with client.stream("POST", url, json=body) as response:
                 if response.status_code >= 400:
-                    await response.aread()
-                    queue.put_nowait(_refusal(response.status_code, response.content, url))
+                    body = await read_capped(response, MAX_ERROR_BYTES)
+                    queue.put_nowait(_refusal(response.status_code, body, url))
                     return
                 async for line in response.aiter_lines():
                     if line.strip():
