@@ -21,6 +21,7 @@ from engine.routing.service import RouteService
 from engine.store import Store
 from tui.cli.options import config_path, pinned_sampling, resolve_config
 from tui.config import ui_settings
+from tui.safe_text import visible
 from tui.ui_priority import spare_a_core
 
 
@@ -72,7 +73,7 @@ def route_service(config: KvchatConfig, args: argparse.Namespace, *,
     routes = RouteService.from_config(config, config_path(args))
     if warn:
         for problem in routes.templates.problems:
-            print(f"kvchat: warning: {problem}", file=sys.stderr)
+            print(f"kvchat: warning: {visible(problem)}", file=sys.stderr)
     return routes
 
 
