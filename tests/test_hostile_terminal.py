@@ -12,12 +12,14 @@ hostile remote model would send them; no model is loaded here.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pty
 import sqlite3
 import subprocess
 import threading
+import time
 import tty
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -200,12 +202,14 @@ def test_errors_and_usage_mistakes_quote_input_escaped(kvchat_home: Path) -> Non
 
 class HostileTextServer:
     """An OpenAI-compatible server on 127.0.0.1 whose model name and every reply hold
-    EVIL, streamed in small chunks so that sequences are cut between them."""
+    EVIL, streamed in small chunks so that sequences are cut between them; ``delay_s``
+    between chunks makes a reply last."""
 
     MODEL = f"evil{CLEAR}model\u202e"
 
-    def __init__(self, reply: str = f"reply {EVIL}") -> None:
+    def __init__(self, reply: str = f"reply {EVIL}", delay_s: float = 0.0) -> None:
         self.reply = reply
+        self.delay_s = delay_s
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -224,9 +228,14 @@ class HostileTextServer:
                 self.send_header("Content-Type", "text/event-stream")
                 self.send_header("Connection", "close")
                 self.end_headers()
-                text = server.reply
+                with contextlib.suppress(OSError):  # a client killed mid-reply
+                    self._stream(server.reply)
+
+            def _stream(self, text: str) -> None:
                 for i in range(0, len(text), 3):
                     self._event({"delta": {"content": text[i:i + 3]}, "finish_reason": None})
+                    self.wfile.flush()
+                    time.sleep(server.delay_s)
                 self._event({"delta": {}, "finish_reason": "stop"})
                 self.wfile.write(b"data: [DONE]\n\n")
 
