@@ -36,7 +36,9 @@ from engine.events import (
 from engine.session import ChatSession
 from engine.store import Store
 from tui.app_actions import AppActions
+from tui.app_find import FindActions
 from tui.app_replies import ReplyView
+from tui.app_tree import Branch, TreeActions
 from tui.coalesce import ReplyCoalescer, pacing
 from tui.commands import KvchatCommands
 from tui.config import ui_settings
@@ -63,14 +65,14 @@ from tui.widgets.prompt_input import PromptInput
 from tui.widgets.status_line import StatusLine
 
 
-class KvchatApp(ReplyView, AppActions, App[int]):
+class KvchatApp(ReplyView, AppActions, TreeActions, FindActions, App[int]):
     CSS_PATH = Path(__file__).with_name("app.tcss")
     TITLE = "kvchat"
     COMMANDS: ClassVar = App.COMMANDS | {KvchatCommands}
     # Under 100 columns the side panes hide until asked for (F2 / F3).
     HORIZONTAL_BREAKPOINTS: ClassVar = [(0, "-narrow"), (100, "-wide")]
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("escape", "cancel_reply", "Cancel", priority=True),
+        Binding("escape", "escape", "Cancel", priority=True),
         Binding("ctrl+c", "cancel_reply", "Cancel reply", show=False, priority=True),
         Binding("ctrl+n", "new_conversation", "New"),
         Binding("ctrl+o", "conversations", "Chats"),
@@ -82,6 +84,13 @@ class KvchatApp(ReplyView, AppActions, App[int]):
         Binding("f3", "toggle_pane('kv')", "KV"),
         Binding("f4", "resize_side", "Resize", show=False),
         Binding("f5", "route_detail", "Route", show=False),
+        Binding("f8", "context_map", "Context map", show=False),
+        Binding("ctrl+g", "regenerate", "Regenerate", show=False),
+        Binding("ctrl+f", "search", "Search", show=False),
+        Binding("alt+left", "sibling(-1)", "Previous version", show=False),
+        Binding("alt+right", "sibling(1)", "Next version", show=False),
+        Binding("alt+up", "focus_message(-1)", "Previous message", show=False),
+        Binding("alt+down", "focus_message(1)", "Next message", show=False),
         Binding("ctrl+q", "quit", "Quit", show=False),
     ]
 
@@ -266,7 +275,7 @@ class KvchatApp(ReplyView, AppActions, App[int]):
         event.prompt.text = ""
         self.next_route = None
         self.query_one(StatusLine).next_route = ""
-        self.post_message(PromptSubmitted(text, route))
+        self.post_message(PromptSubmitted(text, route, edit_of=self.take_edit()))
 
     @on(PromptSubmitted)
     async def _send(self, message: PromptSubmitted) -> None:
@@ -281,16 +290,18 @@ class KvchatApp(ReplyView, AppActions, App[int]):
         # The prompt, its empty reply and the footer's new keys are laid out and drawn
         # before the engine starts: at once for the user, and none of that screen work
         # lands among the decode's tokens, where it would cost their time.
+        branch = None if message.edit_of is None else await self.open_edit(message.edit_of)
         await self._open_reply(message.text)
         self._turn_started = False
-        self.call_after_refresh(self._start_reply, message.text, message.route)
+        self.call_after_refresh(self._start_reply, message.text, message.route, branch)
 
-    def _start_reply(self, text: str, route: str | None) -> None:
+    def _start_reply(self, text: str, route: str | None, branch: Branch | None = None) -> None:
         self._prepare_reply()
-        self.generate_reply(text, route)
+        self.generate_reply(text, route, branch)
 
     @work(exclusive=True, group="reply", exit_on_error=False)
-    async def generate_reply(self, text: str, route: str | None = None) -> None:
+    async def generate_reply(self, text: str, route: str | None = None,
+                             branch: Branch | None = None) -> None:
         # Events are gathered here so that the message queue carries one update per
         # frame, whatever the decode rate (see tui.coalesce).
         def post_event(event: Event) -> None:
@@ -315,10 +326,7 @@ class KvchatApp(ReplyView, AppActions, App[int]):
                                                ready=lambda: self._frames_unshown == 0,
                                                frame_s=pace.frame_s, gauge_s=pace.gauge_s)
         try:
-            async for event in self.session.send(text, self.conversation_id,
-                                                  self.config.sampling, route=route,
-                                                  pinned=self.pinned,
-                                                  ignore_eos=self.ignore_eos):
+            async for event in self.reply_stream(text, route, branch):
                 gather.add(event)
             gather.flush()
         except KvchatError as exc:
@@ -328,8 +336,17 @@ class KvchatApp(ReplyView, AppActions, App[int]):
     # -- cancel -------------------------------------------------------------------------
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        # Idle, Esc and Ctrl+C go on to the focused widget (copy, closing a dialog).
+        # Idle, Esc and Ctrl+C go on to the focused widget (copy, closing a dialog),
+        # unless Esc leaves a message being edited.
+        if action == "escape":
+            return self.replying or self.editing is not None
         return action != "cancel_reply" or self.replying
+
+    def action_escape(self) -> None:
+        if self.replying:
+            self.engine.cancel()
+        elif self.editing is not None:
+            self.leave_edit(restore=True)
 
     def action_cancel_reply(self) -> None:
         if self.replying:

@@ -5,6 +5,7 @@ keys in :class:`tui.app.KvchatApp` and offered in the command palette
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -29,7 +30,7 @@ from tui.screens.models_screen import ModelsScreen
 from tui.screens.retry_screen import RetryScreen
 from tui.screens.route_detail import RouteDetailScreen
 from tui.ui_priority import streams_as_source
-from tui.widgets.chat_pane import ChatPane, ReplyMessage
+from tui.widgets.chat_pane import ChatPane
 from tui.widgets.kv_pane import KVPane
 from tui.widgets.memory_pane import MemoryPane
 from tui.widgets.prompt_input import PromptInput
@@ -72,6 +73,11 @@ class AppActions(App[int]):
     """The model loaded when the switch in flight began."""
     _switch_ticker: Timer | None = None
     """Counts the seconds of the switch in flight on the status line."""
+    # Provided by tui.app_tree and tui.app_find.
+    add_rows: Callable[[Iterable[MessageRow]], Awaitable[None]]
+    mark_tree: Callable[[], None]
+    mark_context: Callable[[], None]
+    leave_edit: Callable[[bool], None]
 
     def on_key(self, event: events.Key) -> None:
         """Typing while the conversation or a pane has the focus (after Tab, a click or
@@ -98,28 +104,19 @@ class AppActions(App[int]):
     # -- conversations ----------------------------------------------------------------
 
     async def show_history(self, conversation_id: int) -> None:
-        pane = self.query_one(ChatPane)
-        await pane.clear()
-        for row in self.store.messages(conversation_id):
-            if row.role == "user":
-                await pane.add_user(row.content)
-            elif row.role == "assistant":
-                attempts = self.store.attempts(row.id)
-                reply = await pane.add_reply(row.content, stored_note(row, attempts), row.id)
-                await self._fold_attempts(reply, attempts)
-
-    async def _fold_attempts(self, reply: ReplyMessage, attempts: list[AttemptRow]) -> None:
-        for attempt in attempts[:-1]:
-            await reply.add_folded(attempt.number, attempt.strategy,
-                                   attempt.errors[0] if attempt.errors else "",
-                                   attempt.content)
-        reply.strategies = [a.strategy for a in attempts[1:]]
+        """The conversation's path, each message marked with its versions and where
+        it stands in the model's context (:mod:`tui.app_tree`, :mod:`tui.app_find`)."""
+        await self.query_one(ChatPane).clear()
+        await self.add_rows(self.store.messages(conversation_id))
+        self.mark_tree()
+        self.mark_context()
 
     async def action_new_conversation(self) -> None:
         if self.replying:
             self.notify("A reply is in flight: Esc cancels it.", severity="warning")
             return
         self.conversation_id = None
+        self.leave_edit(False)
         await self.query_one(ChatPane).clear()
         self.notify("New conversation: the next message starts it.")
 

@@ -45,9 +45,10 @@ class ReplyView(EventPanes):
         if self._reply is not None:
             self._reply.prepare()
 
-    async def _open_reply(self, prompt_text: str) -> None:
+    async def _open_reply(self, prompt_text: str | None) -> None:
+        """The prompt (None: a new reply to a prompt shown already) and its empty reply."""
         pane = self.query_one(ChatPane)
-        self._prompt_shown = await pane.add_user(prompt_text)
+        self._prompt_shown = None if prompt_text is None else await pane.add_user(prompt_text)
         self._reply = await pane.add_reply(source_view=self.source_view)
         self._reply_route = ""
         pane.anchor()
@@ -65,6 +66,8 @@ class ReplyView(EventPanes):
             self.call_after_refresh(self._prepare_reply)
         if self._reply is not None:
             self._reply.message_id = message.turn.reply_message_id
+        if self._prompt_shown is not None:
+            self._prompt_shown.message_id = message.turn.user_message_id
 
     @on(ReplyChunk)
     async def _reply_chunk(self, message: ReplyChunk) -> None:
@@ -149,7 +152,7 @@ class ReplyView(EventPanes):
             [widget for widget in (shown, reply) if widget is not None])
         prompt = self.query_one(PromptInput)
         if shown is not None and not prompt.text:
-            prompt.text = str(shown.content)
+            prompt.text = shown.text
             prompt.move_cursor(prompt.document.end)
 
     def _end_reply(self) -> bool:

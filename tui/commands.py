@@ -20,6 +20,18 @@ class KvchatCommands(Provider):
         yield ("Switch model", app.action_switch_model,
                "Load another model found here; the conversation goes on")
         yield "Retried replies", app.action_retries, "Review malformed outputs and retries"
+        yield ("Regenerate the last reply", app.action_regenerate,
+               "A new reply beside the one shown (Ctrl+G)")
+        yield ("Edit a message", app.action_edit_message,
+               "Send one of your messages again, changed (Enter on the message)")
+        yield ("Branch from here", app.action_branch,
+               "A new conversation with the path down to the focused (else the last) message")
+        yield ("Next version of a message", partial(app.action_sibling, 1),
+               "Of the focused message, else the last reply (Alt+Right; Alt+Left back)")
+        yield ("Search conversations", app.action_search,
+               "Every message and title, any branch (Ctrl+F)")
+        yield ("Context map", app.action_context_map,
+               "Which messages the model still has, evicted or restored (F8)")
         yield "Toggle memory pane", partial(app.action_toggle_pane, "memory"), "F2"
         yield "Toggle KV-cache pane", partial(app.action_toggle_pane, "kv"), "F3"
         yield "Resize side panes", app.action_resize_side, "Narrow, normal or wide (F4)"

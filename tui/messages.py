@@ -13,11 +13,13 @@ from engine.events import Done, Event, MemorySnapshot, ModelLoaded, Retry, TurnS
 
 
 class PromptSubmitted(Message):
-    def __init__(self, text: str, route: str | None = None) -> None:
+    def __init__(self, text: str, route: str | None = None, edit_of: int | None = None) -> None:
         super().__init__()
         self.text = text
         self.route = route
         """The route asked for (``/route NAME`` or ``--route``); None lets the router pick."""
+        self.edit_of = edit_of
+        """The user message this text is a new version of; None: a new message."""
 
 
 class ReplyStarted(Message):

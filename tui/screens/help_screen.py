@@ -24,6 +24,12 @@ to the conversation (Up, PageUp, Home scroll it); typing goes back to the messag
 | Ctrl+N | new conversation |
 | Ctrl+O | conversations: open, rename (r), delete (d), export (m / j) |
 | Ctrl+R | retried replies, attempt by attempt |
+| Ctrl+G | regenerate: a new reply to the last message, beside the one shown |
+| Alt+Up / Alt+Down | the focus to the message before / after (from the message box: the last) |
+| Enter (on your message) | edit it in the message box: Enter sends a new version, Esc leaves |
+| Alt+Left / Alt+Right | previous / next version of the focused message (else the last reply) |
+| Ctrl+F | search every conversation; Enter opens the hit where it is |
+| F8 | context map: which messages the model still has |
 | Ctrl+Y | copy the last reply |
 | Ctrl+B | copy the last code block of the last reply (the palette lists each one) |
 | F1 | this help |
@@ -33,6 +39,12 @@ to the conversation (Up, PageUp, Home scroll it); typing goes back to the messag
 | Ctrl+Q | quit |
 
 `/route NAME message` sends one message through a route (code, qa, summarize, chat).
+
+**Versions**: a regenerated reply and an edited message are kept beside the old ones;
+a message with others shows `‹ 2/3 ›`, and the next message continues the path shown.
+*Branch from here* (Ctrl+P) copies the path down to the focused message into a new
+conversation. A message the model no longer has whole has a dim (evicted) or amber
+(partly evicted or cut) left edge; its tooltip and the context map (F8) say more.
 
 **Memory pane**: the memory budget split into weights on the GPU and the CPU, KV cache
 (used, reserved for the reply, idle), compute buffers and free; the layer split; the

@@ -7,8 +7,10 @@ malformed with their error, above the attempt that counts.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import ClassVar
 
 from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
 from textual.containers import VerticalScroll
 from textual.content import Content
 from textual.events import MouseScrollUp, Resize
@@ -32,11 +34,23 @@ the terminal) the whole pane; and the text stays still while it is being read. T
 reserve stays under the finished reply until something else is added to the pane."""
 
 
-class UserMessage(Static):
-    """A prompt as the user typed it (shown literally, not as Markdown)."""
+class UserMessage(Static, can_focus=True):
+    """A prompt as the user typed it (shown literally, not as Markdown); Enter on it
+    puts it in the message box to be sent as a new version."""
 
-    def __init__(self, text: str) -> None:
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("enter", "app.edit_message", "Edit", show=False)]
+
+    def __init__(self, text: str, message_id: int | None = None) -> None:
         super().__init__(visible(text), markup=False)
+        self.text = text
+        self.message_id = message_id
+        """The message's row in the store, once known."""
+
+    def set_mark(self, mark: str) -> None:
+        """Which version of the message this is (``‹ 2/3 ›``), under its text."""
+        self.update(Content.assemble(visible(self.text), ("\n" + mark, "$text-muted")) if mark
+                    else Content(visible(self.text)))
 
 
 class ReplyNote(Static):
@@ -60,7 +74,7 @@ def _rows(text: str, width: int) -> int:
     return max(1, len(Content(text).wrap(width)))
 
 
-class ReplyMessage(SourceReply):
+class ReplyMessage(SourceReply, can_focus=True):
     """One assistant reply: Markdown body (code fences highlighted by Pygments) and a
     small stats line.
 
@@ -83,6 +97,8 @@ class ReplyMessage(SourceReply):
         self.message_id = message_id
         """The reply's row in the store, once known."""
         self._note = note
+        self.mark = ""
+        """Which reply to its message this is (``‹ 2/3 ›``), before the note."""
         self._block = ""
         """What the last Markdown widget has been given while streaming."""
         self._held = ""
@@ -281,8 +297,14 @@ class ReplyMessage(SourceReply):
         self.set_note(note)
 
     def set_note(self, note: str) -> None:
+        self._note = note
+        shown = " · ".join(part for part in (self.mark, note) if part)
         for stats in self.query_children(ReplyNote):
-            stats.show(note)
+            stats.show(shown)
+
+    def set_mark(self, mark: str) -> None:
+        self.mark = mark
+        self.set_note(self._note)
 
     def _torn_down(self) -> bool:
         """Is the app closing, removing this reply's widgets under an await?"""
@@ -360,9 +382,9 @@ class ChatPane(VerticalScroll):
         if isinstance(last, ReplyMessage):
             last.close_runway()
 
-    async def add_user(self, text: str) -> UserMessage:
+    async def add_user(self, text: str, message_id: int | None = None) -> UserMessage:
         self.close_runways()
-        widget = UserMessage(text)
+        widget = UserMessage(text, message_id)
         await self.mount(widget)
         return widget
 
