@@ -4,8 +4,11 @@ the code pass rate when it was measured; drawn as ``bench/report.py`` draws its 
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
+
+from engine.files.atomic import SHARED_FILE, atomic_write
 
 MiB = 1024**2
 
@@ -50,5 +53,7 @@ def write_quality_chart(report: dict[str, Any], path: Path) -> None:
     fig.suptitle(f"{model}: what each quant costs ({report['text']['positions']} positions "
                  f"of {report['text']['name']})", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path)
+    image = io.BytesIO()
+    fig.savefig(image, format=path.suffix.lstrip(".") or "svg")
     plt.close(fig)
+    atomic_write(path, image.getvalue(), mode=SHARED_FILE)

@@ -6,8 +6,11 @@ JSON and the Markdown cannot disagree.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
+
+from engine.files.atomic import SHARED_FILE, atomic_write
 
 GiB = 1024**3
 PATH_NAMES = {"llama-bench": "llama-bench (llama.cpp C++)",
@@ -138,5 +141,7 @@ def write_chart(report: dict[str, Any], path: Path) -> None:
     ax.set_ylabel("decode tokens/s")
     ax.set_title(f"{report['model']['name']}: decode speed, median of {report['run']['reps']}")
     fig.tight_layout()
-    fig.savefig(path)
+    image = io.BytesIO()
+    fig.savefig(image, format=path.suffix.lstrip(".") or "svg")
     plt.close(fig)
+    atomic_write(path, image.getvalue(), mode=SHARED_FILE)

@@ -114,14 +114,15 @@ def _with_progress(work: Any) -> dict[str, Any]:
 def _write_files(report: dict[str, Any], folder: Path) -> None:
     from bench.report import markdown, write_chart
     from engine.errors import ConfigError
+    from engine.files.atomic import SHARED_FILE, atomic_write
 
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"cannot create {folder}: {exc.strerror or exc}") from None
-    (folder / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write(folder / "bench.json", json.dumps(report, indent=2) + "\n", mode=SHARED_FILE)
     write_chart(report, folder / "bench.svg")
-    (folder / "bench.md").write_text(markdown(report, "bench.svg"))
+    atomic_write(folder / "bench.md", markdown(report, "bench.svg"), mode=SHARED_FILE)
 
 
 def _print_table(report: dict[str, Any]) -> None:

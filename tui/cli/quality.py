@@ -110,9 +110,10 @@ def _code(report: QualityReport, limit: int | None) -> None:
 
 def _write_out(folder: Path, data: dict[str, Any]) -> None:
     from bench.quality_chart import write_quality_chart
+    from engine.files.atomic import SHARED_FILE, atomic_write
 
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "quality.json").write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    atomic_write(folder / "quality.json", json.dumps(data, indent=1) + "\n", mode=SHARED_FILE)
     write_quality_chart(data, folder / "quality.svg")
     _say(f"wrote {folder / 'quality.json'} and {folder / 'quality.svg'}")
 
