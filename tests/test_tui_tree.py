@@ -6,6 +6,7 @@ from __future__ import annotations
 from itertools import pairwise
 from pathlib import Path
 
+import pytest
 from textual.content import Content
 from textual.message import Message
 from textual.pilot import Pilot
@@ -13,6 +14,7 @@ from textual.widgets import OptionList
 
 from engine.api import ChatMessage
 from engine.backends.local import LocalEngine
+from engine.backends.process.engine import ProcessEngine
 from engine.config import ModelConfig, SamplingConfig
 from engine.events import ContextMap, Done, Eviction, PromptEvaluated, PromptTruncated
 from engine.store import Store
@@ -218,8 +220,11 @@ async def test_a_query_with_no_words_says_so(kvchat_home: Path) -> None:
         assert "nothing to search for" in status
 
 
-async def test_the_context_event_maps_messages_and_evictions() -> None:
-    eng = LocalEngine(ModelConfig(n_ctx=256), SamplingConfig(temperature=0.0, max_tokens=8))
+@pytest.mark.parametrize("kind", [LocalEngine, ProcessEngine], ids=["thread", "process"])
+async def test_the_context_event_maps_messages_and_evictions(
+        kind: type[LocalEngine | ProcessEngine]) -> None:
+    """Also through the engine process: the event crosses the pipe as it is."""
+    eng = kind(ModelConfig(n_ctx=256), SamplingConfig(temperature=0.0, max_tokens=8))
     await eng.start()
     try:
         messages = [ChatMessage(role="system", content="Be brief."),
@@ -318,6 +323,32 @@ async def test_a_message_cut_to_fit_is_marked_where_it_was_cut(kvchat_home: Path
         assert f"its first {cut[0].cut_tokens} tokens were cut" in str(user.tooltip)
         notices = [str(n.render()) for n in app.query(".notice")]
         assert any(n.startswith("note: the message is") for n in notices)
+
+
+async def test_the_map_shows_what_came_back_from_a_saved_state(kvchat_home: Path) -> None:
+    app, seen = make_app(kvchat_home, max_tokens=6)
+    async with app.run_test(size=SIZE, message_hook=seen.append) as pilot:
+        await wait_for(seen, ModelReady, pilot)
+        await send(app, seen, pilot, "What is the capital of France?")
+        first = app.conversation_id
+        assert first is not None and app.context_here() is not None
+        await pilot.press("ctrl+n")
+        await send(app, seen, pilot, "Name a colour.")
+        # The engine's cache holds the other conversation now: no map for this one.
+        app.conversation_id = first
+        await app.show_history(first)
+        assert app.context_here() is None
+        after = len(seen)
+        await send(app, seen, pilot, "And of Italy?")
+        prompt = events_of(seen[after:], PromptEvaluated)[0]
+        assert prompt.restored_tokens > 0, prompt
+        state = app.context_here()
+        assert state is not None and "restored from a saved state" in state.summary
+        earlier = [r for r in state.rows if r.message_id is not None][:2]
+        # The first message whole; the reply as far as its saved tokens match the text
+        # sent now (its last ones may tokenize differently).
+        assert earlier[0].restored == earlier[0].tokens and earlier[1].restored > 0, earlier
+        assert "restored from a saved state" in earlier[0].describe()
 
 
 def context_rows() -> list[MessageContext]:
