@@ -352,3 +352,19 @@ def test_ask_with_a_catastrophic_schema_ends_in_seconds(kvchat_home: Path,
     assert elapsed < 20  # 24 s and doubling per character with a backtracking engine
     with Store(kvchat_home / "kvchat.db") as store:
         assert store.messages(1)[0].content == "give me a"  # kept
+
+
+# -- a budget the model does not fit ------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", [("ask", "hi"), ()])
+def test_a_budget_set_too_small_is_refused_before_loading(command: tuple[str, ...],
+                                                           kvchat_home: Path) -> None:
+    """kvchat ask and the app alike: the plan's reason, in one line, exit 2 (the plan
+    needs the header only: no weights are loaded)."""
+    proc = run_kvchat("--budget", "1B", *command, home=kvchat_home)
+    assert proc.returncode == 2
+    [line] = proc.stderr.splitlines()
+    assert line.startswith("kvchat: error: ") and \
+        "does not fit the memory budget that was set: needs " in line and \
+        line.endswith("of system memory, the budget is 0.00 GiB")

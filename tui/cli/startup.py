@@ -78,8 +78,20 @@ def route_service(config: KvchatConfig, args: argparse.Namespace, *,
 
 
 def _check_model_file(config: KvchatConfig) -> None:
-    """A bad model path is a one-line error in the shell, not a dialog in the app."""
+    """A bad model path, or a model that does not fit the budget the user set, is a
+    one-line error in the shell, not a dialog in the app."""
+    from engine.errors import ModelDoesNotFit
     from engine.model.bundled import default_model_path
     from engine.model.gguf_header import read_gguf_header
+    from engine.model.loader import does_not_fit, plan_for
+    from engine.model.memory.layout import UnplannableModel
 
-    read_gguf_header(config.model.path or default_model_path())
+    header = read_gguf_header(config.model.path or default_model_path())
+    if config.model.memory_budget is None:
+        return
+    try:
+        plan = plan_for(config.model, header)
+    except UnplannableModel:
+        return
+    if not plan.fits:
+        raise ModelDoesNotFit(does_not_fit(header.name, plan))
