@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from pydantic import BaseModel
+if TYPE_CHECKING:
+    from pydantic import BaseModel
 
 _ACTING = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 """The C0 and C1 controls and DEL (Unicode's Cc, a fixed set), the bidi embeddings,
@@ -69,17 +70,18 @@ def json_dumps(value: Any, indent: int | None = 2) -> str:
     return json_text(json.dumps(value, indent=indent, ensure_ascii=False))
 
 
-Model = TypeVar("Model", bound=BaseModel)
+Model = TypeVar("Model", bound="BaseModel")
 
 
 def visible_fields(model: Model) -> Model:
     """A copy of ``model`` (an event from the engine) whose text fields, and lists of
     text, are :func:`visible`: a model's name and its template's note come from the
-    model file, a remote's name from a server."""
+    model file, a remote's name from a server. ``model`` itself where nothing changes."""
     update: dict[str, Any] = {}
     for name, value in model:
         if isinstance(value, str) and value != (shown := visible(value)):
             update[name] = shown
-        elif isinstance(value, list) and any(isinstance(v, str) for v in value):
-            update[name] = [visible(v) if isinstance(v, str) else v for v in value]
+        elif isinstance(value, list) and value != (
+                shown_list := [visible(v) if isinstance(v, str) else v for v in value]):
+            update[name] = shown_list
     return model.model_copy(update=update) if update else model
