@@ -6,6 +6,7 @@ reply is the one an uncached engine gives; the tiers keep their budgets."""
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -20,7 +21,14 @@ from engine.cache.entry import Snapshot
 from engine.cache.key import StateKey
 from engine.cache.pool import StateCache, default_dir
 from engine.cache.state_file import encode, read_index, read_state, write_parts
-from engine.config import CacheConfig, KvchatConfig, ModelConfig, SamplingConfig, parse_config
+from engine.config import (
+    CacheConfig,
+    KvchatConfig,
+    ModelConfig,
+    SamplingConfig,
+    SpeculativeConfig,
+    parse_config,
+)
 from engine.decode.generator import Generator
 from engine.errors import ConfigError
 from engine.events import Done, Event, PromptEvaluated, StateCacheNote
@@ -329,7 +337,10 @@ async def test_a_conversation_with_evictions_restores_only_as_its_own_window() -
     count = [SYSTEM, user("Count upwards from one, one number per line.")]
 
     async def run(cache: CacheConfig | None, switch: bool) -> list[Turn]:
-        eng = LocalEngine(ModelConfig(n_ctx=256), long, cache=cache)
+        # Plain decoding: speculation's evictions make room for drafts too, so where
+        # the window slides would follow its timing-driven draft lengths.
+        eng = LocalEngine(ModelConfig(n_ctx=256), long, speculative=SpeculativeConfig(mode="off"),
+                          cache=cache)
         await eng.start()
         try:
             # 300 tokens each in 256 cells: the window slides in every one of them.
@@ -351,8 +362,13 @@ async def test_a_conversation_with_evictions_restores_only_as_its_own_window() -
     saved = other.notes[0]
     assert saved.action == "save" and saved.tokens < first.prompt.prompt_tokens + 300
     assert "restore" in back.actions()
+    # The same window as had the count never left: the same cells reused, the same
+    # tokens evaluated. (Not the same reply bit for bit: the live cells sit in the
+    # slots the evictions left, the restored ones side by side, and attention sums
+    # them in another order.)
+    assert back.prompt.reused_tokens == control[1].prompt.reused_tokens
+    assert back.prompt.restored_tokens == back.prompt.reused_tokens
     assert back.prompt.evaluated_tokens == control[1].prompt.evaluated_tokens
-    assert back.text == control[1].text
     # The count's kept prefix is the system prompt, which B's cells hold too: nothing
     # past it may come from the evicted state.
     assert departing.prompt.restored_tokens == 0
@@ -451,3 +467,44 @@ def test_cache_settings_are_checked() -> None:
                      ({"ram": "1GiB"}, "cache.ram")]:
         with pytest.raises(ConfigError, match=key):
             parse_config({"cache": bad})
+
+
+async def test_the_kv_pane_shows_the_pool_once_there_is_one() -> None:
+    from textual.app import App, ComposeResult
+
+    from tui.widgets.kv_pane import KVPane
+    from tui.widgets.state_cache_view import StateCacheView
+
+    class PaneHost(App[None]):
+        def compose(self) -> ComposeResult:
+            yield KVPane(id="kv")
+
+    totals = {"entries": 2, "ram_bytes": 3 << 20, "ram_budget": 1 << 30,
+              "disk_bytes": 5 << 20, "disk_budget": 2 << 30}
+    async with PaneHost().run_test() as pilot:
+        pane = pilot.app.query_one(KVPane)
+        view = pane.query_one(StateCacheView)
+        assert not view.display  # no state cache has spoken yet
+        pane.show_state_cache(StateCacheNote(action="evict", tier="ram", tokens=70,
+                                             reason="moved to disk", **totals))
+        pane.show_state_cache(StateCacheNote(action="restore", tier="disk", tokens=557,
+                                             bytes=6_825_108, ms=10.4, **totals))
+        await pilot.pause()
+        shown = str(view.render())
+        assert view.display
+    assert shown.splitlines()[:3] == [
+        "saved states: 2 · RAM 3.0 MiB/1.0 GiB · disk 5.0 MiB/2.0 GiB",
+        "last: restored 557 tokens from disk in 10.4 ms",
+        "evictions:"]
+    assert shown.splitlines()[3].endswith("evicted 70 tokens from RAM: moved to disk")
+
+
+def test_a_write_left_half_done_is_cleared_once_stale(tmp_path: Path) -> None:
+    stale = tmp_path / ".abc.kvstate.123.tmp"
+    fresh = tmp_path / ".def.kvstate.456.tmp"
+    stale.write_bytes(b"x" * 100)
+    fresh.write_bytes(b"y" * 100)
+    old = stale.stat().st_mtime - 3600
+    os.utime(stale, (old, old))
+    StateCache(CacheConfig(dir=tmp_path)).scan()
+    assert not stale.exists() and fresh.exists()  # another process may be writing this

@@ -19,6 +19,7 @@ from engine.events import (
     Queued,
     RouteDecision,
     SpecStats,
+    StateCacheNote,
 )
 from tui.notes import route_note
 from tui.widgets.chat_pane import ChatPane, ReplyMessage
@@ -58,6 +59,8 @@ class EventPanes(App[int]):
             status.state = "generating…"
         elif isinstance(event, Eviction):
             self.query_one(KVPane).show_eviction(event)
+        elif isinstance(event, StateCacheNote):
+            self.query_one(KVPane).show_state_cache(event)
         elif isinstance(event, MemorySnapshot):
             self.query_one(MemoryPane).show_snapshot(event)
         elif isinstance(event, ModelLoaded):  # the engine process was started again

@@ -38,6 +38,9 @@ log = logging.getLogger("kvchat.cache")
 
 RAM_SHARE = 0.10
 RAM_CAP = 4 << 30
+STALE_TMP_S = 600.0
+"""A temporary state file this old is no write in progress (another process may be
+writing a newer one)."""
 
 
 def default_dir() -> Path:
@@ -105,10 +108,15 @@ class StateCache:
         if not self.disk_budget:
             return
         try:
-            names = [e.name for e in os.scandir(self.dir)
-                     if e.name.endswith(SUFFIX) and e.is_file()]
+            found = [e for e in os.scandir(self.dir) if e.is_file()]
         except OSError:
             return  # no folder yet: nothing saved
+        names = [e.name for e in found if e.name.endswith(SUFFIX)]
+        for e in found:  # a write that a killed process left half done
+            if e.name.endswith(".tmp") and SUFFIX in e.name \
+                    and time.time() - e.stat().st_mtime > STALE_TMP_S:
+                with contextlib.suppress(OSError):
+                    os.unlink(e.path)
         for name in names:
             if name in self._disk or name in self._skipped:
                 continue

@@ -9,9 +9,10 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import Log, Static
 
-from engine.events import Eviction, KVUsage
+from engine.events import Eviction, KVUsage, StateCacheNote
 from tui.widgets.cells_chart import CellsChart
 from tui.widgets.live_text import LiveText
+from tui.widgets.state_cache_view import StateCacheView
 from tui.widgets.steady_scrollbars import SteadyScrollbars
 
 EVICTION_LOG_LINES = 200
@@ -42,6 +43,7 @@ class KVPane(Vertical):
     def compose(self) -> ComposeResult:
         yield LiveText("no cache yet", id="kv-headline")
         yield CellsChart(id="kv-chart")
+        yield StateCacheView(id="kv-states")
         yield Static("evictions: none yet", id="kv-log-title", markup=False)
         yield EvictionLog(max_lines=EVICTION_LOG_LINES, id="kv-log", auto_scroll=True)
 
@@ -81,6 +83,10 @@ class KVPane(Vertical):
         full = pct + reserve > 0.9
         if full != self.has_class("-full"):  # a class change restyles the pane
             self.set_class(full, "-full")
+
+    def show_state_cache(self, note: StateCacheNote) -> None:
+        """Saved conversation states: the pool (it outlives a model switch)."""
+        self.query_one(StateCacheView).add(note)
 
     def show_eviction(self, ev: Eviction) -> None:
         self.evictions += 1
