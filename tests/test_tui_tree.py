@@ -25,6 +25,7 @@ from tui.app import KvchatApp
 from tui.context_view import MessageContext
 from tui.messages import ModelReady, PromptSubmitted, ReplyFinished
 from tui.screens.context_map import ContextMapScreen, bar_cells
+from tui.screens.message_picker import MessagePicker
 from tui.screens.search_screen import SearchResults, SearchScreen
 from tui.widgets.chat_pane import ReplyMessage, UserMessage
 from tui.widgets.prompt_input import PromptInput
@@ -383,3 +384,26 @@ def test_context_map_screen(snap_compare, tmp_path: Path) -> None:
         await pilot.pause(0.3)
 
     assert snap_compare(app, terminal_size=(120, 30), run_before=run_before)
+
+
+async def test_edit_a_message_from_the_palette_lists_yours(tmp_path: Path) -> None:
+    """No message has the focus: the palette's Edit a message asks which (a scripted
+    engine: nothing is sent)."""
+    app = scripted_app(tmp_path, "kvchat-dark")
+    cid = app.store.create_conversation("two questions", None)
+    for text in ("First question?", "An answer.", "Second question?", "Another."):
+        app.store.add_message(cid, "user" if text.endswith("?") else "assistant", text)
+    app.conversation_id = cid
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        await pilot.press("ctrl+p", *"Edit a message")
+        await pilot.pause(0.3)
+        await pilot.press("enter")
+        await pilot.pause(0.3)
+        picker = app.screen
+        assert isinstance(picker, MessagePicker)
+        assert [r.content for r in picker.rows] == ["First question?", "Second question?"]
+        await pilot.press("up", "enter")  # the newest is highlighted first
+        await pilot.pause(0.2)
+        prompt = app.query_one(PromptInput)
+        assert prompt.text == "First question?" and app.editing == picker.rows[0].id
