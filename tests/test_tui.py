@@ -125,7 +125,7 @@ async def test_type_send_and_see_the_streamed_reply(kvchat_home: Path) -> None:
         assert note.startswith("route chat chosen · ")
         assert f"{finished.done.completion_tokens} tokens" in note and "tok/s" in note
         status = app.query_one(StatusLine)
-        assert status.ctx_used > 0 and "Smollm2 135M" in status.render()
+        assert status.ctx_used > 0 and "Smollm2 135M" in status.render().plain
         assert status.route == "chat chosen" and "route chat" in str(status.tooltip)
         rows = app.store.messages(app.conversation_id)
         assert [r.role for r in rows] == ["user", "assistant"]
@@ -282,7 +282,7 @@ async def test_memory_pane_shows_the_load_and_the_cache(kvchat_home: Path) -> No
         assert str(app.query_one("#kv-headline").render()).startswith(f"0/{n_ctx} cells")
         pane = app.query_one(MemoryPane)
         info = ready.info
-        assert pane.view.info is info
+        assert pane.view.info == info
         segments = dict(app.query_one("#mem-bar", SegmentBar).segments)
         weights = segments["weights-gpu"] + segments["weights-cpu"]
         assert weights == sum(v for k, v in info.buffers.items() if k.startswith("model "))
@@ -480,7 +480,7 @@ async def test_the_app_on_an_engine_process_streams_and_outlives_its_crash(
         again = await wait_for(seen, ReplyFinished, pilot, after=mark)
         assert again.done.completion_tokens > 0 and engine.starts == 2
         reloaded = events_of(seen, ModelLoaded)
-        assert len(reloaded) == 1 and app.query_one(MemoryPane).view.info is reloaded[0]
+        assert len(reloaded) == 1 and app.query_one(MemoryPane).view.info == reloaded[0]
         roles = [r.role for r in app.store.messages(app.conversation_id)]
         assert roles == ["user", "assistant"] * 3
 
