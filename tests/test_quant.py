@@ -84,8 +84,11 @@ def _quality(*args: str, home: Path) -> dict:
 def test_a_file_against_itself_costs_nothing_and_a_coarser_quant_does(
         quants: dict[str, Path], default_path: Path, short_text: Path,
         kvchat_home: Path) -> None:
+    out = kvchat_home / "out"
     report = _quality(str(default_path), str(default_path), str(quants["Q4_0"]),
-                      "--text", str(short_text), home=kvchat_home)
+                      "--text", str(short_text), "--out", str(out), home=kvchat_home)
+    assert json.loads((out / "quality.json").read_text()) == report
+    assert (out / "quality.svg").read_text().lstrip().startswith("<?xml")
     assert report["text"]["positions"] == report["text"]["chunks"] * 31
     same, coarser = report["candidates"]
     assert abs(same["kl_mean"]) < 1e-6 and same["kl_p99"] < 1e-5
@@ -94,6 +97,24 @@ def test_a_file_against_itself_costs_nothing_and_a_coarser_quant_does(
     assert coarser["quant"] == "Q4_0"
     assert coarser["kl_mean"] > 1e-3 and coarser["kl_p99"] > coarser["kl_mean"]
     assert coarser["top1"] < 1.0
+
+
+@pytest.mark.parametrize("model", ["default", "gemma"])
+def test_code_tasks_run_against_their_tests(model: str, default_path: Path, gemma_path: Path,
+                                            short_text: Path, kvchat_home: Path) -> None:
+    """--code asks each model for small functions and runs each answer's tests: a chat
+    model (SmolLM2) in chat turns, a base model (Gemma 3, no chat template) as a
+    function to complete. Greedy, so a file scored twice writes the same programs."""
+    path = str(default_path if model == "default" else gemma_path)
+    report = _quality(path, path, "--text", str(short_text), "--code", "--code-limit", "2",
+                      home=kvchat_home)
+    ref, same = report["reference"], report["candidates"][0]
+    assert [row["task"] for row in ref["code"]] == ["is_prime", "factorial"]
+    for row in ref["code"]:
+        assert row["tokens"] > 0
+        assert row["passed"] == (row["why"] == ""), row
+    assert same["code"] == ref["code"]
+    assert ref["code_pass_rate"] == sum(r["passed"] for r in ref["code"]) / 2
 
 
 def test_another_vocabulary_is_refused(default_path: Path, gemma_path: Path,

@@ -11,8 +11,9 @@ predicting the token after each. Every scored token has seen at least half a chu
 
 from __future__ import annotations
 
+import ctypes
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import llama_cpp
@@ -58,6 +59,7 @@ class Scorer:
         self.n_ctx = n_ctx
         self.n_vocab = self.model.n_vocab()
         self.batch = llama_cpp.llama_batch_init(n_ctx, 0, 1)
+        self._decode_started = 0.0
 
     def close(self) -> None:
         llama_cpp.llama_batch_free(self.batch)
@@ -108,7 +110,31 @@ class Scorer:
     def decode_speed(self, n_tokens: int = 64) -> float:
         """Tokens per second of a greedy decode, one token a step after a short
         prompt (end of generation not stopping it)."""
-        prompt = self.tokenize(DECODE_PROMPT)
+        n = len(self._greedy(self.tokenize(DECODE_PROMPT), n_tokens, lambda _t: False))
+        return n / (time.perf_counter() - self._decode_started)
+
+    def complete(self, text: str, max_tokens: int, stop: Callable[[str], bool]) -> str:
+        """Greedy continuation of ``text`` until ``stop`` is true of what was written,
+        an end-of-generation token, or ``max_tokens``."""
+        pieces: list[bytes] = []
+
+        def done(token: int) -> bool:
+            if llama_cpp.llama_vocab_is_eog(self.model.vocab, token):
+                return True
+            pieces.append(self._piece(token))
+            return stop(b"".join(pieces).decode("utf-8", "ignore"))
+
+        self._greedy(self.tokenize(text), max_tokens, done)
+        return b"".join(pieces).decode("utf-8", "replace")
+
+    def _piece(self, token: int) -> bytes:
+        buf = ctypes.create_string_buffer(64)
+        n = llama_cpp.llama_token_to_piece(self.model.vocab, token, buf, len(buf), 0, False)
+        return buf.raw[:max(n, 0)]
+
+    def _greedy(self, prompt: list[int], n_tokens: int, stop: Callable[[int], bool],
+                ) -> list[int]:
+        """Decode greedily after ``prompt``, one token a step, until ``stop(token)``."""
         llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self.ctx.ctx), True)
         b = self.batch
         b.n_tokens = len(prompt)
@@ -117,17 +143,19 @@ class Scorer:
             b.logits[i] = i == len(prompt) - 1
         if llama_cpp.llama_decode(self.ctx.ctx, b) != 0:
             raise ModelLoadError(f"llama.cpp could not decode with {self.path.name}")
-        pos, last = len(prompt), len(prompt) - 1
-        n = min(n_tokens, self.n_ctx - pos)
-        started = time.perf_counter()
-        for _ in range(n):
+        pos, last, out = len(prompt), len(prompt) - 1, []
+        self._decode_started = time.perf_counter()  # after the prompt: decode alone
+        for _ in range(min(n_tokens, self.n_ctx - pos)):
             logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self.ctx.ctx, last),
                                            shape=(self.n_vocab,))
+            token = int(logits.argmax())
+            out.append(token)
+            if stop(token):
+                break
             b.n_tokens = 1
-            b.token[0], b.pos[0], b.n_seq_id[0], b.seq_id[0][0] = int(logits.argmax()), pos, 1, 0
+            b.token[0], b.pos[0], b.n_seq_id[0], b.seq_id[0][0] = token, pos, 1, 0
             b.logits[0] = True
             if llama_cpp.llama_decode(self.ctx.ctx, b) != 0:
                 raise ModelLoadError(f"llama.cpp could not decode with {self.path.name}")
             pos, last = pos + 1, 0
-        return n / (time.perf_counter() - started)
-
+        return out

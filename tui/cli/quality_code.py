@@ -7,12 +7,18 @@ with a time limit), imported from the source checkout this kvchat runs from. Eac
 prompt is sent as the app sends a message routed to ``code`` (the config's system
 prompt, the route's instructions with the message), once, greedily: one attempt, no
 retry ladder, so what is counted is the model's own answer.
+
+A base model (no chat template in its GGUF, as Gemma 3 270M) is not asked in chat
+turns: it gets the task as a function to complete, ``def NAME(ARGS):`` (the signature
+the task names) with the task as its docstring, and writes the body, greedily, until
+the function ends (a line back at column 0) or 256 tokens.
 """
 
 from __future__ import annotations
 
 import asyncio
 import importlib
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -26,8 +32,8 @@ MAX_TOKENS = 384
 N_CTX = 2048
 
 
-def harness() -> tuple[list[dict[str, Any]], Callable[[str, dict[str, Any]], tuple[bool, str]]]:
-    """(the tasks, the checker) from the benchmark in the source checkout."""
+def harness() -> tuple[list[dict[str, Any]], ModuleType]:
+    """(the tasks, the checkers' module) from the benchmark in the source checkout."""
     if not (ROOT / "benchmarks" / "answer_quality_checks.py").is_file():
         raise ConfigError("--code needs the benchmarks/ folder of a kvchat source checkout "
                           "(its programming tasks and test runner)")
@@ -35,13 +41,43 @@ def harness() -> tuple[list[dict[str, Any]], Callable[[str, dict[str, Any]], tup
         sys.path.insert(0, str(ROOT))
     data: ModuleType = importlib.import_module("benchmarks.answer_quality_data")
     checks: ModuleType = importlib.import_module("benchmarks.answer_quality_checks")
-    return list(data.CODE), checks.check_code
+    return list(data.CODE), checks
 
 
 def code_results(path: Path, limit: int | None = None,
                  progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
     """One row per task: name, passed, why, tokens."""
-    return asyncio.run(_run(path, limit, progress or (lambda _m: None)))
+    from engine.model.gguf_header import read_gguf_header
+
+    say = progress or (lambda _m: None)
+    if read_gguf_header(path).chat_template is None:
+        return _completions(path, limit, say)
+    return asyncio.run(_run(path, limit, say))
+
+
+def _completions(path: Path, limit: int | None,
+                 say: Callable[[str], None]) -> list[dict[str, Any]]:
+    from engine.quant.scoring import Scorer
+
+    tasks, checks = harness()
+    rows = []
+    with Scorer(path, N_CTX) as scorer:
+        for item in tasks[:limit]:
+            signature = re.search(r"`(\w+\([^`]*\))`", item["prompt"])
+            head = f'def {signature[1] if signature else item["name"] + "()"}:\n' \
+                   f'    """{item["prompt"]}"""\n'
+            body = scorer.complete(head, 256, lambda text: _ENDED.search(text) is not None)
+            match = _ENDED.search(body)
+            code = head + (body[:match.start()] if match else body)
+            passed, why = checks.run_tests(code, item["name"], item["tests"])
+            rows.append({"task": item["name"], "passed": passed, "why": why,
+                         "tokens": len(scorer.tokenize(body))})
+            say(f"  {path.name} {item['name']}: {'pass' if passed else 'fail'}")
+    return rows
+
+
+_ENDED = re.compile(r"\n(?=[^\s])")
+"""A line back at column 0: the function is over."""
 
 
 async def _run(path: Path, limit: int | None,
@@ -52,7 +88,7 @@ async def _run(path: Path, limit: int | None,
     from engine.events import Done, Error
     from engine.routing.templates import load_templates, with_instructions
 
-    tasks, check = harness()
+    tasks, checks = harness()
     instructions = load_templates(None).get("code").instructions
     system = KvchatConfig().chat.system_prompt
     sampling = SamplingConfig(temperature=0.0, seed=0, max_tokens=MAX_TOKENS)
@@ -69,7 +105,7 @@ async def _run(path: Path, limit: int | None,
                 if isinstance(event, Done | Error):
                     final = event
             if isinstance(final, Done):
-                passed, why = check(final.text, item)
+                passed, why = checks.check_code(final.text, item)
                 tokens = final.completion_tokens
             else:
                 passed, why, tokens = False, getattr(final, "message", "no reply"), 0

@@ -198,6 +198,11 @@ def _gib(n: int) -> str:
     return f"{n / GiB:.2f} GiB"
 
 
+def _size(n: int) -> str:
+    """GiB, or MiB under one: a small model's rows must still tell two sizes apart."""
+    return _gib(n) if n >= GiB else f"{n / 2**20:.1f} MiB"
+
+
 def _verdict(m: ModelFigures, budget: Budget, lay: Layout, fits: bool, limit: int) -> str:
     need, have = _gib(lay.pool_bytes), _gib(budget.total_bytes)
     margin = f"{round((1 - limit / budget.total_bytes) * 100)}% headroom kept"
@@ -248,8 +253,8 @@ def _smaller_context(m: ModelFigures, budget: Budget, req: PlanRequest, lay: Lay
     if 0 < lo < n_ctx // 256:
         x = layout(m, budget, req, lo * 256, lay.kv_type, lay.n_ubatch, full, flash_attn)
         return [Alternative(change=f"--ctx {lo * 256}", fits=True, total_bytes=x.pool_bytes,
-                            detail=f"KV cache {_gib(x.kv_bytes)} instead of "
-                                   f"{_gib(lay.kv_bytes)}")]
+                            detail=f"KV cache {_size(x.kv_bytes)} instead of "
+                                   f"{_size(lay.kv_bytes)}")]
     if lo == 0:
         x = layout(m, budget, req, 256, lay.kv_type, lay.n_ubatch, full, flash_attn)
         return [Alternative(change="--ctx 256", fits=False, total_bytes=x.pool_bytes,
@@ -268,8 +273,8 @@ def _quantized_kv(m: ModelFigures, budget: Budget, req: PlanRequest, lay: Layout
         x = layout(m, budget, req, n_ctx, kv, lay.n_ubatch, m.n_layers + 1, True)
         out.append(Alternative(change=f"--kv-type {kv}", fits=_fits_fully(x, m, budget, req),
                                total_bytes=x.pool_bytes,
-                               detail=f"KV cache {_gib(x.kv_bytes)} instead of "
-                                      f"{_gib(lay.kv_bytes)}"))
+                               detail=f"KV cache {_size(x.kv_bytes)} instead of "
+                                      f"{_size(lay.kv_bytes)}"))
     return out
 
 
@@ -310,8 +315,8 @@ def _smaller_quant(m: ModelFigures, budget: Budget, req: PlanRequest, lay: Layou
         fits = _fits_fully(x, m, budget, req)
         out.append(Alternative(change=f"a {mix.name} file", fits=fits,
                                total_bytes=x.pool_bytes,
-                               detail=f"weights {_gib(h.weights_bytes)} instead of "
-                                      f"{_gib(m.header.weights_bytes)}", quant=mix.name))
+                               detail=f"weights {_size(h.weights_bytes)} instead of "
+                                      f"{_size(m.header.weights_bytes)}", quant=mix.name))
         if fits:
             break
     return out
