@@ -155,12 +155,16 @@ class HostileServer:
     (or a hostile one) can: ``keepalive`` sends SSE comments and never a token;
     ``token-then-keepalive`` sends one token, then only comments; ``overrun`` streams
     tokens without end, whatever max_tokens says; ``401`` refuses the key. ``models``
-    is the status of the model list (401: the key refused there already). Every loop
-    ends by itself after ``give_up_s``, or when the client hangs up; ``chunks_sent`` and
-    ``hung_up`` say which."""
+    is the status of the model list (401: the key refused there already). With
+    ``kvchat``, it passes for ``kvchat serve`` (``/kvchat/v1/info``) and misbehaves the
+    same ways in its typed events on ``/kvchat/v1/chat``: ``queued`` and ``progress``
+    events stand for the keep-alives. Every loop ends by itself after ``give_up_s``, or
+    when the client hangs up; ``chunks_sent`` and ``hung_up`` say which."""
 
-    def __init__(self, chat: str, models: int = 200, give_up_s: float = 60.0) -> None:
+    def __init__(self, chat: str, models: int = 200, give_up_s: float = 60.0,
+                 kvchat: bool = False) -> None:
         self.chat, self.models, self.give_up_s = chat, models, give_up_s
+        self.kvchat = kvchat
         self.chunks_sent = 0
         self.hung_up = threading.Event()
         server = self
@@ -172,7 +176,9 @@ class HostileServer:
                 pass
 
             def do_GET(self) -> None:
-                if self.path != "/v1/models":
+                if self.path == "/kvchat/v1/info" and server.kvchat:
+                    self._json(200, KVCHAT_INFO)
+                elif self.path != "/v1/models":
                     self._json(404, {"error": {"message": "not found"}})
                 elif server.models != 200:
                     self._json(server.models, {"error": {"message": "invalid api key"}})
@@ -209,17 +215,22 @@ class HostileServer:
 
     def stream(self, out: IO[bytes]) -> None:
         until = time.monotonic() + self.give_up_s
-        token = {"choices": [{"index": 0, "delta": {"content": "ha"}, "finish_reason": None}]}
+        chunk = {"choices": [{"index": 0, "delta": {"content": "ha"}, "finish_reason": None}]}
+        token, keepalive = f"data: {json.dumps(chunk)}\n\n".encode(), b": keep-alive\n\n"
+        if self.kvchat:  # one JSON event a line, as kvchat serve writes them
+            token = b'{"type": "token", "text": "ha", "token_ids": [7]}\n'
+            keepalive = (b'{"type": "queued", "position": 1, "queued": 1, "in_flight": 1}\n'
+                         b'{"type": "progress", "completion_tokens": 1, "tokens_per_s": 1.0}\n')
         if self.chat == "token-then-keepalive":
-            out.write(f"data: {json.dumps(token)}\n\n".encode())
+            out.write(token)
             self.chunks_sent += 1
         while time.monotonic() < until:
             if self.chat == "overrun":
-                out.write(f"data: {json.dumps(token)}\n\n".encode())
+                out.write(token)
                 self.chunks_sent += 1
                 time.sleep(0.005)
             else:
-                out.write(b": keep-alive\n\n")
+                out.write(keepalive)
                 time.sleep(0.2)
             out.flush()
 
@@ -230,3 +241,12 @@ class HostileServer:
     def __exit__(self, *exc: object) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+KVCHAT_INFO = {"model": "hostile-model", "memory": [], "model_loaded": {
+    "type": "model_loaded", "path": "hostile.gguf", "name": "hostile-model",
+    "architecture": "llama", "description": "a hostile kvchat serve", "n_params": None,
+    "file_bytes": None, "weights_bytes": None, "n_vocab": None, "n_ctx": 512,
+    "n_ctx_train": None, "n_layers": None, "n_gpu_layers": None, "backend": "CPU",
+    "chat_format": "gguf-template", "kv_bytes": None, "load_s": 0.0}}
+"""What ``/kvchat/v1/info`` answers when the server passes for kvchat serve."""

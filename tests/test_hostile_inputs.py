@@ -12,11 +12,14 @@ Sections, one per kind of input; other kinds join as sections of their own:
 2. Files llama.cpp aborts on (the bundled models with one value changed), and the
    app's engine process as the line behind the checks
 3. Servers that misbehave (keep-alives without tokens, tokens past max_tokens, a
-   refused key)
+   refused key), OpenAI-compatible or passing for ``kvchat serve``
 4. Secrets (a password in --base-url, a key given as --api-key-env)
 5. Command-line consistency (one-line option errors, no blank line before an error)
-6. Chat templates (to come)
-7. Escapes in what reaches the terminal (to come)
+
+Chat templates are tests/test_chat_template.py's (HOSTILE, ESCAPES, the hanging render
+cancelled); escapes on the terminal tests/test_hostile_terminal.py's; the store and
+schema patterns tests/test_hostile_data.py's; an abort in ``kvchat ask``'s load
+tests/test_hostile_engine.py's.
 """
 
 from __future__ import annotations
@@ -273,8 +276,9 @@ async def test_an_abort_in_the_engine_process_is_engine_died(default_path: Path,
 
 @pytest.fixture
 def hostile(request: pytest.FixtureRequest) -> Iterator[HostileServer]:
-    chat, models = request.param if isinstance(request.param, tuple) else (request.param, 200)
-    with HostileServer(chat, models) as server:
+    chat, models, kvchat = (*request.param, False)[:3] if isinstance(request.param, tuple) \
+        else (request.param, 200, False)
+    with HostileServer(chat, models, kvchat=kvchat) as server:
         yield server
 
 
@@ -297,7 +301,12 @@ async def reply_from(server: HostileServer, max_tokens: int = 8,
         await engine.close()
 
 
-@pytest.mark.parametrize("hostile", ["keepalive"], indirect=True)
+# Each also as kvchat serve's own event stream: queued and progress events are its
+# keep-alives.
+AS_KVCHAT = {"ids": ["openai", "kvchat-serve"], "indirect": True}
+
+
+@pytest.mark.parametrize("hostile", ["keepalive", ("keepalive", 200, True)], **AS_KVCHAT)
 async def test_keep_alives_without_a_token_end_at_the_timeout(hostile: HostileServer) -> None:
     events = await reply_from(hostile, timeout=2.0)
     end = events[-1]
@@ -306,7 +315,8 @@ async def test_keep_alives_without_a_token_end_at_the_timeout(hostile: HostileSe
     assert hostile.hung_up.wait(10)  # kvchat closed the stream
 
 
-@pytest.mark.parametrize("hostile", ["token-then-keepalive"], indirect=True)
+@pytest.mark.parametrize("hostile", ["token-then-keepalive",
+                                     ("token-then-keepalive", 200, True)], **AS_KVCHAT)
 async def test_keep_alives_after_a_token_end_at_the_timeout(hostile: HostileServer) -> None:
     events = await reply_from(hostile, timeout=2.0)
     assert [e.text for e in events if isinstance(e, TokenChunk)] == ["ha"]
@@ -316,7 +326,7 @@ async def test_keep_alives_after_a_token_end_at_the_timeout(hostile: HostileServ
     assert "partial reply" in end.message
 
 
-@pytest.mark.parametrize("hostile", ["overrun"], indirect=True)
+@pytest.mark.parametrize("hostile", ["overrun", ("overrun", 200, True)], **AS_KVCHAT)
 async def test_a_reply_past_max_tokens_is_cut_there(hostile: HostileServer) -> None:
     events = await reply_from(hostile, max_tokens=8)
     end = events[-1]
@@ -325,7 +335,7 @@ async def test_a_reply_past_max_tokens_is_cut_there(hostile: HostileServer) -> N
     assert hostile.hung_up.wait(10)  # kvchat stopped reading
 
 
-@pytest.mark.parametrize("hostile", ["keepalive"], indirect=True)
+@pytest.mark.parametrize("hostile", ["keepalive", ("keepalive", 200, True)], **AS_KVCHAT)
 def test_ask_ends_a_keep_alive_stream_with_one_line(hostile: HostileServer,
                                                     kvchat_home: Path) -> None:
     kvchat_home.mkdir(parents=True, exist_ok=True)
@@ -400,7 +410,3 @@ def test_a_bad_option_value_is_one_line(kvchat_home: Path) -> None:
     assert proc.stderr == ("kvchat ask: error: argument --max-tokens: must be at least 1, "
                            "got 0 (see kvchat ask --help)\n")
 
-
-# == 6. Chat templates (to come) ===========================================================
-
-# == 7. Escapes in what reaches the terminal (to come) =====================================

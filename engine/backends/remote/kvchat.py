@@ -8,6 +8,12 @@ Each reply is one ``POST /kvchat/v1/chat`` carrying the whole
 back line by line. A reader task owns the stream, so ``cancel`` closes it at once;
 the server cancels a reply whose client left, and the ``done`` that the client then
 never receives is made here from what it did receive.
+
+The same limits hold as for any server (``limits.py``): the endpoint's ``timeout``
+from the request to the first token and between tokens, which only ``token`` events
+move (``queued``, ``progress`` and the other events a server may send without end do
+not), and ``max_tokens``: a server that streams past it is cut off there, the reply
+ending with ``length``.
 """
 
 from __future__ import annotations
@@ -33,13 +39,21 @@ from engine.backends.remote.errors import (
     redact_url,
     status_error,
 )
-from engine.backends.remote.limits import MAX_ERROR_BYTES, get_json, read_capped
+from engine.backends.remote.limits import (
+    MAX_ERROR_BYTES,
+    MAX_TOKEN_CHARS,
+    ReplyWatch,
+    Stalled,
+    get_json,
+    read_capped,
+)
 from engine.backends.remote.probe import PROBE_TIMEOUT_S, server_root
 from engine.errors import KvchatError
 from engine.events import (
     Done,
     Error,
     Event,
+    FinishReason,
     MemorySnapshot,
     ModelLoaded,
     PromptEvaluated,
@@ -114,11 +128,18 @@ class _Tally:
             self.tokens += len(event.token_ids)
             self.parts.append(event.text)
 
-    def cancelled(self) -> Done:
+    def past(self, watch: ReplyWatch, event: TokenChunk) -> bool:
+        """Whether ``event`` would take the reply past ``max_tokens``, in tokens or
+        in more text than so many tokens hold."""
+        return (self.tokens + len(event.token_ids) > watch.max_tokens
+                or watch.chars + len(event.text) > watch.max_tokens * MAX_TOKEN_CHARS)
+
+    def ended(self, reason: FinishReason = "cancelled") -> Done:
+        """The ``done`` of a reply ended here rather than by the server."""
         now = time.perf_counter()
         first = self.first_at or now
         prompt = self.prompt
-        return Done(finish_reason="cancelled",
+        return Done(finish_reason=reason,
                     prompt_tokens=prompt.prompt_tokens if prompt else 0,
                     reused_tokens=prompt.reused_tokens if prompt else None,
                     evaluated_tokens=prompt.evaluated_tokens if prompt else None,
@@ -155,20 +176,31 @@ class KvchatReplies:
                 lambda task: queue.put_nowait(_ReaderCancelled()) if task.cancelled() else None)
             self._reader = reader
             tally = _Tally()
+            assert request.sampling is not None  # the engine set its default
+            watch = ReplyWatch(self._timeout, request.sampling.max_tokens, tally.started)
             try:
                 while True:
-                    item = await queue.get()
+                    item = await watch.next(queue)
                     if isinstance(item, _ReaderCancelled):
-                        yield tally.cancelled()
+                        yield tally.ended()
                         return
-                    if not isinstance(item, _Ended | BaseException):
+                    if isinstance(item, TokenChunk):
+                        if tally.past(watch, item):
+                            yield tally.ended("length")  # stop reading, as a limit would
+                            return
+                        if item.token_ids or item.text:
+                            watch.last_progress = time.perf_counter()
+                            watch.chars += len(item.text)
+                    if not isinstance(item, _Ended | BaseException | Stalled):
                         tally.see(item)
                         yield item
                         if isinstance(item, Done | Error):
                             return
                         continue
-                    failure = item if isinstance(item, BaseException) else StreamCut(
-                        f"the stream from {url} ended before the reply did")
+                    failure = (watch.stalled_error(item, url) if isinstance(item, Stalled)
+                               else item if isinstance(item, BaseException)
+                               else StreamCut(f"the stream from {url} ended before the "
+                                              "reply did"))
                     yield self._error(failure, url, tally)
                     return
             finally:
