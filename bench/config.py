@@ -59,6 +59,17 @@ class BenchConfig:
     """Opt-in figures measured by the repository's benchmarks: ``speculative``,
     ``eviction`` (bundled model only; each takes minutes on a CPU)."""
     bandwidth_bytes: int = 1 << 30
+    parallel: tuple[int, ...] = ()
+    """Measure N replies decoded together (``bench.parallel``) at each N given, instead
+    of the single-reply paths."""
+    join_tokens: int = 2000
+    """With ``parallel``: a prompt this long joins N - 1 streaming replies (largest N);
+    0 leaves it out."""
+    batched_bench: Path | None = None
+    """llama.cpp's ``llama-batched-bench`` binary: the anchor under load."""
+    server_python: Path | None = None
+    """A Python with llama-cpp-python and its server extras: its server answers the same
+    concurrent requests (the second anchor under load)."""
 
 
 @dataclass(frozen=True)
@@ -137,6 +148,36 @@ def check_config(config: BenchConfig) -> None:
                           "model only")
     if config.llama_bench is not None and not Path(config.llama_bench).is_file():
         raise ConfigError(f"llama-bench binary {config.llama_bench} does not exist")
+    if config.parallel:
+        _check_parallel(config)
     if config.prompt_tokens + config.tokens + 8 > config.n_ctx:
         raise ConfigError(f"prompt ({config.prompt_tokens}) + tokens ({config.tokens}) do not "
                           f"fit a {config.n_ctx}-token context: raise --ctx")
+
+
+def join_stream_tokens(config: BenchConfig) -> int:
+    """max_tokens of each streaming reply in the join measurement: enough to stream on
+    until the joining prompt (read a chunk per step) has its first tokens."""
+    return max(config.tokens, 160)
+
+
+def _check_parallel(config: BenchConfig) -> None:
+    if any(not 1 <= n <= 64 for n in config.parallel):
+        raise ConfigError("--parallel takes numbers from 1 to 64, e.g. 1,2,4,8")
+    for path, what in ((config.batched_bench, "llama-batched-bench binary"),
+                       (config.server_python, "server Python")):
+        if path is not None and not Path(path).is_file():
+            raise ConfigError(f"{what} {path} does not exist")
+    if config.extras or config.llama_bench is not None:
+        raise ConfigError("--parallel measures the engine under load: leave out --with and "
+                          "--llama-bench (use --batched-bench)")
+    most = max(config.parallel)
+    need = most * (config.prompt_tokens + config.tokens + 8)
+    if config.join_tokens and most > 1:
+        need = max(need, (most - 1) * (config.prompt_tokens + join_stream_tokens(config) + 8)
+                   + config.join_tokens + 16)
+    if need > config.n_ctx:
+        raise ConfigError(f"{most} replies of {config.prompt_tokens} + {config.tokens} tokens"
+                          + (f" and a {config.join_tokens}-token prompt joining"
+                             if config.join_tokens and most > 1 else "")
+                          + f" need {need} cells: raise --ctx above {config.n_ctx}")

@@ -28,11 +28,13 @@ class BenchFailed(KvchatError):
     code = "bench_failed"
 
 
-def _child(kind: str, payload: dict[str, Any], timeout: float = 3600) -> Any:
-    """Run one measurement in a fresh interpreter; its last stdout line is JSON."""
+def child(kind: str, payload: dict[str, Any], timeout: float = 3600,
+          module: str = "bench.probe") -> Any:
+    """Run one measurement (``module``'s ``kind``) in a fresh interpreter; its last
+    stdout line is JSON."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]))
-    proc = subprocess.run([sys.executable, "-m", "bench.probe", kind, json.dumps(payload)],
+    proc = subprocess.run([sys.executable, "-m", module, kind, json.dumps(payload)],
                           capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
@@ -99,19 +101,26 @@ def llama_bench(binary: Path, settings: LoadSettings, prompt_tokens: int,
     return out
 
 
-def run_bench(config: BenchConfig, progress: Progress) -> dict[str, Any]:
-    """Measure everything ``config`` asks for; the report as a JSON-able dict."""
+def plan_settings(config: BenchConfig, model: Path,
+                  progress: Progress) -> tuple[dict[str, Any], LoadSettings]:
+    """The memory plan's resolution of ``config`` for ``model`` (in a child: it reads
+    the devices through llama.cpp), and the load settings every path gets."""
     from engine.config import usable_cores
 
-    model = resolve_model(config, progress)
-    threads = config.n_threads or usable_cores()
     progress("plan", 0, 1)
-    planned = _child("plan", {"model": str(model), "n_ctx": config.n_ctx, "n_threads": threads,
-                              "n_batch": config.n_batch, "n_ubatch": config.n_ubatch,
-                              "n_gpu_layers": config.n_gpu_layers,
-                              "budget": config.memory_budget, "flash_attn": config.flash_attn})
-    settings = LoadSettings(**planned["settings"])
+    planned = child("plan", {"model": str(model), "n_ctx": config.n_ctx,
+                             "n_threads": config.n_threads or usable_cores(),
+                             "n_batch": config.n_batch, "n_ubatch": config.n_ubatch,
+                             "n_gpu_layers": config.n_gpu_layers,
+                             "budget": config.memory_budget, "flash_attn": config.flash_attn})
     progress("plan", 1, 1)
+    return planned, LoadSettings(**planned["settings"])
+
+
+def run_bench(config: BenchConfig, progress: Progress) -> dict[str, Any]:
+    """Measure everything ``config`` asks for; the report as a JSON-able dict."""
+    model = resolve_model(config, progress)
+    planned, settings = plan_settings(config, model, progress)
     payload = {"settings": asdict(settings), "prompt_tokens": config.prompt_tokens,
                "tokens": config.tokens}
     # llama-bench last: it reads the prompt length the first raw run reports.
@@ -127,16 +136,16 @@ def run_bench(config: BenchConfig, progress: Progress) -> dict[str, Any]:
                 samples[path].append(llama_bench(Path(config.llama_bench), settings, prompt_n,
                                                  config.tokens))
             else:
-                samples[path].append(_child(path, payload))
+                samples[path].append(child(path, payload))
             step += 1
     progress("measured", steps, steps)
     profile = None
     if config.profile:
         progress("profile", 0, 1)
-        profile = _child("profile", payload)
+        profile = child("profile", payload)
         progress("profile", 1, 1)
     progress("bandwidth", 0, 1)
-    bw = _child("bandwidth", {"on_gpu": planned["gpu_bytes_per_token"] > 0,
+    bw = child("bandwidth", {"on_gpu": planned["gpu_bytes_per_token"] > 0,
                               "n_bytes": config.bandwidth_bytes})
     progress("bandwidth", 1, 1)
     report = _report(config, model, planned, settings, samples, profile, bw)

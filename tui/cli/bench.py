@@ -53,6 +53,32 @@ def add_bench_parser(commands: argparse._SubParsersAction, positive: object) -> 
                        choices=list(EXTRAS),
                        help="also run the repository's speculative-decoding, KV-eviction or "
                             "TUI-streaming benchmark (bundled model; minutes each on a CPU)")
+    load = bench.add_argument_group(
+        "under load", "--parallel measures N replies decoded together instead: aggregate "
+                      "and per-reply decode tokens/s, time to first token, fairness, and a "
+                      "long prompt joining the streams")
+    load.add_argument("--parallel", type=_parallel_list, metavar="N,N,...",
+                      help="e.g. 1,2,4,8: each N in a fresh process loaded with parallel N")
+    load.add_argument("--join-tokens", type=int, metavar="N",
+                      help="prompt tokens of the reply joining N-1 streams (default 2000; "
+                           "0: leave it out)")
+    load.add_argument("--batched-bench", metavar="PATH",
+                      help="llama.cpp's llama-batched-bench binary: the anchor under load "
+                           "(benchmarks/batched_anchor.sh build prints it)")
+    load.add_argument("--server-python", metavar="PATH",
+                      help="a Python with llama-cpp-python's server extras: its server "
+                           "answers the same concurrent requests")
+
+
+def _parallel_list(value: str) -> tuple[int, ...]:
+    try:
+        out = tuple(int(part) for part in value.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers like 1,2,4,8, got {value!r}") \
+            from None
+    if not out or any(n < 1 for n in out):
+        raise argparse.ArgumentTypeError(f"expected positive numbers like 1,2,4,8, got {value!r}")
+    return tuple(dict.fromkeys(out))
 
 
 def run_bench_command(args: argparse.Namespace) -> int:
@@ -70,8 +96,10 @@ def run_bench_command(args: argparse.Namespace) -> int:
         memory_budget=args.budget, flash_attn=not args.no_flash_attn,
         llama_bench=Path(args.llama_bench).expanduser() if args.llama_bench else None,
         profile=not quick, extras=tuple(args.extras),
-        bandwidth_bytes=(1 << 28) if quick else (1 << 30))
+        bandwidth_bytes=(1 << 28) if quick else (1 << 30), **_load_options(args))
     check_config(config)
+    if config.parallel:
+        return _run_parallel(config, args)
     report = _with_progress(lambda progress: run_bench(config, progress))
     if args.out:
         _write_files(report, Path(args.out).expanduser())
@@ -79,6 +107,55 @@ def run_bench_command(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2))
     else:
         _print_table(report)
+    return EXIT_OK
+
+
+def _load_options(args: argparse.Namespace) -> dict[str, Any]:
+    if not args.parallel:
+        return {}
+    return {"parallel": args.parallel,
+            "join_tokens": 2000 if args.join_tokens is None else max(0, args.join_tokens),
+            "batched_bench": Path(args.batched_bench).expanduser() if args.batched_bench
+            else None,
+            "server_python": Path(args.server_python).expanduser() if args.server_python
+            else None}
+
+
+def _run_parallel(config: Any, args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from bench.parallel import run_parallel
+    from bench.parallel_report import COLUMNS, markdown, summary_lines, table_rows
+
+    report = _with_progress(lambda progress: run_parallel(config, progress))
+    if args.out:
+        from engine.errors import ConfigError
+        from engine.files.atomic import SHARED_FILE, atomic_write
+
+        folder = Path(args.out).expanduser()
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot create {folder}: {exc.strerror or exc}") from None
+        atomic_write(folder / "bench_parallel.json", json.dumps(report, indent=2) + "\n",
+                     mode=SHARED_FILE)
+        atomic_write(folder / "bench_parallel.md", markdown(report), mode=SHARED_FILE)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return EXIT_OK
+    run = report["run"]
+    table = Table(title=f"{report['model']['name']} on {report['settings']['backend']}: "
+                        f"{run['prompt_tokens']} prompt + {run['tokens']} tokens per reply, "
+                        f"{run['reps']} reps, medians")
+    for col in COLUMNS:
+        table.add_column(col, justify="right")
+    for row in table_rows(report):
+        table.add_row(*row)
+    console = Console()
+    console.print(table)
+    for line in summary_lines(report):
+        console.print(line, highlight=False)
     return EXIT_OK
 
 

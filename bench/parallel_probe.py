@@ -1,0 +1,182 @@
+"""The measurements ``kvchat bench --parallel`` makes, each in a fresh child process.
+
+``python -m bench.parallel_probe KIND SETTINGS_JSON`` prints one JSON object on its
+last stdout line (as ``bench.probe`` does, for the same reason: llama.cpp's spinning
+workers make a second load in one process a worse measurement).
+
+Kinds:
+
+- ``concurrent``: kvchat's engine loaded with ``parallel = n`` (the app's path:
+  ``LocalEngine``, one ``chat`` call per reply, all awaited together), N replies of
+  exactly ``tokens`` tokens (end of generation banned) to N different prompts of about
+  ``prompt_tokens`` tokens, started at once. Each reply's token arrival times as its
+  consumer saw them, and the engine's own figures from its ``Done`` event.
+- ``join``: ``n - 1`` replies streaming, then one reply with a long prompt joins; the
+  streaming replies' arrival times around it (the longest gap while it joins).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.config import LoadSettings, fit_prompt
+
+WARMUP_TOKENS = 4
+
+
+async def _start(settings: LoadSettings, parallel: int) -> Any:
+    """kvchat's engine as the app loads it, with ``parallel`` sequences; plain decoding
+    (speculation runs on the single-sequence path only)."""
+    from engine.backends.local import LocalEngine
+    from engine.config import ModelConfig, SpeculativeConfig
+
+    eng = LocalEngine(ModelConfig(
+        path=Path(settings.model), n_ctx=settings.n_ctx, n_threads=settings.n_threads,
+        n_batch=settings.n_batch, n_ubatch=settings.n_ubatch,
+        n_gpu_layers=settings.n_gpu_layers, kv_type=settings.kv_type,  # type: ignore[arg-type]
+        flash_attn=settings.flash_attn, parallel=parallel),
+        speculative=SpeculativeConfig(mode="off"))
+    await eng.start()
+    # The end-of-generation scan that banning EOS needs, once per model, off the clock.
+    eog = await eng.run_on_engine_thread(lambda gen: sorted(gen.lm.eog_tokens()))
+    return eng, [int(t) for t in eog]
+
+
+async def _prompts(eng: Any, count: int, target_tokens: int, tag: str) -> list[str]:
+    """``count`` user messages whose rendered prompts are about ``target_tokens`` long
+    and differ from their first words on, so no reply reuses another's cells."""
+    from engine.api import ChatMessage
+
+    fmt = await eng.run_on_engine_thread(lambda gen: gen.lm.chat_format)
+    out = []
+    for k in range(count):
+        head = f"{tag} {k + 1}. "
+        body = fit_prompt(lambda t, head=head: eng.count_tokens(fmt.render(
+            [ChatMessage(role="user", content=head + t)])) or 0, target_tokens)
+        out.append(head + body)
+    return out
+
+
+async def _reply(eng: Any, prompt: str, tokens: int, origin: float,
+                 stop: asyncio.Event | None = None,
+                 stamps: list[tuple[float, int]] | None = None) -> dict[str, Any]:
+    """One reply through ``chat``: (seconds since ``origin``, tokens) per event as it
+    arrived (into ``stamps`` when given, so a caller can watch it), and the engine's
+    ``Done`` figures. ``stop`` set: leave early (the engine cancels the reply)."""
+    from engine.api import ChatMessage, ChatRequest
+    from engine.config import SamplingConfig
+    from engine.events import Done, Error, TokenChunk
+
+    request = ChatRequest(messages=(ChatMessage(role="user", content=prompt),),
+                          sampling=SamplingConfig(temperature=0.0, max_tokens=tokens),
+                          ignore_eos=True)
+    stamps = [] if stamps is None else stamps
+    done: dict[str, Any] = {}
+    sent = time.perf_counter() - origin
+    async with contextlib.aclosing(eng.chat(request)) as events:
+        async for event in events:
+            if isinstance(event, TokenChunk):
+                stamps.append((time.perf_counter() - origin, len(event.token_ids)))
+                if stop is not None and stop.is_set():
+                    break  # closing the stream cancels the reply
+            elif isinstance(event, Done):
+                done = {k: getattr(event, k) for k in (
+                    "finish_reason", "prompt_tokens", "evaluated_tokens",
+                    "completion_tokens", "ttft_s", "tokens_per_s", "prefill_tokens_per_s",
+                    "total_s")}
+            elif isinstance(event, Error):
+                raise RuntimeError(f"the reply failed: {event.code}: {event.message}")
+    return {"sent_s": sent, "stamps": stamps, "done": done}
+
+
+async def concurrent(settings: LoadSettings, prompt_tokens: int, tokens: int,
+                     n: int) -> dict[str, Any]:
+    eng, eog = await _start(settings, n)
+    try:
+        # Warm-up: n short replies together, so the first batched graphs (and a GPU's
+        # kernels) are built before the clock starts, as llama-batched-bench warms up.
+        warm = await _prompts(eng, n, 24, "Warm-up")
+        await asyncio.gather(*(_reply(eng, p, WARMUP_TOKENS, 0.0) for p in warm))
+        prompts = await _prompts(eng, n, prompt_tokens, "Ledger")
+        origin = time.perf_counter()
+        replies = await asyncio.gather(*(_reply(eng, p, tokens, origin) for p in prompts))
+        stats = await eng.run_on_engine_thread(_decoder_stats)
+    finally:
+        await eng.close()
+    for r in replies:
+        if r["done"].get("completion_tokens") != tokens:
+            raise RuntimeError(f"a reply stopped early: {r['done']}")
+    return {"n": n, "replies": replies, "prompts": prompts, "engine_stats": stats,
+            "eog": eog}
+
+
+def _decoder_stats(gen: Any) -> dict[str, Any] | None:
+    """The batch decoder's own counters (steps, rows, prompt tokens), when the engine
+    ran its replies through one."""
+    from dataclasses import asdict, is_dataclass
+
+    for holder in (gen, getattr(gen, "batch", None)):
+        stats = getattr(holder, "stats", None) if holder is not None else None
+        if stats is not None and is_dataclass(stats):
+            return json.loads(json.dumps(asdict(stats), default=str))
+    return None
+
+
+async def join(settings: LoadSettings, prompt_tokens: int, tokens: int, n: int,
+               join_tokens: int) -> dict[str, Any]:
+    """``n - 1`` replies stream; once each has a quarter of its ``tokens``, a reply
+    with a ``join_tokens`` prompt joins (8 tokens); the streams stop once they have
+    decoded 16 more tokens after its last one."""
+    eng, _ = await _start(settings, n)
+    try:
+        warm = await _prompts(eng, n, 24, "Warm-up")
+        await asyncio.gather(*(_reply(eng, p, WARMUP_TOKENS, 0.0) for p in warm))
+        prompts = await _prompts(eng, n - 1, prompt_tokens, "Ledger")
+        (long_prompt,) = await _prompts(eng, 1, join_tokens, "Chronicle")
+        stop = asyncio.Event()
+        seen: list[list[tuple[float, int]]] = [[] for _ in prompts]
+        origin = time.perf_counter()
+        streams = [asyncio.create_task(_reply(eng, p, tokens, origin, stop, s))
+                   for p, s in zip(prompts, seen, strict=True)]
+        await _until(streams, seen, lambda i, s: len(s) >= tokens // 4)
+        joined = await _reply(eng, long_prompt, 8, origin)
+        marks = [len(s) for s in seen]
+        await _until(streams, seen, lambda i, s: len(s) >= marks[i] + 16)
+        stop.set()
+        replies = await asyncio.gather(*streams)
+    finally:
+        await eng.close()
+    ended = any(r["done"] for r in replies)  # a stream that ran to max_tokens
+    return {"n": n, "streams": replies, "joiner": joined, "join_prompt_tokens": join_tokens,
+            "streams_ended_early": ended}
+
+
+async def _until(streams: list[asyncio.Task[Any]], seen: list[list[tuple[float, int]]],
+                 ready: Any) -> None:
+    """Wait until every stream's arrivals satisfy ``ready`` (or a stream ended)."""
+    while not all(ready(i, s) for i, s in enumerate(seen)) \
+            and not any(t.done() for t in streams):
+        await asyncio.sleep(0.002)
+
+
+def main(argv: list[str]) -> int:
+    kind, payload = argv[0], json.loads(argv[1])
+    settings = LoadSettings(**payload.pop("settings"))
+    if kind == "concurrent":
+        result = asyncio.run(concurrent(settings, **payload))
+    elif kind == "join":
+        result = asyncio.run(join(settings, **payload))
+    else:
+        raise SystemExit(f"unknown kind {kind!r}")
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,107 @@
+"""``kvchat bench --parallel``'s measurement on the GPU machine, with llama-batched-bench.
+
+Run through ``benchmarks/gpu_parallel.sh`` (it builds llama.cpp with CUDA and
+llama-batched-bench). Each case is ``SHAPE:QUANT[@LAYERS]=N,N,.../TOKENS`` (e.g.
+``llama-3.1-8b:Q4_K_M=1,2,4,8,16/128`` or ``llama-3.1-70b:Q4_K_M@60=1,2,4/16``); a
+case starts only if the time left before ``--deadline`` (seconds from start) is at
+least its ``--need``. ``--anchor-only`` runs llama-batched-bench alone (no kvchat
+engine). Writes one JSON file per case under ``--out`` and prints the tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from bench.config import BenchConfig
+from bench.parallel import batched_bench, run_parallel
+from bench.parallel_report import COLUMNS, summary_lines, table_rows
+from bench.run import plan_settings, resolve_model
+
+
+def _config(case: str, args: argparse.Namespace) -> BenchConfig:
+    spec, _, load = case.partition("=")
+    shape, _, layers = spec.partition("@")
+    counts, _, tokens = load.partition("/")
+    return BenchConfig(shape=shape, models_dir=args.models, reps=args.reps,
+                       tokens=int(tokens or 128), prompt_tokens=args.prompt_tokens,
+                       n_ctx=args.ctx, n_batch=2048, n_ubatch=512,
+                       n_gpu_layers=int(layers) if layers else -1, bandwidth_bytes=1 << 30,
+                       parallel=tuple(int(n) for n in counts.split(",")),
+                       join_tokens=args.join_tokens if not layers else 0,
+                       batched_bench=args.batched_bench)
+
+
+def _anchor_only(config: BenchConfig) -> dict[str, object]:
+    model = resolve_model(config, _progress)
+    _, settings = plan_settings(config, model, _progress)
+    assert config.batched_bench is not None
+    return {"kind": "batched-bench only", "model": str(model), "settings": settings.__dict__,
+            "split": [batched_bench(config.batched_bench, settings, config)
+                      for _ in range(config.reps)],
+            "unified": [batched_bench(config.batched_bench, settings, config, unified=True)
+                        for _ in range(config.reps)]}
+
+
+_started = time.perf_counter()
+_shown = [""]
+
+
+def _progress(stage: str, done: int, total: int) -> None:
+    if stage != _shown[0]:
+        _shown[0] = stage
+        print(f"  {time.perf_counter() - _started:6.0f} s  {stage}", flush=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("cases", nargs="+")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--batched-bench", type=Path, required=True)
+    parser.add_argument("--models", type=Path, default=Path("/tmp/synth"))
+    parser.add_argument("--deadline", type=float, default=560)
+    parser.add_argument("--need", type=float, nargs="*", default=[])
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--prompt-tokens", type=int, default=128)
+    parser.add_argument("--ctx", type=int, default=16384)
+    parser.add_argument("--join-tokens", type=int, default=2000)
+    parser.add_argument("--anchor-only", action="store_true")
+    args = parser.parse_args()
+    args.models.mkdir(parents=True, exist_ok=True)
+    for i, case in enumerate(args.cases):
+        left = args.deadline - (time.perf_counter() - _started)
+        need = args.need[i] if i < len(args.need) else 0
+        if left < need:
+            print(f"== {case}: skipped, {left:.0f} s left of the {need:.0f} s it needs")
+            continue
+        config = _config(case, args)
+        begun = time.perf_counter()
+        try:
+            report = _anchor_only(config) if args.anchor_only else run_parallel(config, _progress)
+        except Exception as exc:  # record it, go on with the next case
+            print(f"== {case}: failed: {type(exc).__name__}: {exc}")
+            continue
+        report["wall_s"] = time.perf_counter() - begun
+        name = case.split("=")[0].replace(":", "_").replace("@", "_ngl")
+        suffix = "_anchor" if args.anchor_only else ""
+        (args.out / f"parallel_{name}{suffix}.json").write_text(json.dumps(report, indent=1))
+        print(f"== {case} ({report['wall_s']:.0f} s)")
+        if args.anchor_only:
+            for key in ("split", "unified"):
+                print(f"   {key}: " + ", ".join(
+                    f"N={n} {row['aggregate_tokens_per_s']:.1f}"
+                    for n, row in report[key][0].items()))  # type: ignore[index]
+            continue
+        print("   " + " | ".join(COLUMNS))
+        for row in table_rows(report):
+            print("   " + " | ".join(row))
+        for line in summary_lines(report):
+            print("   " + line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
