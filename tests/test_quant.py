@@ -234,7 +234,10 @@ def test_an_interrupted_quantization_leaves_no_file(gemma_path: Path, tmp_path: 
     proc = subprocess.Popen(
         [kvchat_exe(), "quantize", str(gemma_path), "--to", "Q6_K", "--allow-requantize",
          "--threads", "1", "-o", str(tmp_path)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        # Ctrl+C reaches it even when this run was started in the background, where the
+        # shell hands every child SIGINT ignored.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert proc.stderr is not None
     first = proc.stderr.readline()
     assert first.startswith("Q6_K: ") and "/236 tensors" in first
