@@ -1,8 +1,8 @@
 """``kvchat bench --parallel``'s measurement on the GPU machine, with llama-batched-bench.
 
 Run through ``benchmarks/gpu_parallel.sh`` (it builds llama.cpp with CUDA and
-llama-batched-bench). Each case is ``SHAPE:QUANT[@LAYERS]=N,N,.../TOKENS`` (e.g.
-``llama-3.1-8b:Q4_K_M=1,2,4,8,16/128`` or ``llama-3.1-70b:Q4_K_M@60=1,2,4/16``); a
+llama-batched-bench). Each case is ``SHAPE:QUANT[@LAYERS]=N,N,.../TOKENS[/CTX]`` (e.g.
+``llama-3.1-8b:Q4_K_M=1,2,4,8,16/128`` or ``llama-3.1-70b:Q4_K_M@60=1,2,4/16/4096``); a
 case starts only if the time left before ``--deadline`` (seconds from start) is at
 least its ``--need``. ``--anchor-only`` runs llama-batched-bench alone (no kvchat
 engine). Writes one JSON file per case under ``--out`` and prints the tables.
@@ -14,6 +14,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from bench.config import BenchConfig
@@ -25,10 +26,11 @@ from bench.run import plan_settings, resolve_model
 def _config(case: str, args: argparse.Namespace) -> BenchConfig:
     spec, _, load = case.partition("=")
     shape, _, layers = spec.partition("@")
-    counts, _, tokens = load.partition("/")
+    counts, _, rest = load.partition("/")
+    tokens, _, ctx = rest.partition("/")
     return BenchConfig(shape=shape, models_dir=args.models, reps=args.reps,
                        tokens=int(tokens or 128), prompt_tokens=args.prompt_tokens,
-                       n_ctx=args.ctx, n_batch=2048, n_ubatch=512,
+                       n_ctx=int(ctx or args.ctx), n_batch=2048, n_ubatch=512,
                        n_gpu_layers=int(layers) if layers else -1, bandwidth_bytes=1 << 30,
                        parallel=tuple(int(n) for n in counts.split(",")),
                        join_tokens=args.join_tokens if not layers else 0,
@@ -65,6 +67,8 @@ def main() -> int:
     parser.add_argument("--deadline", type=float, default=560)
     parser.add_argument("--need", type=float, nargs="*", default=[])
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--anchor-reps", type=int, nargs="*", default=[],
+                        help="with --anchor-only: repetitions per case")
     parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--ctx", type=int, default=16384)
     parser.add_argument("--join-tokens", type=int, default=2000)
@@ -78,6 +82,8 @@ def main() -> int:
             print(f"== {case}: skipped, {left:.0f} s left of the {need:.0f} s it needs")
             continue
         config = _config(case, args)
+        if args.anchor_only and i < len(args.anchor_reps):
+            config = replace(config, reps=args.anchor_reps[i])
         begun = time.perf_counter()
         try:
             report = _anchor_only(config) if args.anchor_only else run_parallel(config, _progress)
