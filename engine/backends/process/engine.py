@@ -97,6 +97,8 @@ class ProcessEngine(ChatEngine):
         self._closed = False
         self.starts = 0
         """Engine processes started so far (more than one after a crash)."""
+        self.death = ""
+        """How the last engine process to die ended, and llama.cpp's last lines."""
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -406,14 +408,11 @@ class ProcessEngine(ChatEngine):
                 call.set_exception(error)
 
     def _death_message(self, returncode: int) -> str:
-        if returncode < 0:
-            try:
-                how = f"was killed by {signal.Signals(-returncode).name}"
-            except ValueError:
-                how = f"was killed by signal {-returncode}"
-        else:
-            how = f"exited with status {returncode}"
+        signals = {-s.value: s.name for s in signal.Signals}
+        how = (f"was killed by {signals.get(returncode, f'signal {-returncode}')}"
+               if returncode < 0 else f"exited with status {returncode}")
         tail = stderr_tail(self._stderr)
+        self.death = f"{how.removeprefix('was ')}: {tail}" if tail else how
         detail = f" ({tail})" if tail else ""
         return f"the engine process {how}{detail}; the next message loads the model again"
 
