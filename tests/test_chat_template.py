@@ -538,11 +538,11 @@ async def test_a_template_that_hangs_on_a_later_message_is_bounded_and_cancellab
             [ChatMessage(role="user", content="What is the capital of France?")]))]
     finally:
         await eng.close()
-    fallback, done = events[0], events[-1]
-    assert isinstance(fallback, ChatFormatFallback) and fallback.given_up
-    assert "ran past the 1 s limit" in fallback.reason
-    assert isinstance(done, Done) and done.finish_reason == "cancelled"
+    # The cancel stopped the render itself: it never reached its 1 s limit (which would
+    # have given the template up, with a fallback event), and nothing was generated.
+    assert len(events) == 1 and isinstance(events[0], Done), events
+    assert events[0].finish_reason == "cancelled" and events[0].text == ""
     print(f"cancelled during a hanging render: the turn ended after {elapsed:.2f} s")
-    # Given up: the next conversation goes straight to the built-in format, unannounced.
+    # Not the template's fault: the next conversation still renders with it.
     assert not any(isinstance(e, ChatFormatFallback) for e in after)
     assert isinstance(after[-1], Done) and "Paris" in after[-1].text

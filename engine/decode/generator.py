@@ -29,6 +29,7 @@ from engine.decode.turn_state import Turn, TurnStats, common_prefix, done_event
 from engine.errors import DecodeError
 from engine.events import Error, Event, FinishReason, Progress, PromptEvaluated, TokenChunk
 from engine.model.loader import LoadedModel
+from engine.model.template_limits import RenderCancelled, cancelled_by
 
 __all__ = ["ChatRequest", "Generator"]
 
@@ -79,7 +80,13 @@ class Generator:
         """Answer ``req``, sending its events to ``emit``. However the turn ends (done,
         cancelled, or a failed decode), the cache is left in step with its record."""
         stats = TurnStats(started=time.perf_counter())
-        prompt = self.cache.place(req.messages)
+        try:
+            with cancelled_by(cancel):  # a slow template stops at Esc, not at its limit
+                prompt = self.cache.place(req.messages)
+        except RenderCancelled:
+            self.cache.sync_after_failure()  # place may have moved the cache on
+            emit(done_event(stats, "cancelled", ""))
+            return
         self.context.begin(req.messages, prompt)
         for note in self.cache.take_notes():
             emit(note)

@@ -27,6 +27,7 @@ from engine.model.chat_template import compile_template
 from engine.model.template_limits import (
     DEFAULT_LIMITS,
     Limits,
+    RenderCancelled,
     TemplateLimit,
     TemplateProblem,
     TemplateRefused,
@@ -153,7 +154,7 @@ class TemplateFormat:
                  "bos_token": self.bos, "eos_token": self.eos, "tools": None,
                  "documents": None},
                 input_chars=sum(len(t["content"]) for t in turns))
-        except TemplateProblem:
+        except (TemplateProblem, RenderCancelled):
             raise
         except Exception as exc:  # an undefined name, a type error, a recursion...
             raise TemplateProblem(one_line(exc)) from None

@@ -11,7 +11,8 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +56,10 @@ class TemplateLimit(TemplateProblem):
     """The template hit a limit: too slow, too large an output or value, too much memory."""
 
 
+class RenderCancelled(Exception):
+    """The reply the render was for was cancelled: the template is not at fault."""
+
+
 class TemplateRefused(TemplateProblem):
     """The template called ``raise_exception``: it does not accept this conversation."""
 
@@ -83,6 +88,9 @@ class RenderBudget:
     def tick(self) -> None:
         if time.monotonic() > self.deadline:
             raise TemplateLimit(f"it ran past the {self.limits.seconds:g} s limit")
+        cancel: threading.Event | None = getattr(ACTIVE, "cancel", None)
+        if cancel is not None and cancel.is_set():
+            raise RenderCancelled
 
     def made(self, chars: int) -> None:
         """``chars`` more characters were built: now and then, look at the memory."""
@@ -98,6 +106,17 @@ class RenderBudget:
 
 
 ACTIVE = threading.local()
+
+
+@contextmanager
+def cancelled_by(cancel: threading.Event) -> Iterator[None]:
+    """Renders on this thread while the block runs stop with RenderCancelled once
+    ``cancel`` is set (checked where the deadline is)."""
+    outer, ACTIVE.cancel = getattr(ACTIVE, "cancel", None), cancel
+    try:
+        yield
+    finally:
+        ACTIVE.cancel = outer
 
 
 def active_budget() -> RenderBudget | None:
