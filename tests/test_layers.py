@@ -19,8 +19,8 @@ PACKAGES = ("engine", "bench", "tui")
 CONTRACT = ("api", "events", "errors", "config", "session", "store")
 """The modules at engine/'s top; everything else in engine/ lives in a wing."""
 
-WINGS = ("model", "decode", "backends", "routing", "structured", "history", "cache", "serve",
-         "quant", "files")
+WINGS = ("model", "decode", "batch", "backends", "routing", "structured", "history", "cache",
+         "serve", "quant", "files")
 
 BASE = {"engine.errors", "engine.config", "engine.events", "engine.files"}
 """The contract's vocabulary, and how files are written: every layer above may use it."""
@@ -39,8 +39,11 @@ ALLOWED: dict[str, set[str]] = {
     "engine.cache": BASE | {"engine.model"},
     "engine.decode": BASE | {"engine.api", "engine.model", "engine.structured",
                              "engine.cache"},
+    # Many replies in one context: the decode wing's sampling and window arithmetic.
+    "engine.batch": BASE | {"engine.api", "engine.model", "engine.decode",
+                            "engine.structured"},
     "engine.routing": BASE | {"engine.api", "engine.model", "engine.structured"},
-    "engine.backends": BASE | {"engine.api", "engine.model", "engine.decode",
+    "engine.backends": BASE | {"engine.api", "engine.model", "engine.decode", "engine.batch",
                                "engine.routing", "engine.structured", "engine.cache"},
     # Quantizing and measuring a quant's cost: model files, headers and shapes.
     "engine.quant": BASE | {"engine.model"},

@@ -79,6 +79,11 @@ class ModelConfig(_Section):
     chat_format: str = "auto"
     """Turn format: auto (the GGUF's template, else one chosen by architecture) or a
     built-in name: gemma, llama3, chatml."""
+    parallel: int = Field(1, ge=1, le=64)
+    """Sequences one context holds: replies decoded together in one batch (continuous
+    batching, engine/batch/). They share the context's ``n_ctx`` cells (a unified KV
+    cache); each reply reserves its prompt and ``max_tokens`` of them. 1: one reply at
+    a time, with speculation and the state cache."""
 
     @field_validator("memory_budget")
     @classmethod

@@ -11,6 +11,10 @@ from engine.events.base import _Event
 
 class KVUsage(_Event):
     type: Literal["kv"] = "kv"
+    reply: int | None = None
+    """Which of the replies decoded together this event belongs to (the id the batch
+    gave it; 0..n-1 for the N answers of ``ChatEngine.answers``); None for a reply
+    decoded alone."""
     used_cells: int
     """KV cells holding tokens of the live conversation."""
     reserved_cells: int
@@ -41,6 +45,10 @@ class Eviction(_Event):
     """Cells dropped from the KV cache to make room, and the rest shifted down in place."""
 
     type: Literal["eviction"] = "eviction"
+    reply: int | None = None
+    """Which of the replies decoded together this event belongs to (the id the batch
+    gave it; 0..n-1 for the N answers of ``ChatEngine.answers``); None for a reply
+    decoded alone."""
     reason: EvictionReason
     """generation: the reply filled the cache; prompt: the conversation plus the
     reply's reserve did not fit before the reply started."""

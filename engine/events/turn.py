@@ -61,6 +61,10 @@ class PromptEvaluated(_Event):
     """The prompt is in the KV cache; the first token is next."""
 
     type: Literal["prompt"] = "prompt"
+    reply: int | None = None
+    """Which of the replies decoded together this event belongs to (the id the batch
+    gave it; 0..n-1 for the N answers of ``ChatEngine.answers``); None for a reply
+    decoded alone."""
     prompt_tokens: int
     """Tokens in the whole rendered prompt."""
     reused_tokens: int | None
@@ -81,6 +85,10 @@ class TokenChunk(_Event):
     """One or more generated tokens, coalesced while the consumer was busy."""
 
     type: Literal["token"] = "token"
+    reply: int | None = None
+    """Which of the replies decoded together this event belongs to (the id the batch
+    gave it; 0..n-1 for the N answers of ``ChatEngine.answers``); None for a reply
+    decoded alone."""
     text: str
     token_ids: list[int]
 
@@ -89,6 +97,10 @@ class Progress(_Event):
     """Decode progress while a reply streams, measured in the engine thread."""
 
     type: Literal["progress"] = "progress"
+    reply: int | None = None
+    """Which of the replies decoded together this event belongs to (the id the batch
+    gave it; 0..n-1 for the N answers of ``ChatEngine.answers``); None for a reply
+    decoded alone."""
     completion_tokens: int
     tokens_per_s: float
     """Decode rate so far (tokens after the first over the time they took)."""
@@ -130,6 +142,10 @@ class Queued(_Event):
     while it waits. Its own events follow once it starts."""
 
     type: Literal["queued"] = "queued"
+    reply: int | None = None
+    """Which of the replies decoded together this event belongs to (the id the batch
+    gave it; 0..n-1 for the N answers of ``ChatEngine.answers``); None for a reply
+    decoded alone."""
     position: int
     """1: the next reply to start."""
     queued: int
@@ -143,6 +159,10 @@ FinishReason = Literal["stop", "length", "cancelled", "context_full"]
 
 class Done(_Event):
     type: Literal["done"] = "done"
+    reply: int | None = None
+    """Which of the replies decoded together this event belongs to (the id the batch
+    gave it; 0..n-1 for the N answers of ``ChatEngine.answers``); None for a reply
+    decoded alone."""
     finish_reason: FinishReason
     """stop: end of turn; length: max tokens; cancelled: by the user;
     context_full: the KV cache had no room left."""
@@ -186,6 +206,10 @@ class Done(_Event):
 
 class Error(_Event):
     type: Literal["error"] = "error"
+    reply: int | None = None
+    """Which of the replies decoded together this event belongs to (the id the batch
+    gave it; 0..n-1 for the N answers of ``ChatEngine.answers``); None for a reply
+    decoded alone."""
     code: str
     """Stable machine-readable code, e.g. ``prompt_too_long``."""
     message: str

@@ -335,6 +335,10 @@ def _load(config: ModelConfig, plan: _Settings, path: Path, *, repack: bool = Tr
     # An in-graph sampler (engine/decode/sampling/in_graph.py) serves as many rows of one
     # sequence as a verification batch has: all of n_outputs_max, not llama.cpp's 1.
     ctx_params.n_outputs_max_per_seq = 0
+    # Sequences share the n_ctx cells (unified KV): a reply may use as many as admission
+    # gave it, not n_ctx / parallel, and sequences share a prompt's cells (seq_cp).
+    ctx_params.n_seq_max = config.parallel
+    ctx_params.kv_unified = config.parallel > 1
     ctx_params.n_threads = n_threads
     # Between prompts the context keeps the verification count (LoadedModel.prompt_threads).
     ctx_params.n_threads_batch = config.n_threads_verify or config.n_threads_batch or n_threads

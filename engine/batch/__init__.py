@@ -1,0 +1,25 @@
+"""Many replies in one llama.cpp context: continuous batching on the engine thread.
+
+Owns the :class:`~engine.batch.decoder.BatchDecoder`: every active reply has a sequence
+of its own in one context (``ModelConfig.parallel`` of them, sharing the ``n_ctx`` cells
+of a unified KV cache), and each step is one ``llama_decode`` carrying every decoding
+reply's pending token plus at most ``chunk`` tokens of prompts still being read, so a
+long prompt joining never freezes the replies already streaming. Replies join and leave
+between steps; each has its own sampler chain (``engine.decode.sampling``, a grammar
+when given). N answers to one prompt evaluate it once and share its cells
+(``llama_memory_seq_cp``). Admission is planned on cells (``admission.py``): a reply
+reserves its prompt and ``max_tokens``; what does not fit waits in a FIFO queue (its
+position reported in ``Queued`` events), and past the queue's limit it is refused. A
+reply that outgrows its reserve slides its own window (``window.py``, the arithmetic of
+``engine.decode.kv_window``; ``seq_rm`` + ``seq_add`` on its sequence only). A finished
+reply's sequence stays, idle, as its conversation's prefix until its cells are needed
+(least recently used first): the next turn evaluates only what is new.
+
+Speculative decoding stays on the single-sequence path (``engine.decode``): under load
+the batch already spends the memory bandwidth that speculation would exploit, and with
+one reply a model loaded with ``parallel`` 1 speculates as before.
+
+May import: ``engine.model``, ``engine.decode`` (its sampling and window arithmetic),
+``engine.structured``, and the contract's ``api``, ``errors``, ``events`` and
+``config``. Never ``backends``, ``routing``, ``serve``, ``tui`` or ``bench``.
+"""

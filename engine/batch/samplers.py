@@ -1,0 +1,49 @@
+"""A sampler chain per reply: as the single-sequence path draws tokens
+(``engine.decode.sampling``), behind a grammar filter when one is given."""
+
+from __future__ import annotations
+
+from llama_cpp import _internals
+
+from engine.config import SamplingConfig
+from engine.decode.sampling.chain import build_sampler
+from engine.decode.sampling.choice import Sampler
+from engine.decode.sampling.constrained import ConstrainedSampler, GrammarError
+from engine.errors import ConstraintError
+from engine.model.loader import LoadedModel
+from engine.structured.budget import budget_for
+from engine.structured.spec import OutputSpec, gbnf_for
+
+Grammar = OutputSpec | str
+"""An output format (its grammar, and the budget that plans its end), or GBNF text."""
+
+
+def sampler_for(lm: LoadedModel, sampling: SamplingConfig, *, ignore_eos: bool,
+                grammar: Grammar | None) -> Sampler:
+    """The chain for one reply. Raises ConstraintError for a grammar that cannot be
+    built. The host samplers only: an in-graph chain is attached per sequence and
+    would make llama.cpp re-plan its graphs whenever a reply joins."""
+    banned = lm.eog_tokens() if ignore_eos and grammar is None else None
+    chain, _seed = build_sampler(sampling, lm.model.n_vocab(), banned,
+                                 native=grammar is not None)
+    if grammar is None:
+        return chain
+    assert isinstance(chain, _internals.LlamaSampler)
+    spec = grammar if isinstance(grammar, OutputSpec) else None
+    try:
+        text = gbnf_for(spec) if spec is not None else str(grammar)
+        return ConstrainedSampler(
+            lm.model, text, chain, always=lm.eog_tokens(), piece=lm.token_piece,
+            budget=budget_for(spec, sampling.max_tokens) if spec is not None else None)
+    except (ValueError, GrammarError) as exc:
+        chain.close()
+        what = spec.describe() if spec is not None else "the grammar"
+        raise ConstraintError(f"cannot constrain the reply to {what}: {exc}") from None
+
+
+def seeded(sampling: SamplingConfig, k: int) -> SamplingConfig:
+    """The sampling of the ``k``-th of N answers: a given seed moves by ``k``, so the
+    answers differ and each is reproducible."""
+    if k == 0 or sampling.seed is None:
+        return sampling
+    return sampling.model_copy(update={"seed": sampling.seed + k})
