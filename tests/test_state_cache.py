@@ -9,7 +9,7 @@ import asyncio
 import os
 import shutil
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +18,12 @@ import pytest
 from engine.api import ChatMessage
 from engine.backends.local import LocalEngine
 from engine.cache.entry import Snapshot
-from engine.cache.key import StateKey
+from engine.cache.key import StateKey, model_digest
 from engine.cache.pool import StateCache, default_dir
 from engine.cache.state_file import encode, read_index, read_state, write_parts
 from engine.config import (
     CacheConfig,
+    KVCacheConfig,
     KvchatConfig,
     ModelConfig,
     SamplingConfig,
@@ -71,13 +72,16 @@ async def ask(eng: LocalEngine, messages: Sequence[ChatMessage], **options: Any)
     return Turn(done.text, prompt, [e for e in events if isinstance(e, StateCacheNote)])
 
 
-def engine(cache: CacheConfig | None = None, n_ctx: int = N_CTX) -> LocalEngine:
-    return LocalEngine(ModelConfig(n_ctx=n_ctx), SAMPLING, cache=cache)
+def engine(cache: CacheConfig | None = None, n_ctx: int = N_CTX, kv_type: str = "auto",
+           window: KVCacheConfig | None = None) -> LocalEngine:
+    return LocalEngine(ModelConfig(n_ctx=n_ctx, kv_type=kv_type), SAMPLING, window,
+                       cache=cache)
 
 
-async def plain(*conversations: Sequence[ChatMessage], n_ctx: int = N_CTX) -> list[Turn]:
+async def plain(*conversations: Sequence[ChatMessage], n_ctx: int = N_CTX,
+                kv_type: str = "auto", window: KVCacheConfig | None = None) -> list[Turn]:
     """The turns on an engine without a state cache."""
-    eng = engine(CacheConfig(enabled=False), n_ctx)
+    eng = engine(CacheConfig(enabled=False), n_ctx, kv_type, window)
     await eng.start()
     try:
         return [await ask(eng, c) for c in conversations]
@@ -263,7 +267,9 @@ def damage(path: Path, how: str) -> None:
 @pytest.mark.parametrize(("how", "reason"), [
     ("truncated", "its header says"), ("flipped", "fails its checksum"),
     ("deleted", "was deleted"), ("refused", "llama.cpp refused the saved state"),
-    ("other context", "another context size (1024, here 2048)")])
+    ("other context", "another context size (1024, here 2048)"),
+    ("other KV type", "another KV type (q8_0, here f16)"),
+    ("other window", "other KV window settings")])
 async def test_a_damaged_or_foreign_state_is_a_miss_and_the_reply_is_uncached(
         saved_a1: tuple[Path, str], kvchat_home: Path, how: str, reason: str) -> None:
     path, a1_text = saved_a1
@@ -271,13 +277,16 @@ async def test_a_damaged_or_foreign_state_is_a_miss_and_the_reply_is_uncached(
     folder.mkdir(parents=True)
     copy = folder / path.name
     shutil.copy(path, copy)
-    if how not in ("deleted", "other context"):
+    if not how.startswith(("deleted", "other")):
         damage(copy, how)
-    n_ctx = 2048 if how == "other context" else N_CTX
+    setup: dict[str, Any] = {"other context": {"n_ctx": 2048},
+                             "other KV type": {"kv_type": "f16"},
+                             "other window": {"window": KVCacheConfig(sink_tokens=8)}
+                             }.get(how, {})
     a2 = second(A1, a1_text, "Which of them is your favourite?")
     # What an engine without saved states answers after the same turns.
-    expected = (await plain(C1, a2) if how == "deleted" else await plain(a2, n_ctx=n_ctx))[-1]
-    eng = engine(n_ctx=n_ctx)
+    expected = (await plain(C1, a2) if how == "deleted" else await plain(a2, **setup))[-1]
+    eng = engine(**setup)
     await eng.start()
     try:
         if how == "deleted":
@@ -456,6 +465,37 @@ def test_the_disk_tier_outlives_the_pool_and_skips_damaged_files(tmp_path: Path)
     assert not (tmp_path / "junk.kvstate").exists()
 
 
+def test_a_state_is_found_only_under_its_own_key(tmp_path: Path) -> None:
+    """Any field of the key that differs hides the state and says why."""
+    pool = StateCache(CacheConfig(ram_budget="1MiB", dir=tmp_path))
+    put(pool, 50, 0)
+    for change, why in [({"model": "other"}, "saved for another model file"),
+                        ({"n_ctx": 2048}, "another context size (1024, here 2048)"),
+                        ({"kv_type": "f16"}, "another KV type (q8_0, here f16)"),
+                        ({"window": "v"}, "saved for other KV window settings"),
+                        ({"llama_cpp": "1"}, "another llama.cpp")]:
+        entry, m, reason = pool.best(replace(KEY, **change), "", list(range(50)))
+        assert entry is None and m.common == 0 and why in reason, change
+    entry, m, reason = pool.best(KEY, "", list(range(50)))
+    assert entry is not None and m.common == 50 and reason == ""
+
+
+def test_the_model_digest_covers_its_header_its_end_and_its_size(tmp_path: Path) -> None:
+    body = bytes(range(256)) * (3 * 4096 + 17)  # about 3 MiB: head, middle and tail
+    base = tmp_path / "model.gguf"
+    base.write_bytes(body)
+    digests = {model_digest(base)}
+    for name, data in [("header", b"X" + body[1:]), ("tail", body[:-1] + b"X"),
+                       ("longer", body + b"\0"), ("shorter", body[:-1])]:
+        other = tmp_path / f"{name}.gguf"
+        other.write_bytes(data)
+        digests.add(model_digest(other))
+    assert len(digests) == 5
+    same = tmp_path / "copy.gguf"
+    same.write_bytes(body)  # another path to the same bytes: the same model
+    assert model_digest(same) == model_digest(base)
+
+
 def test_the_disk_tier_lives_in_the_data_dir() -> None:
     assert default_dir() == default_data_dir() / "state-cache"
 
@@ -508,3 +548,54 @@ def test_a_write_left_half_done_is_cleared_once_stale(tmp_path: Path) -> None:
     os.utime(stale, (old, old))
     StateCache(CacheConfig(dir=tmp_path)).scan()
     assert not stale.exists() and fresh.exists()  # another process may be writing this
+
+
+def long_text(words: int) -> str:
+    """Prose longer than Gemma 3's sliding window (512 positions)."""
+    docs = Path(__file__).resolve().parent.parent / "docs"
+    text = " ".join((docs / "kv-cache.md").read_text().split())
+    return " ".join(text.split()[:words])
+
+
+async def test_a_sliding_window_model_never_continues_past_what_its_window_holds(
+        gemma_path: Path) -> None:
+    """llama.cpp saves only the last window of a sliding-window layer's positions: a
+    state restored at its end continues, but a prompt that departs further back than the
+    window (from the restored cells or from a saved state) is evaluated from the start,
+    and answers as an engine without saved states does."""
+    body = long_text(600)
+    a1 = [user(body)]
+    edited = [user(body[:-600] + " What is this about?")]  # departs ~130 tokens back
+    early = [user(body[:900] + " What is this about?")]  # departs ~700 tokens back
+    g = ModelConfig(path=gemma_path, n_ctx=2048)
+    fresh = LocalEngine(g, SAMPLING, cache=CacheConfig(enabled=False))
+    await fresh.start()
+    try:
+        expected = [await ask(fresh, edited)]
+        await ask(fresh, B1)  # as below: the prompt comes after B1
+        expected.append(await ask(fresh, early))
+    finally:
+        await fresh.close()
+    eng = LocalEngine(g, SAMPLING, cache=CacheConfig(ram_budget="1GiB", disk_budget=0))
+    await eng.start()
+    try:
+        first = await ask(eng, a1)
+        await ask(eng, B1)
+        back = await ask(eng, [*a1, reply(first.text), user("Go on.")])
+        live = await ask(eng, edited)  # from the restored cells
+        await ask(eng, B1)
+        saved = await ask(eng, early)  # from a saved state
+    finally:
+        await eng.close()
+    assert back.prompt.prompt_tokens > 700
+    assert "restore" in back.actions() and back.prompt.restored_tokens > 600
+    # The edit shares most of the prompt with the restored cells, but not the window.
+    assert live.prompt.reused_tokens == 0 and live.prompt.restored_tokens == 0
+    assert live.prompt.evaluated_tokens == live.prompt.prompt_tokens
+    assert live.text == expected[0].text
+    misses = [n for n in saved.notes if n.action == "miss"]
+    assert len(misses) == 1 and "sliding-window cache holds" in misses[0].reason, saved.notes
+    assert saved.prompt.restored_tokens == 0
+    # The failed restore cleared the sequence: every token is evaluated.
+    assert saved.prompt.evaluated_tokens == saved.prompt.prompt_tokens
+    assert saved.text == expected[1].text

@@ -38,6 +38,20 @@ class Resume:
     """The prompt extends the restored conversation's text: take over its bookkeeping."""
 
 
+def window_holds(lm: LoadedModel, keep: int) -> bool:
+    """Whether sequence 0, cut to ``[0, keep)``, still holds every position the token at
+    ``keep`` attends to. Always for a model without sliding-window layers, and for live
+    cells (llama.cpp allocates the window's layers at full size); not always for cells
+    restored from a saved state: llama.cpp saves only the last window of positions of
+    those layers, so a prompt that departs further back than that finds them gone.
+    llama.cpp reports the window layers' lowest position (-1: none left)."""
+    n_swa = int(llama_cpp.llama_model_n_swa(lm.model.model))
+    if not n_swa or keep == 0:
+        return True
+    pos_min = llama_cpp.llama_memory_seq_pos_min(lm.ctx.memory, SEQ)
+    return 0 <= pos_min <= max(0, keep - n_swa)
+
+
 class SeqStates:
     def __init__(self, pool: StateCache, lm: LoadedModel, policy: KVCacheConfig) -> None:
         self.pool = pool
@@ -73,10 +87,10 @@ class SeqStates:
         next token attends to cannot be cut there."""
         if keep < cells and not self.lm.ctx.kv_cache_seq_rm(SEQ, keep, -1):
             return f"llama.cpp cannot cut this model's cache at position {keep}"
-        mem = self.lm.ctx.memory
-        pos_min = llama_cpp.llama_memory_seq_pos_min(mem, SEQ)
-        if self.n_swa and pos_min > max(0, keep - self.n_swa):
-            return (f"the sliding-window cache holds positions from {pos_min} only; "
+        if not window_holds(self.lm, keep):
+            pos_min = llama_cpp.llama_memory_seq_pos_min(self.lm.ctx.memory, SEQ)
+            held = f"from {pos_min} only" if pos_min >= 0 else "none of them"
+            return (f"the sliding-window cache holds positions {held}; "
                     f"continuing at {keep} needs them from {max(0, keep - self.n_swa)}")
         return ""
 

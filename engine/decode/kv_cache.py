@@ -29,7 +29,7 @@ import llama_cpp
 from engine.api import ChatMessage, ChatRequest
 from engine.cache.entry import Snapshot
 from engine.cache.pool import StateCache
-from engine.cache.sequence import SeqStates
+from engine.cache.sequence import SeqStates, window_holds
 from engine.config import KVCacheConfig
 from engine.decode.kv_window import Span, choose_span, turn_boundaries, window
 from engine.decode.turn_state import KVState, PendingEviction, TurnStats, common_prefix
@@ -253,6 +253,13 @@ class KVCache:
         logits the first sample needs fresh); returns how many positions stay."""
         reused = min(common_prefix(self.state.tokens, prompt), len(prompt) - 1)
         self.rewind(reused)
+        if not window_holds(self.lm, reused):
+            # Cells restored from a saved state: the sliding-window layers hold the last
+            # window before the saved end only. Attending without the rest would give
+            # another reply than evaluating the prompt does; no shorter prefix can do
+            # better, so the prompt is evaluated from the start.
+            self.rewind(0)
+            reused = 0
         return reused
 
     def wrote(self, tokens: list[int], elapsed_s: float) -> Eviction | None:
