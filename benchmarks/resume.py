@@ -17,8 +17,18 @@ Also the saved state's bytes per token (llama.cpp's state, and the file) against
 memory planner's KV bytes per token. TTFT is the engine's own (``done.ttft_s``: the
 request on the engine thread to the first token sampled). Median of ``--reps``.
 
-    .venv/bin/python benchmarks/resume.py [--sizes 1000,3000,8000] [--reps 3]
-        [--ctx 8448] [--json FILE]
+``--model`` picks a bundled model by name (``smollm2-135m``, ``gemma3-270m``) or a GGUF
+file; the default model otherwise.
+
+``--budget RAM,DISK`` (e.g. ``3MiB,8MiB``) measures the budgets instead: ``--conversations``
+conversations of different lengths go through one process twice (a first turn each,
+then a second), the process closes (RAM goes to disk), and a second process asks each a
+third time. The largest bytes each tier held, from the ``state_cache`` events' totals
+and from the state files on disk after every turn, against its budget.
+
+    .venv/bin/python benchmarks/resume.py [--model NAME] [--sizes 1000,3000,8000]
+        [--reps 3] [--ctx 8448] [--regen-size 3000] [--json FILE]
+    .venv/bin/python benchmarks/resume.py --budget 3MiB,8MiB [--conversations 12]
 """
 
 from __future__ import annotations
@@ -31,6 +41,8 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +51,16 @@ sys.path.insert(0, str(ROOT))
 
 from engine.api import ChatMessage, ChatRequest  # noqa: E402
 from engine.backends.local import LocalEngine  # noqa: E402
-from engine.config import CacheConfig, KvchatConfig, ModelConfig, SamplingConfig  # noqa: E402
+from engine.config import (  # noqa: E402
+    CacheConfig,
+    KvchatConfig,
+    ModelConfig,
+    SamplingConfig,
+    budget_bytes,
+)
 from engine.decode.generator import Generator  # noqa: E402
 from engine.events import Done, PromptEvaluated, StateCacheNote  # noqa: E402
+from engine.model.bundled import BUNDLED, bundled_model_path, default_model_path  # noqa: E402
 
 SAMPLING = SamplingConfig(temperature=0.0, max_tokens=16, seed=0)
 SYSTEM = ChatMessage(role="system", content=KvchatConfig().chat.system_prompt)
@@ -49,6 +68,15 @@ OTHER = [SYSTEM, ChatMessage(role="user", content="Write a short poem about rain
 NEW = "Summarize what we discussed in one sentence."
 TEXTS = "resume-texts.json"
 """Beside each measurement's folder: the prose its conversations are made of."""
+
+
+def model_path(name: str | None) -> Path:
+    """A bundled model by name, or a file; the default model for None."""
+    if name is None:
+        return default_model_path()
+    if any(m.name == name for m in BUNDLED):
+        return bundled_model_path(name)
+    return Path(name)
 
 
 def paragraphs() -> list[str]:
@@ -88,7 +116,8 @@ async def ask(eng: LocalEngine, messages: list[ChatMessage]) -> dict[str, Any]:
             prompt = event
         elif isinstance(event, StateCacheNote):
             notes.append(event.model_dump(include={"action", "tier", "tokens", "bytes",
-                                                   "ms", "reason"}))
+                                                   "ms", "reason", "entries", "ram_bytes",
+                                                   "disk_bytes"}))
     assert done is not None and prompt is not None, "no reply"
     return {"ttft_s": done.ttft_s, "text": done.text, "prompt_tokens": prompt.prompt_tokens,
             "evaluated_tokens": prompt.evaluated_tokens,
@@ -104,11 +133,11 @@ def planned_bytes(gen: Generator) -> int:
     return gen.lm.bytes_per_cell
 
 
-async def child(mode: str, size: int, ctx: int, folder: Path) -> dict[str, Any]:
+async def child(mode: str, size: int, ctx: int, folder: Path, model: Path) -> dict[str, Any]:
     """One measurement, in this (fresh) process."""
     enabled = mode not in ("eval", "regen-off")
     cache = CacheConfig(enabled=enabled, dir=folder, ram_budget="4GiB", disk_budget="4GiB")
-    eng = LocalEngine(ModelConfig(n_ctx=ctx), SAMPLING, cache=cache)
+    eng = LocalEngine(ModelConfig(path=model, n_ctx=ctx), SAMPLING, cache=cache)
     await eng.start()
     try:
         texts = json.loads((folder.parent / TEXTS).read_text())
@@ -131,6 +160,97 @@ async def child(mode: str, size: int, ctx: int, folder: Path) -> dict[str, Any]:
         await eng.close()
 
 
+def files_bytes(folder: Path) -> int:
+    """What the disk tier's files take, as the file system says."""
+    return sum(p.stat().st_size for p in folder.glob("*.kvstate"))
+
+
+def budget_conversations(eng: LocalEngine, texts: list[str], n: int) -> list[list[ChatMessage]]:
+    """``n`` conversations of 80 to 330 tokens, each from another place in the prose."""
+    found = []
+    for i in range(n):
+        shifted = texts[i * 7 % len(texts):] + texts[:i * 7 % len(texts)]
+        found.append(conversation(eng, shifted, 80 + 50 * (i % 6)))
+    return found
+
+
+async def budget_child(mode: str, n: int, ctx: int, folder: Path, model: Path,
+                       budget: str) -> dict[str, Any]:
+    """``budget-1``: a first and a second turn of each conversation; ``budget-2`` (a new
+    process): a third. The state files' bytes after every turn and every note."""
+    ram, disk = budget.split(",")
+    cache = CacheConfig(dir=folder / "states", ram_budget=ram, disk_budget=disk)
+    eng = LocalEngine(ModelConfig(path=model, n_ctx=ctx), SAMPLING, cache=cache)
+    await eng.start()
+    turns, files = [], []
+    answers_file = folder / "answers.json"
+    try:
+        convs = budget_conversations(eng, json.loads((folder.parent / TEXTS).read_text()), n)
+        order = list(range(len(convs)))
+        # The second round goes back in reverse, so the most recent states come back
+        # first (restores) and the oldest are gone (misses); the third, in a new process,
+        # starts where the second ended, with what the close wrote to disk.
+        if mode == "budget-1":
+            answers: list[list[str]] = [[] for _ in convs]
+            rounds = [(order, lambda i: convs[i]),
+                      (order[::-1], lambda i: follow(convs[i], answers[i][0]))]
+        else:
+            answers = json.loads(answers_file.read_text())
+            rounds = [(order, lambda i: [*follow(convs[i], answers[i][0]),
+                                         ChatMessage(role="assistant", content=answers[i][1]),
+                                         ChatMessage(role="user", content="And then?")])]
+        for which, messages_of in rounds:
+            for i in which:
+                turn = await ask(eng, messages_of(i))
+                answers[i].append(turn["text"])
+                turns.append(turn)
+                files.append(files_bytes(folder / "states"))
+        answers_file.write_text(json.dumps(answers))
+    finally:
+        await eng.close()
+    files.append(files_bytes(folder / "states"))  # after the close wrote RAM out
+    return {"turns": [{k: t[k] for k in ("prompt_tokens", "evaluated_tokens",
+                                         "restored_tokens", "notes")} for t in turns],
+            "files_bytes": files}
+
+
+def budgets(args: argparse.Namespace, base: Path) -> None:
+    """Many conversations through small budgets: the most each tier ever held."""
+    ram, disk = (budget_bytes(b) for b in args.budget.split(","))
+    with tempfile.TemporaryDirectory(dir=base) as tmp:
+        runs = [run_child(mode, 0, Setup(args.ctx, args.model), Path(tmp),
+                          ["--conversations", str(args.conversations), "--budget", args.budget])
+                for mode in ("budget-1", "budget-2")]
+    turns = [t for r in runs for t in r["turns"]]
+    notes = [n for t in turns for n in t["notes"]]
+    counts: dict[str, int] = {}
+    for n in notes:
+        name = f"{n['action']} {n['tier'] or ''}".strip()
+        counts[name] = counts.get(name, 0) + 1
+    result = {
+        "model": model_path(args.model).name, "ctx": args.ctx,
+        "conversations": args.conversations, "turns": len(turns),
+        "ram_budget": ram, "disk_budget": disk,
+        "peak_ram_bytes": max((n["ram_bytes"] for n in notes), default=0),
+        "peak_disk_bytes": max((n["disk_bytes"] for n in notes), default=0),
+        "peak_files_bytes": max(f for r in runs for f in r["files_bytes"]),
+        "most_entries": max((n["entries"] for n in notes), default=0),
+        "actions": counts,
+        "restored_tokens": sum(t["restored_tokens"] for t in turns),
+        "evaluated_tokens": sum(t["evaluated_tokens"] for t in turns),
+        "prompt_tokens": sum(t["prompt_tokens"] for t in turns),
+        "runs": runs,
+    }
+    print(f"{result['turns']} turns: RAM peak {result['peak_ram_bytes']:,} of {ram:,} B, "
+          f"disk peak {result['peak_disk_bytes']:,} (files {result['peak_files_bytes']:,}) "
+          f"of {disk:,} B; {counts}", flush=True)
+    if result["peak_ram_bytes"] > ram or max(result["peak_disk_bytes"],
+                                             result["peak_files_bytes"]) > disk:
+        raise SystemExit("a tier held more than its budget")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+
+
 def drop_page_cache(folder: Path) -> None:
     for path in folder.glob("*.kvstate"):
         fd = os.open(path, os.O_RDONLY)
@@ -140,9 +260,20 @@ def drop_page_cache(folder: Path) -> None:
             os.close(fd)
 
 
-def run_child(mode: str, size: int, ctx: int, folder: Path) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Setup:
+    ctx: int
+    model: str | None
+    """As ``--model`` gives it: passed on to every child process."""
+
+    def args(self) -> list[str]:
+        return ["--ctx", str(self.ctx), *(["--model", self.model] if self.model else [])]
+
+
+def run_child(mode: str, size: int, setup: Setup, folder: Path,
+              more: Sequence[str] = ()) -> dict[str, Any]:
     out = subprocess.run([sys.executable, __file__, "--child", mode, "--size", str(size),
-                          "--ctx", str(ctx), "--dir", str(folder)],
+                          *setup.args(), "--dir", str(folder), *more],
                          capture_output=True, text=True, check=False)
     if out.returncode != 0:
         raise SystemExit(f"{mode} {size} failed:\n{out.stderr[-3000:]}")
@@ -156,23 +287,23 @@ def restored(run: dict[str, Any], tier: str) -> dict[str, Any]:
     return notes[0]
 
 
-def measure(size: int, reps: int, ctx: int, base: Path) -> dict[str, Any]:
+def measure(size: int, reps: int, setup: Setup, base: Path) -> dict[str, Any]:
     runs: dict[str, list[dict[str, Any]]] = {"ram": [], "disk": [], "eval": []}
     sizes: dict[str, float] = {}
     for _ in range(reps):
         with tempfile.TemporaryDirectory(dir=base) as tmp:
             folder = Path(tmp)
-            runs["ram"].append(run_child("ram", size, ctx, folder))
+            runs["ram"].append(run_child("ram", size, setup, folder))
         with tempfile.TemporaryDirectory(dir=base) as tmp:
             folder = Path(tmp)
-            run_child("disk-save", size, ctx, folder)
+            run_child("disk-save", size, setup, folder)
             (path,) = folder.glob("*.kvstate")
             file_bytes = path.stat().st_size  # the resumed process saves a longer one
             drop_page_cache(folder)
-            runs["disk"].append(run_child("disk-resume", size, ctx, folder))
+            runs["disk"].append(run_child("disk-resume", size, setup, folder))
             cells = restored(runs["disk"][-1], "disk")["tokens"]  # the whole saved state
             sizes = {"file_bytes": file_bytes, "file_bytes_per_token": file_bytes / cells}
-            runs["eval"].append(run_child("eval", size, ctx, folder))
+            runs["eval"].append(run_child("eval", size, setup, folder))
     med = {mode: statistics.median(r["ttft_s"] for r in rs) for mode, rs in runs.items()}
     note = restored(runs["ram"][0], "ram")
     for run in runs["disk"]:  # the whole saved conversation, as from RAM
@@ -194,13 +325,13 @@ def measure(size: int, reps: int, ctx: int, base: Path) -> dict[str, Any]:
     }
 
 
-def regenerate(size: int, reps: int, ctx: int, base: Path) -> dict[str, Any]:
+def regenerate(size: int, reps: int, setup: Setup, base: Path) -> dict[str, Any]:
     found: dict[str, Any] = {}
     for mode in ("regen-on", "regen-off"):
         rs = []
         for _ in range(reps):
             with tempfile.TemporaryDirectory(dir=base) as tmp:
-                rs.append(run_child(mode, size, ctx, Path(tmp)))
+                rs.append(run_child(mode, size, setup, Path(tmp)))
         found[mode] = {"ttft_s": statistics.median(r["ttft_s"] for r in rs),
                        "prompt_tokens": rs[0]["prompt_tokens"],
                        "evaluated_tokens": rs[0]["evaluated_tokens"],
@@ -214,24 +345,38 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--ctx", type=int, default=8448)
     parser.add_argument("--regen-size", type=int, default=3000)
+    parser.add_argument("--model", help="a bundled model's name or a GGUF file")
+    parser.add_argument("--budget", help="RAM,DISK: measure the budgets instead")
+    parser.add_argument("--conversations", type=int, default=12)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--child")
     parser.add_argument("--size", type=int)
     parser.add_argument("--dir", type=Path)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(asyncio.run(child(args.child, args.size, args.ctx, args.dir))))
+        model = model_path(args.model)
+        work = (budget_child(args.child, args.conversations, args.ctx, args.dir, model,
+                             args.budget)
+                if args.child.startswith("budget") else
+                child(args.child, args.size, args.ctx, args.dir, model))
+        print(json.dumps(asyncio.run(work)))
         return
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
         (base / TEXTS).write_text(json.dumps(paragraphs()))
-        run(args, base)
+        if args.budget:
+            budgets(args, base)
+        else:
+            run(args, base)
 
 
 def run(args: argparse.Namespace, base: Path) -> None:
-    results: dict[str, Any] = {"ctx": args.ctx, "reps": args.reps, "sizes": []}
+    setup = Setup(args.ctx, args.model)
+    path = model_path(args.model)
+    results: dict[str, Any] = {"model": path.name, "ctx": args.ctx, "reps": args.reps,
+                               "sizes": []}
     for size in (int(s) for s in args.sizes.split(",") if s):
-        row = measure(size, args.reps, args.ctx, base)
+        row = measure(size, args.reps, setup, base)
         results["sizes"].append(row)
         t = row["ttft_s"]
         print(f"{row['prompt_tokens']:>6} tokens: ram {t['ram'] * 1000:8.1f} ms  disk "
@@ -239,8 +384,7 @@ def run(args: argparse.Namespace, base: Path) -> None:
               f"ram {row['ram_speedup']:.1f}x disk {row['disk_speedup']:.1f}x  "
               f"{row['file_bytes_per_token']:.0f} B/token on disk", flush=True)
     if args.regen_size:
-        results["regenerate"] = regen = regenerate(args.regen_size, args.reps, args.ctx,
-                                                     base)
+        results["regenerate"] = regen = regenerate(args.regen_size, args.reps, setup, base)
         print(f"regenerate {regen['regen-on']['prompt_tokens']} tokens: evaluated "
               f"{regen['regen-on']['evaluated_tokens']} in {regen['regen-on']['ttft_s']:.3f} s "
               f"(cache off: {regen['regen-off']['evaluated_tokens']} in "

@@ -5,16 +5,18 @@ evaluates only past the branch point); and the same through ``kvchat``."""
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from engine.backends.local import LocalEngine
 from engine.config import KVCacheConfig, ModelConfig, SamplingConfig
 from engine.errors import BranchError, ConversationNotFound, MessageNotFound
-from engine.events import Done, Error, Event, PromptEvaluated, TurnStarted
+from engine.events import ContextMap, Done, Error, Event, PromptEvaluated, TurnStarted
 from engine.session import ChatSession
 from engine.store import Store
 from tests.conftest import GREEDY, run_kvchat
@@ -202,8 +204,12 @@ async def test_edit_branches_and_evaluates_only_past_the_edit(engine: LocalEngin
     started = _one(events, TurnStarted)
     prompt, before = _one(events, PromptEvaluated), _one(second, PromptEvaluated)
     # Everything before the edited message (the first turn and its reply) came from
-    # the cache, as it did for the message the edit replaces.
+    # the cache, as it did for the message the edit replaces, and the edited message
+    # up to where it departs ("And of "); only the rest is evaluated.
     assert before.reused_tokens and prompt.reused_tokens >= before.reused_tokens
+    spans = [e for e in events if isinstance(e, ContextMap)][-1].spans
+    _, start, end = [s for s in spans if s[0] == "user"][-1]  # the edited message
+    assert start < prompt.reused_tokens < end
     assert prompt.evaluated_tokens == prompt.prompt_tokens - prompt.reused_tokens
     path = store.messages(cid)
     assert [m.content for m in path[:3]] == [old[0].content, old[1].content, "And of Spain?"]
@@ -319,3 +325,52 @@ def test_cli_branch_mistakes_are_one_line(kvchat_home: Path, args: tuple[str, ..
     assert proc.returncode == 2, proc.stderr
     (line,) = proc.stderr.strip().splitlines()
     assert line.startswith("kvchat: error: ") and message in line
+
+
+def _turn_events(proc: subprocess.CompletedProcess[str]) -> list[dict[str, Any]]:
+    assert proc.returncode == 0, proc.stderr
+    return [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+
+
+def _of(events: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [e for e in events if e.get("type") == kind]
+
+
+def test_cli_regenerate_and_edit_resume_from_the_saved_state(kvchat_home: Path) -> None:
+    """Each ``kvchat ask`` is a new process: what the last one held comes back from the
+    state file, and only what departs from it is evaluated."""
+    opts = ("--max-tokens", "6", "--temp", "0", "--events", "jsonl")
+    first = _turn_events(run_kvchat("ask", *opts, "My cat is called Miso and she is three.",
+                                    home=kvchat_home))
+    cid = _of(first, "turn_started")[0]["conversation_id"]
+    second = _turn_events(run_kvchat("ask", "--conversation", str(cid), *opts,
+                                     "What should I feed her?", home=kvchat_home))
+    prompt = _of(second, "prompt")[0]
+    assert prompt["restored_tokens"] > 0  # the first turn, from its file
+    assert [n["tier"] for n in _of(second, "state_cache") if n["action"] == "restore"] \
+        == ["disk"]
+
+    regen = _turn_events(run_kvchat("ask", "--conversation", str(cid), "--regenerate", *opts,
+                                    home=kvchat_home))
+    prompt = _of(regen, "prompt")[0]
+    assert [n["tier"] for n in _of(regen, "state_cache") if n["action"] == "restore"] \
+        == ["disk"]
+    # The same prompt as the last process's turn: every token of it but the last, which
+    # is evaluated for its logits, comes from the saved state.
+    assert prompt["prompt_tokens"] == _of(second, "prompt")[0]["prompt_tokens"]
+    assert prompt["evaluated_tokens"] == 1
+    assert prompt["restored_tokens"] == prompt["reused_tokens"] == prompt["prompt_tokens"] - 1
+
+    edited_id = _of(second, "turn_started")[0]["user_message_id"]
+    edit = _turn_events(run_kvchat("ask", "--conversation", str(cid), "--edit", str(edited_id),
+                                   *opts, "How often should she see a vet?", home=kvchat_home))
+    prompt = _of(edit, "prompt")[0]
+    assert [n["tier"] for n in _of(edit, "state_cache") if n["action"] == "restore"] \
+        == ["disk"]
+    # Restored up to where the edit departs: inside the edited message, whose text
+    # differs from its first word; everything after that point is evaluated.
+    spans = _of(edit, "context")[-1]["spans"]
+    _, start, end = [s for s in spans if s[0] == "user"][-1]  # the edited message
+    assert start <= prompt["restored_tokens"] < end
+    assert prompt["restored_tokens"] == prompt["reused_tokens"]
+    assert prompt["evaluated_tokens"] == prompt["prompt_tokens"] - prompt["restored_tokens"]

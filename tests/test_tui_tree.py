@@ -27,7 +27,7 @@ from tui.messages import ModelReady, PromptSubmitted, ReplyFinished
 from tui.screens.context_map import ContextMapScreen, bar_cells
 from tui.screens.message_picker import MessagePicker
 from tui.screens.search_screen import SearchResults, SearchScreen
-from tui.widgets.chat_pane import ReplyMessage, UserMessage
+from tui.widgets.chat_pane import ChatPane, ReplyMessage, UserMessage
 from tui.widgets.prompt_input import PromptInput
 
 SIZE = (120, 40)
@@ -186,8 +186,11 @@ async def test_search_finds_a_message_and_opens_it_on_its_branch(kvchat_home: Pa
     cid, found = store_for_search(app.store)
     async with app.run_test(size=SIZE, message_hook=seen.append) as pilot:
         await wait_for(seen, ModelReady, pilot)
-        await pilot.press("ctrl+f")
-        await pilot.pause()
+        # From the command palette (Ctrl+F opens the same screen: the next test).
+        await pilot.press("ctrl+p", *"Search conversations")
+        await pilot.pause(0.3)
+        await pilot.press("enter")
+        await pilot.pause(0.3)
         assert isinstance(app.screen, SearchScreen)
         await pilot.press(*"giraf")
         results = await wait_for(seen, SearchResults, pilot)
@@ -214,6 +217,8 @@ async def test_a_query_with_no_words_says_so(kvchat_home: Path) -> None:
     store_for_search(app.store)
     async with app.run_test(size=SIZE, message_hook=seen.append) as pilot:
         await pilot.press("ctrl+f")
+        await pilot.pause()
+        assert isinstance(app.screen, SearchScreen)
         await pilot.press(*"--")
         results = await wait_for(seen, SearchResults, pilot)
         assert results.error and results.hits == []  # type: ignore[attr-defined]
@@ -287,6 +292,8 @@ async def test_the_context_map_marks_evicted_messages(kvchat_home: Path) -> None
         first_user = app.shown_messages()[0]
         assert found[first_user.message_id].state == "evicted"
         assert first_user.has_class("-evicted") and not first_user.has_class("-part-evicted")
+        # The mark is drawn: a border at its left, absent on a message the model has.
+        assert first_user.styles.border_left[0] == "outer"
         assert "no longer sees" in str(first_user.tooltip)
         assert "eviction" in str(first_user.tooltip)
         for widget in app.shown_messages():  # every mark says what the map says
@@ -295,6 +302,7 @@ async def test_the_context_map_marks_evicted_messages(kvchat_home: Path) -> None
             assert widget.has_class("-part-evicted") == (row.state == "partly evicted")
         last_user = app.query(UserMessage).last()
         assert not last_user.has_class("-evicted") and last_user.tooltip is None
+        assert last_user.styles.border_left[0] in ("", "none")
 
         await pilot.press("f8")
         await pilot.pause(0.2)
@@ -322,8 +330,14 @@ async def test_a_message_cut_to_fit_is_marked_where_it_was_cut(kvchat_home: Path
         user = app.query_one(UserMessage)
         assert user.has_class("-cut") and user.has_class("-part-evicted")
         assert f"its first {cut[0].cut_tokens} tokens were cut" in str(user.tooltip)
-        notices = [str(n.render()) for n in app.query(".notice")]
-        assert any(n.startswith("note: the message is") for n in notices)
+        # Said where it happened: right after the message that was cut, before its reply.
+        pane = app.query_one(ChatPane)
+        at = pane.children.index(user)
+        notice, reply = pane.children[at + 1], pane.children[at + 2]
+        assert notice.has_class("notice") and isinstance(reply, ReplyMessage)
+        assert str(notice.render()).startswith("note: the message is")
+        assert f"{cut[0].cut_tokens}" in str(notice.render())
+        assert user.styles.border_left[0] == "outer"
 
 
 async def test_the_map_shows_what_came_back_from_a_saved_state(kvchat_home: Path) -> None:
