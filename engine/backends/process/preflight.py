@@ -8,8 +8,8 @@ native abort. So a model is first loaded, and one token decoded, in an engine pr
 of its own (the app's, :class:`~engine.backends.process.engine.ProcessEngine`): an
 abort there ends only that process and becomes a one-line ``ModelFileError``.
 
-That costs a second load (about 0.6 s on the default model, where ``kvchat ask``
-takes 0.35 s from start to its reply), so it is paid once: a load that went through
+That costs a second load and a one-token reply (0.7 to 0.9 s on the default model,
+where a two-token ``kvchat ask`` takes 0.85 s in all), so it is paid once: a load that went through
 is remembered by the file's path, size and modification time and the settings that
 shape the load (``known-loads.json`` in the data dir), and the same file is not
 checked again until it changes. The bundled models are not checked at all.
@@ -23,14 +23,18 @@ import json
 import re
 from pathlib import Path
 
+from engine.api import ChatMessage, ChatRequest
 from engine.backends.process.engine import ProcessEngine, log
-from engine.config import KVCacheConfig, ModelConfig, SpeculativeConfig
+from engine.config import CacheConfig, KVCacheConfig, ModelConfig, SamplingConfig, SpeculativeConfig
 from engine.errors import EngineDied, ModelFileError
+from engine.events import Error
 from engine.files.atomic import atomic_write, private_dir
 from engine.model.bundled import is_bundled
 from engine.model.gguf_header import read_gguf_header
 
 KNOWN_LOADS = "known-loads.json"
+FIRST_TOKEN = ChatRequest(messages=(ChatMessage(role="user", content="Hi"),),
+                          sampling=SamplingConfig(max_tokens=1, temperature=0.0))
 KEEP = 64
 """Loads remembered, the most recent first."""
 
@@ -83,10 +87,13 @@ async def check_load(model: ModelConfig, kv: KVCacheConfig, speculative: Specula
         return  # a file that cannot be read: the load says so
     read_gguf_header(path)  # what kvchat's own checks refuse needs no process
     engine = ProcessEngine(model.model_copy(update={"path": path}), kv=kv,
-                           speculative=speculative)
+                           speculative=speculative, cache=CacheConfig(enabled=False))
     quiet, log.disabled = log.disabled, True  # its death is told once, below
     try:
         await engine.start()
+        async for event in engine.chat(FIRST_TOKEN):  # a decode's graphs, not only the load's
+            if isinstance(event, Error) and event.code == EngineDied.code:
+                raise EngineDied(event.message)
     except EngineDied:
         raise ModelFileError(f"cannot load {path}: llama.cpp aborted while loading it "
                              f"({_assertion(engine.death)})") from None
