@@ -23,7 +23,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from engine.config import SamplingConfig
-from engine.errors import EngineClosed, PromptError, SwitchUnsupported
+from engine.errors import EngineClosed, KvchatError, PromptError, SwitchUnsupported
 from engine.events import Event, MemorySnapshot, ModelLoaded
 from engine.structured.spec import OutputSpec
 
@@ -159,6 +159,14 @@ class ChatEngine(ABC):
         :class:`~engine.errors.EngineClosed` at once, before the stream starts, once
         the engine is closed.
         """
+
+    def answers(self, request: ChatRequest, n: int) -> AsyncIterator[Event]:
+        """``n`` alternative replies to ``request``, decoded together from one
+        evaluation of its prompt: one stream whose events carry ``reply`` 0..n-1, each
+        reply ending with its own ``Done`` or ``Error``. Raises
+        :class:`~engine.errors.KvchatError` at once where the engine cannot (this
+        default) or has too few sequences for ``n``."""
+        raise KvchatError("this engine cannot give several answers at once")
 
     def pace_events(self, gap_s: float) -> None:
         """Hand each later reply's events over at most every ``gap_s`` once its first

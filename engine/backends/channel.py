@@ -28,8 +28,11 @@ class EventChannel:
     out: what comes before it (routing, the prompt's evaluation) must not hold the
     reply's first words back."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, min_gap_s: float = 0.0) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, min_gap_s: float = 0.0,
+                 replies: int = 1) -> None:
         self._loop = loop
+        self._open = replies
+        """Replies whose last event has not come: N answers share one channel."""
         self._min_gap_s = min_gap_s
         self._lock = threading.Lock()
         self._items: deque[Event] = deque()
@@ -69,20 +72,24 @@ class EventChannel:
                 spoken = spoken or isinstance(event, TokenChunk)
                 yield event
                 if isinstance(event, TERMINAL):
-                    return
+                    self._open -= 1
+                    if not self._open:
+                        return
             self._spoken = self._spoken or spoken
             if self._min_gap_s and self._spoken:
                 await asyncio.sleep(self._min_gap_s)
 
 
 def coalesce(events: list[Event]) -> list[Event]:
-    """Merge runs of adjacent token events into one event each."""
+    """Merge runs of adjacent token events of one reply into one event each."""
     out: list[Event] = []
     for event in events:
         prev = out[-1] if out else None
-        if isinstance(event, TokenChunk) and isinstance(prev, TokenChunk):
+        if (isinstance(event, TokenChunk) and isinstance(prev, TokenChunk)
+                and event.reply == prev.reply):
             out[-1] = TokenChunk(ts=event.ts, text=prev.text + event.text,
-                                 token_ids=prev.token_ids + event.token_ids)
+                                 token_ids=prev.token_ids + event.token_ids,
+                                 reply=event.reply)
         else:
             out.append(event)
     return out

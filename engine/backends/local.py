@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from engine.api import ChatEngine, ChatRequest, ModelAnswer, ModelChoice, check_open
+from engine.backends.batched import BatchRunner
 from engine.backends.channel import EventChannel
 from engine.backends.model_switch import check_switch, list_choices
 from engine.cache.pool import StateCache
@@ -65,6 +66,9 @@ class LocalEngine(ChatEngine):
         self._thread: threading.Thread | None = None
         self._lm: LoadedModel | None = None
         self._gen: Generator | None = None
+        self._batch: BatchRunner | None = None
+        """With ``parallel`` > 1: every reply, decoded together (engine/batch/)."""
+        self.parallel_replies = model.parallel
         self._info: ModelLoaded | None = None
         self._current: _Job | None = None
         self._classifier: RouteClassifier | None = None
@@ -111,12 +115,23 @@ class LocalEngine(ChatEngine):
         job = self._current
         if job is not None:
             job.cancel.set()
+        if self._batch is not None:
+            self._batch.cancel_all()
 
     # -- replies ------------------------------------------------------------------
 
     def chat(self, request: ChatRequest) -> AsyncIterator[Event]:
         check_open(self._closed)
         return self.stream(request, threading.Event())
+
+    def answers(self, request: ChatRequest, n: int) -> AsyncIterator[Event]:
+        """``n`` answers to ``request`` from one evaluation of its prompt, decoded
+        together; their events carry ``reply`` 0..n-1. Needs ``parallel`` >= ``n``."""
+        check_open(self._closed)
+        if n > self.parallel_replies:
+            raise KvchatError(f"{n} answers at once need {n} sequences: load the model "
+                              f"with --parallel {n} (it has {self.parallel_replies})")
+        return self.stream(request, threading.Event(), n=n)
 
     def count_tokens(self, text: str) -> int | None:
         lm = self._lm
@@ -139,15 +154,15 @@ class LocalEngine(ChatEngine):
         return self._classifier.classify(text, routes, descriptions)
 
     async def stream(self, request: ChatRequest, cancel: threading.Event,
-                     min_gap_s: float = 0.0) -> AsyncIterator[Event]:
+                     min_gap_s: float = 0.0, n: int = 1) -> AsyncIterator[Event]:
         """``chat``, stopped by setting ``cancel`` (from any thread, before or while it
         runs): the engine process cancels one reply by its id this way, where
         :meth:`cancel` stops whichever reply is running. Events come at most every
         ``min_gap_s``, tokens merged (:class:`EventChannel`). A request without
         sampling gets this engine's default here."""
         request = request.with_default_sampling(self._default_sampling)
-        channel = EventChannel(asyncio.get_running_loop(), min_gap_s)
-        job = self._submit(lambda: self._reply(request, channel, cancel), cancel)
+        channel = EventChannel(asyncio.get_running_loop(), min_gap_s, replies=n)
+        job = self._submit(lambda: self._reply(request, channel, cancel, n), cancel)
         finished = False
         try:
             async for event in channel:
@@ -158,9 +173,14 @@ class LocalEngine(ChatEngine):
                 job.cancel.set()  # the consumer left early: stop generating for nobody
 
     def _reply(self, request: ChatRequest, channel: EventChannel,
-               cancel: threading.Event) -> None:
+               cancel: threading.Event, n: int = 1) -> None:
         if self._gen is None:
-            channel.put(Error(code="not_loaded", message="the model is not loaded"))
+            for k in range(n):
+                channel.put(Error(code="not_loaded", message="the model is not loaded",
+                                  reply=k if n > 1 else None))
+            return
+        if self._batch is not None:  # joins the batch; the serve loop steps it
+            self._batch.join(request, channel.put, cancel, n)
             return
         try:
             self._gen.run(request, channel.put, cancel)
@@ -196,8 +216,17 @@ class LocalEngine(ChatEngine):
         self._jobs.put(job)
         return job
 
+    def _next_job(self) -> _Job | None:
+        """The next job; while the batch has replies, one step of it between jobs."""
+        while (batch := self._batch) is not None and batch.busy:
+            try:
+                return self._jobs.get_nowait()
+            except queue.Empty:
+                batch.step()
+        return self._jobs.get()
+
     def _serve(self) -> None:
-        while (job := self._jobs.get()) is not None:
+        while (job := self._next_job()) is not None:
             if not job.future.set_running_or_notify_cancel():
                 continue
             self._current = job
@@ -230,6 +259,9 @@ class LocalEngine(ChatEngine):
                                   greedy_in_graph=in_graph == "on" or (
                                       in_graph == "auto" and on_gpu))
             self._gen.warm_up()
+            if self._model_config.parallel > 1:
+                self._batch = BatchRunner(self._lm, self._model_config.parallel,
+                                          self._kv_policy)
             self._info = info
         assert self._info is not None
         return self._info
@@ -280,6 +312,9 @@ class LocalEngine(ChatEngine):
         self._states.close()  # and the disk tier keeps what RAM holds
 
     def _unload(self) -> None:
+        if self._batch is not None:
+            self._batch.close()
+            self._batch = None
         if self._classifier is not None:
             self._classifier.close()
             self._classifier = None

@@ -82,6 +82,12 @@ class BatchDecoder(Placement):
             ahead += len(group.members)
         return out
 
+    def take_events(self) -> list[Event]:
+        """Events since the last step (a reply queued by ``add``, a cancel's ``Done``)
+        without stepping."""
+        events, self._events = self._events, []
+        return events
+
     def close(self) -> None:
         for slot in list(self.slots.values()):
             slot.sampler.close()

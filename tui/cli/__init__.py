@@ -51,6 +51,9 @@ def _model_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
                        help="config file (default: config.toml in the platform's config dir)")
     group.add_argument("--ctx", metavar="N", type=_positive, default=default,
                        help="context size in tokens")
+    group.add_argument("--parallel", metavar="N", type=_positive, default=default,
+                       help="replies decoded together in one batch (sequences the context "
+                            "holds; default 1)")
     group.add_argument("--kv-type", choices=["auto", "f16", "q8_0", "q4_0"], default=default,
                        help="KV cache type (auto: f16 unless quantizing makes the model fit)")
     group.add_argument("--budget", metavar="SIZE", default=default,
@@ -109,6 +112,11 @@ def _add_ask_parser(commands: Any) -> None:
                      help="print every engine event as one JSON object per line instead")
     ask.add_argument("--ignore-eos", action="store_true",
                      help="keep generating to --max-tokens (for benchmarks)")
+    ask.add_argument("--n", metavar="N", type=_positive,
+                     help="give N answers to the prompt, evaluated once and decoded "
+                          "together (sets --parallel to N unless given)")
+    ask.add_argument("--json", action="store_true",
+                     help="with --n: print the answers as a JSON list")
     ask.add_argument("--route", metavar="NAME",
                      help="send this message through route NAME (code, qa, summarize, chat "
                           "or your own) instead of the router's choice")

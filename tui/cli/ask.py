@@ -25,6 +25,7 @@ from engine.session import ChatSession
 from engine.store import Store
 from engine.structured.spec import OutputSpec
 from tui.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
+from tui.cli.ask_n import ask_n, check_n
 from tui.cli.options import pinned_sampling, read_prompt
 from tui.cli.startup import check_first_load, start_up
 from tui.cli.structured import output_spec
@@ -40,8 +41,11 @@ USAGE_ERROR_CODES = {"prompt_too_long", "prompt_empty", "prompt_not_utf8", "serv
 def run_ask(args: argparse.Namespace) -> int:
     jsonl = args.events == "jsonl"
     try:
+        check_n(args)
         _check_branch_options(args)
         prompt = "" if args.regenerate else read_prompt(args.prompt)
+        if args.n is not None:
+            return asyncio.run(ask_n(args, prompt))
         return asyncio.run(_ask(args, prompt, jsonl))
     except KvchatError as exc:
         if jsonl:

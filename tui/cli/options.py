@@ -31,6 +31,7 @@ class OneLineParser(argparse.ArgumentParser):
 _OVERRIDES = {
     "model": ("model", "path"),
     "ctx": ("model", "n_ctx"),
+    "parallel": ("model", "parallel"),
     "kv_type": ("model", "kv_type"),
     "budget": ("model", "memory_budget"),
     "speculative": ("speculative", "mode"),
