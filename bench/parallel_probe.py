@@ -104,9 +104,11 @@ async def concurrent(settings: LoadSettings, prompt_tokens: int, tokens: int,
         warm = await _prompts(eng, n, 24, "Warm-up")
         await asyncio.gather(*(_reply(eng, p, WARMUP_TOKENS, 0.0) for p in warm))
         prompts = await _prompts(eng, n, prompt_tokens, "Ledger")
+        before = await eng.run_on_engine_thread(lambda gen: _decoder_stats(eng))
         origin = time.perf_counter()
         replies = await asyncio.gather(*(_reply(eng, p, tokens, origin) for p in prompts))
-        stats = await eng.run_on_engine_thread(_decoder_stats)
+        after = await eng.run_on_engine_thread(lambda gen: _decoder_stats(eng))
+        stats = _stats_delta(before, after)
     finally:
         await eng.close()
     for r in replies:
@@ -116,16 +118,34 @@ async def concurrent(settings: LoadSettings, prompt_tokens: int, tokens: int,
             "eog": eog}
 
 
-def _decoder_stats(gen: Any) -> dict[str, Any] | None:
-    """The batch decoder's own counters (steps, rows, prompt tokens), when the engine
-    ran its replies through one."""
-    from dataclasses import asdict, is_dataclass
+def _decoder_stats(eng: Any) -> dict[str, Any] | None:
+    """The batch decoder's own counters (steps, rows decoded, prompt tokens, seconds in
+    ``llama_decode``), read on the engine thread; None where the engine decoded
+    without one."""
+    from dataclasses import asdict
 
-    for holder in (gen, getattr(gen, "batch", None)):
-        stats = getattr(holder, "stats", None) if holder is not None else None
-        if stats is not None and is_dataclass(stats):
-            return json.loads(json.dumps(asdict(stats), default=str))
-    return None
+    runner = getattr(eng, "_batch", None)
+    decoder = getattr(runner, "decoder", None)
+    stats = getattr(decoder, "stats", None)
+    if stats is None:
+        return None
+    counters = asdict(stats)
+    counters.pop("replies", None)
+    return counters
+
+
+def _stats_delta(before: dict[str, Any] | None, after: dict[str, Any] | None
+                 ) -> dict[str, Any] | None:
+    """What the measured replies added to the decoder's counters (the warm-up's
+    excluded); the largest step is the whole run's."""
+    if before is None or after is None:
+        return None
+    out = {k: v - before.get(k, 0) for k, v in after.items()
+           if isinstance(v, int | float) and k != "max_rows"}
+    out["max_rows"] = after.get("max_rows")
+    if out.get("steps"):
+        out["rows_per_step"] = out.get("rows_decoded", 0) / out["steps"]
+    return out
 
 
 async def join(settings: LoadSettings, prompt_tokens: int, tokens: int, n: int,
