@@ -154,7 +154,8 @@ class HostileServer:
     """A server that misbehaves on purpose, each ``chat`` mode one way a real server
     (or a hostile one) can: ``keepalive`` sends SSE comments and never a token;
     ``token-then-keepalive`` sends one token, then only comments; ``overrun`` streams
-    tokens without end, whatever max_tokens says; ``401`` refuses the key. ``models``
+    tokens without end, whatever max_tokens says; ``endless-line`` starts a line and never
+    ends it, sending bytes as fast as it can; ``401`` refuses the key. ``models``
     is the status of the model list (401: the key refused there already). With
     ``kvchat``, it passes for ``kvchat serve`` (``/kvchat/v1/info``) and misbehaves the
     same ways in its typed events on ``/kvchat/v1/chat``: ``queued`` and ``progress``
@@ -224,8 +225,13 @@ class HostileServer:
         if self.chat == "token-then-keepalive":
             out.write(token)
             self.chunks_sent += 1
+        if self.chat == "endless-line":
+            out.write(b'{"type": "token", "text": "' if self.kvchat else b"data: x")
         while time.monotonic() < until:
-            if self.chat == "overrun":
+            if self.chat == "endless-line":
+                out.write(b"x" * 65536)
+                self.chunks_sent += 1
+            elif self.chat == "overrun":
                 out.write(token)
                 self.chunks_sent += 1
                 time.sleep(0.005)

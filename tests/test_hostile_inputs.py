@@ -335,6 +335,14 @@ async def test_a_reply_past_max_tokens_is_cut_there(hostile: HostileServer) -> N
     assert hostile.hung_up.wait(10)  # kvchat stopped reading
 
 
+@pytest.mark.parametrize("hostile", ["endless-line", ("endless-line", 200, True)], **AS_KVCHAT)
+async def test_a_line_without_end_is_cut_at_the_line_limit(hostile: HostileServer) -> None:
+    end = (await reply_from(hostile, timeout=30.0))[-1]
+    assert isinstance(end, Error) and end.code == "server_protocol", end
+    assert "sent a line of more than 8388608 characters" in end.message, end.message
+    assert hostile.chunks_sent < 1000 and hostile.hung_up.wait(10)  # 64 MiB at most
+
+
 @pytest.mark.parametrize("hostile", ["keepalive", ("keepalive", 200, True)], **AS_KVCHAT)
 def test_ask_ends_a_keep_alive_stream_with_one_line(hostile: HostileServer,
                                                     kvchat_home: Path) -> None:

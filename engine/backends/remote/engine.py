@@ -21,7 +21,7 @@ from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
 import httpx
-from httpx_sse import SSEError, aconnect_sse
+from httpx_sse import aconnect_sse
 from pydantic import SecretStr, ValidationError
 
 from engine.api import ChatEngine, ChatMessage, ChatRequest, ModelChoice, check_open
@@ -36,7 +36,13 @@ from engine.backends.remote.errors import (
     status_error,
 )
 from engine.backends.remote.kvchat import KvchatReplies, probe_kvchat
-from engine.backends.remote.limits import MAX_ERROR_BYTES, ReplyWatch, Stalled, read_capped
+from engine.backends.remote.limits import (
+    MAX_ERROR_BYTES,
+    ReplyWatch,
+    Stalled,
+    read_capped,
+    sse_data,
+)
 from engine.backends.remote.probe import ServerInfo, probe
 from engine.backends.remote.reply import StreamedReply
 from engine.backends.remote.stats import read_stats
@@ -316,22 +322,16 @@ class OpenAIEngine(ChatEngine):
                     queue.put_nowait(_Refused(error, response.status_code, detail))
                     return
                 saw_done = False
-                async for sse in source.aiter_sse():
-                    if sse.data.strip() == "[DONE]":
-                        saw_done = True
+                async for data in sse_data(response, url):
+                    if saw_done := data.strip() == "[DONE]":
                         break
-                    if not sse.data.strip():
-                        continue
                     try:
-                        queue.put_nowait(Chunk.model_validate_json(sse.data))
+                        queue.put_nowait(Chunk.model_validate_json(data))
                     except ValidationError:
                         raise ServerProtocolError(
                             f"the server sent a chunk that is not chat-completion JSON: "
-                            f"{sse.data[:120]!r}") from None
+                            f"{data[:120]!r}") from None
                 queue.put_nowait(_End(saw_done))
-        except SSEError as exc:
-            queue.put_nowait(ServerProtocolError(
-                f"{url} did not answer with an event stream: {exc}"))
         except (httpx.HTTPError, KvchatError) as exc:
             queue.put_nowait(exc)
         except Exception as exc:  # never leave the consumer waiting on an empty queue

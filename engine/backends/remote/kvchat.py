@@ -44,6 +44,7 @@ from engine.backends.remote.limits import (
     MAX_TOKEN_CHARS,
     ReplyWatch,
     Stalled,
+    bounded_lines,
     get_json,
     read_capped,
 )
@@ -220,7 +221,7 @@ class KvchatReplies:
                     body = await read_capped(response, MAX_ERROR_BYTES)
                     queue.put_nowait(_refusal(response.status_code, body, url))
                     return
-                async for line in response.aiter_lines():
+                async for line in bounded_lines(response, url):
                     if line.strip():
                         try:
                             queue.put_nowait(parse_event(line))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -26,6 +27,9 @@ MAX_BODY_BYTES = 8 * 1024 * 1024
 """The most a non-streamed answer (a model list, /props, /metrics) may hold."""
 MAX_ERROR_BYTES = 64 * 1024
 """The most of an error answer's body read for its message."""
+MAX_LINE_CHARS = MAX_BODY_BYTES
+"""The longest line, and the longest SSE event, a stream may send: a server that sends
+bytes without end and no line end would otherwise fill the memory."""
 MAX_TOKEN_CHARS = 256
 """No token's text is longer: a reply of more than max_tokens x this went past its
 limit even where a server sends several tokens per chunk."""
@@ -77,6 +81,49 @@ async def read_capped(response: httpx.Response, limit: int) -> bytes:
         if len(body) >= limit:
             break
     return bytes(body[:limit])
+
+
+async def bounded_lines(response: httpx.Response, url: str,
+                        limit: int = MAX_LINE_CHARS) -> AsyncIterator[str]:
+    """A streamed response's lines (``\\n`` or ``\\r\\n`` ended), none longer than
+    ``limit``. Raises ServerProtocolError past it."""
+    pending = ""
+    async for text in response.aiter_text():
+        *lines, pending = (pending + text).split("\n")
+        for line in lines:
+            yield line.removesuffix("\r")
+        if len(pending) > limit:
+            raise ServerProtocolError(f"{url} sent a line of more than {limit} characters")
+    if pending:
+        yield pending.removesuffix("\r")
+
+
+async def sse_data(response: httpx.Response, url: str,
+                   limit: int = MAX_LINE_CHARS) -> AsyncIterator[str]:
+    """The ``data`` of each server-sent event of ``response`` that has any (comments,
+    other fields and blank data skipped), none longer than ``limit``. Raises
+    ServerProtocolError for a response that is not an event stream, or past the limit."""
+    kind = response.headers.get("content-type", "").partition(";")[0]
+    if "text/event-stream" not in kind:
+        raise ServerProtocolError(f"{url} did not answer with an event stream: its "
+                                  f"Content-Type is {kind!r}")
+    data: list[str] = []
+    size = 0
+    async for line in bounded_lines(response, url, limit):
+        if not line:
+            if "".join(data).strip():
+                yield "\n".join(data)
+            data, size = [], 0
+            continue
+        field, _, value = line.partition(":")
+        if field == "data":
+            data.append(value.removeprefix(" "))
+            size += len(value)
+            if size > limit:
+                raise ServerProtocolError(f"{url} sent an event of more than {limit} "
+                                          "characters")
+    if "".join(data).strip():
+        yield "\n".join(data)
 
 
 class Stalled:
