@@ -287,6 +287,54 @@ async def test_second_client_waits_third_is_refused_and_a_leaver_is_cancelled(
     assert stopped and int(stopped[-1]) < 1500  # cancelled at once, not generated out
 
 
+async def _first_words(lines: AsyncIterator[str]) -> float:
+    """When the stream's first content chunk came (after its role chunk)."""
+    async for line in lines:
+        if '"content": "' in line and '"role"' not in line:
+            return time.monotonic()
+    raise AssertionError("the stream ended before any words")
+
+
+async def test_parallel_server_streams_two_replies_at_once_and_frees_a_leaver(
+        tmp_path: Path) -> None:
+    """--parallel 2: two clients decode together in one batch (the second's words come
+    while the first still streams, neither queued); the first leaves mid-reply, its
+    sequence is freed at once, and the second is generated out, whole."""
+    srv = ServeProcess(tmp_path / "parallel", "--parallel", "2", "--max-queue", "1")
+    try:
+        srv.wait_ready()
+        async with httpx.AsyncClient(base_url=srv.url, timeout=120) as client:
+            assert (await client.get("/health")).json()["capacity"] == 2
+            leaver = openai_body("Write a very long story about a dragon.", stream=True,
+                                 max_tokens=1500, ignore_eos=True)
+            stayer = openai_body("Tell me about the sea.", stream=True, max_tokens=64,
+                                 ignore_eos=True)
+            async with client.stream("POST", "/v1/chat/completions", json=leaver) as first:
+                first_lines = first.aiter_lines()
+                await _first_words(first_lines)
+                async with client.stream("POST", "/v1/chat/completions",
+                                         json=stayer) as second:
+                    second_lines = second.aiter_lines()
+                    await _first_words(second_lines)
+                    state = (await client.get("/health")).json()
+                    assert (state["in_flight"], state["queued"]) == (2, 0)
+                    async for line in first_lines:  # the first still streams alongside
+                        if '"content": "' in line:
+                            break
+                    await first.aclose()  # the first client leaves mid-reply
+                    await until(lambda h: h["in_flight"] == 1, client)
+                    rest = sse_payloads([line async for line in second_lines])
+            assert rest[-1] == "[DONE]"
+            assert json.loads(rest[-2])["usage"]["completion_tokens"] == 64
+            await until(lambda h: h["in_flight"] == 0, client)
+    finally:
+        srv.stop()
+    stopped = re.findall(r"\(openai stream\) cancelled: stopped after (\d+) tokens",
+                         srv.log_text())
+    assert stopped and int(stopped[-1]) < 1500
+    assert "Traceback" not in srv.log_text()
+
+
 async def test_remote_engine_sees_typed_events_and_cancels(server: ServeProcess) -> None:
     engine = OpenAIEngine(EndpointConfig(base_url=f"{server.url}/v1"),
                           sampling=SamplingConfig(temperature=0.0, max_tokens=1500, seed=0))

@@ -46,7 +46,7 @@ def _model_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
     group = parser.add_argument_group("model and sampling")
     group.add_argument("--model", metavar="PATH|NAME", default=default,
                        help="GGUF file to load, or a name `kvchat models` lists "
-                            "(default: the bundled Gemma 3 270M)")
+                            "(default: the bundled SmolLM2-135M-Instruct)")
     group.add_argument("--config", metavar="PATH", default=default,
                        help="config file (default: config.toml in the platform's config dir)")
     group.add_argument("--ctx", metavar="N", type=_positive, default=default,

@@ -23,7 +23,7 @@ def add_bench_parser(commands: argparse._SubParsersAction, positive: object) -> 
                     "fresh process, alternating, several repetitions; with the machine's "
                     "measured memory bandwidth and the decode ceiling it implies.")
     bench.add_argument("model", nargs="?", metavar="MODEL.gguf",
-                       help="GGUF file (default: the bundled Gemma 3 270M)")
+                       help="GGUF file (default: the bundled SmolLM2-135M-Instruct)")
     bench.add_argument("--shape", metavar="NAME:QUANT",
                        help="synthesize a built-in shape (random weights) and measure it, "
                             "e.g. llama-3.1-8b:Q4_K_M (written once to --models)")
