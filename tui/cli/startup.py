@@ -9,6 +9,7 @@ before a model loads or a screen takes over the terminal.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -61,9 +62,12 @@ def start_up(args: argparse.Namespace, *, app: bool) -> Iterator[StartUp]:
         if args.route is not None:
             routes.check_route(args.route)  # likewise
         # A missing API key variable fails here too.
-        engine = make_engine(config, own_process=app and ui_settings(config).engine_process)
+        own_process = app and ui_settings(config).engine_process
+        engine = make_engine(config, own_process=own_process)
         if app and config.backend.kind == "local":
             _check_model_file(config)
+            if not own_process:  # the app loads the model itself: an abort would end it
+                asyncio.run(check_first_load(config))
         yield StartUp(config, store, routes, engine, pinned_sampling(args))
 
 
@@ -99,9 +103,10 @@ def _check_model_file(config: KvchatConfig) -> None:
 
 
 async def check_first_load(config: KvchatConfig) -> None:
-    """For ``kvchat ask``, which loads the local model in its own process: a file not
-    loaded before is loaded once in an engine process first, so that an abort inside
-    llama.cpp is a one-line ModelFileError (exit 2) rather than the end of this one
+    """For ``kvchat ask`` (and the app with ``ui.engine_process`` off), which load the
+    local model in their own process: a file not loaded before is loaded once in an
+    engine process first, so that an abort inside llama.cpp is a one-line
+    ModelFileError (exit 2) rather than the end of this one
     (engine/backends/process/preflight.py)."""
     if config.backend.kind != "local":
         return
