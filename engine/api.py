@@ -14,8 +14,10 @@ Every reply ends with exactly one ``Done`` or ``Error`` event.
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -28,6 +30,9 @@ from engine.events import Event, MemorySnapshot, ModelLoaded
 from engine.structured.spec import OutputSpec
 
 Role = Literal["system", "user", "assistant"]
+
+CANCEL_POLL_S = 0.05
+"""How often a backend that cannot be woken by a reply's cancel event looks at it."""
 
 
 class ChatMessage(BaseModel):
@@ -125,8 +130,9 @@ class ModelChoice(BaseModel):
 
 class ChatEngine(ABC):
     parallel_replies: int = 1
-    """Replies this engine generates at once; ``chat`` calls beyond that wait for one to
-    finish. A server sharing the engine (``kvchat serve``) starts this many replies at a
+    """Replies this engine generates at once (``--parallel``); ``chat`` calls beyond that
+    wait for one to finish (an engine that queues them says so with ``queued`` events).
+    A server sharing the engine (``kvchat serve``) starts this many replies at a
     time and queues the rest."""
     generates_on_thread: bool = False
     """True when replies are generated on a thread of the caller's process, where they
@@ -152,7 +158,8 @@ class ChatEngine(ABC):
     def chat(self, request: ChatRequest) -> AsyncIterator[Event]:
         """Generate the assistant's reply to ``request.messages`` as a stream of events.
 
-        Replies run one at a time; a second call waits for the first to finish.
+        Up to ``parallel_replies`` replies run at once; a call beyond that waits for one
+        to finish. ``stream`` is the same with a cancel of the reply's own.
         Leaving the iterator early cancels the reply. An engine that had to load its
         model again for this reply (a new engine process after a crash) begins the
         stream with the new ``model_loaded`` and ``memory`` events. Raises
@@ -160,12 +167,31 @@ class ChatEngine(ABC):
         the engine is closed.
         """
 
-    def answers(self, request: ChatRequest, n: int) -> AsyncIterator[Event]:
+    async def stream(self, request: ChatRequest,
+                     cancel: threading.Event) -> AsyncIterator[Event]:
+        """``chat``, stopped by setting ``cancel`` (from any thread, before or while it
+        runs): this reply alone ends, ``cancelled``, and the others in flight go on.
+        This default serves an engine that generates one reply at a time: setting
+        ``cancel`` calls :meth:`cancel` (looked at every :data:`CANCEL_POLL_S`).
+        Raises as ``chat`` does."""
+        events = self.chat(request)
+        watch = asyncio.ensure_future(when_set(cancel, self.cancel))
+        try:
+            async for event in events:
+                yield event
+        finally:
+            watch.cancel()
+            close = getattr(events, "aclose", None)
+            if close is not None:
+                await close()
+
+    def answers(self, request: ChatRequest, n: int,
+                cancel: threading.Event | None = None) -> AsyncIterator[Event]:
         """``n`` alternative replies to ``request``, decoded together from one
         evaluation of its prompt: one stream whose events carry ``reply`` 0..n-1, each
-        reply ending with its own ``Done`` or ``Error``. Raises
-        :class:`~engine.errors.KvchatError` at once where the engine cannot (this
-        default) or has too few sequences for ``n``."""
+        reply ending with its own ``Done`` or ``Error``; setting ``cancel`` stops all
+        ``n``. Raises :class:`~engine.errors.KvchatError` at once where the engine
+        cannot (this default) or has too few sequences for ``n``."""
         raise KvchatError("this engine cannot give several answers at once")
 
     def pace_events(self, gap_s: float) -> None:
@@ -218,11 +244,20 @@ class ChatEngine(ABC):
 
     @abstractmethod
     def cancel(self) -> None:
-        """Stop the reply in flight within one token (a no-op when idle)."""
+        """Stop every reply in flight within one token (a no-op when idle); ``stream``'s
+        cancel stops one."""
 
     @abstractmethod
     async def close(self) -> None:
         """Cancel anything in flight and free the model."""
+
+
+async def when_set(event: threading.Event, then: Callable[[], None]) -> None:
+    """Call ``then`` once ``event`` is set (from any thread): a cancel event watched by
+    a coroutine that cannot block on it. Cancel the task to stop watching."""
+    while not event.is_set():
+        await asyncio.sleep(CANCEL_POLL_S)
+    then()
 
 
 def check_open(closed: bool) -> None:

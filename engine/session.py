@@ -9,6 +9,7 @@ Both UIs (the TUI and ``kvchat ask``) talk to the engine through this class.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import aclosing
@@ -56,6 +57,8 @@ class _Turn:
     """The text of the attempt in flight."""
     last_save: float = 0.0
     final: Done | Error | None = None
+    cancel: threading.Event | None = None
+    """Stops this reply alone (``ChatEngine.stream``); None: only ``engine.cancel()``."""
 
 
 class ChatSession:
@@ -121,8 +124,8 @@ class ChatSession:
     async def send(self, text: str, conversation_id: int | None = None,
                    sampling: SamplingConfig | None = None, *,
                    ignore_eos: bool = False, route: str | None = None,
-                   pinned: Iterable[str] = (),
-                   output: OutputSpec | None = None) -> AsyncIterator[Event]:
+                   pinned: Iterable[str] = (), output: OutputSpec | None = None,
+                   cancel: threading.Event | None = None) -> AsyncIterator[Event]:
         """Store ``text``, route it, stream the reply's events, and store the reply.
 
         ``route`` overrides the router for this message; ``pinned`` names sampling
@@ -131,21 +134,23 @@ class ChatSession:
         the route's template says whether the reply is checked. A structured reply
         runs the retry ladder: its attempts stream one after another, each followed
         by an ``output_check`` event, each retry announced by a ``retry`` event, and
-        one final ``done``. Every attempt is stored for review.
+        one final ``done``. Every attempt is stored for review. Setting ``cancel``
+        stops this reply alone (others streaming at once go on).
         Raises PromptError and RouteError (before anything is stored) and
         ConversationNotFound.
         """
         routed = await self._route(text, conversation_id, sampling, route, pinned)
         turn = self._open(text, conversation_id, routed, _ladder_for(output, routed),
                           routed.sampling if routed else sampling, ignore_eos)
+        turn.cancel = cancel
         async with aclosing(self._stream(turn)) as events:
             async for event in events:
                 yield event
 
     async def edit(self, message_id: int, text: str, sampling: SamplingConfig | None = None,
                    *, ignore_eos: bool = False, route: str | None = None,
-                   pinned: Iterable[str] = (),
-                   output: OutputSpec | None = None) -> AsyncIterator[Event]:
+                   pinned: Iterable[str] = (), output: OutputSpec | None = None,
+                   cancel: threading.Event | None = None) -> AsyncIterator[Event]:
         """``text`` as a new version of the user message ``message_id``: a sibling of
         it, answered as :meth:`send` answers. The model sees the path before that
         message, which the KV cache already holds. Raises as :meth:`send` does, and
@@ -156,13 +161,15 @@ class ChatSession:
         turn = self._open(text, cid, routed, _ladder_for(output, routed),
                           routed.sampling if routed else sampling, ignore_eos,
                           parent=edited.parent_id)
+        turn.cancel = cancel
         async with aclosing(self._stream(turn)) as events:
             async for event in events:
                 yield event
 
     async def regenerate(self, conversation_id: int, sampling: SamplingConfig | None = None,
                          *, ignore_eos: bool = False, pinned: Iterable[str] = (),
-                         output: OutputSpec | None = None) -> AsyncIterator[Event]:
+                         output: OutputSpec | None = None,
+                         cancel: threading.Event | None = None) -> AsyncIterator[Event]:
         """A new reply to the last user message of the path shown, beside the old
         reply, which is kept. The message goes to the model as it went the first time
         (its route, its instructions), so the prompt is the cached one up to the old
@@ -174,9 +181,55 @@ class ChatSession:
                                    route if route in self.route_names else None, pinned)
         turn = self._reopen(user, routed, _ladder_for(output, routed),
                             routed.sampling if routed else sampling, ignore_eos)
+        turn.cancel = cancel
         async with aclosing(self._stream(turn)) as events:
             async for event in events:
                 yield event
+
+    async def answers(self, text: str | None, conversation_id: int | None, n: int,
+                      sampling: SamplingConfig | None = None, *, ignore_eos: bool = False,
+                      cancel: threading.Event | None = None) -> AsyncIterator[Event]:
+        """``n`` answers to ``text`` (None: to the last user message shown, as
+        :meth:`regenerate`) from one evaluation of the prompt (``ChatEngine.answers``),
+        not routed or checked. The message is stored, then ``n`` sibling replies, each
+        announced by a ``turn_started`` with its ``reply`` number and stored as it ends;
+        the first is shown until :meth:`keep_answer`. Raises as :meth:`regenerate` and
+        ``ChatEngine.answers`` do, before anything is stored."""
+        old = None if text is not None else self.store.to_answer_again(conversation_id or 0)
+        user = ChatMessage(role="user", content=(text or "") if old is None else with_instructions(
+            old.content, (old.stats or {}).get("instructions", "")))
+        history = self.history(conversation_id) if old is None and conversation_id else \
+            self._context(self.store.path_to(old.parent_id) if old and old.parent_id else [])
+        events = self.engine.answers(ChatRequest(messages=(*history, user), sampling=sampling,
+                                                 ignore_eos=ignore_eos), n, cancel)
+        if old is None:
+            turn = self._open(user.content, conversation_id, None, None, sampling, ignore_eos)
+        else:
+            turn = self._reopen(old, None, None, sampling, ignore_eos)
+        ids = [turn.reply_id] + [self.store.add_message(
+            turn.conversation_id, "assistant", "", status="streaming",
+            parent_id=turn.user_id) for _ in range(n - 1)]
+        self.store.set_active(turn.conversation_id, ids[0])
+        for k, reply_id in enumerate(ids):
+            yield TurnStarted(conversation_id=turn.conversation_id, reply=k,
+                              user_message_id=turn.user_id, reply_message_id=reply_id)
+        parts: dict[int, list[str]] = {k: [] for k in range(n)}
+        try:
+            async for event in events:
+                k = getattr(event, "reply", None)
+                if isinstance(event, TokenChunk) and k in parts:
+                    parts[k].append(event.text)
+                elif isinstance(event, Done | Error):  # one of no answer ends them all
+                    for j in [k] if k in parts else list(parts):
+                        self._finish(turn.user_id, ids[j], "".join(parts.pop(j)), event)
+                yield event
+        finally:
+            for j, done in parts.items():
+                self._finish(turn.user_id, ids[j], "".join(done), None)
+
+    def keep_answer(self, conversation_id: int, reply_id: int) -> None:
+        """The answer shown and continued; the others stay as its versions."""
+        self.store.set_active(conversation_id, reply_id)
 
     async def _stream(self, turn: _Turn) -> AsyncIterator[Event]:
         """A stored turn's events, from ``turn_started`` to its end, the reply saved as
@@ -272,11 +325,14 @@ class ChatSession:
 
     def _attempt(self, turn: _Turn, step: Step) -> AsyncIterator[Event]:
         content = with_suffix(turn.model_text, step.prompt_change)
-        return self.engine.chat(ChatRequest(
+        request = ChatRequest(
             messages=(*turn.history, ChatMessage(role="user", content=content)),
             sampling=turn.sampling, ignore_eos=turn.ignore_eos,
             reserve=turn.routed.reserve if turn.routed else None,
-            constraint=step.constraint))
+            constraint=step.constraint)
+        if turn.cancel is None:
+            return self.engine.chat(request)
+        return self.engine.stream(request, turn.cancel)
 
     def _record(self, turn: _Turn, done: Attempt) -> None:
         """Store a finished attempt for review."""

@@ -124,14 +124,15 @@ class LocalEngine(ChatEngine):
         check_open(self._closed)
         return self.stream(request, threading.Event())
 
-    def answers(self, request: ChatRequest, n: int) -> AsyncIterator[Event]:
+    def answers(self, request: ChatRequest, n: int,
+                cancel: threading.Event | None = None) -> AsyncIterator[Event]:
         """``n`` answers to ``request`` from one evaluation of its prompt, decoded
         together; their events carry ``reply`` 0..n-1. Needs ``parallel`` >= ``n``."""
         check_open(self._closed)
         if n > self.parallel_replies:
             raise KvchatError(f"{n} answers at once need {n} sequences: load the model "
                               f"with --parallel {n} (it has {self.parallel_replies})")
-        return self.stream(request, threading.Event(), n=n)
+        return self.stream(request, cancel or threading.Event(), n=n)
 
     def count_tokens(self, text: str) -> int | None:
         lm = self._lm
@@ -156,8 +157,8 @@ class LocalEngine(ChatEngine):
     async def stream(self, request: ChatRequest, cancel: threading.Event,
                      min_gap_s: float = 0.0, n: int = 1) -> AsyncIterator[Event]:
         """``chat``, stopped by setting ``cancel`` (from any thread, before or while it
-        runs): the engine process cancels one reply by its id this way, where
-        :meth:`cancel` stops whichever reply is running. Events come at most every
+        runs): only this reply stops (the engine process cancels one reply by its id
+        this way), where :meth:`cancel` stops every reply running. Events come at most every
         ``min_gap_s``, tokens merged (:class:`EventChannel`). A request without
         sampling gets this engine's default here."""
         request = request.with_default_sampling(self._default_sampling)

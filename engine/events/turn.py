@@ -16,6 +16,9 @@ class TurnStarted(_Event):
     conversation_id: int
     user_message_id: int
     reply_message_id: int
+    reply: int | None = None
+    """Of N answers to one message (``ChatSession.answers``): which one this row is for,
+    0..n-1, as the engine's events of that answer say; None for a single reply."""
 
 
 class RouteDecision(_Event):

@@ -107,7 +107,8 @@ class EngineServer:
                 raise KvchatError("the engine process got a reply before its model")
             # Its messages were checked where the app made them, and decoding the line
             # made them again: nothing more to check here.
-            async for event in self._engine.stream(chat.request, cancel, chat.relay_gap_s):
+            async for event in self._engine.stream(chat.request, cancel, chat.relay_gap_s,
+                                                      n=chat.n):
                 await self._send(StreamEvent(id=chat.id, event=event))
         except KvchatError as exc:
             await self._send(failure(exc, chat.id))

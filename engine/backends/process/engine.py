@@ -21,6 +21,7 @@ import itertools
 import logging
 import signal
 import tempfile
+import threading
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import IO
@@ -28,12 +29,11 @@ from typing import IO
 from pydantic import BaseModel
 
 from engine.api import ChatEngine, ChatRequest, ModelAnswer, ModelChoice, check_open
-from engine.backends.channel import TERMINAL, EventChannel
 from engine.backends.process.launcher import EngineChild, Launcher, stderr_tail
+from engine.backends.process.replies import OpenReplies
 from engine.backends.process.wire import (
     REPLY_ADAPTER,
     Answer,
-    Cancel,
     Chat,
     Classify,
     Close,
@@ -80,7 +80,8 @@ class ProcessEngine(ChatEngine):
         self._stderr: IO[bytes] | None = None
         self._reader: asyncio.Task[None] | None = None
         self._loaded: asyncio.Future[Loaded] | None = None
-        self._replies: dict[int, EventChannel] = {}
+        self._replies = OpenReplies(self._send)
+        self.parallel_replies = model.parallel
         self._relay_gap_s = 0.0
         """How often, at most, the engine process sends a reply's events
         (:meth:`pace_events`); it travels with each request."""
@@ -195,8 +196,7 @@ class ProcessEngine(ChatEngine):
         self._closed = True
         proc = self._proc
         if proc is not None:
-            for reply_id in list(self._replies):
-                self._send(Cancel(id=reply_id))
+            self._replies.cancel()
             self._send(Close())
             try:
                 await asyncio.wait_for(proc.wait(), CLOSE_TIMEOUT_S)
@@ -223,36 +223,47 @@ class ProcessEngine(ChatEngine):
             await self._reader
 
     def cancel(self) -> None:
-        if self._replies:
-            self._send(Cancel(id=min(self._replies)))  # the oldest is the one running
+        self._replies.cancel(oldest_only=self.parallel_replies == 1)  # that one is running
 
     # -- requests -------------------------------------------------------------------
 
     def chat(self, request: ChatRequest) -> AsyncIterator[Event]:
+        return self.stream(request)
+
+    def stream(self, request: ChatRequest, cancel: threading.Event | None = None,
+               n: int = 1) -> AsyncIterator[Event]:
+        """``chat``; setting ``cancel`` cancels this reply (by its id) alone."""
         check_open(self._closed)
+        if n > self.parallel_replies:
+            raise KvchatError(f"{n} answers at once need {n} sequences: load the model "
+                              f"with --parallel {n} (it has {self.parallel_replies})")
         # Sampling left unset is resolved by the child's engine, from ``Start``.
         return self._stream(Chat(id=next(self._ids), request=request,
-                                 relay_gap_s=self._relay_gap_s))
+                                 relay_gap_s=self._relay_gap_s, n=n), cancel)
+
+    def answers(self, request: ChatRequest, n: int,
+                cancel: threading.Event | None = None) -> AsyncIterator[Event]:
+        return self.stream(request, cancel, n)
 
     def pace_events(self, gap_s: float) -> None:
         """Each batch the child sends wakes both processes: the child's channel holds
         a reply's events back for ``gap_s`` between batches (:class:`EventChannel`)."""
         self._relay_gap_s = gap_s
 
-    async def _stream(self, request: Chat) -> AsyncIterator[Event]:
+    async def _stream(self, request: Chat,
+                      cancel: threading.Event | None = None) -> AsyncIterator[Event]:
         starts = self.starts
         try:
             await self.start()  # after a crash: a new process, the model loaded again
         except KvchatError as exc:
-            yield Error(code=exc.code, message=exc.message)
+            yield Error(code=exc.code, message=exc.message)  # every answer's end
             return
         if starts and self.starts > starts and self._info is not None:
             # A new process: the reply's stream says what it loaded, and where memory went.
             yield self._info
             for snapshot in self._memory:
                 yield snapshot
-        channel = EventChannel(asyncio.get_running_loop())
-        self._replies[request.id] = channel
+        channel = self._replies.open(request.id, request.n, cancel)
         self._send(request)
         finished = False
         try:
@@ -260,8 +271,7 @@ class ProcessEngine(ChatEngine):
                 yield event
             finished = True
         finally:
-            if self._replies.pop(request.id, None) is not None and not finished:
-                self._send(Cancel(id=request.id))  # the consumer left: stop generating
+            self._replies.close(request.id, cancel=not finished)  # nobody left to read it
 
     def count_tokens(self, text: str) -> int | None:
         vocab = self._vocab
@@ -351,11 +361,7 @@ class ProcessEngine(ChatEngine):
 
     def _dispatch(self, reply: FromChild) -> None:
         if isinstance(reply, StreamEvent):
-            channel = self._replies.get(reply.id)
-            if channel is not None:
-                channel.put(reply.event)
-                if isinstance(reply.event, TERMINAL):
-                    del self._replies[reply.id]
+            self._replies.put(reply.id, reply.event)
         elif isinstance(reply, Answer):
             future = self._answers.pop(reply.id, None)
             if future is not None and not future.done():
@@ -376,9 +382,7 @@ class ProcessEngine(ChatEngine):
             if self._loaded is not None and not self._loaded.done():
                 self._loaded.set_exception(error)
             return
-        channel = self._replies.pop(failed.id, None)
-        if channel is not None:
-            channel.put(Error(code=error.code, message=error.message))
+        self._replies.fail(failed.id, error)
         future = self._answers.pop(failed.id, None)
         if future is not None and not future.done():
             future.set_result(None)
@@ -396,9 +400,7 @@ class ProcessEngine(ChatEngine):
             log.error("%s", error.message)
         if self._loaded is not None and not self._loaded.done():
             self._loaded.set_exception(error)
-        for channel in self._replies.values():
-            channel.put(Error(code=error.code, message=error.message))
-        self._replies.clear()
+        self._replies.fail_all(error)
         for future in self._answers.values():
             if not future.done():
                 future.set_result(None)

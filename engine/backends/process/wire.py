@@ -65,6 +65,9 @@ class Chat(_Wire):
     relay_gap_s: float = 0.0
     """Send the reply's events at most this often once its first token is out
     (``ChatEngine.pace_events``); 0: as they come."""
+    n: int = 1
+    """Answers to decode together (``ChatEngine.answers``), their events tagged
+    ``reply`` 0..n-1; 1: a plain reply."""
 
 
 class Cancel(_Wire):
