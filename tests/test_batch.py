@@ -168,9 +168,6 @@ def test_admission_queues_what_does_not_fit_and_refuses_past_the_queue(
     assert (ids[2], 1) in queued and (ids[3], 2) in queued and (ids[3], 1) in queued
     done = {e.reply: e.finish_reason for e in log if isinstance(e, Done)}
     assert done == dict.fromkeys(ids, "length") and all(len(got[i]) == 200 for i in ids)
-    # The queued ones found the prompt in a finished reply's idle sequence.
-    reused = {e.reply: e.reused_tokens for e in log if isinstance(e, PromptEvaluated)}
-    assert reused[ids[2]] == reused[ids[3]] == len(p) - 1
     dec.close()
 
 

@@ -97,3 +97,27 @@ def test_kvchat_ask_n_prints_three_answers_from_one_prompt_evaluation(
     assert len(prompts) == 3
     assert sum(r["evaluated_tokens"] for r in prompts) == prompts[0]["prompt_tokens"]
     assert sorted(r["reply"] for r in rows if r["type"] == "done") == [0, 1, 2]
+
+
+async def test_the_next_turn_of_a_conversation_evaluates_only_what_is_new(
+        default_path: Path) -> None:
+    engine = LocalEngine(ModelConfig(path=default_path, n_ctx=512, parallel=2), GREEDY,
+                         speculative=SpeculativeConfig(mode="off"))
+    await engine.start()
+    try:
+        first = await collect(engine.chat(chat_request(ask("What is the capital of France?"))))
+        seen = next(e for e in first if isinstance(e, PromptEvaluated))
+        done = first[-1]
+        assert isinstance(done, Done)
+        # Another conversation in between takes the other sequence.
+        await collect(engine.chat(chat_request(ask("Name three primary colors."))))
+        turn = [*ask("What is the capital of France?"),
+                ChatMessage(role="assistant", content=done.text), *ask("And of Italy?")]
+        second = await collect(engine.chat(chat_request(turn)))
+        again = next(e for e in second if isinstance(e, PromptEvaluated))
+        # Everything the first turn left in the cells: its prompt and its reply (less
+        # its last token, sampled but never decoded).
+        assert again.reused_tokens == seen.prompt_tokens + done.completion_tokens - 1
+        assert again.evaluated_tokens == again.prompt_tokens - again.reused_tokens
+    finally:
+        await engine.close()

@@ -18,6 +18,11 @@ from engine.errors import KvchatError, PromptError
 from engine.events import Error, Event, Eviction
 from engine.model.loader import LoadedModel
 
+REUSE_SHARE = 0.5
+"""An idle sequence is taken over while a free one waits only if the prompt shares at
+least this share of its cells (its conversation's next turn shares them all): a
+common template header alone must not wipe another conversation's prefix."""
+
 
 class Placement:
     """Mixed into :class:`~engine.batch.decoder.BatchDecoder`."""
@@ -86,7 +91,8 @@ class Placement:
     def best_idle(self, group: Group) -> tuple[Slot | None, int]:
         """The idle sequence sharing the longest prefix with ``group``'s prompt, and how
         many of its cells to keep (at least the prompt's last token is evaluated, for
-        its logits). A conversation whose window slid maps onto it by its window."""
+        its logits). A conversation whose window slid maps onto it by its window.
+        While a sequence is free, only an idle one mostly shared is taken."""
         best, best_n, best_view = None, 0, group.prompt
         for idle in self.ledger.idle.values():
             extends = idle.dropped and group.logical[:len(idle.logical)] == idle.logical
@@ -95,6 +101,8 @@ class Placement:
             n = common_prefix(idle.cells, view)
             if idle.dropped and not extends:  # past the kept prefix: another history
                 n = min(n, idle.group.n_keep)
+            if self.ledger.free and n < REUSE_SHARE * len(idle.cells):
+                continue
             if n > best_n:
                 best, best_n, best_view = idle, n, view
         if best is not None and best_view is not group.logical:
