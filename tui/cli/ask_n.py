@@ -16,7 +16,7 @@ from engine.api import ChatMessage, ChatRequest
 from engine.errors import KvchatError
 from engine.events import Done, Error
 from tui.cli import EXIT_FAILURE, EXIT_OK
-from tui.cli.startup import start_up
+from tui.cli.startup import check_first_load, start_up
 from tui.safe_text import json_text, visible
 
 
@@ -25,6 +25,7 @@ async def ask_n(args: argparse.Namespace, prompt: str) -> int:
     with start_up(args, app=False) as ready:
         config, engine = ready.config, ready.engine
         try:
+            await check_first_load(config)  # an abort in llama.cpp ends a child, not this
             info = await engine.start()
             if args.events == "jsonl":
                 print(json_text(info.model_dump_json()), flush=True)
