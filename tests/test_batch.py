@@ -242,3 +242,20 @@ def test_a_grammar_constrains_one_reply_of_the_batch(exact: LoadedModel) -> None
     texts = {e.reply: e.text for e in log if isinstance(e, Done)}
     assert texts[held] in ("yes", "no") and texts[free] not in ("yes", "no")
     dec.close()
+
+
+def test_a_prompt_longer_than_its_window_loses_its_oldest_span_first(
+        exact: LoadedModel) -> None:
+    long = prompt(exact, " ".join(QUESTIONS * 8))
+    dec = BatchDecoder(exact, 2, chunk=64, window=96)
+    reply = dec.add(long, GREEDY, n_keep=4)[0]
+    log: list[Event] = []
+    drain(dec, log)
+    cut = [e for e in log if isinstance(e, Eviction)]
+    seen = next(e for e in log if isinstance(e, PromptEvaluated))
+    assert len(long) > 96 and [e.reason for e in cut][:1] == ["prompt"]
+    assert cut[0].reply == reply and cut[0].start == 4
+    # The reply keeps min(max_tokens, window / 4) cells of the window free of prompt.
+    assert seen.prompt_tokens == len(long) - cut[0].evicted_tokens <= 96 - 12
+    assert any(isinstance(e, Done) and e.reply == reply for e in log)
+    dec.close()

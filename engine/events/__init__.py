@@ -7,6 +7,11 @@ fields may be added freely but renamed only with care. Each carries a literal
 
 The events live in modules by what they describe (``model``, ``turn``, ``kv``,
 ``structured``); everything is imported from here.
+
+Replies decoded together in one batch (``--parallel``, ``ChatEngine.answers``) share an
+engine, and N answers share one stream: the events of a reply (``prompt``, ``token``,
+``progress``, ``kv``, ``eviction``, ``queued``, ``done``, ``error``) carry its
+``reply`` number there, None for a reply decoded alone.
 """
 
 from __future__ import annotations

@@ -140,9 +140,11 @@ class SpecStats(_Event):
 
 
 class Queued(_Event):
-    """The reply waits for its turn on an engine that other clients share (``kvchat
-    serve``): sent when it joins the queue, when it moves up, and every few seconds
-    while it waits. Its own events follow once it starts."""
+    """The reply waits for its turn: on an engine that other clients share (``kvchat
+    serve``), sent when it joins the queue, when it moves up, and every few seconds
+    while it waits; in a batch of replies (``--parallel``) whose KV cells or sequences
+    are taken, when it joins the batch's queue and when it moves up. Its own events
+    follow once it starts."""
 
     type: Literal["queued"] = "queued"
     reply: int | None = None
