@@ -599,3 +599,4 @@ async def test_a_sliding_window_model_never_continues_past_what_its_window_holds
     # The failed restore cleared the sequence: every token is evaluated.
     assert saved.prompt.evaluated_tokens == saved.prompt.prompt_tokens
     assert saved.text == expected[1].text
+

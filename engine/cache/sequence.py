@@ -49,7 +49,13 @@ def window_holds(lm: LoadedModel, keep: int) -> bool:
     if not n_swa or keep == 0:
         return True
     pos_min = llama_cpp.llama_memory_seq_pos_min(lm.ctx.memory, SEQ)
-    return 0 <= pos_min <= max(0, keep - n_swa)
+    return 0 <= pos_min <= window_start(keep, n_swa)
+
+
+def window_start(keep: int, n_swa: int) -> int:
+    """The first position the token at ``keep`` attends to in a sliding-window layer
+    (llama.cpp masks positions ``n_swa`` or more behind it; it may reuse their cells)."""
+    return max(0, keep - n_swa + 1)
 
 
 class SeqStates:
@@ -91,7 +97,7 @@ class SeqStates:
             pos_min = llama_cpp.llama_memory_seq_pos_min(self.lm.ctx.memory, SEQ)
             held = f"from {pos_min} only" if pos_min >= 0 else "none of them"
             return (f"the sliding-window cache holds positions {held}; "
-                    f"continuing at {keep} needs them from {max(0, keep - self.n_swa)}")
+                    f"continuing at {keep} needs them from {window_start(keep, self.n_swa)}")
         return ""
 
     # -- a switch -----------------------------------------------------------------
