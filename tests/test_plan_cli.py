@@ -38,6 +38,17 @@ def test_plan_of_the_bundled_model(kvchat_home: Path) -> None:
     assert "warning: context 65536 is larger than the 8192 tokens" in proc.stdout
 
 
+def test_plan_says_how_parallel_replies_share_the_cells(kvchat_home: Path) -> None:
+    proc = run_kvchat("plan", "--ctx", "4096", "--parallel", "4", home=kvchat_home)
+    assert proc.returncode == 0, proc.stderr
+    row = next(line for line in proc.stdout.splitlines() if line.startswith("replies"))
+    assert "4 at once share the 4096 cells (about 1024 each" in row
+    alone = run_kvchat("plan", "--ctx", "4096", home=kvchat_home)
+    assert not any(line.startswith("replies") for line in alone.stdout.splitlines())
+    data = json.loads(run_kvchat("plan", "--parallel", "4", "--json", home=kvchat_home).stdout)
+    assert data["parallel"] == 4
+
+
 def test_plan_bad_inputs(kvchat_home: Path, bad_files: dict[str, Path]) -> None:
     cases = [
         (["--shape", "llama-3.1-70b:Q4_K_M", "--budget", "lots"], "not a size: 'lots'"),

@@ -38,6 +38,8 @@ def add_plan_parser(commands: argparse._SubParsersAction, positive: object) -> N
                       help="kind of memory the budget is: a discrete GPU's, unified "
                            "(Apple Silicon), or system RAM (default: this machine's)")
     plan.add_argument("--ctx", type=positive, metavar="N", help="context size in tokens")
+    plan.add_argument("--parallel", type=positive, metavar="N",
+                      help="replies decoded together, sharing the context's cells")
     plan.add_argument("--kv-type", choices=["auto", "f16", "q8_0", "q4_0"],
                       help="KV cache type (default auto: f16 unless quantizing makes it fit)")
     plan.add_argument("--ubatch", type=positive, metavar="N",
@@ -70,15 +72,16 @@ def run_plan(args: argparse.Namespace) -> int:
         headroom=config.headroom)
     plan = plan_memory(header, budget, request, source=source)
     costs = _quant_costs(header, plan)
+    parallel = args.parallel or config.parallel
     if args.json:
-        data = plan.model_dump(mode="json")
+        data = {**plan.model_dump(mode="json"), "parallel": parallel}
         for alt in data["alternatives"]:
             if alt["quant"]:
                 cost = costs.get(alt["quant"])
                 alt["quality"] = cost.model_dump() if cost else None
         print(json_dumps(data))
     else:
-        sys.stdout.write(visible(render(plan, costs)))  # names from the model file
+        sys.stdout.write(visible(render(plan, costs, parallel)))  # names from the file
     return EXIT_OK
 
 
@@ -117,9 +120,11 @@ def _size(n: int) -> str:
     return f"{sign}{n / GiB:.2f} GiB" if n >= GiB else f"{sign}{n / MiB:.1f} MiB"
 
 
-def render(p: MemoryPlan, costs: dict[str, QuantCost | None] | None = None) -> str:
+def render(p: MemoryPlan, costs: dict[str, QuantCost | None] | None = None,
+           parallel: int = 1) -> str:
     """The plan as a readable table; a smaller quant's row says what it was measured to
-    cost in ``costs`` (from ``kvchat quality``), or that it was not."""
+    cost in ``costs`` (from ``kvchat quality``), or that it was not. With ``parallel``
+    replies, how they share the context's cells."""
     per = p.weights_per_layer
     kv = " · ".join(f"{k} {v / 1024:.1f} KiB" for k, v in p.kv_bytes_per_token.items())
     gpu = (f"layers {p.gpu_layers[0]}-{p.gpu_layers[-1]}" if p.gpu_layers else "no layers") \
@@ -139,6 +144,10 @@ def render(p: MemoryPlan, costs: dict[str, QuantCost | None] | None = None) -> s
         ("split", f"n_gpu_layers {p.n_gpu_layers} of {p.n_layers + 1}: {gpu} on the GPU"
          if p.pool != "cpu" else "everything on the CPU"),
     ]
+    if parallel > 1:  # one unified KV cache: the cells are shared, not split
+        rows.insert(5, ("replies", f"{parallel} at once share the {p.n_ctx} cells (about "
+                                   f"{p.n_ctx // parallel} each when all are long); a reply "
+                                   "waits until its prompt and max_tokens fit the free cells"))
     width = max(len(k) for k, _ in rows)
     out = [f"{k:<{width}}  {v}" for k, v in rows]
     out.append("")
