@@ -36,13 +36,15 @@ from engine.events import (
 from engine.session import ChatSession
 from engine.store import Store
 from tui.app_actions import AppActions
+from tui.app_answers import AnswerActions
 from tui.app_find import FindActions
 from tui.app_replies import ReplyView
-from tui.app_tree import Branch, TreeActions
+from tui.app_tree import TreeActions
 from tui.coalesce import ReplyCoalescer, pacing
 from tui.commands import KvchatCommands
 from tui.config import ui_settings
 from tui.heap import settle_heap, tune_collector
+from tui.live import LiveReply
 from tui.messages import (
     EngineEvent,
     ModelFailed,
@@ -58,14 +60,14 @@ from tui.prefs import load_prefs, prefs_path, save_prefs
 from tui.safe_text import visible
 from tui.themes import bundled_theme_files, load_themes
 from tui.ui_priority import GilHandover, yield_cpu_to_decoding
-from tui.widgets.chat_pane import ChatPane, ReplyMessage, UserMessage
+from tui.widgets.chat_pane import ChatPane
 from tui.widgets.kv_pane import KVPane
 from tui.widgets.memory_pane import MemoryPane
 from tui.widgets.prompt_input import PromptInput
 from tui.widgets.status_line import StatusLine
 
 
-class KvchatApp(ReplyView, AppActions, TreeActions, FindActions, App[int]):
+class KvchatApp(ReplyView, AnswerActions, AppActions, TreeActions, FindActions, App[int]):
     CSS_PATH = Path(__file__).with_name("app.tcss")
     TITLE = "kvchat"
     COMMANDS: ClassVar = App.COMMANDS | {KvchatCommands}
@@ -86,6 +88,7 @@ class KvchatApp(ReplyView, AppActions, TreeActions, FindActions, App[int]):
         Binding("f5", "route_detail", "Route", show=False),
         Binding("f8", "context_map", "Context map", show=False),
         Binding("ctrl+g", "regenerate", "Regenerate", show=False),
+        Binding("ctrl+t", "three_answers", "Three answers", show=False),
         Binding("ctrl+f", "search", "Search", show=False),
         Binding("alt+left", "sibling(-1)", "Previous version", show=False),
         Binding("alt+right", "sibling(1)", "Next version", show=False),
@@ -123,19 +126,12 @@ class KvchatApp(ReplyView, AppActions, TreeActions, FindActions, App[int]):
         self.last_route: RouteDecision | None = None
         self.conversation_id = conversation_id
         self.ready = False
-        self.replying = False
         self._engine_died = False
         """The last reply ended with the engine process's death (the next reloads it)."""
-        self._reply: ReplyMessage | None = None
-        self._prompt_shown: UserMessage | None = None
-        """The prompt in flight, shown before the engine stores it."""
-        self._turn_started = True
-        """Has the engine stored the prompt in flight (``ReplyStarted``)?"""
-        self._frames_unshown = 0
-        """Frames posted by the reply worker that the screen has not shown yet."""
-        self._gather: ReplyCoalescer | None = None
-        """The reply worker's coalescer while a reply streams."""
-        self._reply_route = ""
+        self.live: dict[int, LiveReply] = {}
+        """The replies streaming now, in any conversation (``tui.live``)."""
+        self._external: LiveReply | None = None
+        """A turn the app did not send (its messages carry no reply of their own)."""
         self._blink = True
         """The prompt's cursor blink, paused while a reply streams."""
         self.source_view = False
@@ -227,8 +223,9 @@ class KvchatApp(ReplyView, AppActions, TreeActions, FindActions, App[int]):
         self.log.error(f"worker {event.worker.name!r} failed: {text}")
         if event.worker.group == "load":
             self.post_message(ModelFailed(text))
-        elif event.worker.group == "reply":
-            self.post_message(ReplyFailed("internal", text))
+        elif event.worker.group in ("reply", "answers"):
+            live = next((r for r in self.live.values() if r.worker is event.worker), None)
+            self.post_message(ReplyFailed("internal", text, live))
         else:
             self.notify(text, severity="error", timeout=30)
 
@@ -247,16 +244,31 @@ class KvchatApp(ReplyView, AppActions, TreeActions, FindActions, App[int]):
 
     # -- the reply chain --------------------------------------------------------------
 
+    @property
+    def replying(self) -> bool:
+        """The conversation shown has a reply streaming (others may stream elsewhere)."""
+        return self.shown_live() is not None
+
+    def shown_live(self) -> LiveReply | None:
+        return next((live for live in self.live.values() if live.shown), None)
+
+    def _may_send(self) -> bool:
+        if not self.ready:
+            self.notify("The model is still loading.", severity="warning")
+            return False
+        if self.replying:
+            self.notify("A reply is in flight: Esc cancels it.", severity="warning")
+            return False
+        if self.live and self.engine.parallel_replies == 1:
+            self.notify("A reply in another conversation is in flight: kvchat --parallel N "
+                        "streams several.", severity="warning")
+            return False
+        return True
+
     @on(PromptInput.Submitted, "#prompt")
     def _submit(self, event: PromptInput.Submitted) -> None:
         text = event.text
-        if not text.strip():
-            return
-        if not self.ready:
-            self.notify("The model is still loading.", severity="warning")
-            return
-        if self.replying:
-            self.notify("A reply is in flight: Esc cancels it.", severity="warning")
+        if not text.strip() or not self._may_send():
             return
         route = self.next_route or self.route
         if text.startswith("/route"):
@@ -282,56 +294,55 @@ class KvchatApp(ReplyView, AppActions, TreeActions, FindActions, App[int]):
         if self.replying:  # a second prompt queued behind the first
             self.notify("A reply is in flight: Esc cancels it.", severity="warning")
             return
-        self.replying = True
-        # After a crash the engine loads the model again before this reply starts.
-        self.query_one(StatusLine).state = ("loading the model again…" if self._engine_died
-                                            else "generating…")
-        self.refresh_bindings()
+        live = LiveReply(self.conversation_id, message.text)
+        self.live[live.key] = live
         # The prompt, its empty reply and the footer's new keys are laid out and drawn
         # before the engine starts: at once for the user, and none of that screen work
         # lands among the decode's tokens, where it would cost their time.
-        branch = None if message.edit_of is None else await self.open_edit(message.edit_of)
-        await self._open_reply(message.text)
-        self._turn_started = False
-        self.call_after_refresh(self._start_reply, message.text, message.route, branch)
+        if message.edit_of is not None:
+            live.branch = await self.open_edit(message.edit_of)
+        await self._open_reply(live, message.text)
+        # After a crash the engine loads the model again before this reply starts.
+        self.show_state("loading the model again…" if self._engine_died else None)
+        self.refresh_bindings()
+        self.call_after_refresh(self._start_reply, live, message.route)
 
-    def _start_reply(self, text: str, route: str | None, branch: Branch | None = None) -> None:
-        self._prepare_reply()
-        self.generate_reply(text, route, branch)
+    def _start_reply(self, live: LiveReply, route: str | None) -> None:
+        if live.widget is not None:
+            live.widget.prepare()
+        live.worker = self.generate_reply(live, route)
 
-    @work(exclusive=True, group="reply", exit_on_error=False)
-    async def generate_reply(self, text: str, route: str | None = None,
-                             branch: Branch | None = None) -> None:
+    @work(group="reply", exit_on_error=False)
+    async def generate_reply(self, live: LiveReply, route: str | None = None) -> None:
         # Events are gathered here so that the message queue carries one update per
         # frame, whatever the decode rate (see tui.coalesce).
         def post_event(event: Event) -> None:
             if isinstance(event, TurnStarted):
-                self.post_message(ReplyStarted(event, text))
+                self.post_message(ReplyStarted(event, live.prompt, live))
             elif isinstance(event, Retry):
-                self.post_message(ReplyRetrying(event))
+                self.post_message(ReplyRetrying(event, live))
             elif isinstance(event, Done):
-                self.post_message(ReplyFinished(event))
+                self.post_message(ReplyFinished(event, live))
             elif isinstance(event, Error):
-                self.post_message(ReplyFailed(event.code, event.message))
+                self.post_message(ReplyFailed(event.code, event.message, live))
             else:
-                self.post_message(EngineEvent(event))
+                self.post_message(EngineEvent(event, live))
 
         def post_frame(chunk: str, n: int, gauges: list[Event]) -> None:
-            self._frames_unshown += 1
-            self.post_message(ReplyChunk(chunk, n, gauges))
+            live.frames_unshown += 1
+            self.post_message(ReplyChunk(chunk, n, gauges, live))
 
-        self._frames_unshown = 0
         pace = pacing(self.source_view)
-        gather = self._gather = ReplyCoalescer(post_frame, post_event,
-                                               ready=lambda: self._frames_unshown == 0,
-                                               frame_s=pace.frame_s, gauge_s=pace.gauge_s)
+        gather = live.gather = ReplyCoalescer(post_frame, post_event,
+                                              ready=lambda: live.frames_unshown == 0,
+                                              frame_s=pace.frame_s, gauge_s=pace.gauge_s)
         try:
-            async for event in self.reply_stream(text, route, branch):
+            async for event in self.reply_stream(live, route):
                 gather.add(event)
             gather.flush()
         except KvchatError as exc:
             gather.flush()
-            self.post_message(ReplyFailed(exc.code, exc.message))
+            self.post_message(ReplyFailed(exc.code, exc.message, live))
 
     # -- cancel -------------------------------------------------------------------------
 
@@ -344,13 +355,15 @@ class KvchatApp(ReplyView, AppActions, TreeActions, FindActions, App[int]):
 
     def action_escape(self) -> None:
         if self.replying:
-            self.engine.cancel()
+            self.action_cancel_reply()
         elif self.editing is not None:
             self.leave_edit(restore=True)
 
     def action_cancel_reply(self) -> None:
-        if self.replying:
-            self.engine.cancel()
+        """The shown conversation's reply stops; replies elsewhere stream on."""
+        live = self.shown_live()
+        if live is not None:
+            live.cancel.set()
 
     async def on_unmount(self) -> None:
         self._gil.restore()

@@ -21,6 +21,7 @@ from engine.errors import KvchatError
 from engine.events import Done, MemorySnapshot, ModelLoaded, RouteDecision
 from engine.store import AttemptRow, MessageRow, Store
 from tui.coalesce import pacing
+from tui.live import LiveReply
 from tui.messages import ModelSwitched, ModelSwitchFailed, ModelSwitching
 from tui.notes import done_note, retry_note
 from tui.prefs import SIDE_WIDTHS, UiPrefs, save_prefs
@@ -65,6 +66,7 @@ class AppActions(App[int]):
     conversation_id: int | None
     ready: bool
     replying: bool
+    live: dict[int, LiveReply]
     source_view: bool
     next_route: str | None
     last_route: RouteDecision | None
@@ -78,6 +80,7 @@ class AppActions(App[int]):
     mark_tree: Callable[[], None]
     mark_context: Callable[[], None]
     leave_edit: Callable[[bool], None]
+    show_state: Callable[..., None]
 
     def on_key(self, event: events.Key) -> None:
         """Typing while the conversation or a pane has the focus (after Tab, a click or
@@ -105,33 +108,47 @@ class AppActions(App[int]):
 
     async def show_history(self, conversation_id: int) -> None:
         """The conversation's path, each message marked with its versions and where
-        it stands in the model's context (:mod:`tui.app_tree`, :mod:`tui.app_find`)."""
-        await self.query_one(ChatPane).clear()
+        it stands in the model's context (:mod:`tui.app_tree`, :mod:`tui.app_find`). A
+        reply streaming in it shows its text so far and streams on; one streaming in the
+        conversation that leaves the screen streams on unseen."""
+        await self._leave_shown()
         await self.add_rows(self.store.messages(conversation_id))
+        pane = self.query_one(ChatPane)
+        for live in self.live.values():  # sent, but not stored yet
+            if live.conversation_id == conversation_id and not live.turn_started:
+                live.prompt_widget = await pane.add_user(live.prompt)
+                await self.attach(live)  # type: ignore[attr-defined]
         self.mark_tree()
         self.mark_context()
+        self.show_state()
+        self.refresh_bindings()
+
+    async def _leave_shown(self) -> None:
+        """The conversation shown leaves the screen; its reply, if one streams, goes on."""
+        for live in self.live.values():
+            live.detach()
+        await self.query_one(ChatPane).clear()
 
     async def action_new_conversation(self) -> None:
-        if self.replying:
-            self.notify("A reply is in flight: Esc cancels it.", severity="warning")
-            return
         self.conversation_id = None
         self.leave_edit(False)
-        await self.query_one(ChatPane).clear()
+        await self._leave_shown()
+        if self.ready:
+            self.show_state()
+        self.refresh_bindings()
         self.notify("New conversation: the next message starts it.")
 
     @work(exclusive=True, group="screens")
     async def action_conversations(self) -> None:
-        if self.replying:
-            self.notify("A reply is in flight: Esc cancels it.", severity="warning")
-            return
+        generating = {r.conversation_id for r in self.live.values()}
         choice = await self.push_screen_wait(
-            ConversationsScreen(self.store, self.conversation_id))
+            ConversationsScreen(self.store, self.conversation_id, generating))
         if choice is None:
             return
         what, cid = choice
         if what == "open" and cid is not None:
             self.conversation_id = cid
+            self.leave_edit(False)
             await self.show_history(cid)
         elif what in ("new", "deleted"):
             await self.action_new_conversation()
@@ -171,7 +188,7 @@ class AppActions(App[int]):
 
     def _can_switch(self) -> bool:
         # Refused rather than cancelling the reply: its text would be cut off unasked.
-        if self.replying:
+        if self.live:
             self.notify("A reply is streaming: Esc cancels it, then switch.",
                         title="Switch model", severity="warning")
             return False

@@ -21,8 +21,9 @@ from engine.events import (
     SpecStats,
     StateCacheNote,
 )
+from tui.live import LiveReply
 from tui.notes import route_note
-from tui.widgets.chat_pane import ChatPane, ReplyMessage
+from tui.widgets.chat_pane import ChatPane
 from tui.widgets.kv_pane import KVPane
 from tui.widgets.memory_pane import MemoryPane
 from tui.widgets.status_line import StatusLine
@@ -31,8 +32,6 @@ from tui.widgets.status_line import StatusLine
 class EventPanes(App[int]):
     last_route: RouteDecision | None
     _engine_died: bool
-    _reply: ReplyMessage | None
-    _reply_route: str
 
     def show_kv(self, samples: list[KVUsage]) -> None:
         """KV samples, oldest first: the chart takes each, the rest show the latest."""
@@ -43,9 +42,29 @@ class EventPanes(App[int]):
         self.query_one(KVPane).show_usage(samples)
         self.query_one(MemoryPane).show_kv(last)
 
-    async def show_event(self, event: Event) -> None:
-        """An engine event, in the pane that shows it."""
+    def note_queue(self, live: LiveReply, event: Event) -> bool:
+        """Where the reply stands in the engine's queue (``queued`` events, until its
+        prompt is read): on its note, and on the status line while it is shown."""
+        if isinstance(event, Queued):
+            live.queued = event.position
+        elif isinstance(event, PromptEvaluated) and live.queued:
+            live.queued = None
+        else:
+            return False
+        if live.widget is not None:
+            live.widget.set_note(f"queued, position {live.queued}" if live.queued
+                                 else live.route_note.removesuffix(" · "))
+        if live.shown:
+            self.query_one(StatusLine).state = (f"queued, position {live.queued}…"
+                                                if live.queued else "generating…")
+        return True
+
+    async def show_event(self, event: Event, live: LiveReply | None = None) -> None:
+        """An engine event, in the pane that shows it (``live``: the reply it is of)."""
         status = self.query_one(StatusLine)
+        reply = live.widget if live is not None else None
+        if live is not None and self.note_queue(live, event):
+            return
         if isinstance(event, KVUsage):
             self.show_kv([event])
         elif isinstance(event, Progress):
@@ -73,17 +92,18 @@ class EventPanes(App[int]):
         elif isinstance(event, RouteDecision):
             self.last_route = event
             status.show_route(event)
-            self._reply_route = route_note(event) + " · "
-            if self._reply is not None:
-                self._reply.set_note(route_note(event))
+            if live is not None:
+                live.route_note = route_note(event) + " · "
+            if reply is not None:
+                reply.set_note(route_note(event))
         elif isinstance(event, OutputCheck):
-            if self._reply is not None:
-                self._reply.record_check(event)
+            if reply is not None:
+                reply.record_check(event)
         elif isinstance(event, PromptTruncated):
             # Said where it happened, above the reply, and not only in a toast.
             pane = self.query_one(ChatPane)
-            await pane.add_notice(f"note: {event.message}", before=self._reply)
+            await pane.add_notice(f"note: {event.message}", before=reply)
             self.notify(event.message, title="Message cut", severity="warning")
         elif isinstance(event, ChatFormatFallback):
-            await self.query_one(ChatPane).add_notice(f"note: {event.message}", before=self._reply)
+            await self.query_one(ChatPane).add_notice(f"note: {event.message}", before=reply)
             self.notify(event.message, title="Chat template", severity="warning")

@@ -67,10 +67,12 @@ class FindActions(App[int]):
 
     @on(EngineEvent)
     def _context_event(self, message: EngineEvent) -> None:
-        event = message.event
-        if not isinstance(event, ContextMap) or self._context_turn is None:
+        event, live = message.event, message.live
+        turn = self._context_turn if live is None else (
+            live.conversation_id, live.user_id, live.reply_id)
+        if not isinstance(event, ContextMap) or turn is None or None in turn:
             return
-        cid, user_id, reply_id = self._context_turn
+        cid, user_id, reply_id = turn  # type: ignore[misc]
         try:
             path = self.store.path_to(user_id)
         except KvchatError:
@@ -137,10 +139,6 @@ class FindActions(App[int]):
 
     async def open_hit(self, hit: SearchHit) -> None:
         """The hit's conversation, on the branch that holds its message, scrolled to it."""
-        if self.replying:
-            self.notify("A reply is in flight: Esc cancels it, then open the hit.",
-                        title="Search", severity="warning")
-            return
         try:
             if hit.message_id is not None:
                 self.store.set_active(hit.conversation_id, hit.message_id)

@@ -7,7 +7,6 @@ a sent message (:mod:`tui.app_replies`), from ``ChatSession.regenerate`` or ``ed
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from typing import Literal
 
 from textual import on, work
 from textual.app import App
@@ -18,15 +17,12 @@ from engine.events import Event
 from engine.session import ChatSession
 from engine.store import MessageRow, Store
 from tui.app_actions import stored_note
+from tui.live import Branch, LiveReply
 from tui.messages import ReplyFailed, ReplyFinished
 from tui.screens.message_picker import MessagePicker
 from tui.widgets.chat_pane import ChatPane, ReplyMessage, UserMessage
 from tui.widgets.prompt_input import PromptInput
-from tui.widgets.status_line import StatusLine
 
-Branch = tuple[Literal["edit", "regenerate"], int]
-"""A reply that adds a sibling: ("edit", the user message edited) or ("regenerate",
-the conversation whose last reply is answered again)."""
 Shown = UserMessage | ReplyMessage
 
 
@@ -45,17 +41,18 @@ class TreeActions(App[int]):
     pinned: frozenset[str]
     ignore_eos: bool
     source_view: bool
-    _turn_started: bool
+    live: dict[int, LiveReply]
     editing: int | None = None
     """The user message whose new version the message box holds."""
     _draft = ""
     """What the message box held before an edit took it."""
-    _tree_turn: Branch | None = None
-    """The regeneration or edit in flight."""
     # Provided by the app's other parts.
     show_history: Callable[[int], Awaitable[None]]
-    _open_reply: Callable[[str | None], Awaitable[None]]
-    _start_reply: Callable[[str, str | None, Branch | None], None]
+    _open_reply: Callable[[LiveReply, str | None], Awaitable[None]]
+    _start_reply: Callable[[LiveReply, str | None], None]
+    attach: Callable[[LiveReply], Awaitable[None]]
+    attach_answers: Callable[[LiveReply], Awaitable[None]]
+    show_state: Callable[..., None]
     mark_context: Callable[[], None]
 
     # -- the messages on screen -------------------------------------------------------
@@ -88,10 +85,15 @@ class TreeActions(App[int]):
             self.query_one(PromptInput).focus()
 
     async def add_rows(self, rows: Iterable[MessageRow]) -> None:
-        """Stored messages at the end of the pane, each reply with its folded attempts."""
+        """Stored messages at the end of the pane, each reply with its folded attempts;
+        a reply still streaming shows its text so far and streams on there."""
         pane = self.query_one(ChatPane)
+        streaming = {rid: live for live in self.live.values() for rid in live.reply_ids}
         for row in rows:
-            if row.role == "user":
+            live = streaming.get(row.id)
+            if live is not None:
+                await (self.attach_answers(live) if live.answers else self.attach(live))
+            elif row.role == "user":
                 await pane.add_user(row.content, row.id)
             elif row.role == "assistant":
                 attempts = self.store.attempts(row.id)
@@ -161,25 +163,25 @@ class TreeActions(App[int]):
 
     async def start_tree_turn(self, branch: Branch, text: str | None) -> None:
         """Open the reply of an edit (``text``) or a regeneration (None) and start it."""
-        self.replying = True
-        self._tree_turn = branch
-        self.query_one(StatusLine).state = "generating…"
+        live = LiveReply(self.conversation_id, text or "", branch=branch)
+        self.live[live.key] = live
+        await self._open_reply(live, text)
+        self.show_state()
         self.refresh_bindings()
-        await self._open_reply(text)
-        self._turn_started = False
-        self.call_after_refresh(self._start_reply, text or "", None, branch)
+        self.call_after_refresh(self._start_reply, live, None)
 
-    def reply_stream(self, text: str, route: str | None,
-                     branch: Branch | None) -> AsyncIterator[Event]:
-        """The events of a sent message, an edit or a regeneration."""
-        options = {"pinned": self.pinned, "ignore_eos": self.ignore_eos}
+    def reply_stream(self, live: LiveReply, route: str | None) -> AsyncIterator[Event]:
+        """The events of a sent message, an edit or a regeneration, in the conversation
+        it was sent in (whichever is shown by then)."""
+        options = {"pinned": self.pinned, "ignore_eos": self.ignore_eos,
+                   "cancel": live.cancel}
         sampling = self.config.sampling
-        if branch is None:
-            return self.session.send(text, self.conversation_id, sampling, route=route,
+        if live.branch is None:
+            return self.session.send(live.prompt, live.conversation_id, sampling, route=route,
                                      **options)
-        what, target = branch
+        what, target = live.branch
         if what == "edit":
-            return self.session.edit(target, text, sampling, route=route, **options)
+            return self.session.edit(target, live.prompt, sampling, route=route, **options)
         return self.session.regenerate(target, sampling, **options)
 
     @work(exclusive=True, group="screens")
@@ -219,9 +221,8 @@ class TreeActions(App[int]):
     async def open_edit(self, message_id: int) -> Branch:
         """The edit just sent: its message and all below leave the pane for the new
         version and its reply."""
-        self._tree_turn = ("edit", message_id)
         await self.cut_from(message_id)
-        return self._tree_turn
+        return ("edit", message_id)
 
     async def _pick_user_message(self) -> int | None:
         if self.conversation_id is None:
@@ -256,10 +257,12 @@ class TreeActions(App[int]):
     async def _tree_turn_over(self, message: ReplyFinished | ReplyFailed) -> None:
         """After an edit or a regeneration: the versions' marks; after one that failed
         before it was stored, the conversation as it was."""
-        branch, self._tree_turn = self._tree_turn, None
-        if branch is None or self.conversation_id is None or not self.query(ChatPane):
-            return
-        if isinstance(message, ReplyFailed) and not self._turn_started:
+        live = message.live
+        branch = live.branch if live is not None else None
+        if (branch is None or live is None or self.conversation_id is None
+                or live.conversation_id != self.conversation_id or not self.query(ChatPane)):
+            return  # not a branch, or its conversation is not the one shown
+        if isinstance(message, ReplyFailed) and not live.turn_started:
             await self.show_history(self.conversation_id)
             if branch[0] == "edit":  # its text is back in the box: still an edit
                 self._edit_mode(branch[1])

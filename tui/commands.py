@@ -22,6 +22,9 @@ class KvchatCommands(Provider):
         yield "Retried replies", app.action_retries, "Review malformed outputs and retries"
         yield ("Regenerate the last reply", app.action_regenerate,
                "A new reply beside the one shown (Ctrl+G)")
+        yield ("Three answers", app.action_three_answers,
+               "To the message box's text (else the last message), side by side: "
+               "1/2/3 keeps one (Ctrl+T; needs --parallel 3)")
         yield ("Edit a message", app.action_edit_message,
                "Send one of your messages again, changed (Enter on the message)")
         yield ("Branch from here", app.action_branch,

@@ -1,5 +1,8 @@
 """The app's message chain: PromptSubmitted -> ReplyStarted -> ReplyChunk* ->
-(ReplyRetrying -> ReplyChunk*)* -> ReplyFinished | ReplyFailed, plus ModelReady /
+(ReplyRetrying -> ReplyChunk*)* -> ReplyFinished | ReplyFailed, each carrying its
+:class:`tui.live.LiveReply` (several replies may stream at once); for N answers side by
+side, ReplyStarted (one per answer) -> AnswerChunk* -> AnswerEnded (one per answer)
+-> AnswerPicked; plus ModelReady /
 ModelFailed at start, ModelSwitching -> ModelSwitched | ModelSwitchFailed for another
 model, and EngineEvent for everything else the panes show (evictions,
 routes, output checks); the gauges (KV usage, speed, speculation, memory) of a
@@ -7,9 +10,23 @@ streaming reply come inside its ReplyChunk frames."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from textual.message import Message
 
-from engine.events import Done, Event, MemorySnapshot, ModelLoaded, Retry, TurnStarted
+from engine.events import Done, Error, Event, MemorySnapshot, ModelLoaded, Retry, TurnStarted
+
+if TYPE_CHECKING:
+    from tui.live import LiveReply
+
+
+class LiveMessage(Message):
+    """A message of one live reply's chain; ``live`` None: a turn the app did not send
+    itself (the reply then opens where it is shown)."""
+
+    def __init__(self, live: LiveReply | None = None) -> None:
+        super().__init__()
+        self.live = live
 
 
 class PromptSubmitted(Message):
@@ -22,41 +39,42 @@ class PromptSubmitted(Message):
         """The user message this text is a new version of; None: a new message."""
 
 
-class ReplyStarted(Message):
-    def __init__(self, turn: TurnStarted, prompt: str) -> None:
-        super().__init__()
+class ReplyStarted(LiveMessage):
+    def __init__(self, turn: TurnStarted, prompt: str, live: LiveReply | None = None) -> None:
+        super().__init__(live)
         self.turn = turn
         self.prompt = prompt
 
 
-class ReplyChunk(Message):
+class ReplyChunk(LiveMessage):
     """One frame of a streaming reply: the text gathered since the last (may be empty)
     and the gauge events (KV usage, speed, speculation, memory) that go with it."""
 
-    def __init__(self, text: str, n_tokens: int, gauges: list[Event] | None = None) -> None:
-        super().__init__()
+    def __init__(self, text: str, n_tokens: int, gauges: list[Event] | None = None,
+                 live: LiveReply | None = None) -> None:
+        super().__init__(live)
         self.text = text
         self.n_tokens = n_tokens
         self.gauges = gauges or []
 
 
-class ReplyRetrying(Message):
+class ReplyRetrying(LiveMessage):
     """A structured reply failed its check; the next attempt's tokens follow."""
 
-    def __init__(self, retry: Retry) -> None:
-        super().__init__()
+    def __init__(self, retry: Retry, live: LiveReply | None = None) -> None:
+        super().__init__(live)
         self.retry = retry
 
 
-class ReplyFinished(Message):
-    def __init__(self, done: Done) -> None:
-        super().__init__()
+class ReplyFinished(LiveMessage):
+    def __init__(self, done: Done, live: LiveReply | None = None) -> None:
+        super().__init__(live)
         self.done = done
 
 
-class ReplyFailed(Message):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__()
+class ReplyFailed(LiveMessage):
+    def __init__(self, code: str, message: str, live: LiveReply | None = None) -> None:
+        super().__init__(live)
         self.code = code
         self.message = message
 
@@ -104,9 +122,28 @@ class ModelSwitchFailed(Message):
         self.memory = memory
 
 
-class EngineEvent(Message):
+class EngineEvent(LiveMessage):
     """Any other engine event, for the panes that show it."""
 
-    def __init__(self, event: Event) -> None:
-        super().__init__()
+    def __init__(self, event: Event, live: LiveReply | None = None) -> None:
+        super().__init__(live)
         self.event = event
+
+
+class AnswerChunk(LiveMessage):
+    """A frame of answer ``k`` of N decoded side by side."""
+
+    def __init__(self, k: int, text: str, gauges: list[Event], live: LiveReply) -> None:
+        super().__init__(live)
+        self.k = k
+        self.text = text
+        self.gauges = gauges
+
+
+class AnswerEnded(LiveMessage):
+    """Answer ``k`` is over (its ``done``, or its error)."""
+
+    def __init__(self, k: int, end: Done | Error, live: LiveReply) -> None:
+        super().__init__(live)
+        self.k = k
+        self.end = end

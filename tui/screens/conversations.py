@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import ClassVar
 
@@ -25,12 +26,14 @@ Choice = tuple[str, int | None]
 """("open", id), ("new", None), or ("deleted", id) for the conversation on screen."""
 
 
-def conversation_label(row: ConversationRow, current: int | None) -> Content:
+def conversation_label(row: ConversationRow, current: int | None,
+                       generating: bool = False) -> Content:
     """One row, the title as plain text (a title is the user's text: no markup)."""
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(row.updated_at))
     mark = "▶ " if row.id == current else "  "
+    live = " · generating" if generating else ""
     return Content(f"{mark}#{row.id} {one_line(row.title)} · {row.message_count} messages"
-                   f" · {when}")
+                   f" · {when}{live}")
 
 
 def export_conversation(store: Store, cid: int, fmt: str, folder: Path | None = None) -> Path:
@@ -55,10 +58,13 @@ class ConversationsScreen(ModalScreen[Choice | None]):
         Binding("j", "export('json')", "Export .json"),
     ]
 
-    def __init__(self, store: Store, current: int | None) -> None:
+    def __init__(self, store: Store, current: int | None,
+                 generating: Collection[int | None] = ()) -> None:
         super().__init__(classes="dialog")
         self.store = store
         self.current = current
+        self.generating = generating
+        """Conversations with a reply streaming now."""
         self.deleted_current = False
 
     def compose(self) -> ComposeResult:
@@ -77,7 +83,8 @@ class ConversationsScreen(ModalScreen[Choice | None]):
         if not rows:
             options.add_option(Option("No conversations yet: n starts one.", disabled=True))
             return
-        options.add_options([Option(conversation_label(r, self.current), id=str(r.id))
+        options.add_options([Option(conversation_label(r, self.current,
+                                                       r.id in self.generating), id=str(r.id))
                              for r in rows])
         options.highlighted = min(keep or 0, len(rows) - 1)
         options.focus()

@@ -24,6 +24,9 @@ class StatusLine(Static):
     ctx_total: reactive[int] = reactive(0)
     evicted: reactive[int] = reactive(0)
     """Tokens of this conversation evicted from the KV cache so far."""
+    batch: reactive[str] = reactive("")
+    """While several replies decode at once: ``batch 3 decoding, 1 queued │ this 41.0 of
+    118.2 tok/s``, in place of the last reply's speed."""
 
     def show_route(self, route: RouteDecision) -> None:
         how = "chosen" if route.source == "override" else f"{route.confidence:.2f}"
@@ -46,7 +49,9 @@ class StatusLine(Static):
             parts.append(f"next: {self.next_route}")
         elif self.route:
             parts.append(f"route {self.route}")
-        if self.tokens_per_s:
+        if self.batch:
+            parts.append(self.batch)
+        elif self.tokens_per_s:
             parts.append(f"{self.tokens_per_s:.1f} tok/s")
         if self.spec:
             parts.append(self.spec)
