@@ -600,3 +600,35 @@ async def test_a_sliding_window_model_never_continues_past_what_its_window_holds
     assert saved.prompt.evaluated_tokens == saved.prompt.prompt_tokens
     assert saved.text == expected[1].text
 
+
+
+async def test_a_sliding_window_model_regenerates_from_a_saved_state(
+        gemma_path: Path, tmp_path: Path) -> None:
+    """Its window layers at the last prompt's end are saved beside the state: coming
+    back to regenerate the reply (in this process, or in a new one from the disk)
+    evaluates one token, and answers as the first time."""
+    a1 = [user(long_text(600))]
+    g = ModelConfig(path=gemma_path, n_ctx=2048)
+    cache = CacheConfig(ram_budget="1GiB", disk_budget="1GiB", dir=tmp_path)
+    eng = LocalEngine(g, SAMPLING, cache=cache)
+    await eng.start()
+    try:
+        first = await ask(eng, a1)
+        await ask(eng, B1)
+        again = await ask(eng, a1)  # from RAM
+    finally:
+        await eng.close()  # the last state, and its window, to disk
+    later = LocalEngine(g, SAMPLING, cache=cache)
+    await later.start()
+    try:
+        await ask(later, B1)
+        from_disk = await ask(later, a1)
+    finally:
+        await later.close()
+    assert first.prompt.prompt_tokens > 600  # more than the 512-position window
+    for turn, tier in ((again, "ram"), (from_disk, "disk")):
+        assert [(n.action, n.tier) for n in turn.notes if n.action != "save"] == [
+            ("restore", tier)], turn.notes
+        assert turn.prompt.evaluated_tokens == 1
+        assert turn.prompt.restored_tokens == turn.prompt.prompt_tokens - 1
+        assert turn.text == first.text

@@ -28,6 +28,8 @@ class Snapshot:
     """The conversation as rendered, last reply included; empty when not known."""
     logical: list[int]
     """Its tokens as the model saw them (the reply as generated)."""
+    reply_at: int = 0
+    """Cells before the last reply (the last prompt's end); 0 when not known."""
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,9 @@ class SavedState:
     path: Path | None = None
     file_bytes: int = 0
     """The file's size, header and tokens included (what the disk budget counts)."""
+    window_bytes: int = 0
+    """The last bytes of the data that are not the sequence's state but a sliding-window
+    model's window layers as they were at ``snap.reply_at`` (see ``SeqStates``)."""
 
     @property
     def tier(self) -> Tier:

@@ -170,13 +170,14 @@ class StateCache:
     # -- saving -------------------------------------------------------------------
 
     def put(self, key: StateKey, snap: Snapshot, data: bytearray, *,
-            started: float | None = None) -> SavedState | None:
+            started: float | None = None, window_bytes: int = 0) -> SavedState | None:
         """Keep a new state, in RAM if it fits the budget, else on disk; None when it fits
         neither (noted as a drop). A state it extends (the same conversation saved
         before, fewer cells) is replaced. ``started``: when reading it began, for the
         note's milliseconds."""
         started = time.perf_counter() if started is None else started
-        entry = SavedState(uuid.uuid4().hex[:16], key, snap, len(data), self._now(), data=data)
+        entry = SavedState(uuid.uuid4().hex[:16], key, snap, len(data), self._now(), data=data,
+                           window_bytes=window_bytes)
         for old in self.entries():
             if (old.key == key and old.snap.n_keep == snap.n_keep
                     and old.snap.dropped == snap.dropped

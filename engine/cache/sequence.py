@@ -67,21 +67,25 @@ class SeqStates:
 
     # -- llama.cpp ----------------------------------------------------------------
 
-    def read(self) -> bytearray:
+    def read(self, flags: int = 0) -> bytearray:
+        """Sequence 0's state; with ``LLAMA_STATE_SEQ_FLAGS_SWA_ONLY``, its
+        sliding-window layers' only."""
         ctx = self.lm.ctx.ctx
-        size = llama_cpp.llama_state_seq_get_size(ctx, SEQ)
+        size = llama_cpp.llama_state_seq_get_size_ext(ctx, SEQ, flags)
         data = bytearray(size)
         view = (ctypes.c_uint8 * size).from_buffer(data)
-        got = llama_cpp.llama_state_seq_get_data(ctx, view, size, SEQ)
+        got = llama_cpp.llama_state_seq_get_data_ext(ctx, view, size, SEQ, flags)
         del view  # the bytearray may not be resized while a ctypes view holds it
         return data if got == size else bytearray()
 
-    def write(self, data: bytearray) -> bool:
-        """Replace sequence 0 with ``data``; False (the sequence left empty) when
-        llama.cpp refuses it."""
-        self.lm.ctx.kv_cache_seq_rm(SEQ, -1, -1)
+    def write(self, data: bytearray, flags: int = 0) -> bool:
+        """Replace sequence 0 (with ``SWA_ONLY``, its sliding-window layers) with
+        ``data``; False (the sequence left empty) when llama.cpp refuses it."""
+        if not flags:
+            self.lm.ctx.kv_cache_seq_rm(SEQ, -1, -1)
         view = (ctypes.c_uint8 * len(data)).from_buffer(data)
-        ok = llama_cpp.llama_state_seq_set_data(self.lm.ctx.ctx, view, len(data), SEQ) > 0
+        ok = llama_cpp.llama_state_seq_set_data_ext(self.lm.ctx.ctx, view, len(data), SEQ,
+                                                    flags) > 0
         del view
         if not ok:
             self.lm.ctx.kv_cache_seq_rm(SEQ, -1, -1)
@@ -102,13 +106,43 @@ class SeqStates:
 
     # -- a switch -----------------------------------------------------------------
 
-    def save(self, snap: Snapshot) -> None:
+    def save(self, snap: Snapshot, stay: int = 0) -> None:
+        """Save the live cells; ``stay``: how many of them the caller keeps."""
         started = time.perf_counter()
         data = self.read()
         if not data:
             self.pool.note("drop", tokens=len(snap.cells), reason="llama.cpp gave no state")
             return
-        self.pool.put(self.key, snap, data, started=started)
+        window = self._window_before_reply(snap, stay)
+        self.pool.put(self.key, snap, data + window, started=started,
+                      window_bytes=len(window))
+
+    def _window_before_reply(self, snap: Snapshot, stay: int) -> bytearray:
+        """A sliding-window model's state keeps the window layers' last ``n_swa``
+        positions only, which end after the reply: regenerating it (restoring up to the
+        last prompt's end) would find them gone. Their state at the prompt's end is
+        kept beside it: the live cells are cut back to there (they hold every position)
+        and the window layers read. Only when the cells past that point go anyway."""
+        at = snap.reply_at
+        if not self.n_swa or not 0 < at < len(snap.cells) or stay > at or snap.dropped:
+            return bytearray()
+        self.lm.ctx.kv_cache_seq_rm(SEQ, at, -1)
+        if not window_holds(self.lm, at):  # llama.cpp reused the cells it needs
+            return bytearray()
+        return self.read(llama_cpp.LLAMA_STATE_SEQ_FLAGS_SWA_ONLY)
+
+    def _to_reply_start(self, entry: SavedState, data: bytearray, keep: int) -> str:
+        """Put back the window layers as they were at the last prompt's end (saved
+        beside the state) for a prompt that keeps up to there; why not, empty when
+        done."""
+        at = entry.snap.reply_at
+        if not entry.window_bytes or not at - 1 <= keep <= at:
+            return "no window saved for this point"
+        if not self.write(data[len(data) - entry.window_bytes:],
+                          llama_cpp.LLAMA_STATE_SEQ_FLAGS_SWA_ONLY):
+            return "llama.cpp refused the saved window"
+        self.lm.ctx.kv_cache_seq_rm(SEQ, keep, -1)
+        return "" if window_holds(self.lm, keep) else "the saved window does not reach"
 
     def switch(self, live: Snapshot, text: str, fresh: Sequence[int], *,
                can_save: bool = True) -> Resume:
@@ -130,7 +164,7 @@ class SeqStates:
             loaded_ms = (time.perf_counter() - started) * 1000
         if here.common < len(live.cells) and len(live.cells) >= self.pool.config.min_tokens:
             if can_save:
-                self.save(live)
+                self.save(live, here.common)
             else:
                 self.pool.note("drop", tokens=len(live.cells),
                                reason="a window shift is not applied yet")
@@ -147,8 +181,12 @@ class SeqStates:
                  loaded_ms: float) -> Resume:
         started = time.perf_counter()
         cells = len(entry.snap.cells)
-        why = "" if self.write(data) else "llama.cpp refused the saved state"
+        state = data[:len(data) - entry.window_bytes] if entry.window_bytes else data
+        why = "" if self.write(state) else "llama.cpp refused the saved state"
         why = why or self.cut(best.common, cells)
+        if why.startswith("the sliding-window") and not self._to_reply_start(entry, data,
+                                                                              best.common):
+            why = ""
         if why:
             self.lm.ctx.kv_cache_seq_rm(SEQ, -1, -1)
             self.pool.note("miss", tier, tokens=best.common, reason=why)

@@ -48,7 +48,8 @@ def encode(state: SavedState) -> list[bytes | bytearray]:
     header = json.dumps({
         "id": state.id, "key": state.key.to_json(), "n_keep": snap.n_keep,
         "dropped": snap.dropped, "text": snap.text, "n_cells": len(snap.cells),
-        "n_logical": len(snap.logical), "nbytes": state.nbytes, "crc32": crc}).encode()
+        "n_logical": len(snap.logical), "nbytes": state.nbytes, "reply_at": snap.reply_at,
+        "window_bytes": state.window_bytes, "crc32": crc}).encode()
     return [_PREFIX.pack(MAGIC, VERSION, len(header)), header, cells, logical, state.data]
 
 
@@ -99,9 +100,13 @@ def read_index(path: Path) -> SavedState:
     try:
         key = StateKey.from_json(head["key"])
         snap = Snapshot(values[:n_cells], int(head["n_keep"]), int(head["dropped"]),
-                        str(head["text"]), values[n_cells:])
+                        str(head["text"]), values[n_cells:], int(head.get("reply_at", 0)))
+        window = int(head.get("window_bytes", 0))
+        if not 0 <= window <= int(head["nbytes"]):
+            raise ValueError(window)
         return SavedState(str(head["id"]), key, snap, int(head["nbytes"]),
-                          used=path.stat().st_mtime, path=path, file_bytes=size)
+                          used=path.stat().st_mtime, path=path, file_bytes=size,
+                          window_bytes=window)
     except (KeyError, TypeError, ValueError):
         raise StateFileError(f"{path.name} has a damaged header") from None
     except OSError as exc:

@@ -67,6 +67,9 @@ class KVCache:
         self.states = SeqStates(states, lm, policy) if states and states.enabled else None
         self.restored = 0
         """Cells this turn's prompt got from a saved state."""
+        self.prompt_end = 0
+        """Cells of the last prompt, where its reply starts; 0 after an eviction moved
+        them."""
         self._pending: PendingEviction | None = None
         self._unshifted = False
         """An eviction moved cells and no decode has applied llama.cpp's shift yet: the
@@ -114,7 +117,7 @@ class KVCache:
     def _snapshot(self) -> Snapshot:
         kv = self.state
         return Snapshot(list(kv.tokens), kv.n_keep, kv.dropped, kv.rendered_text,
-                        list(kv.rendered_tokens))
+                        list(kv.rendered_tokens), self.prompt_end)
 
     def _switch(self, text: str, fresh: list[int]) -> None:
         """Another conversation: keep what the cells share with it, or restore a saved
@@ -260,6 +263,7 @@ class KVCache:
             # better, so the prompt is evaluated from the start.
             self.rewind(0)
             reused = 0
+        self.prompt_end = len(prompt)
         return reused
 
     def wrote(self, tokens: list[int], elapsed_s: float) -> Eviction | None:
@@ -294,6 +298,7 @@ class KVCache:
                 self._unshifted = True
             del kv.tokens[span.start:cached_end]
         kv.dropped += span.size
+        self.prompt_end = 0
         if self._stats is not None:
             self._stats.evictions += 1
             self._stats.evicted_tokens += span.size
