@@ -32,16 +32,19 @@ WARMUP_TOKENS = 4
 
 async def _start(settings: LoadSettings, parallel: int) -> Any:
     """kvchat's engine as the app loads it, with ``parallel`` sequences; plain decoding
-    (speculation runs on the single-sequence path only)."""
+    (speculation runs on the single-sequence path only), no saved KV states."""
     from engine.backends.local import LocalEngine
-    from engine.config import ModelConfig, SpeculativeConfig
+    from engine.config import CacheConfig, ModelConfig, SpeculativeConfig
 
     eng = LocalEngine(ModelConfig(
         path=Path(settings.model), n_ctx=settings.n_ctx, n_threads=settings.n_threads,
         n_batch=settings.n_batch, n_ubatch=settings.n_ubatch,
         n_gpu_layers=settings.n_gpu_layers, kv_type=settings.kv_type,  # type: ignore[arg-type]
         flash_attn=settings.flash_attn, parallel=parallel),
-        speculative=SpeculativeConfig(mode="off"))
+        speculative=SpeculativeConfig(mode="off"),
+        # No saved states: an earlier repetition's reply, saved at its close, would be
+        # restored instead of evaluating the prompt (every repetition starts cold).
+        cache=CacheConfig(enabled=False))
     await eng.start()
     # The end-of-generation scan that banning EOS needs, once per model, off the clock.
     eog = await eng.run_on_engine_thread(lambda gen: sorted(gen.lm.eog_tokens()))

@@ -136,7 +136,7 @@ async def engine(settings: LoadSettings, prompt_tokens: int, tokens: int,
     """kvchat's engine through its public API, as ``kvchat ask`` drives it."""
     from engine.api import ChatMessage, ChatRequest
     from engine.backends.local import LocalEngine
-    from engine.config import ModelConfig, SamplingConfig, SpeculativeConfig
+    from engine.config import CacheConfig, ModelConfig, SamplingConfig, SpeculativeConfig
     from engine.events import Done, TokenChunk
     from engine.model.memory.budget import process_rss
 
@@ -147,7 +147,10 @@ async def engine(settings: LoadSettings, prompt_tokens: int, tokens: int,
         flash_attn=settings.flash_attn),
         # Plain decoding, as llama-bench and the raw loop do: speculation's gain is a
         # separate figure (``--extras``), and a random-weight shape has nothing to copy.
-        speculative=SpeculativeConfig(mode="off"))
+        speculative=SpeculativeConfig(mode="off"),
+        # No saved states: the previous repetition's reply (the same prompt), saved at
+        # its close, would be restored instead of evaluated, flattering TTFT and prefill.
+        cache=CacheConfig(enabled=False))
     await eng.start()
     fmt = await eng.run_on_engine_thread(lambda gen: gen.lm.chat_format)
     prompt = fit_prompt(lambda t: eng.count_tokens(
