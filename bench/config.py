@@ -161,6 +161,17 @@ def join_stream_tokens(config: BenchConfig) -> int:
     return max(config.tokens, 160)
 
 
+def cells_needed(config: BenchConfig) -> int:
+    """KV cells the largest N's replies reserve (prompt and max_tokens each), or the
+    join measurement's streams and joining prompt, whichever is more."""
+    most = max(config.parallel)
+    need = most * (config.prompt_tokens + config.tokens + 8)
+    if config.join_tokens and most > 1:
+        need = max(need, (most - 1) * (config.prompt_tokens + join_stream_tokens(config) + 8)
+                   + config.join_tokens + 16)
+    return need
+
+
 def _check_parallel(config: BenchConfig) -> None:
     if any(not 1 <= n <= 64 for n in config.parallel):
         raise ConfigError("--parallel takes numbers from 1 to 64, e.g. 1,2,4,8")
@@ -171,11 +182,7 @@ def _check_parallel(config: BenchConfig) -> None:
     if config.extras or config.llama_bench is not None:
         raise ConfigError("--parallel measures the engine under load: leave out --with and "
                           "--llama-bench (use --batched-bench)")
-    most = max(config.parallel)
-    need = most * (config.prompt_tokens + config.tokens + 8)
-    if config.join_tokens and most > 1:
-        need = max(need, (most - 1) * (config.prompt_tokens + join_stream_tokens(config) + 8)
-                   + config.join_tokens + 16)
+    most, need = max(config.parallel), cells_needed(config)
     if need > config.n_ctx:
         raise ConfigError(f"{most} replies of {config.prompt_tokens} + {config.tokens} tokens"
                           + (f" and a {config.join_tokens}-token prompt joining"

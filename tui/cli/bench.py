@@ -97,9 +97,11 @@ def run_bench_command(args: argparse.Namespace) -> int:
         llama_bench=Path(args.llama_bench).expanduser() if args.llama_bench else None,
         profile=not quick, extras=tuple(args.extras),
         bandwidth_bytes=(1 << 28) if quick else (1 << 30), **_load_options(args))
-    check_config(config)
     if config.parallel:
+        config = _parallel_defaults(config, args)
+        check_config(config)
         return _run_parallel(config, args)
+    check_config(config)
     report = _with_progress(lambda progress: run_bench(config, progress))
     if args.out:
         _write_files(report, Path(args.out).expanduser())
@@ -108,6 +110,23 @@ def run_bench_command(args: argparse.Namespace) -> int:
     else:
         _print_table(report)
     return EXIT_OK
+
+
+def _parallel_defaults(config: Any, args: argparse.Namespace) -> Any:
+    """Under load the defaults are 128 prompt + 128 generated tokens a reply (32 with
+    --quick), 3 repetitions, no profile, and a context just large enough (in steps of
+    256 cells, at least 1024) unless --ctx says otherwise."""
+    from dataclasses import replace
+
+    from bench.config import cells_needed
+
+    quick = args.quick
+    config = replace(config, tokens=args.tokens or (32 if quick else 128),
+                     prompt_tokens=args.prompt_tokens or 128,
+                     reps=args.reps or (2 if quick else 3), profile=False)
+    if args.ctx is None:
+        config = replace(config, n_ctx=max(1024, -(-cells_needed(config) // 256) * 256))
+    return config
 
 
 def _load_options(args: argparse.Namespace) -> dict[str, Any]:
