@@ -3,7 +3,8 @@
 Layout: an 8-byte magic, the format version and the header's length (two little-endian
 uint32), the header (JSON: the key, the window bookkeeping, the rendered text, the
 lengths and a CRC-32 of everything after it), the cells' tokens and the logical tokens
-(int32 each), then llama.cpp's sequence state. Files are written to a temporary name and
+(int32 each), then llama.cpp's sequence state (its last ``window_bytes``: a
+sliding-window model's window layers at ``reply_at``). Files are written to a temporary name and
 renamed, so a reader sees a whole file or none; the checksum catches the rest (a file
 cut short, bytes changed on disk).
 """
