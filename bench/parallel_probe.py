@@ -13,6 +13,7 @@ Kinds:
   consumer saw them, and the engine's own figures from its ``Done`` event.
 - ``join``: ``n - 1`` replies streaming, then one reply with a long prompt joins; the
   streaming replies' arrival times around it (the longest gap while it joins).
+- ``profile``: ``concurrent`` with timers around a batch step's parts (``n`` > 1).
 """
 
 from __future__ import annotations
@@ -188,6 +189,89 @@ async def _until(streams: list[asyncio.Task[Any]], seen: list[list[tuple[float, 
         await asyncio.sleep(0.002)
 
 
+class _StepTimers:
+    """Where a batch step's time goes, for steps that decode rows only (no prompt
+    tokens): ``llama_decode`` made synchronous, sampling each row (its chain and the
+    token's event), the decoder's own bookkeeping, and handing the events to the
+    replies' channels."""
+
+    def __init__(self) -> None:
+        self.steps = 0
+        self.decode_s = self.sample_s = self.decoder_s = self.total_s = 0.0
+        self._pure = False
+
+    def per_step_ms(self) -> dict[str, float]:
+        per = 1e3 / max(self.steps, 1)
+        return {"steps": self.steps, "decode_ms": self.decode_s * per,
+                "sample_ms": self.sample_s * per,
+                "bookkeeping_ms": (self.decoder_s - self.decode_s - self.sample_s) * per,
+                "deliver_ms": (self.total_s - self.decoder_s) * per,
+                "step_ms": self.total_s * per}
+
+    def install(self, eng: Any) -> None:
+        """Wrap the batch runner's and decoder's methods on their instances (engine
+        thread, between steps)."""
+        import llama_cpp
+
+        runner = eng._batch
+        dec = runner.decoder
+        ctx = dec.lm.ctx.ctx
+        decode, sample, step, outer = dec.decode, dec.sample, dec.step, runner.step
+        parts = {"decode": 0.0, "sample": 0.0, "decoder": 0.0}
+
+        def timed_decode(prompts: int) -> None:
+            self._pure = prompts == 0
+            t0 = time.perf_counter()
+            decode(prompts)
+            llama_cpp.llama_synchronize(ctx)  # a GPU's decode returns before its graph ran
+            parts["decode"] = time.perf_counter() - t0
+
+        def timed_sample(decoding: Any) -> None:
+            t0 = time.perf_counter()
+            sample(decoding)
+            parts["sample"] = time.perf_counter() - t0
+
+        def timed_step() -> Any:
+            t0 = time.perf_counter()
+            events = step()
+            parts["decoder"] = time.perf_counter() - t0
+            return events
+
+        def timed_outer() -> None:
+            self._pure, t0 = False, time.perf_counter()
+            outer()
+            if self._pure:
+                self.steps += 1
+                self.decode_s += parts["decode"]
+                self.sample_s += parts["sample"]
+                self.decoder_s += parts["decoder"]
+                self.total_s += time.perf_counter() - t0
+
+        dec.decode, dec.sample, dec.step, runner.step = (timed_decode, timed_sample,
+                                                         timed_step, timed_outer)
+
+
+async def profile(settings: LoadSettings, prompt_tokens: int, tokens: int,
+                  n: int) -> dict[str, Any]:
+    """``concurrent`` once more with the step timers in place (their clock reads and
+    the synchronous decode cost a little: a separate run, not the measured one)."""
+    eng, _ = await _start(settings, n)
+    try:
+        warm = await _prompts(eng, n, 24, "Warm-up")
+        await asyncio.gather(*(_reply(eng, p, WARMUP_TOKENS, 0.0) for p in warm))
+        prompts = await _prompts(eng, n, prompt_tokens, "Ledger")
+        timers = _StepTimers()
+        await eng.run_on_engine_thread(lambda gen: timers.install(eng))
+        origin = time.perf_counter()
+        replies = await asyncio.gather(*(_reply(eng, p, tokens, origin) for p in prompts))
+    finally:
+        await eng.close()
+    from bench.parallel_stats import run_figures
+
+    return {"n": n, "aggregate_tokens_per_s": run_figures(replies)["aggregate_tokens_per_s"],
+            **timers.per_step_ms()}
+
+
 def main(argv: list[str]) -> int:
     kind, payload = argv[0], json.loads(argv[1])
     settings = LoadSettings(**payload.pop("settings"))
@@ -195,6 +279,8 @@ def main(argv: list[str]) -> int:
         result = asyncio.run(concurrent(settings, **payload))
     elif kind == "join":
         result = asyncio.run(join(settings, **payload))
+    elif kind == "profile":
+        result = asyncio.run(profile(settings, **payload))
     else:
         raise SystemExit(f"unknown kind {kind!r}")
     print(json.dumps(result))

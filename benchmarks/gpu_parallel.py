@@ -37,6 +37,29 @@ def _config(case: str, args: argparse.Namespace) -> BenchConfig:
                        batched_bench=args.batched_bench)
 
 
+def _profile(config: BenchConfig) -> dict[str, object]:
+    """Where a batch step's time goes at each N > 1 (one run each, timers in place),
+    beside llama-batched-bench's step time at that N."""
+    from dataclasses import asdict
+
+    from bench.run import child
+
+    model = resolve_model(config, _progress)
+    _, settings = plan_settings(config, model, _progress)
+    payload = {"settings": asdict(settings), "prompt_tokens": config.prompt_tokens,
+               "tokens": config.tokens}
+    rows = {}
+    for n in (n for n in config.parallel if n > 1):
+        rows[n] = child("profile", {**payload, "n": n}, module="bench.parallel_probe")
+        print(f"   N={n}: {rows[n]}", flush=True)
+    anchor = batched_bench(config.batched_bench, settings, config, unified=True) \
+        if config.batched_bench else {}
+    for n, row in rows.items():
+        if n in anchor:
+            row["anchor_kvu_step_ms"] = 1e3 * n / anchor[n]["aggregate_tokens_per_s"]
+    return {"kind": "profile", "model": str(model), "rows": rows}
+
+
 def _anchor_only(config: BenchConfig) -> dict[str, object]:
     model = resolve_model(config, _progress)
     _, settings = plan_settings(config, model, _progress)
@@ -73,6 +96,8 @@ def main() -> int:
     parser.add_argument("--ctx", type=int, default=16384)
     parser.add_argument("--join-tokens", type=int, default=2000)
     parser.add_argument("--anchor-only", action="store_true")
+    parser.add_argument("--profile", action="store_true",
+                        help="time a batch step's parts at each N > 1 instead")
     args = parser.parse_args()
     args.models.mkdir(parents=True, exist_ok=True)
     for i, case in enumerate(args.cases):
@@ -86,15 +111,21 @@ def main() -> int:
             config = replace(config, reps=args.anchor_reps[i])
         begun = time.perf_counter()
         try:
-            report = _anchor_only(config) if args.anchor_only else run_parallel(config, _progress)
+            report = (_anchor_only(config) if args.anchor_only else _profile(config)
+                      if args.profile else run_parallel(config, _progress))
         except Exception as exc:  # record it, go on with the next case
             print(f"== {case}: failed: {type(exc).__name__}: {exc}")
             continue
         report["wall_s"] = time.perf_counter() - begun
         name = case.split("=")[0].replace(":", "_").replace("@", "_ngl")
-        suffix = "_anchor" if args.anchor_only else ""
+        suffix = "_anchor" if args.anchor_only else "_profile" if args.profile else ""
         (args.out / f"parallel_{name}{suffix}.json").write_text(json.dumps(report, indent=1))
         print(f"== {case} ({report['wall_s']:.0f} s)")
+        if args.profile:
+            for n, row in report["rows"].items():  # type: ignore[attr-defined]
+                print(f"   N={n}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()
+                                               if isinstance(v, float)))
+            continue
         if args.anchor_only:
             for key in ("split", "unified"):
                 print(f"   {key}: " + ", ".join(
