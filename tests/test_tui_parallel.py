@@ -1,0 +1,197 @@
+"""The app with several replies at once (``[model] parallel``): conversations streaming
+together, each reply's own cancel, the refusal with one sequence, and N answers side by
+side. The real bundled model on a real store, driven through the pilot."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from textual.message import Message
+from textual.pilot import Pilot
+from textual.widgets import OptionList
+
+from engine.backends.local import LocalEngine
+from engine.config import KvchatConfig, ModelConfig, SamplingConfig
+from engine.store import Store
+from tests.test_tui import PINNED, wait_for
+from tui.app import KvchatApp
+from tui.live import LiveReply
+from tui.messages import AnswerEnded, ModelReady, ReplyChunk, ReplyFinished, ReplyStarted
+from tui.screens.conversations import ConversationsScreen
+from tui.widgets.answer_columns import AnswerColumn, AnswerColumns
+from tui.widgets.chat_pane import ReplyMessage
+from tui.widgets.prompt_input import PromptInput
+from tui.widgets.status_line import StatusLine
+
+SIZE = (120, 36)
+LONG = 600
+"""Tokens of a reply that must still stream while the test switches conversations (the
+bundled model decodes a few hundred a second on two cores)."""
+
+
+def parallel_app(home: Path, parallel: int, max_tokens: int) -> KvchatApp:
+    """Every reply decodes exactly ``max_tokens`` (EOS ignored), so a reply is still
+    streaming while the test switches conversations."""
+    config = KvchatConfig(model=ModelConfig(n_ctx=4096, parallel=parallel),
+                          sampling=SamplingConfig(temperature=0.0, max_tokens=max_tokens),
+                          ui={"stream_view": "markdown"})
+    engine = LocalEngine(config.model, config.sampling, config.kv)
+    return KvchatApp(config, engine, Store(home / "kvchat.db"), route="chat", pinned=PINNED,
+                     prefs_file=home / "ui-prefs.json", ignore_eos=True)
+
+
+async def send(pilot: Pilot, text: str) -> None:
+    prompt = pilot.app.query_one(PromptInput)
+    prompt.focus()
+    prompt.text = text
+    await pilot.press("enter")
+
+
+async def first_frame(seen: list[Message], pilot: Pilot,
+                      other_than: LiveReply | None = None) -> ReplyChunk:
+    """The first frame with text of a reply other than ``other_than``."""
+    async def poll() -> ReplyChunk:
+        while True:
+            for m in seen:
+                if isinstance(m, ReplyChunk) and m.text and m.live is not other_than:
+                    return m
+            await pilot.pause(0.02)
+    return await asyncio.wait_for(poll(), 60)
+
+
+async def finished(seen: list[Message], pilot: Pilot, count: int) -> list[ReplyFinished]:
+    async def poll() -> list[ReplyFinished]:
+        while len(done := [m for m in seen if isinstance(m, ReplyFinished)]) < count:
+            await pilot.pause(0.05)
+        return done
+    return await asyncio.wait_for(poll(), 120)
+
+
+async def test_two_conversations_stream_at_once_and_a_reply_shows_again_when_its_own_is(
+        kvchat_home: Path) -> None:
+    app, seen = parallel_app(kvchat_home, parallel=2, max_tokens=LONG), []
+    notes: list[str] = []
+    async with app.run_test(size=SIZE, message_hook=seen.append) as pilot:
+        app.notify = lambda message, **kw: notes.append(message)  # type: ignore[method-assign]
+        await wait_for(seen, ModelReady, pilot)
+        await send(pilot, "Tell me a long story about a lighthouse.")
+        a = (await first_frame(seen, pilot)).live
+        assert a is not None and a.widget is not None
+        await pilot.press("ctrl+n")  # A streams on, unseen
+        assert a.widget is None and not app.replying and not app.query(ReplyMessage)
+        await send(pilot, "Name three colours.")
+        b = (await first_frame(seen, pilot, a)).live
+        assert b is not None and b is not a and b.widget is not None
+        status = app.query_one(StatusLine)
+        for _ in range(60):  # the figures follow at most twice a second
+            if status.batch.startswith("batch 2 decoding"):
+                break
+            await pilot.pause(0.05)
+        assert status.batch.startswith("batch 2 decoding") and "tok/s" in status.batch
+        assert "│ this " in status.batch
+        # Open A again from the conversations screen: marked generating, it shows its
+        # text so far and streams on there.
+        await pilot.press("ctrl+o")
+        await pilot.pause(0.1)
+        screen = app.screen
+        assert isinstance(screen, ConversationsScreen)
+        options = screen.query_one(OptionList)
+        labels = {options.get_option_at_index(i).id: str(options.get_option_at_index(i).prompt)
+                  for i in range(options.option_count)}
+        assert "generating" in labels[str(a.conversation_id)]
+        options.highlighted = list(labels).index(str(a.conversation_id))
+        await pilot.press("enter")
+        await pilot.pause(0.1)
+        assert app.conversation_id == a.conversation_id
+        assert a.key in app.live, "A ended before it was shown again: make it longer"
+        assert a.widget is not None and app.replying and b.widget is None
+        assert a.widget.text == a.text and a.text
+        done = await finished(seen, pilot, 2)
+        ends = {m.live.key: m.done for m in done if m.live is not None}
+        # Both complete, both stored whole; A's last frames were drawn where it is shown.
+        assert {d.completion_tokens for d in ends.values()} == {LONG}
+        assert a.widget is None and app.query(ReplyMessage).last().text == ends[a.key].text
+        for live in (a, b):
+            rows = app.store.messages(live.conversation_id)
+            assert [r.role for r in rows] == ["user", "assistant"]
+            assert rows[1].status == "complete" and rows[1].content == ends[live.key].text
+        # B ended off screen: a notification names its conversation.
+        assert any(n.startswith(f"#{b.conversation_id} ") for n in notes)
+        assert not app.live and app.query_one(StatusLine).batch == ""
+
+
+async def test_escape_cancels_the_shown_conversations_reply_only(kvchat_home: Path) -> None:
+    app, seen = parallel_app(kvchat_home, parallel=2, max_tokens=LONG), []
+    async with app.run_test(size=SIZE, message_hook=seen.append) as pilot:
+        await wait_for(seen, ModelReady, pilot)
+        await send(pilot, "Describe the sea at night.")
+        a = (await first_frame(seen, pilot)).live
+        await pilot.press("ctrl+n")
+        await send(pilot, "Describe a forest in the morning.")
+        b = (await first_frame(seen, pilot, a)).live
+        assert a is not None and b is not None and b.widget is not None
+        assert a.key in app.live, "A ended before B started: make it longer"
+        await pilot.press("escape")
+        done = await finished(seen, pilot, 2)
+        ends = {m.live.key: m.done for m in done if m.live is not None}
+        assert ends[b.key].finish_reason == "cancelled"
+        assert ends[b.key].completion_tokens < LONG
+        assert ends[a.key].finish_reason == "length" and ends[a.key].completion_tokens == LONG
+        assert app.store.messages(a.conversation_id)[1].status == "complete"
+        assert app.store.messages(b.conversation_id)[1].status == "cancelled"
+
+
+async def test_with_one_sequence_a_send_elsewhere_waits_and_keeps_its_text(
+        kvchat_home: Path) -> None:
+    app, seen = parallel_app(kvchat_home, parallel=1, max_tokens=LONG), []
+    notes: list[str] = []
+    async with app.run_test(size=SIZE, message_hook=seen.append) as pilot:
+        app.notify = lambda message, **kw: notes.append(message)  # type: ignore[method-assign]
+        await wait_for(seen, ModelReady, pilot)
+        await send(pilot, "Tell me a long story about a lighthouse.")
+        a = (await first_frame(seen, pilot)).live
+        await pilot.press("ctrl+n")
+        await send(pilot, "Name three colours.")
+        # Refused in one line (A still streams), the text kept; nothing was sent.
+        assert a is not None and app.query_one(PromptInput).text == "Name three colours."
+        assert ("A reply in another conversation is in flight: kvchat --parallel N streams "
+                "several.") in notes
+        assert sum(isinstance(m, ReplyStarted) for m in seen) == 1
+        assert not app.query(ReplyMessage)
+
+
+async def test_three_answers_side_by_side_and_the_one_kept(kvchat_home: Path) -> None:
+    app, seen = parallel_app(kvchat_home, parallel=3, max_tokens=12), []
+    async with app.run_test(size=SIZE, message_hook=seen.append) as pilot:
+        await wait_for(seen, ModelReady, pilot)
+        app.query_one(PromptInput).text = "Name a fruit."
+        await pilot.press("ctrl+t")
+
+        async def ended() -> None:
+            while sum(isinstance(m, AnswerEnded) for m in seen) < 3:
+                await pilot.pause(0.05)
+        await asyncio.wait_for(ended(), 60)
+        await pilot.pause(0.1)
+        columns = app.query_one(AnswerColumns)
+        shown = list(columns.query_children(AnswerColumn))
+        assert len(shown) == 3 and columns.picking and app.focused is columns
+        # Side by side: three columns on one row, each with its text and its own note.
+        assert len({c.region.y for c in shown}) == 1 and len({c.region.x for c in shown}) == 3
+        ends = {m.k: m.end for m in seen if isinstance(m, AnswerEnded)}
+        for k, column in enumerate(shown):
+            assert column.text == ends[k].text and column.text  # type: ignore[union-attr]
+            note = str(column.query_one(".answer-note").render())
+            assert "12 tokens" in note and "tok/s" in note
+        ids = list(columns.reply_ids)
+        assert len(ids) == 3
+        await pilot.press("2")
+        await pilot.pause(0.2)
+        rows = app.store.messages(app.conversation_id)
+        assert [r.role for r in rows] == ["user", "assistant"] and rows[1].id == ids[1]
+        siblings, index = app.store.siblings(ids[1])
+        assert [s.id for s in siblings] == ids and index == 1
+        assert all(s.status == "complete" for s in siblings)
+        reply = app.query_one(ReplyMessage)
+        assert reply.message_id == ids[1] and reply.mark == "‹ 2/3 ›"
+        assert not app.query(AnswerColumns)
