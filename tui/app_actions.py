@@ -116,8 +116,10 @@ class AppActions(App[int]):
         pane = self.query_one(ChatPane)
         for live in self.live.values():  # sent, but not stored yet
             if live.conversation_id == conversation_id and not live.turn_started:
-                live.prompt_widget = await pane.add_user(live.prompt)
-                await self.attach(live)  # type: ignore[attr-defined]
+                if live.prompt:
+                    live.prompt_widget = await pane.add_user(live.prompt)
+                await (self.attach_answers(live) if live.answers  # type: ignore[attr-defined]
+                       else self.attach(live))  # type: ignore[attr-defined]
         self.mark_tree()
         self.mark_context()
         self.show_state()

@@ -15,8 +15,8 @@ HELP = """\
 
 **Enter** sends · **Shift+Enter** or **Ctrl+J** adds a line · **Up/Down** on the first or
 last line walk the messages you sent (earlier sessions' too) · **PageUp/PageDown**
-scroll the conversation · **Esc** or **Ctrl+C** stops a reply in flight · **Tab** moves
-to the conversation (Up, PageUp, Home scroll it); typing goes back to the message box.
+scroll the conversation · **Esc** or **Ctrl+C** stops the shown conversation's reply ·
+**Tab** moves to the conversation (Up, PageUp, Home scroll it); typing goes back to the message box.
 
 | key | does |
 | --- | --- |
@@ -25,6 +25,7 @@ to the conversation (Up, PageUp, Home scroll it); typing goes back to the messag
 | Ctrl+O | conversations: open, rename (r), delete (d), export (m / j) |
 | Ctrl+R | retried replies, attempt by attempt |
 | Ctrl+G | regenerate: a new reply to the last message, beside the one shown |
+| Ctrl+T | three answers side by side (`--parallel 3`): 1/2/3 keeps one, two versions |
 | Alt+Up / Alt+Down | the focus to the message before / after (from the message box: the last) |
 | Enter (on your message) | edit it in the message box: Enter sends a new version, Esc leaves |
 | Alt+Left / Alt+Right | previous / next version of the focused message (else the last reply) |
