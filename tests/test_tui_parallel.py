@@ -7,11 +7,13 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
 from textual.message import Message
 from textual.pilot import Pilot
 from textual.widgets import OptionList
 
 from engine.backends.local import LocalEngine
+from engine.backends.process.engine import ProcessEngine
 from engine.config import KvchatConfig, ModelConfig, SamplingConfig
 from engine.store import Store
 from tests.test_tui import PINNED, wait_for
@@ -30,13 +32,16 @@ LONG = 600
 bundled model decodes a few hundred a second on two cores)."""
 
 
-def parallel_app(home: Path, parallel: int, max_tokens: int) -> KvchatApp:
+def parallel_app(home: Path, parallel: int, max_tokens: int,
+                 process: bool = False) -> KvchatApp:
     """Every reply decodes exactly ``max_tokens`` (EOS ignored), so a reply is still
-    streaming while the test switches conversations."""
+    streaming while the test switches conversations; ``process``: the engine in a
+    process of its own, as ``kvchat`` runs it."""
     config = KvchatConfig(model=ModelConfig(n_ctx=4096, parallel=parallel),
                           sampling=SamplingConfig(temperature=0.0, max_tokens=max_tokens),
                           ui={"stream_view": "markdown"})
-    engine = LocalEngine(config.model, config.sampling, config.kv)
+    kind = ProcessEngine if process else LocalEngine
+    engine = kind(config.model, config.sampling, config.kv)
     return KvchatApp(config, engine, Store(home / "kvchat.db"), route="chat", pinned=PINNED,
                      prefs_file=home / "ui-prefs.json", ignore_eos=True)
 
@@ -121,8 +126,10 @@ async def test_two_conversations_stream_at_once_and_a_reply_shows_again_when_its
         assert not app.live and app.query_one(StatusLine).batch == ""
 
 
-async def test_escape_cancels_the_shown_conversations_reply_only(kvchat_home: Path) -> None:
-    app, seen = parallel_app(kvchat_home, parallel=2, max_tokens=LONG), []
+@pytest.mark.parametrize("process", [False, True], ids=["thread", "process"])
+async def test_escape_cancels_the_shown_conversations_reply_only(kvchat_home: Path,
+                                                                 process: bool) -> None:
+    app, seen = parallel_app(kvchat_home, parallel=2, max_tokens=LONG, process=process), []
     async with app.run_test(size=SIZE, message_hook=seen.append) as pilot:
         await wait_for(seen, ModelReady, pilot)
         await send(pilot, "Describe the sea at night.")
