@@ -116,10 +116,14 @@ async def send_one(pilot) -> None:
     # A blinking cursor is drawn or not depending on when the picture is taken.
     app.query_one("#prompt").cursor_blink = False
     app.post_message(PromptSubmitted("Write an add function in Python."))
-    for _ in range(50):
+    prompt = app.query_one("#prompt")
+    # On a loaded machine the reply's end and the focus coming back to the message box
+    # (which draws its cursor) can take seconds: wait for both, not for a fixed time.
+    for _ in range(200):
         await pilot.pause(0.05)
-        if not app.replying:
+        if not app.replying and app.focused is prompt:
             break
+    assert not app.replying and app.focused is prompt
     await pilot.pause(0.3)
 
 
