@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from engine.batch.pace import FLOOR_TOKENS
 from engine.errors import ConfigError
 
 PROMPT_SEED = ("The keeper of the lighthouse wrote every night in a ledger: the wind, the "
@@ -157,8 +158,10 @@ def check_config(config: BenchConfig) -> None:
 
 def join_stream_tokens(config: BenchConfig) -> int:
     """max_tokens of each streaming reply in the join measurement: enough to stream on
-    until the joining prompt (read a chunk per step) has its first tokens."""
-    return max(config.tokens, 160)
+    until the joining prompt has its first tokens, were it read only the least a step
+    carries beside streaming replies; the prompt joins after a quarter of them, and
+    the streams stop 16 tokens after its last one anyway."""
+    return max(config.tokens, 160, (config.join_tokens // FLOOR_TOKENS + 32) * 4 // 3)
 
 
 def cells_needed(config: BenchConfig) -> int:

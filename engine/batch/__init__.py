@@ -3,11 +3,13 @@
 Owns the :class:`~engine.batch.decoder.BatchDecoder`: every active reply has a sequence
 of its own in one context (``ModelConfig.parallel`` of them, sharing the ``n_ctx`` cells
 of a unified KV cache), and each step is one ``llama_decode`` carrying every decoding
-reply's pending token plus at most ``chunk`` tokens of prompts still being read, so a
-long prompt joining never freezes the replies already streaming. Replies join and leave
-between steps; each has its own sampler chain (``engine.decode.sampling``, a grammar
-when given). N answers to one prompt evaluate it once and share its cells
-(``llama_memory_seq_cp``). Admission is planned on cells (``admission.py``): a reply
+reply's pending token plus at most ``chunk`` tokens of prompts still being read (while
+replies decode, only as many as keep the step within a few plain steps: ``pace.py``),
+so a long prompt joining never freezes the replies already streaming. Replies join and
+leave between steps; each has its own sampler chain (``engine.decode.sampling``, a
+grammar when given), and the plain greedy rows of a step take one argmax together. N
+answers to one prompt evaluate it once and share its cells (``llama_memory_seq_cp``).
+Admission is planned on cells (``admission.py``): a reply
 reserves its prompt and ``max_tokens``; what does not fit waits in a FIFO queue (its
 position reported in ``Queued`` events), and past the queue's limit it is refused. A
 reply that outgrows its reserve slides its own window (``window.py``, the arithmetic of

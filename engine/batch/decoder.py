@@ -2,15 +2,18 @@
 
 Runs on the engine thread only, like every llama.cpp call. A step carries each
 decoding reply's *pending* token (sampled and emitted, not yet in the cache) at its
-sequence's next position, then at most ``chunk`` prompt tokens of replies still being
-read; a prompt's last token asks for logits, its reply's first token comes from them.
+sequence's next position, then prompt tokens of replies still being read: at most
+``chunk``, and while replies decode only what keeps the step within a few plain steps
+(``pace.py``); a prompt's last token asks for logits, its reply's first token comes
+from them.
 Replies join (``add``) and leave (``Done``, ``cancel``) between steps, as llama.cpp's
 server does with its slots.
 
     admit    queued groups that fit take sequences and cells (placement.py)
     fill     the batch: pending tokens, then prompt chunks
     decode   one llama_decode
-    sample   each row with its reply's own chain; a finished prompt's cells shared
+    sample   plain greedy rows by one argmax over their logits, the others each with
+             its reply's own chain; a finished prompt's cells shared
     release  finished replies free their share (the last keeps its cells, idle)
 """
 
@@ -19,14 +22,18 @@ from __future__ import annotations
 import contextlib
 import time
 
+import llama_cpp
+import numpy as np
 from llama_cpp import _internals
 
 from engine.batch.admission import Admission
+from engine.batch.pace import PromptPace, prompt_budget
 from engine.batch.placement import Placement
 from engine.batch.samplers import Grammar, sampler_for, seeded
 from engine.batch.slots import BatchStats, Group, ReplyTiming, Slot
 from engine.batch.window import evict, generation_span
 from engine.config import SamplingConfig
+from engine.decode.sampling.chain import GreedyArgmax, best_allowed
 from engine.decode.turn_state import TurnStats, done_event
 from engine.errors import DecodeError, KvchatError
 from engine.events import Error, Event, FinishReason, KVUsage, Progress, PromptEvaluated, TokenChunk
@@ -59,6 +66,7 @@ class BatchDecoder(Placement):
         self.slots: dict[int, Slot] = {}
         """Replies not finished yet, queued ones included, by id."""
         self.stats = BatchStats()
+        self.pace = PromptPace()
         self.batch = _internals.LlamaBatch(n_tokens=lm.n_batch, embd=0, n_seq_max=1)
         self._events: list[Event] = []
         self._next_id = 0
@@ -170,17 +178,21 @@ class BatchDecoder(Placement):
         self.admit()
         decoding, prompts = self.fill()
         if self.batch.n_tokens():
+            # Timed up to the sampled tokens, as a stream waits: reading the logits
+            # waits for a GPU's decode, which returns before its graph has run.
+            started = time.perf_counter()
             self.decode(prompts)
             self.sample(decoding)
+            self.pace.observe(time.perf_counter() - started, len(decoding), prompts)
             self.admit()  # room freed by replies that ended goes to the queue at once
         events, self._events = self._events, []
         return events
 
     def fill(self) -> tuple[list[Slot], int]:
         """Put the step's tokens into the batch: each decoding reply's pending token at
-        position ``len(cells)`` of its sequence, then up to ``chunk`` prompt tokens at
-        positions ``evaluated..`` of their leader's sequence. Returns the decoding
-        slots and how many prompt tokens went in."""
+        position ``len(cells)`` of its sequence, then prompt tokens (``prompt_budget``
+        of them) at positions ``evaluated..`` of their leader's sequence. Returns the
+        decoding slots and how many prompt tokens went in."""
         self.batch.reset()
         decoding = []
         for group in list(self.ledger.active):
@@ -193,7 +205,8 @@ class BatchDecoder(Placement):
                 slot.cells.append(slot.pending)
                 slot.pending = None
                 decoding.append(slot)
-        room, prompts = min(self.chunk, self.lm.n_batch - len(decoding)), 0
+        budget = prompt_budget(self.pace, len(decoding), self.chunk)
+        room, prompts = min(budget, self.lm.n_batch - len(decoding)), 0
         for group in self.ledger.active:
             if group.phase != "prefill" or room <= 0:
                 continue
@@ -246,14 +259,37 @@ class BatchDecoder(Placement):
     def sample(self, decoding: list[Slot]) -> None:
         """Draw each row's token with its reply's chain; a prompt read to its end is
         shared with its group's other sequences, each of which draws from its row."""
+        greedy = self.greedy_tokens(decoding)
         for slot in decoding:
-            self.take(slot, slot.sampler.sample(self.lm.ctx, slot.row))
+            token = greedy.get(slot.reply)
+            self.take(slot, slot.sampler.sample(self.lm.ctx, slot.row)
+                      if token is None else token)
         for group in list(self.ledger.active):
             if group.phase != "prefill" or group.evaluated < len(group.prompt):
                 continue
             self.share(group)
             for slot in list(group.members):
                 self.take(slot, slot.sampler.sample(self.lm.ctx, group.leader.row))
+
+    def greedy_tokens(self, decoding: list[Slot]) -> dict[int, int]:
+        """The tokens of the plain greedy rows (the host argmax, which keeps no state to
+        accept into), by reply id, from one argmax over their logits. The decoding
+        rows are the batch's first, each with logits, so their logits are the first
+        rows of ``llama_get_logits`` in batch order. The first maximum wins, as in
+        llama.cpp's greedy sampler; a banned end of generation goes to the next best."""
+        greedy = [(s, s.sampler) for s in decoding if isinstance(s.sampler, GreedyArgmax)]
+        if not greedy:
+            return {}
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits(self.lm.ctx.ctx),
+                                       shape=(len(decoding), self.lm.model.n_vocab()))
+        # All greedy (the usual case): the rows are read in place, nothing is copied.
+        best = np.argmax(logits, axis=1) if len(greedy) == len(decoding) else \
+            [np.argmax(logits[s.row]) for s, _ in greedy]
+        tokens = {}
+        for (slot, sampler), token in zip(greedy, best, strict=True):
+            tokens[slot.reply] = int(token) if int(token) not in sampler.banned else \
+                best_allowed(logits[slot.row], sampler.banned)
+        return tokens
 
     def share(self, group: Group) -> None:
         """The prompt is in the leader's cells: the other answers' sequences get the
@@ -285,8 +321,9 @@ class BatchDecoder(Placement):
             return
         slot.tokens.append(token)
         st.completion_tokens = n = len(slot.tokens)
-        self.emit(slot, TokenChunk(text=slot.utf8.decode(self.lm.token_piece(token)),
-                                   token_ids=[token]))
+        self._events.append(TokenChunk(  # built with its reply: no copy per token
+            text=slot.utf8.decode(self.lm.token_piece(token)), token_ids=[token],
+            reply=slot.reply))
         if n % PROGRESS_EVERY == 0:
             span = st.last_token_at - st.first_token_at
             self.emit(slot, Progress(completion_tokens=n,
