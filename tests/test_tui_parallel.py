@@ -5,6 +5,7 @@ side. The real bundled model on a real store, driven through the pilot."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -73,6 +74,15 @@ async def finished(seen: list[Message], pilot: Pilot, count: int) -> list[ReplyF
     return await asyncio.wait_for(poll(), 120)
 
 
+async def settle(pilot: Pilot, check: Callable[[], bool], timeout: float = 20) -> None:
+    """Until ``check()`` holds: screens, worker-loaded lists and focus take longer than
+    any fixed pause on a loaded machine."""
+    async def poll() -> None:
+        while not check():
+            await pilot.pause(0.02)
+    await asyncio.wait_for(poll(), timeout)
+
+
 async def test_two_conversations_stream_at_once_and_a_reply_shows_again_when_its_own_is(
         kvchat_home: Path) -> None:
     app, seen = parallel_app(kvchat_home, parallel=2, max_tokens=LONG), []
@@ -98,7 +108,8 @@ async def test_two_conversations_stream_at_once_and_a_reply_shows_again_when_its
         # Open A again from the conversations screen: marked generating, it shows its
         # text so far and streams on there.
         await pilot.press("ctrl+o")
-        await pilot.pause(0.1)
+        await settle(pilot, lambda: isinstance(app.screen, ConversationsScreen)
+                     and app.screen.query_one(OptionList).option_count >= 2)
         screen = app.screen
         assert isinstance(screen, ConversationsScreen)
         options = screen.query_one(OptionList)
@@ -107,8 +118,8 @@ async def test_two_conversations_stream_at_once_and_a_reply_shows_again_when_its
         assert "generating" in labels[str(a.conversation_id)]
         options.highlighted = list(labels).index(str(a.conversation_id))
         await pilot.press("enter")
-        await pilot.pause(0.1)
-        assert app.conversation_id == a.conversation_id
+        await settle(pilot, lambda: app.conversation_id == a.conversation_id
+                     and a.widget is not None)
         assert a.key in app.live, "A ended before it was shown again: make it longer"
         assert a.widget is not None and app.replying and b.widget is None
         assert a.widget.text == a.text and a.text
@@ -179,7 +190,8 @@ async def test_three_answers_side_by_side_and_the_one_kept(kvchat_home: Path) ->
             while sum(isinstance(m, AnswerEnded) for m in seen) < 3:
                 await pilot.pause(0.05)
         await asyncio.wait_for(ended(), 60)
-        await pilot.pause(0.1)
+        await settle(pilot, lambda: app.query_one(AnswerColumns).picking
+                     and app.focused is app.query_one(AnswerColumns))
         columns = app.query_one(AnswerColumns)
         shown = list(columns.query_children(AnswerColumn))
         assert len(shown) == 3 and columns.picking and app.focused is columns
@@ -193,7 +205,8 @@ async def test_three_answers_side_by_side_and_the_one_kept(kvchat_home: Path) ->
         ids = list(columns.reply_ids)
         assert len(ids) == 3
         await pilot.press("2")
-        await pilot.pause(0.2)
+        await settle(pilot, lambda: not app.query(AnswerColumns)
+                     and app.focused is app.query_one(PromptInput))
         rows = app.store.messages(app.conversation_id)
         assert [r.role for r in rows] == ["user", "assistant"] and rows[1].id == ids[1]
         siblings, index = app.store.siblings(ids[1])
