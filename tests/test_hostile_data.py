@@ -26,6 +26,7 @@ from engine.files.atomic import atomic_write, private_dir
 from engine.history.owner import OWNER_SCHEMA, STALE_S, owner_alive, process_start, this_process
 from engine.store import MIGRATIONS, Store
 from engine.structured.checks import check_json, schema_problem
+from engine.structured.patterns import compiled
 from tests.conftest import kvchat_exe, run_kvchat
 from tests.test_hostile_terminal import HostileTextServer
 from tui.prefs import UiPrefs, save_prefs
@@ -302,7 +303,9 @@ CATASTROPHIC = {"type": "object", "properties": {"a": {"type": "string",
 
 
 def test_a_catastrophic_pattern_is_checked_in_linear_time() -> None:
-    started = time.monotonic()
+    """RE2 matches it; with a backtracking engine the 5,000-character case takes
+    2^5000 steps and this test would never end."""
+    assert type(compiled("^(a+)+$")).__module__.startswith("re2")
     result = check_json(json.dumps({"a": "a" * 29 + "!"}), CATASTROPHIC)
     assert result.errors == ["$.a: 'aaaaaaaaaaaaaaaaaaaaaaaaaaaaa!' does not match '^(a+)+$'"]
     for n in (29, 5000):
@@ -313,7 +316,6 @@ def test_a_catastrophic_pattern_is_checked_in_linear_time() -> None:
     result = check_json(json.dumps({"a" * 40 + "!": 1}), keys)
     assert result.errors == ["$: 'aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa!' does not match "
                              "any of the regexes: '^(a+)+$'"]
-    assert time.monotonic() - started < 5  # a backtracking engine: 2^5000 steps
 
 
 @pytest.mark.parametrize(("schema", "problem"), [
@@ -331,7 +333,7 @@ def test_patterns_re2_cannot_run_are_refused_at_load(schema: dict, problem: str)
     assert schema_problem(schema) == problem
 
 
-def test_ask_with_a_catastrophic_schema_ends_in_seconds(kvchat_home: Path,
+def test_ask_with_a_catastrophic_schema_is_refused_or_checked(kvchat_home: Path,
                                                         tmp_path: Path) -> None:
     schema = tmp_path / "s.json"
     schema.write_text(json.dumps(CATASTROPHIC))
@@ -343,13 +345,10 @@ def test_ask_with_a_catastrophic_schema_ends_in_seconds(kvchat_home: Path,
         f"kvchat: error: {bad}: pattern '(?<=a)b' cannot be matched in linear time (RE2: "
         "invalid perl operator: (?<=; lookaround and backreferences are not supported)"]
     with HostileTextServer(reply=json.dumps({"a": "a" * 29 + "!"})) as server:
-        started = time.monotonic()
         proc = run_kvchat("ask", "--base-url", server.base_url, "--schema", str(schema),
                           "give me a", home=kvchat_home)
-        elapsed = time.monotonic() - started
     assert proc.returncode == 1, proc.stderr  # malformed after every attempt, and said so
     assert "still malformed after" in proc.stderr
-    assert elapsed < 20  # 24 s and doubling per character with a backtracking engine
     with Store(kvchat_home / "kvchat.db") as store:
         assert store.messages(1)[0].content == "give me a"  # kept
 
