@@ -25,18 +25,24 @@ from engine.batch.decoder import BatchDecoder
 from engine.config import ModelConfig, SamplingConfig
 from engine.errors import KvchatError
 from engine.events import Done, Event, Eviction, PromptEvaluated, Queued, TokenChunk
-from engine.model.loader import LoadedModel, load_model
+from engine.model.loader import LoadedModel, context_cells, load_model
 
 GREEDY = SamplingConfig(temperature=0.0, max_tokens=12, seed=0)
 QUESTIONS = ("What is the capital of France?", "Write a haiku about the sea.",
              "Name three primary colors.")
 
 
-@pytest.fixture(scope="module")
-def exact(default_path: Path) -> Iterator[LoadedModel]:
-    lm = load_model(ModelConfig(path=default_path, n_ctx=512, parallel=3), invariant=True)
+@pytest.fixture(scope="module", params=["shared", "split"])
+def exact(default_path: Path, request: pytest.FixtureRequest) -> Iterator[LoadedModel]:
+    """Three sequences over one pool of 512 cells (shared), or 256 cells each (split)."""
+    lm = load_model(ModelConfig(path=default_path, n_ctx=512, parallel=3,
+                                kv_layout=request.param), invariant=True)
     yield lm
     lm.close()
+
+
+def split(lm: LoadedModel) -> bool:
+    return not lm.ctx.params.kv_unified
 
 
 def prompt(lm: LoadedModel, text: str) -> list[int]:
@@ -64,6 +70,12 @@ def alone(lm: LoadedModel, tokens: list[int], sampling: SamplingConfig = GREEDY,
         return drain(dec)[0]
     finally:
         dec.close()
+
+
+def test_the_planned_cells_are_the_cells_llama_cpp_made(exact: LoadedModel) -> None:
+    config = ModelConfig(n_ctx=512, parallel=3, kv_layout="split" if split(exact) else "shared")
+    assert exact.n_ctx == context_cells(config) == (768 if split(exact) else 512)
+    assert BatchDecoder(exact, 3).window == (256 if split(exact) else 512)
 
 
 def test_replies_decoded_together_give_the_tokens_each_gives_alone(
@@ -154,8 +166,11 @@ def test_admission_queues_what_does_not_fit_and_refuses_past_the_queue(
     p = prompt(exact, QUESTIONS[0])
     big = GREEDY.model_copy(update={"max_tokens": 200})  # each reserves len(p) + 200 cells
     dec = BatchDecoder(exact, 3, chunk=64, max_queue=2)
-    ids = [dec.add(p, big)[0] for _ in range(4)]
-    assert dec.queued() == {ids[2]: 1, ids[3]: 2}
+    # Shared: two reserves fill the 512 cells. Split: each sequence has 256 of its own,
+    # so three start and a fourth waits for a sequence.
+    fit = 3 if split(exact) else 2
+    ids = [dec.add(p, big)[0] for _ in range(fit + 2)]
+    assert dec.queued() == {ids[fit]: 1, ids[fit + 1]: 2}
     with pytest.raises(KvchatError, match="already wait"):
         dec.add(p, big)
     with pytest.raises(KvchatError, match="--parallel"):
@@ -165,7 +180,8 @@ def test_admission_queues_what_does_not_fit_and_refuses_past_the_queue(
     log: list[Event] = []
     got = drain(dec, log)
     queued = [(e.reply, e.position) for e in log if isinstance(e, Queued)]
-    assert (ids[2], 1) in queued and (ids[3], 2) in queued and (ids[3], 1) in queued
+    assert (ids[fit], 1) in queued and (ids[fit + 1], 2) in queued
+    assert (ids[fit + 1], 1) in queued
     done = {e.reply: e.finish_reason for e in log if isinstance(e, Done)}
     assert done == dict.fromkeys(ids, "length") and all(len(got[i]) == 200 for i in ids)
     dec.close()

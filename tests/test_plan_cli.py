@@ -49,6 +49,18 @@ def test_plan_says_how_parallel_replies_share_the_cells(kvchat_home: Path) -> No
     assert data["parallel"] == 4
 
 
+def test_plan_with_split_streams_gives_each_reply_its_padded_share(kvchat_home: Path) -> None:
+    # llama.cpp pads each stream to 256 cells: 4096 / 3 = 1365 becomes 1536, 4608 in all.
+    proc = run_kvchat("plan", "--ctx", "4096", "--parallel", "3", "--kv-layout", "split",
+                      home=kvchat_home)
+    assert proc.returncode == 0, proc.stderr
+    row = next(line for line in proc.stdout.splitlines() if line.startswith("replies"))
+    assert "3 at once, 1536 cells each" in row
+    data = json.loads(run_kvchat("plan", "--ctx", "4096", "--parallel", "3", "--kv-layout",
+                                 "split", "--json", home=kvchat_home).stdout)
+    assert (data["n_ctx"], data["kv_layout"]) == (4608, "split")
+
+
 def test_plan_bad_inputs(kvchat_home: Path, bad_files: dict[str, Path]) -> None:
     cases = [
         (["--shape", "llama-3.1-70b:Q4_K_M", "--budget", "lots"], "not a size: 'lots'"),

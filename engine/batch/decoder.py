@@ -60,7 +60,9 @@ class BatchDecoder(Placement):
                               f"--parallel {n_seq} (it was loaded with {loaded})")
         self.lm, self.n_seq = lm, n_seq
         self.chunk = max(1, min(chunk, lm.n_batch - n_seq))
-        self.window = min(window or lm.n_ctx, lm.n_ctx)
+        # Split streams: a reply's cells are its sequence's own stream of n_ctx / n_seq.
+        per_seq = llama_cpp.llama_n_ctx_seq(lm.ctx.ctx)
+        self.window = min(window or per_seq, per_seq)
         self.discard_fraction = discard_fraction
         self.ledger = Admission(lm.n_ctx, n_seq, max_queue)
         self.slots: dict[int, Slot] = {}
@@ -293,7 +295,8 @@ class BatchDecoder(Placement):
 
     def share(self, group: Group) -> None:
         """The prompt is in the leader's cells: the other answers' sequences get the
-        same cells (no copy in a unified cache: the cells gain their sequence ids)."""
+        same cells (no copy in a unified cache: the cells gain their sequence ids; split
+        streams copy the leader's stream inside the next decode)."""
         leader, now = group.leader, time.perf_counter()
         group.phase = "decode"
         for slot in group.members:
@@ -369,9 +372,10 @@ class BatchDecoder(Placement):
 
     def usage(self, slot: Slot) -> KVUsage:
         used, per = len(slot.cells), self.lm.bytes_per_cell
+        cells = self.lm.n_ctx if self.lm.ctx.params.kv_unified else self.window
         return KVUsage(used_cells=used, reserved_cells=max(0, slot.budget - used),
-                       n_ctx=self.lm.n_ctx, bytes_per_cell=per, used_bytes=used * per,
-                       total_bytes=self.lm.n_ctx * per, kept_cells=slot.group.n_keep,
+                       n_ctx=cells, bytes_per_cell=per, used_bytes=used * per,
+                       total_bytes=cells * per, kept_cells=slot.group.n_keep,
                        evicted_total=slot.dropped)
 
     def fail(self, exc: KvchatError) -> list[Event]:

@@ -84,6 +84,12 @@ class ModelConfig(_Section):
     batching, engine/batch/). They share the context's ``n_ctx`` cells (a unified KV
     cache); each reply reserves its prompt and ``max_tokens`` of them. 1: one reply at
     a time, with speculation and the state cache."""
+    kv_layout: Literal["shared", "split"] = "shared"
+    """With ``parallel`` > 1, how sequences hold the KV cache. shared: one pool of
+    ``n_ctx`` cells (a reply takes what admission gives it; every row's attention reads
+    the whole pool's span). split: each sequence its own ``n_ctx / parallel`` cells, as
+    llama.cpp's server slots (attention reads only its own, faster with many long
+    replies; a reply's context is that share)."""
 
     @field_validator("memory_budget")
     @classmethod

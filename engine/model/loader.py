@@ -150,11 +150,20 @@ def plan_for(config: ModelConfig, header: GGUFHeader) -> MemoryPlan:
     if not has_gpu() and budget.kind != "cpu":
         budget = replace(budget, kind="cpu", device="CPU")
     request = PlanRequest(
-        n_ctx=config.n_ctx, kv_type=config.kv_type, n_ubatch=config.n_ubatch,
+        n_ctx=context_cells(config), kv_type=config.kv_type, n_ubatch=config.n_ubatch,
         n_batch=config.n_batch, n_gpu_layers=config.n_gpu_layers,
         flash_attn=config.flash_attn, n_outputs_max=config.n_outputs_max,
         headroom=config.headroom)
     return plan_memory(header, budget, request, source=str(header.path))
+
+
+def context_cells(config: ModelConfig) -> int:
+    """The cells llama.cpp gives a context asked for ``config.n_ctx``: split into
+    ``parallel`` streams, each is a multiple of 256 cells (llama.cpp pads them)."""
+    if config.parallel < 2 or config.kv_layout != "split":
+        return config.n_ctx
+    total = -(-config.n_ctx // 256) * 256
+    return -(-(total // config.parallel) // 256) * 256 * config.parallel
 
 
 @dataclass(frozen=True)
@@ -328,17 +337,18 @@ def _load(config: ModelConfig, plan: _Settings, path: Path, *, repack: bool = Tr
 
     n_threads = config.n_threads or usable_cores()
     ctx_params = llama_cpp.llama_context_default_params()
-    ctx_params.n_ctx = config.n_ctx
+    ctx_params.n_ctx = context_cells(config)
     ctx_params.n_batch = plan.n_batch
     ctx_params.n_ubatch = plan.n_ubatch
     ctx_params.n_outputs_max = plan.n_outputs_max
     # An in-graph sampler (engine/decode/sampling/in_graph.py) serves as many rows of one
     # sequence as a verification batch has: all of n_outputs_max, not llama.cpp's 1.
     ctx_params.n_outputs_max_per_seq = 0
-    # Sequences share the n_ctx cells (unified KV): a reply may use as many as admission
-    # gave it, not n_ctx / parallel, and sequences share a prompt's cells (seq_cp).
+    # shared: sequences share the n_ctx cells (unified KV), a reply may use as many as
+    # admission gave it and sequences share a prompt's cells (seq_cp). split: a stream of
+    # n_ctx / parallel cells each, whose attention reads no other sequence's cells.
     ctx_params.n_seq_max = config.parallel
-    ctx_params.kv_unified = config.parallel > 1
+    ctx_params.kv_unified = config.parallel > 1 and config.kv_layout == "shared"
     ctx_params.n_threads = n_threads
     # Between prompts the context keeps the verification count (LoadedModel.prompt_threads).
     ctx_params.n_threads_batch = config.n_threads_verify or config.n_threads_batch or n_threads

@@ -54,6 +54,9 @@ def _model_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
     group.add_argument("--parallel", metavar="N", type=_positive, default=default,
                        help="replies decoded together in one batch (sequences the context "
                             "holds; default 1)")
+    group.add_argument("--kv-layout", choices=["shared", "split"], default=default,
+                       help="with --parallel: one pool of cells for every reply (shared, "
+                            "the default) or ctx / N cells each (split, faster attention)")
     group.add_argument("--kv-type", choices=["auto", "f16", "q8_0", "q4_0"], default=default,
                        help="KV cache type (auto: f16 unless quantizing makes the model fit)")
     group.add_argument("--budget", metavar="SIZE", default=default,

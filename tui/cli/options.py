@@ -32,6 +32,7 @@ _OVERRIDES = {
     "model": ("model", "path"),
     "ctx": ("model", "n_ctx"),
     "parallel": ("model", "parallel"),
+    "kv_layout": ("model", "kv_layout"),
     "kv_type": ("model", "kv_type"),
     "budget": ("model", "memory_budget"),
     "speculative": ("speculative", "mode"),

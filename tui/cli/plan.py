@@ -40,6 +40,8 @@ def add_plan_parser(commands: argparse._SubParsersAction, positive: object) -> N
     plan.add_argument("--ctx", type=positive, metavar="N", help="context size in tokens")
     plan.add_argument("--parallel", type=positive, metavar="N",
                       help="replies decoded together, sharing the context's cells")
+    plan.add_argument("--kv-layout", choices=["shared", "split"],
+                      help="with --parallel: one pool of cells (shared) or ctx / N each")
     plan.add_argument("--kv-type", choices=["auto", "f16", "q8_0", "q4_0"],
                       help="KV cache type (default auto: f16 unless quantizing makes it fit)")
     plan.add_argument("--ubatch", type=positive, metavar="N",
@@ -52,6 +54,7 @@ def add_plan_parser(commands: argparse._SubParsersAction, positive: object) -> N
 
 def run_plan(args: argparse.Namespace) -> int:
     from engine.errors import ConfigError
+    from engine.model.loader import context_cells
     from engine.model.memory.budget import detect_budget
     from engine.model.memory.planner import PlanRequest, plan_memory
     from tui.config import load_app_config
@@ -64,24 +67,28 @@ def run_plan(args: argparse.Namespace) -> int:
     if args.gpu_layers is not None and args.gpu_layers < 0:
         raise ConfigError("--gpu-layers must be 0 or more")
     budget = detect_budget(args.budget or config.memory_budget, args.memory)
+    parallel = args.parallel or config.parallel
+    layout = args.kv_layout or config.kv_layout
+    cells = context_cells(config.model_copy(update={
+        "n_ctx": args.ctx or config.n_ctx, "parallel": parallel, "kv_layout": layout}))
     request = PlanRequest(
-        n_ctx=args.ctx or config.n_ctx, kv_type=args.kv_type or config.kv_type,
+        n_ctx=cells, kv_type=args.kv_type or config.kv_type,
         n_ubatch=args.ubatch or config.n_ubatch, n_batch=config.n_batch,
         n_gpu_layers=args.gpu_layers if args.gpu_layers is not None else config.n_gpu_layers,
         flash_attn=config.flash_attn, n_outputs_max=config.n_outputs_max,
         headroom=config.headroom)
     plan = plan_memory(header, budget, request, source=source)
     costs = _quant_costs(header, plan)
-    parallel = args.parallel or config.parallel
+    split = parallel > 1 and layout == "split"
     if args.json:
-        data = {**plan.model_dump(mode="json"), "parallel": parallel}
+        data = {**plan.model_dump(mode="json"), "parallel": parallel, "kv_layout": layout}
         for alt in data["alternatives"]:
             if alt["quant"]:
                 cost = costs.get(alt["quant"])
                 alt["quality"] = cost.model_dump() if cost else None
         print(json_dumps(data))
     else:
-        sys.stdout.write(visible(render(plan, costs, parallel)))  # names from the file
+        sys.stdout.write(visible(render(plan, costs, parallel, split)))  # names from the file
     return EXIT_OK
 
 
@@ -121,7 +128,7 @@ def _size(n: int) -> str:
 
 
 def render(p: MemoryPlan, costs: dict[str, QuantCost | None] | None = None,
-           parallel: int = 1) -> str:
+           parallel: int = 1, split: bool = False) -> str:
     """The plan as a readable table; a smaller quant's row says what it was measured to
     cost in ``costs`` (from ``kvchat quality``), or that it was not. With ``parallel``
     replies, how they share the context's cells."""
@@ -144,7 +151,10 @@ def render(p: MemoryPlan, costs: dict[str, QuantCost | None] | None = None,
         ("split", f"n_gpu_layers {p.n_gpu_layers} of {p.n_layers + 1}: {gpu} on the GPU"
          if p.pool != "cpu" else "everything on the CPU"),
     ]
-    if parallel > 1:  # one unified KV cache: the cells are shared, not split
+    if parallel > 1 and split:
+        rows.insert(5, ("replies", f"{parallel} at once, {p.n_ctx // parallel} cells each "
+                                   "(split: a reply's context is its own share)"))
+    elif parallel > 1:  # one unified KV cache: the cells are shared, not split
         rows.insert(5, ("replies", f"{parallel} at once share the {p.n_ctx} cells (about "
                                    f"{p.n_ctx // parallel} each when all are long); a reply "
                                    "waits until its prompt and max_tokens fit the free cells"))
