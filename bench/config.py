@@ -63,6 +63,9 @@ class BenchConfig:
     parallel: tuple[int, ...] = ()
     """Measure N replies decoded together (``bench.parallel``) at each N given, instead
     of the single-reply paths."""
+    kv_layouts: tuple[str, ...] = ("shared",)
+    """With ``parallel``: the engine's KV layouts to measure, each against the
+    llama-batched-bench run laid out alike (shared: ``-kvu``; split: its default)."""
     join_tokens: int = 2000
     """With ``parallel``: a prompt this long joins N - 1 streaming replies (largest N);
     0 leaves it out."""

@@ -6,8 +6,11 @@ then for each N a fresh process of kvchat's engine loaded with ``parallel = N``
 answering N concurrent requests (``bench.parallel_probe``), then, when given,
 llama-cpp-python's server in a fresh process answering the same requests. After the
 repetitions, the join measurement (a long prompt joining N - 1 streaming replies),
-repeated as often. Every figure is the median over repetitions, and each ratio the
-median of per-repetition ratios (each pair ran in the same repetition).
+repeated as often (in the shared layout: a 2,000-token prompt needs a whole context,
+not a split stream's share). With ``kv_layouts`` both, each N runs once per layout,
+each against llama-batched-bench laid out alike. Every figure is the median over
+repetitions, and each ratio the median of per-repetition ratios (each pair ran in the
+same repetition).
 """
 
 from __future__ import annotations
@@ -62,9 +65,11 @@ def run_parallel(config: BenchConfig, progress: Progress) -> dict[str, Any]:
     planned, settings = plan_settings(config, model, progress)
     payload = {"settings": asdict(settings), "prompt_tokens": config.prompt_tokens,
                "tokens": config.tokens}
-    samples: dict[str, list[Any]] = {"kvchat": [], "batched_bench": [], "batched_bench_kvu": [],
+    samples: dict[str, list[Any]] = {"batched_bench": [], "batched_bench_kvu": [],
                                      "server": [], "join": []}
-    steps = config.reps * (len(config.parallel) * (2 if config.server_python else 1)
+    samples |= {engine_key(layout): [] for layout in config.kv_layouts}
+    steps = config.reps * (len(config.parallel) * (len(config.kv_layouts)
+                                                   + (1 if config.server_python else 0))
                            + (2 if config.batched_bench else 0) + (1 if config.join_tokens
                                                                   else 0))
     step = 0
@@ -82,18 +87,23 @@ def run_parallel(config: BenchConfig, progress: Progress) -> dict[str, Any]:
             stage(f"{tag}: llama-batched-bench, unified KV")
             samples["batched_bench_kvu"].append(
                 batched_bench(config.batched_bench, settings, config, unified=True))
-        runs, served = {}, {}
+        runs: dict[str, dict[int, Any]] = {layout: {} for layout in config.kv_layouts}
+        served = {}
         for n in config.parallel:
-            stage(f"{tag}: kvchat, {n} at once")
-            run = child("concurrent", {**payload, "n": n}, module=PROBE)
-            runs[n] = {**run_figures(run["replies"]), "engine_stats": run["engine_stats"]}
+            for layout in config.kv_layouts:
+                stage(f"{tag}: kvchat, {n} at once, {layout} KV")
+                run = child("concurrent", {**payload, "n": n, "kv_layout": layout},
+                            module=PROBE)
+                runs[layout][n] = {**run_figures(run["replies"]),
+                                   "engine_stats": run["engine_stats"]}
             if config.server_python:
                 from bench.parallel_server import measure
 
                 stage(f"{tag}: llama-cpp-python server, {n} at once")
                 served[n] = run_figures(measure(config.server_python, settings,
                                                 run["prompts"], config.tokens, run["eog"]))
-        samples["kvchat"].append(runs)
+        for layout, by_n in runs.items():
+            samples[engine_key(layout)].append(by_n)
         samples["server"].append(served)
         most = max(config.parallel)
         if config.join_tokens and most > 1:
@@ -107,20 +117,32 @@ def run_parallel(config: BenchConfig, progress: Progress) -> dict[str, Any]:
     return _report(config, model, planned, settings, samples, bw)
 
 
+def engine_key(layout: str) -> str:
+    """Where a KV layout's engine figures go in the report: ``kvchat`` (shared, the
+    default) or ``kvchat_split``."""
+    return "kvchat" if layout == "shared" else f"kvchat_{layout}"
+
+
 def _row(n: int, samples: dict[str, list[Any]]) -> dict[str, Any]:
-    """Medians over repetitions for one N, with the per-repetition ratios."""
-    runs = [rep[n] for rep in samples["kvchat"]]
-    row: dict[str, Any] = {"parallel": n, "kvchat": _figures(runs)}
+    """Medians over repetitions for one N, with the per-repetition ratios (each engine
+    layout against both llama-batched-bench layouts)."""
+    row: dict[str, Any] = {"parallel": n}
     ratios: dict[str, Any] = {}
+    engines = [key for key in ("kvchat", "kvchat_split") if samples.get(key)]
     for key in ("batched_bench", "batched_bench_kvu"):
         rows = [rep[n] for rep in samples[key] if n in rep]
         if rows:
             row[key] = {"aggregate_tokens_per_s": summary(
                 [r["aggregate_tokens_per_s"] for r in rows]),
                 "prompt_tokens_per_s": summary([r["prompt_tokens_per_s"] for r in rows])}
-            ratios[f"kvchat_vs_{key}"] = summary(
-                [k["aggregate_tokens_per_s"] / r["aggregate_tokens_per_s"]
-                 for k, r in zip(runs, rows, strict=True)])
+        for engine in engines:
+            runs = [rep[n] for rep in samples[engine]]
+            row[engine] = _figures(runs)
+            if rows:
+                ratios[f"{engine}_vs_{key}"] = summary(
+                    [k["aggregate_tokens_per_s"] / r["aggregate_tokens_per_s"]
+                     for k, r in zip(runs, rows, strict=True)])
+    runs = [rep[n] for rep in samples[engines[0]]]
     served = [rep[n] for rep in samples["server"] if n in rep]
     if served:
         row["server"] = _figures(served)
@@ -156,6 +178,7 @@ def _report(config: BenchConfig, model: Path, planned: dict[str, Any], settings:
         "run": {"parallel": list(config.parallel), "prompt_tokens": config.prompt_tokens,
                 "tokens": config.tokens, "reps": config.reps, "greedy": True,
                 "eos": "banned", "join_tokens": config.join_tokens,
+                "kv_layouts": list(config.kv_layouts), "join_kv_layout": "shared",
                 "anchors": [name for name, on in (("llama-batched-bench", config.batched_bench),
                                                   ("llama-cpp-python server",
                                                    config.server_python)) if on]},
@@ -167,8 +190,9 @@ def _report(config: BenchConfig, model: Path, planned: dict[str, Any], settings:
                     "steps_per_s": steps,
                     "note": "weights read once per step for all N rows: N x steps_per_s "
                             "bounds the aggregate (KV reads not counted)"},
-        "samples": {"kvchat": [{str(n): _figures_only(r) for n, r in rep.items()}
-                               for rep in samples["kvchat"]],
+        "samples": {**{key: [{str(n): _figures_only(r) for n, r in rep.items()}
+                             for rep in samples[key]]
+                       for key in ("kvchat", "kvchat_split") if key in samples},
                     "server": [{str(n): _figures_only(r) for n, r in rep.items()}
                                for rep in samples["server"]],
                     "batched_bench": [{str(n): r for n, r in rep.items()}

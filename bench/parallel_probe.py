@@ -31,7 +31,7 @@ from bench.config import LoadSettings, fit_prompt
 WARMUP_TOKENS = 4
 
 
-async def _start(settings: LoadSettings, parallel: int) -> Any:
+async def _start(settings: LoadSettings, parallel: int, kv_layout: str = "shared") -> Any:
     """kvchat's engine as the app loads it, with ``parallel`` sequences; plain decoding
     (speculation runs on the single-sequence path only), no saved KV states."""
     from engine.backends.local import LocalEngine
@@ -41,7 +41,8 @@ async def _start(settings: LoadSettings, parallel: int) -> Any:
         path=Path(settings.model), n_ctx=settings.n_ctx, n_threads=settings.n_threads,
         n_batch=settings.n_batch, n_ubatch=settings.n_ubatch,
         n_gpu_layers=settings.n_gpu_layers, kv_type=settings.kv_type,  # type: ignore[arg-type]
-        flash_attn=settings.flash_attn, parallel=parallel),
+        flash_attn=settings.flash_attn, parallel=parallel,
+        kv_layout=kv_layout),  # type: ignore[arg-type]
         speculative=SpeculativeConfig(mode="off"),
         # No saved states: an earlier repetition's reply, saved at its close, would be
         # restored instead of evaluating the prompt (every repetition starts cold).
@@ -100,8 +101,8 @@ async def _reply(eng: Any, prompt: str, tokens: int, origin: float,
 
 
 async def concurrent(settings: LoadSettings, prompt_tokens: int, tokens: int,
-                     n: int) -> dict[str, Any]:
-    eng, eog = await _start(settings, n)
+                     n: int, kv_layout: str = "shared") -> dict[str, Any]:
+    eng, eog = await _start(settings, n, kv_layout)
     try:
         # Warm-up: n short replies together, so the first batched graphs (and a GPU's
         # kernels) are built before the clock starts, as llama-batched-bench warms up.
@@ -153,11 +154,11 @@ def _stats_delta(before: dict[str, Any] | None, after: dict[str, Any] | None
 
 
 async def join(settings: LoadSettings, prompt_tokens: int, tokens: int, n: int,
-               join_tokens: int) -> dict[str, Any]:
+               join_tokens: int, kv_layout: str = "shared") -> dict[str, Any]:
     """``n - 1`` replies stream; once each has a quarter of its ``tokens``, a reply
     with a ``join_tokens`` prompt joins (8 tokens); the streams stop once they have
     decoded 16 more tokens after its last one."""
-    eng, _ = await _start(settings, n)
+    eng, _ = await _start(settings, n, kv_layout)
     try:
         warm = await _prompts(eng, n, 24, "Warm-up")
         await asyncio.gather(*(_reply(eng, p, WARMUP_TOKENS, 0.0) for p in warm))
@@ -252,10 +253,10 @@ class _StepTimers:
 
 
 async def profile(settings: LoadSettings, prompt_tokens: int, tokens: int,
-                  n: int) -> dict[str, Any]:
+                  n: int, kv_layout: str = "shared") -> dict[str, Any]:
     """``concurrent`` once more with the step timers in place (their clock reads and
     the synchronous decode cost a little: a separate run, not the measured one)."""
-    eng, _ = await _start(settings, n)
+    eng, _ = await _start(settings, n, kv_layout)
     try:
         warm = await _prompts(eng, n, 24, "Warm-up")
         await asyncio.gather(*(_reply(eng, p, WARMUP_TOKENS, 0.0) for p in warm))

@@ -29,7 +29,7 @@ def parallel_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, An
     out = tmp_path_factory.mktemp("bench_parallel")
     proc = kvchat("bench", "--quick", "--parallel", "1,2", "--json", "--reps", "1",
                   "--tokens", "6", "--prompt-tokens", "40", "--ctx", "512",
-                  "--join-tokens", "120", "--out", str(out))
+                  "--join-tokens", "120", "--kv-layout", "both", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout), out
 
@@ -40,16 +40,18 @@ def test_each_parallelism_has_its_row_from_real_replies(
     assert report["kind"] == "parallel"
     assert report["run"]["parallel"] == [1, 2] and report["run"]["anchors"] == []
     assert [row["parallel"] for row in report["rows"]] == [1, 2]
-    for row in report["rows"]:
-        k = row["kvchat"]
+    assert report["run"]["kv_layouts"] == ["shared", "split"]
+    for row, key in [(row, key) for row in report["rows"] for key in ("kvchat", "kvchat_split")]:
+        k = row[key]
         assert k["aggregate_tokens_per_s"]["n"] == 1
         assert k["aggregate_tokens_per_s"]["median"] > 0
         assert 0 < k["fairness"]["median"] <= 1.0
         assert 0 < k["engine_fairness"]["median"] <= 1.0
         assert k["ttft_max_s"]["median"] >= k["ttft_median_s"]["median"] > 0
         assert "batched_bench" not in row and "server" not in row and row["ratios"] == {}
-    for n, run in zip((1, 2), (report["samples"]["kvchat"][0][k] for k in ("1", "2")),
-                      strict=True):
+    runs = [(n, report["samples"][key][0][str(n)]) for n in (1, 2)
+            for key in ("kvchat", "kvchat_split")]
+    for n, run in runs:
         # Every reply gave exactly the tokens asked (end of generation banned), and the
         # engine measured each one on its thread.
         assert run["tokens"] == [6] * n
@@ -72,7 +74,8 @@ def test_out_writes_json_and_markdown(parallel_run: tuple[dict[str, Any], Path])
     assert json.loads((out / "bench_parallel.json").read_text())["rows"] == report["rows"]
     table = [line for line in (out / "bench_parallel.md").read_text().splitlines()
              if line.startswith("| ") and line[2].isdigit()]
-    assert [line.split(" | ")[0] for line in table] == ["| 1", "| 2"]
+    assert [line.split(" | ")[:2] for line in table] == [
+        ["| 1", "shared"], ["| 1", "split"], ["| 2", "shared"], ["| 2", "split"]]
 
 
 @pytest.mark.parametrize("args, message", [

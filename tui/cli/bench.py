@@ -59,6 +59,10 @@ def add_bench_parser(commands: argparse._SubParsersAction, positive: object) -> 
                       "long prompt joining the streams")
     load.add_argument("--parallel", type=_parallel_list, metavar="N,N,...",
                       help="e.g. 1,2,4,8: each N in a fresh process loaded with parallel N")
+    load.add_argument("--kv-layout", choices=["shared", "split", "both"], default="shared",
+                      help="the engine's KV layout under load: one pool of cells (shared), "
+                           "ctx / N cells each (split), or both, each against "
+                           "llama-batched-bench laid out alike")
     load.add_argument("--join-tokens", type=int, metavar="N",
                       help="prompt tokens of the reply joining N-1 streams (default 2000; "
                            "0: leave it out)")
@@ -133,6 +137,7 @@ def _load_options(args: argparse.Namespace) -> dict[str, Any]:
     if not args.parallel:
         return {}
     return {"parallel": args.parallel,
+            "kv_layouts": ("shared", "split") if args.kv_layout == "both" else (args.kv_layout,),
             "join_tokens": 2000 if args.join_tokens is None else max(0, args.join_tokens),
             "batched_bench": Path(args.batched_bench).expanduser() if args.batched_bench
             else None,
