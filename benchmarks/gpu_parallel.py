@@ -34,6 +34,8 @@ def _config(case: str, args: argparse.Namespace) -> BenchConfig:
                        n_gpu_layers=int(layers) if layers else -1, bandwidth_bytes=1 << 30,
                        parallel=tuple(int(n) for n in counts.split(",")),
                        join_tokens=args.join_tokens if not layers else 0,
+                       kv_layouts=("shared", "split") if args.kv_layout == "both"
+                       else (args.kv_layout,),
                        batched_bench=args.batched_bench)
 
 
@@ -48,15 +50,17 @@ def _profile(config: BenchConfig) -> dict[str, object]:
     _, settings = plan_settings(config, model, _progress)
     payload = {"settings": asdict(settings), "prompt_tokens": config.prompt_tokens,
                "tokens": config.tokens}
-    rows = {}
-    for n in (n for n in config.parallel if n > 1):
-        rows[n] = child("profile", {**payload, "n": n}, module="bench.parallel_probe")
-        print(f"   N={n}: {rows[n]}", flush=True)
-    anchor = batched_bench(config.batched_bench, settings, config, unified=True) \
-        if config.batched_bench else {}
-    for n, row in rows.items():
-        if n in anchor:
-            row["anchor_kvu_step_ms"] = 1e3 * n / anchor[n]["aggregate_tokens_per_s"]
+    rows: dict[str, dict[str, object]] = {}
+    for layout in config.kv_layouts:
+        anchor = batched_bench(config.batched_bench, settings, config,
+                               unified=layout == "shared") if config.batched_bench else {}
+        for n in (n for n in config.parallel if n > 1):
+            row = child("profile", {**payload, "n": n, "kv_layout": layout},
+                        module="bench.parallel_probe")
+            if n in anchor:
+                row["anchor_step_ms"] = 1e3 * n / anchor[n]["aggregate_tokens_per_s"]
+            rows[f"{n} {layout}"] = row
+            print(f"   N={n} {layout}: {row}", flush=True)
     return {"kind": "profile", "model": str(model), "rows": rows}
 
 
@@ -95,6 +99,7 @@ def main() -> int:
     parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--ctx", type=int, default=16384)
     parser.add_argument("--join-tokens", type=int, default=2000)
+    parser.add_argument("--kv-layout", choices=["shared", "split", "both"], default="both")
     parser.add_argument("--anchor-only", action="store_true")
     parser.add_argument("--profile", action="store_true",
                         help="time a batch step's parts at each N > 1 instead")
