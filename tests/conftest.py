@@ -72,6 +72,14 @@ def run_kvchat(*args: str | bytes, home: Path, stdin: bytes | None = None,
                                        proc.stderr.decode("utf-8", "replace"))
 
 
+def run_bench(*args: str) -> subprocess.CompletedProcess[str]:
+    """``kvchat ARGS`` for the bench tests: the user's own home (the bench writes only
+    where --out says), llama.cpp's threads passive between steps, a bench's time."""
+    env = dict(os.environ, OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
+    return subprocess.run([kvchat_exe(), *args], capture_output=True, text=True, env=env,
+                          timeout=600)
+
+
 @pytest.fixture
 def bad_files(tmp_path: Path, gemma_path: Path) -> Iterator[dict[str, Path]]:
     """Files that must be refused with a clear message, never crash llama.cpp."""

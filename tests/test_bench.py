@@ -4,10 +4,7 @@ speed), the files --out writes, bad input, and the bytes-per-token accounting.""
 from __future__ import annotations
 
 import json
-import os
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,20 +14,13 @@ from bench.bandwidth import bytes_read_per_token, ceiling_tokens_per_s
 from engine.model.bundled import default_model_path
 from engine.model.gguf_header import read_gguf_header
 from engine.model.memory.shapes import parse_shape, shape_header
-
-KVCHAT = Path(sys.executable).with_name("kvchat")
-
-
-def kvchat(*args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
-    return subprocess.run([str(KVCHAT), *args], capture_output=True, text=True, env=env,
-                          timeout=600)
+from tests.conftest import run_bench
 
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path]:
     out = tmp_path_factory.mktemp("bench")
-    proc = kvchat("bench", "--quick", "--json", "--reps", "2", "--tokens", "6",
+    proc = run_bench("bench", "--quick", "--json", "--reps", "2", "--tokens", "6",
                   "--prompt-tokens", "40", "--ctx", "256", "--out", str(out), "--with", "tui")
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout), out
@@ -104,7 +94,7 @@ def test_with_tui_adds_the_app_against_ask(quick_run: tuple[dict[str, Any], Path
     (["--prompt-tokens", "4000", "--ctx", "1024"], "do not fit a 1024-token context"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str) -> None:
-    proc = kvchat("bench", "--quick", *args)
+    proc = run_bench("bench", "--quick", *args)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("kvchat: error: "), proc.stderr

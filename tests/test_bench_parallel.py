@@ -5,29 +5,19 @@ bad input, and the figures' definitions on hand-made arrival times."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from bench.parallel_stats import aggregate_rate, join_figures, run_figures
-
-KVCHAT = Path(sys.executable).with_name("kvchat")
-
-
-def kvchat(*args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
-    return subprocess.run([str(KVCHAT), *args], capture_output=True, text=True, env=env,
-                          timeout=600)
+from tests.conftest import run_bench
 
 
 @pytest.fixture(scope="module")
 def parallel_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path]:
     out = tmp_path_factory.mktemp("bench_parallel")
-    proc = kvchat("bench", "--quick", "--parallel", "1,2", "--json", "--reps", "1",
+    proc = run_bench("bench", "--quick", "--parallel", "1,2", "--json", "--reps", "1",
                   "--tokens", "6", "--prompt-tokens", "40", "--ctx", "512",
                   "--join-tokens", "120", "--kv-layout", "both", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
@@ -86,7 +76,7 @@ def test_out_writes_json_and_markdown(parallel_run: tuple[dict[str, Any], Path])
     (["--parallel", "2", "--batched-bench", "/no/such/binary"], "does not exist"),
 ])
 def test_bad_parallel_input_is_one_line_and_exit_2(args: list[str], message: str) -> None:
-    proc = kvchat("bench", "--quick", *args)
+    proc = run_bench("bench", "--quick", *args)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("kvchat"), proc.stderr
