@@ -1,12 +1,14 @@
 """The app with several replies at once (``[model] parallel``): conversations streaming
-together, each reply's own cancel, the refusal with one sequence, and N answers side by
-side. The real bundled model on a real store, driven through the pilot."""
+together, each reply's own cancel, the refusal with one sequence, N answers side by
+side, a reply waiting in the engine's queue, and each conversation's context map. The
+real bundled model on a real store, driven through the pilot."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from textual.message import Message
@@ -16,14 +18,16 @@ from textual.widgets import OptionList
 from engine.backends.local import LocalEngine
 from engine.backends.process.engine import ProcessEngine
 from engine.config import KvchatConfig, ModelConfig, SamplingConfig
+from engine.events import Eviction
 from engine.store import Store
-from tests.test_tui import PINNED, wait_for
+from tests.test_tui import PINNED, events_of, wait_for
 from tui.app import KvchatApp
 from tui.live import LiveReply
 from tui.messages import AnswerEnded, ModelReady, ReplyChunk, ReplyFinished, ReplyStarted
+from tui.screens.context_map import ContextMapScreen
 from tui.screens.conversations import ConversationsScreen
 from tui.widgets.answer_columns import AnswerColumn, AnswerColumns
-from tui.widgets.chat_pane import ReplyMessage
+from tui.widgets.chat_pane import ReplyMessage, UserMessage
 from tui.widgets.prompt_input import PromptInput
 from tui.widgets.status_line import StatusLine
 
@@ -31,14 +35,19 @@ SIZE = (120, 36)
 LONG = 600
 """Tokens of a reply that must still stream while the test switches conversations (the
 bundled model decodes a few hundred a second on two cores)."""
+QUEUED = 1200
+"""Tokens of each of the replies a third one waits behind: long enough that neither ends
+before the third is sent."""
 
 
 def parallel_app(home: Path, parallel: int, max_tokens: int,
-                 process: bool = False) -> KvchatApp:
+                 process: bool = False, **model: Any) -> KvchatApp:
     """Every reply decodes exactly ``max_tokens`` (EOS ignored), so a reply is still
     streaming while the test switches conversations; ``process``: the engine in a
-    process of its own, as ``kvchat`` runs it."""
-    config = KvchatConfig(model=ModelConfig(n_ctx=4096, parallel=parallel),
+    process of its own, as ``kvchat`` runs it; ``model``: other fields of the model's
+    config."""
+    model = {"n_ctx": 4096} | model
+    config = KvchatConfig(model=ModelConfig(parallel=parallel, **model),
                           sampling=SamplingConfig(temperature=0.0, max_tokens=max_tokens),
                           ui={"stream_view": "markdown"})
     kind = ProcessEngine if process else LocalEngine
@@ -215,3 +224,90 @@ async def test_three_answers_side_by_side_and_the_one_kept(kvchat_home: Path) ->
         reply = app.query_one(ReplyMessage)
         assert reply.message_id == ids[1] and reply.mark == "‹ 2/3 ›"
         assert not app.query(AnswerColumns)
+
+
+async def test_a_reply_past_the_batch_waits_queued_then_streams(kvchat_home: Path) -> None:
+    """Two sequences, three conversations asking at once: the third says where it
+    waits, on its reply and the status line, and streams once one of the others ends."""
+    app, seen = parallel_app(kvchat_home, parallel=2, max_tokens=QUEUED), []
+    async with app.run_test(size=SIZE, message_hook=seen.append) as pilot:
+        await wait_for(seen, ModelReady, pilot)
+        await send(pilot, "Tell me a long story about a lighthouse.")
+        a = (await first_frame(seen, pilot)).live
+        await pilot.press("ctrl+n")
+        await send(pilot, "Describe a forest in the morning.")
+        await pilot.press("ctrl+n")
+        await send(pilot, "Name three colours.")
+        await settle(pilot, lambda: any(live.queued for live in app.live.values()))
+        c = app.shown_live()
+        assert a is not None and c is not None and c is not a
+        b = next(live for live in app.live.values() if live not in (a, c))
+        assert a.key in app.live and not a.queued and not b.queued, \
+            "A or B ended first: make them longer"
+        assert c.queued == 1 and not c.text and c.widget is not None
+        assert c.widget.note == "queued, position 1"
+        status = app.query_one(StatusLine)
+        assert status.state == "queued, position 1…"
+        await settle(pilot, lambda: status.batch.startswith("batch 2 decoding, 1 queued"))
+        # One of the others ends; then the third streams, in its place and on the line.
+        await settle(pilot, lambda: c.decoding, timeout=120)
+        ended = next(i for i, m in enumerate(seen) if isinstance(m, ReplyFinished))
+        began = next(i for i, m in enumerate(seen)
+                     if isinstance(m, ReplyChunk) and m.live is c and m.text)
+        assert ended < began and seen[ended].live in (a, b)  # type: ignore[attr-defined]
+        assert c.queued is None and c.widget is not None
+        assert not c.widget.note.startswith("queued") and status.state == "generating…"
+        done = await finished(seen, pilot, 3)
+        ends = {m.live.key: m.done for m in done if m.live is not None}
+        assert ends[c.key].finish_reason == "length"
+        assert ends[c.key].completion_tokens == QUEUED
+        assert c.widget is None and app.query(ReplyMessage).last().text == ends[c.key].text
+        assert app.store.messages(c.conversation_id)[1].status == "complete"
+        assert not app.live and status.batch == ""
+
+
+async def test_f8_shows_each_conversations_map_in_parallel_mode(kvchat_home: Path) -> None:
+    """Two sequences of 256 cells: a conversation whose history is cut to fit has its
+    first message marked and mapped as evicted, and keeps its map while another
+    conversation replies on the other sequence."""
+    app, seen = parallel_app(kvchat_home, parallel=2, max_tokens=8, n_ctx=512,
+                             kv_layout="split"), []
+    async with app.run_test(size=SIZE, message_hook=seen.append) as pilot:
+        await wait_for(seen, ModelReady, pilot)
+        await send(pilot, "Name a colour. " + "word " * 90)
+        await finished(seen, pilot, 1)
+        await send(pilot, "And another. " + "more " * 190)
+        await finished(seen, pilot, 2)
+        assert [e.reason for e in events_of(seen, Eviction)][:1] == ["prompt"]
+        first = app.conversation_id
+        users = list(app.query(UserMessage))
+        await settle(pilot, lambda: users[0].has_class("-evicted"))
+        assert not users[1].has_class("-evicted") and users[1].tooltip is None
+        assert "no longer sees" in str(users[0].tooltip)
+
+        async def context_map() -> ContextMapScreen:
+            await pilot.press("f8")
+            await settle(pilot, lambda: isinstance(app.screen, ContextMapScreen))
+            screen = app.screen
+            assert isinstance(screen, ContextMapScreen)
+            return screen
+
+        screen = await context_map()
+        states = {r.message_id: r.state for r in screen.rows}
+        assert states[users[0].message_id] == "evicted"
+        assert states[users[1].message_id] == "in cache"
+        assert "evicted in" in screen.summary
+        await pilot.press("escape")
+        await settle(pilot, lambda: not isinstance(app.screen, ContextMapScreen))
+        # Another conversation replies on the other sequence: this one keeps its map.
+        await pilot.press("ctrl+n")
+        await send(pilot, "Name three colours.")
+        await finished(seen, pilot, 3)
+        assert app.context_here() is not None and app.conversation_id != first
+        assert first is not None
+        app.conversation_id = first
+        await app.show_history(first)
+        users = list(app.query(UserMessage))
+        await settle(pilot, lambda: users[0].has_class("-evicted"))
+        screen = await context_map()
+        assert {r.message_id: r.state for r in screen.rows} == states

@@ -19,6 +19,7 @@ from engine.errors import KvchatError
 from engine.events import ContextMap
 from engine.store import SearchHit, Store
 from tui.context_view import MessageContext, context_summary, message_contexts
+from tui.live import LiveReply
 from tui.messages import EngineEvent, ReplyStarted
 from tui.screens.context_map import ContextMapScreen
 from tui.screens.search_screen import SearchScreen
@@ -44,12 +45,20 @@ def context_tooltip(found: MessageContext) -> str | None:
     return None
 
 
+def _reply_of(live: LiveReply, answer: int | None) -> int | None:
+    """The stored reply a map is of: N answers' maps each name their answer."""
+    if answer is not None and live.answers and answer < len(live.reply_ids):
+        return live.reply_ids[answer]
+    return live.reply_id
+
+
 class FindActions(App[int]):
     engine: ChatEngine
     store: Store
     conversation_id: int | None
     replying: bool
-    context_state: ContextState | None = None
+    _context_states: dict[int, ContextState] | None = None
+    """The last map of each conversation the engine may still hold, oldest first."""
     _context_turn: tuple[int, int, int] | None = None
     """(conversation, prompt, reply) of the turn whose context events come in."""
     # Provided by the app's other parts.
@@ -68,9 +77,11 @@ class FindActions(App[int]):
     @on(EngineEvent)
     def _context_event(self, message: EngineEvent) -> None:
         event, live = message.event, message.live
+        if not isinstance(event, ContextMap):
+            return
         turn = self._context_turn if live is None else (
-            live.conversation_id, live.user_id, live.reply_id)
-        if not isinstance(event, ContextMap) or turn is None or None in turn:
+            live.conversation_id, live.user_id, _reply_of(live, event.reply))
+        if turn is None or None in turn:
             return
         cid, user_id, reply_id = turn  # type: ignore[misc]
         try:
@@ -78,16 +89,29 @@ class FindActions(App[int]):
         except KvchatError:
             return
         info = self.engine.info
-        self.context_state = ContextState(cid, reply_id,
-                                          message_contexts(event, path, reply_id),
-                                          context_summary(event, info.n_ctx if info else None))
+        self._keep_context(ContextState(cid, reply_id, message_contexts(event, path, reply_id),
+                                        context_summary(event, info.n_ctx if info else None)))
         self.mark_context()
+
+    def _keep_context(self, state: ContextState) -> None:
+        """Keep ``state`` as its conversation's map. The engine holds as many
+        conversations as it decodes replies at once (``parallel``: each its own
+        sequence, kept after its reply), so as many maps stay; with one, a reply in
+        another conversation makes the last one stale."""
+        if self._context_states is None:
+            self._context_states = {}
+        states = self._context_states
+        states.pop(state.conversation_id, None)
+        states[state.conversation_id] = state
+        while len(states) > max(1, self.engine.parallel_replies):
+            del states[next(iter(states))]
 
     def context_here(self) -> ContextState | None:
         """The context map of the conversation shown, if a reply in it sent one since
-        the engine last held another conversation."""
-        state = self.context_state
-        return state if state and state.conversation_id == self.conversation_id else None
+        the engine last held too many other conversations to keep it."""
+        if self._context_states is None or self.conversation_id is None:
+            return None
+        return self._context_states.get(self.conversation_id)
 
     def mark_context(self) -> None:
         """Mark the messages the model no longer has whole."""

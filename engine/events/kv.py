@@ -94,6 +94,10 @@ class ContextMap(_Event):
     conversation as rendered, nothing evicted): sent after an eviction and before ``done``."""
 
     type: Literal["context"] = "context"
+    reply: int | None = None
+    """Which of the replies decoded together this event belongs to (the id the batch
+    gave it; 0..n-1 for the N answers of ``ChatEngine.answers``); None for a reply
+    decoded alone."""
     spans: list[tuple[str, int, int]]
     """Each message of the request, then the reply: its role and its tokens ``[start,
     end)``, from its text to its end-of-turn token (turn headers lie between spans)."""
