@@ -39,9 +39,10 @@ ALLOWED: dict[str, set[str]] = {
     "engine.cache": BASE | {"engine.model"},
     "engine.decode": BASE | {"engine.api", "engine.model", "engine.structured",
                              "engine.cache"},
-    # Many replies in one context: the decode wing's sampling and window arithmetic.
+    # Many replies in one context: the decode wing's sampling and window arithmetic,
+    # and the state cache its idle sequences are saved to.
     "engine.batch": BASE | {"engine.api", "engine.model", "engine.decode",
-                            "engine.structured"},
+                            "engine.structured", "engine.cache"},
     "engine.routing": BASE | {"engine.api", "engine.model", "engine.structured"},
     "engine.backends": BASE | {"engine.api", "engine.model", "engine.decode", "engine.batch",
                                "engine.routing", "engine.structured", "engine.cache"},

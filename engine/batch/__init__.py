@@ -15,13 +15,17 @@ position reported in ``Queued`` events), and past the queue's limit it is refuse
 reply that outgrows its reserve slides its own window (``window.py``, the arithmetic of
 ``engine.decode.kv_window``; ``seq_rm`` + ``seq_add`` on its sequence only). A finished
 reply's sequence stays, idle, as its conversation's prefix until its cells are needed
-(least recently used first): the next turn evaluates only what is new.
+(least recently used first): the next turn evaluates only what is new. With a state
+cache (``saved.py``, over ``engine.cache``) an idle sequence is saved before its cells
+go (and at close), and a prompt that a saved state serves better than any idle
+sequence gets it restored into its sequence: the single path's rules and key.
 
 Speculative decoding stays on the single-sequence path (``engine.decode``): under load
 the batch already spends the memory bandwidth that speculation would exploit, and with
 one reply a model loaded with ``parallel`` 1 speculates as before.
 
 May import: ``engine.model``, ``engine.decode`` (its sampling and window arithmetic),
-``engine.structured``, and the contract's ``api``, ``errors``, ``events`` and
+``engine.structured``, ``engine.cache`` (the state cache's pool and per-sequence state
+calls), and the contract's ``api``, ``errors``, ``events`` and
 ``config``. Never ``backends``, ``routing``, ``serve``, ``tui`` or ``bench``.
 """

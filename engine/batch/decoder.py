@@ -30,9 +30,11 @@ from engine.batch.admission import Admission
 from engine.batch.pace import PromptPace, prompt_budget
 from engine.batch.placement import Placement
 from engine.batch.samplers import Grammar, sampler_for, seeded
+from engine.batch.saved import saved_seqs
 from engine.batch.slots import BatchStats, Group, ReplyTiming, Slot
 from engine.batch.window import evict, generation_span
-from engine.config import SamplingConfig
+from engine.cache.pool import StateCache
+from engine.config import KVCacheConfig, SamplingConfig
 from engine.decode.sampling.chain import GreedyArgmax, best_allowed
 from engine.decode.turn_state import TurnStats, done_event
 from engine.errors import DecodeError, KvchatError
@@ -49,11 +51,14 @@ class BatchDecoder(Placement):
     """``n_seq`` replies at a time in ``lm``'s context (loaded with ``parallel`` >=
     ``n_seq``). ``chunk``: prompt tokens evaluated per step, interleaved with the
     others' decoding; ``window``: cells one reply may hold (default: the context);
-    ``max_queue``: replies that may wait for room."""
+    ``max_queue``: replies that may wait for room; ``states``: the state cache that
+    idle sequences are saved to and prompts restored from (saved.py), keyed with
+    ``policy``'s window, None for none."""
 
     def __init__(self, lm: LoadedModel, n_seq: int, *, chunk: int = 256,
                  window: int | None = None, max_queue: int = 64,
-                 discard_fraction: float = 0.25) -> None:
+                 discard_fraction: float = 0.25, states: StateCache | None = None,
+                 policy: KVCacheConfig | None = None) -> None:
         loaded = lm.ctx.params.n_seq_max
         if n_seq > loaded:
             raise KvchatError(f"{n_seq} sequences at once need the model loaded with "
@@ -64,6 +69,7 @@ class BatchDecoder(Placement):
         per_seq = llama_cpp.llama_n_ctx_seq(lm.ctx.ctx)
         self.window = min(window or per_seq, per_seq)
         self.discard_fraction = discard_fraction
+        self.saved = saved_seqs(lm, n_seq, states, policy)
         self.ledger = Admission(lm.n_ctx, n_seq, max_queue)
         self.slots: dict[int, Slot] = {}
         """Replies not finished yet, queued ones included, by id."""
@@ -102,6 +108,7 @@ class BatchDecoder(Placement):
         for slot in list(self.slots.values()):
             slot.sampler.close()
         self.slots.clear()
+        self.save_idle()
         self.clear()
         self.batch.close()
 

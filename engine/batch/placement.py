@@ -5,11 +5,16 @@ A group takes the idle sequence whose cells share the longest prefix with its pr
 (its conversation's previous turn, usually) and evaluates only the rest; its other
 replies take free sequences, or the least recently used idle ones. Then idle
 sequences are freed, least recently used first, until the cells it reserves are free.
+
+With a state cache (``saved.py``) an idle sequence is saved before its cells go, and a
+saved state that shares more of the prompt than any idle sequence is restored into the
+group's sequence once the room is made.
 """
 
 from __future__ import annotations
 
 from engine.batch.admission import Admission
+from engine.batch.saved import Restorable, SavedSeqs
 from engine.batch.slots import BatchStats, Group, Slot
 from engine.batch.window import prompt_span
 from engine.decode.kv_window import window
@@ -31,6 +36,7 @@ class Placement:
     ledger: Admission
     slots: dict[int, Slot]
     stats: BatchStats
+    saved: SavedSeqs | None
     _events: list[Event]
 
     def emit(self, slot: Slot, event: Event) -> None:
@@ -50,21 +56,38 @@ class Placement:
                 continue
             ledger.active.append(group)
         self._events += ledger.positions(in_flight=ledger.busy_seqs)
+        if self.saved is not None:  # after a step: its prompt events are in
+            self.saved.amend(self._events, self.slots)
 
     def place(self, group: Group) -> None:
+        """Sequences and cells for ``group``; the state cache's events of it go to its
+        first reply."""
+        try:
+            self.seat(group)
+        finally:
+            if self.saved is not None:
+                for note in self.saved.take_notes():
+                    self.emit(group.leader, note)
+
+    def seat(self, group: Group) -> None:
         """Sequences and cells for ``group``; its prompt cut to its room if it must be
         (oldest turns after the kept prefix first)."""
         leader = group.leader
         group.phase = "prefill"
         match, reuse = self.best_idle(group)
-        if match is not None:
+        found = self.saved.find(group.prompt, reuse) \
+            if self.saved is not None and not group.dropped else None
+        if match is not None and found is None:
             del self.ledger.idle[match.seq]
+            if self.saved is not None and reuse < len(match.cells):
+                self.saved.save(match, reuse)  # the cells past the shared prefix go
             leader.seq, leader.cells = match.seq, match.cells
         else:
-            leader.seq = self.take_seq()
+            leader.seq, reuse = self.take_seq(), 0
+        limit = len(group.prompt) - 1
         span = prompt_span(group.prompt, group.n_keep, group.room, self.lm.ends_turn)
         if span is not None:
-            reuse = min(reuse, span.start)
+            reuse, limit = min(reuse, span.start), span.start
             group.dropped += span.size
             group.prompt = window(group.logical, group.n_keep, group.dropped)
             self.emit(leader, Eviction(
@@ -87,6 +110,23 @@ class Placement:
                               f"share, {group.room} fit (raise --ctx or start a new "
                               "conversation)", code="prompt_too_long")
         self.make_room(group.reserved)
+        if found is not None:
+            self.restore(group, found, limit)
+
+    def restore(self, group: Group, found: Restorable, limit: int) -> None:
+        """Write ``found`` into the leader's empty sequence, its first ``limit`` cells
+        at most; the prompt is then read from where they end (from its start after a
+        miss)."""
+        assert self.saved is not None
+        leader = group.leader
+        kept = self.saved.restore(leader.seq, found, min(found.common, limit))
+        if not kept:
+            return
+        leader.cells = list(found.entry.snap.cells[:kept])
+        group.evaluated = group.reused = kept
+        self.stats.prompt_tokens_reused += kept
+        for slot in group.members:
+            self.saved.restored[slot.reply] = kept
 
     def best_idle(self, group: Group) -> tuple[Slot | None, int]:
         """The idle sequence sharing the longest prefix with ``group``'s prompt, and how
@@ -129,7 +169,18 @@ class Placement:
 
     def free_idle(self, idle: Slot) -> None:
         del self.ledger.idle[idle.seq]
+        if self.saved is not None:
+            self.saved.save(idle)  # its conversation comes back from the state cache
         self.free_seq(idle.seq)
+
+    def save_idle(self) -> None:
+        """The decoder closes: every idle sequence is saved, least recently used first,
+        as the single-sequence path saves its conversation."""
+        if self.saved is None:
+            return
+        for idle in sorted(self.ledger.idle.values(), key=lambda s: s.last_used):
+            self.saved.save(idle)
+        self.ledger.idle.clear()
 
     def free_seq(self, seq: int) -> None:
         self.lm.ctx.kv_cache_seq_rm(seq, -1, -1)
@@ -147,6 +198,8 @@ class Placement:
     def release(self, slot: Slot, *, keep: bool) -> None:
         """``slot`` ended: its sampler and its share of the cells go. The last reply of
         its group keeps its sequence idle, as its conversation's prefix, when ``keep``."""
+        if self.saved is not None:  # its prompt event may be in this step's events
+            self.saved.amend(self._events, self.slots)
         slot.sampler.close()
         self.slots.pop(slot.reply, None)
         group = slot.group

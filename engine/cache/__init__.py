@@ -10,5 +10,5 @@ checksum, and the calls into llama.cpp's per-sequence state API.
 
 It may import the contract's vocabulary (``engine.config``, ``engine.events``,
 ``engine.errors``) and the ``model`` wing (the loaded model whose context it reads and
-writes); ``decode`` and ``backends`` import it, never the other way.
+writes); ``decode``, ``batch`` and ``backends`` import it, never the other way.
 """

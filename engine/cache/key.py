@@ -30,7 +30,10 @@ class StateKey:
     flash_attn: bool | None
     batch_invariant: bool
     window: str
-    """The KV window's settings that decide which cells a conversation keeps."""
+    """The KV window's settings that decide which cells a conversation keeps; with
+    split streams (``kv_layout`` split, ``parallel`` > 1) their number too: a sequence
+    holds ``n_ctx`` / streams cells there, and llama.cpp's state of a stream restores
+    only into a context of as many streams."""
     llama_cpp: str
 
     def to_json(self) -> dict[str, Any]:
@@ -70,6 +73,9 @@ def state_key(lm: LoadedModel, policy: KVCacheConfig) -> StateKey:
     info = lm.info
     window = (f"evict={policy.evict} sink={policy.sink_tokens} "
               f"system={policy.keep_system_prompt}")
+    streams = lm.ctx.params.n_seq_max
+    if streams > 1 and not lm.ctx.params.kv_unified:
+        window += f" streams={streams}"
     return StateKey(model=model_digest(Path(info.path)), n_ctx=lm.n_ctx,
                     kv_type=info.kv_type, flash_attn=info.flash_attn,
                     batch_invariant=info.batch_invariant, window=window,

@@ -1,14 +1,17 @@
-"""The state cache as one loaded model's sequence 0 sees it: read its cells out with
-llama.cpp's per-sequence state API, write a saved state back in, cut it to the prefix a
-prompt shares.
+"""The state cache as one sequence of a loaded model sees it (sequence 0 on the
+single-sequence path, any of the batch's): read its cells out with llama.cpp's
+per-sequence state API, write a saved state back in, cut it to the prefix a prompt
+shares.
 
 Runs on the engine thread, which owns the context. A restore that fails half way (a
-state llama.cpp refuses, a cut the cache cannot make) leaves sequence 0 empty and says
-so: the prompt is then evaluated in full, as if nothing had been saved.
+state llama.cpp refuses, no room for its cells, a cut the cache cannot make) leaves the
+sequence empty and says so: the prompt is then evaluated in full, as if nothing had been
+saved.
 """
 
 from __future__ import annotations
 
+import copy
 import ctypes
 import time
 from collections.abc import Sequence
@@ -38,8 +41,8 @@ class Resume:
     """The prompt extends the restored conversation's text: take over its bookkeeping."""
 
 
-def window_holds(lm: LoadedModel, keep: int) -> bool:
-    """Whether sequence 0, cut to ``[0, keep)``, still holds every position the token at
+def window_holds(lm: LoadedModel, keep: int, seq: int = SEQ) -> bool:
+    """Whether sequence ``seq``, cut to ``[0, keep)``, still holds every position the token at
     ``keep`` attends to. Always for a model without sliding-window layers, and for live
     cells (llama.cpp allocates the window's layers at full size); not always for cells
     restored from a saved state: llama.cpp saves only the last window of positions of
@@ -48,7 +51,7 @@ def window_holds(lm: LoadedModel, keep: int) -> bool:
     n_swa = int(llama_cpp.llama_model_n_swa(lm.model.model))
     if not n_swa or keep == 0:
         return True
-    pos_min = llama_cpp.llama_memory_seq_pos_min(lm.ctx.memory, SEQ)
+    pos_min = llama_cpp.llama_memory_seq_pos_min(lm.ctx.memory, seq)
     return 0 <= pos_min <= window_start(keep, n_swa)
 
 
@@ -59,46 +62,55 @@ def window_start(keep: int, n_swa: int) -> int:
 
 
 class SeqStates:
-    def __init__(self, pool: StateCache, lm: LoadedModel, policy: KVCacheConfig) -> None:
+    def __init__(self, pool: StateCache, lm: LoadedModel, policy: KVCacheConfig,
+                 seq: int = SEQ) -> None:
         self.pool = pool
         self.lm = lm
+        self.seq = seq
         self.key: StateKey = state_key(lm, policy)
         self.n_swa = int(llama_cpp.llama_model_n_swa(lm.model.model))
+
+    def for_seq(self, seq: int) -> SeqStates:
+        """The same pool and key on sequence ``seq`` (the key hashes the model file:
+        computed once)."""
+        other = copy.copy(self)
+        other.seq = seq
+        return other
 
     # -- llama.cpp ----------------------------------------------------------------
 
     def read(self, flags: int = 0) -> bytearray:
-        """Sequence 0's state; with ``LLAMA_STATE_SEQ_FLAGS_SWA_ONLY``, its
+        """The sequence's state; with ``LLAMA_STATE_SEQ_FLAGS_SWA_ONLY``, its
         sliding-window layers' only."""
         ctx = self.lm.ctx.ctx
-        size = llama_cpp.llama_state_seq_get_size_ext(ctx, SEQ, flags)
+        size = llama_cpp.llama_state_seq_get_size_ext(ctx, self.seq, flags)
         data = bytearray(size)
         view = (ctypes.c_uint8 * size).from_buffer(data)
-        got = llama_cpp.llama_state_seq_get_data_ext(ctx, view, size, SEQ, flags)
+        got = llama_cpp.llama_state_seq_get_data_ext(ctx, view, size, self.seq, flags)
         del view  # the bytearray may not be resized while a ctypes view holds it
         return data if got == size else bytearray()
 
     def write(self, data: bytearray, flags: int = 0) -> bool:
-        """Replace sequence 0 (with ``SWA_ONLY``, its sliding-window layers) with
+        """Replace the sequence (with ``SWA_ONLY``, its sliding-window layers) with
         ``data``; False (the sequence left empty) when llama.cpp refuses it."""
         if not flags:
-            self.lm.ctx.kv_cache_seq_rm(SEQ, -1, -1)
+            self.lm.ctx.kv_cache_seq_rm(self.seq, -1, -1)
         view = (ctypes.c_uint8 * len(data)).from_buffer(data)
-        ok = llama_cpp.llama_state_seq_set_data_ext(self.lm.ctx.ctx, view, len(data), SEQ,
-                                                    flags) > 0
+        ok = llama_cpp.llama_state_seq_set_data_ext(self.lm.ctx.ctx, view, len(data),
+                                                    self.seq, flags) > 0
         del view
         if not ok:
-            self.lm.ctx.kv_cache_seq_rm(SEQ, -1, -1)
+            self.lm.ctx.kv_cache_seq_rm(self.seq, -1, -1)
         return ok
 
     def cut(self, keep: int, cells: int) -> str:
         """Keep positions ``[0, keep)`` of a restored sequence of ``cells``; why not,
         empty when done. A sliding-window cache that no longer holds the positions the
         next token attends to cannot be cut there."""
-        if keep < cells and not self.lm.ctx.kv_cache_seq_rm(SEQ, keep, -1):
+        if keep < cells and not self.lm.ctx.kv_cache_seq_rm(self.seq, keep, -1):
             return f"llama.cpp cannot cut this model's cache at position {keep}"
-        if not window_holds(self.lm, keep):
-            pos_min = llama_cpp.llama_memory_seq_pos_min(self.lm.ctx.memory, SEQ)
+        if not window_holds(self.lm, keep, self.seq):
+            pos_min = llama_cpp.llama_memory_seq_pos_min(self.lm.ctx.memory, self.seq)
             held = f"from {pos_min} only" if pos_min >= 0 else "none of them"
             return (f"the sliding-window cache holds positions {held}; "
                     f"continuing at {keep} needs them from {window_start(keep, self.n_swa)}")
@@ -126,8 +138,8 @@ class SeqStates:
         at = snap.reply_at
         if not self.n_swa or not 0 < at < len(snap.cells) or stay > at or snap.dropped:
             return bytearray()
-        self.lm.ctx.kv_cache_seq_rm(SEQ, at, -1)
-        if not window_holds(self.lm, at):  # llama.cpp reused the cells it needs
+        self.lm.ctx.kv_cache_seq_rm(self.seq, at, -1)
+        if not window_holds(self.lm, at, self.seq):  # llama.cpp reused the cells it needs
             return bytearray()
         return self.read(llama_cpp.LLAMA_STATE_SEQ_FLAGS_SWA_ONLY)
 
@@ -141,8 +153,9 @@ class SeqStates:
         if not self.write(data[len(data) - entry.window_bytes:],
                           llama_cpp.LLAMA_STATE_SEQ_FLAGS_SWA_ONLY):
             return "llama.cpp refused the saved window"
-        self.lm.ctx.kv_cache_seq_rm(SEQ, keep, -1)
-        return "" if window_holds(self.lm, keep) else "the saved window does not reach"
+        self.lm.ctx.kv_cache_seq_rm(self.seq, keep, -1)
+        return "" if window_holds(self.lm, keep, self.seq) \
+            else "the saved window does not reach"
 
     def switch(self, live: Snapshot, text: str, fresh: Sequence[int], *,
                can_save: bool = True) -> Resume:
@@ -175,10 +188,12 @@ class SeqStates:
                                f"shares {best.common} tokens, fewer than "
                                f"{self.pool.config.min_tokens}")
             return Resume(None, here.common)
-        return self._restore(entry, best, data, tier, loaded_ms)
+        return self.restore(entry, best, data, tier, loaded_ms)
 
-    def _restore(self, entry: SavedState, best: Match, data: bytearray, tier: Tier | None,
-                 loaded_ms: float) -> Resume:
+    def restore(self, entry: SavedState, best: Match, data: bytearray, tier: Tier | None,
+                loaded_ms: float) -> Resume:
+        """Write ``entry``'s ``data`` into the sequence and cut it to ``best.common``;
+        noted as a restore, or as a miss with the sequence left empty (the keep 0)."""
         started = time.perf_counter()
         cells = len(entry.snap.cells)
         state = data[:len(data) - entry.window_bytes] if entry.window_bytes else data
@@ -188,7 +203,7 @@ class SeqStates:
                                                                               best.common):
             why = ""
         if why:
-            self.lm.ctx.kv_cache_seq_rm(SEQ, -1, -1)
+            self.lm.ctx.kv_cache_seq_rm(self.seq, -1, -1)
             self.pool.note("miss", tier, tokens=best.common, reason=why)
             return Resume(Snapshot([], 0, 0, "", []), 0)
         self.pool.touch(entry)

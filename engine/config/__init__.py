@@ -83,7 +83,7 @@ class ModelConfig(_Section):
     """Sequences one context holds: replies decoded together in one batch (continuous
     batching, engine/batch/). They share the context's ``n_ctx`` cells (a unified KV
     cache); each reply reserves its prompt and ``max_tokens`` of them. 1: one reply at
-    a time, with speculation and the state cache."""
+    a time, with speculation (the state cache serves both)."""
     kv_layout: Literal["shared", "split"] = "shared"
     """With ``parallel`` > 1, how sequences hold the KV cache. shared: one pool of
     ``n_ctx`` cells (a reply takes what admission gives it; every row's attention reads

@@ -122,6 +122,10 @@ class StateCacheNote(_Event):
     conversation's KV state; with the pool's totals after it, for the KV pane."""
 
     type: Literal["state_cache"] = "state_cache"
+    reply: int | None = None
+    """With replies decoded together, the one whose start saved, restored or missed
+    the state (the id the batch gave it; 0..n-1 for the N answers of
+    ``ChatEngine.answers``); None for a reply decoded alone."""
     action: StateCacheAction
     """drop: a save not kept (larger than the budgets, a full disk, a pending shift)."""
     tier: Literal["ram", "disk"] | None = None
