@@ -11,6 +11,7 @@ import numpy as np
 from engine.api import ChatMessage
 from engine.batch.decoder import BatchDecoder
 from engine.batch.pace import FLOOR_TOKENS, START_TOKENS, STEP_RATIO, PromptPace, prompt_budget
+from engine.batch.samplers import greedy_tokens
 from engine.config import ModelConfig, SamplingConfig
 from engine.decode.sampling.chain import best_allowed
 from engine.model.loader import load_model
@@ -83,7 +84,7 @@ def test_the_greedy_rows_of_a_step_take_each_row_s_first_maximum(default_path: P
             if not dec.batch.n_tokens():
                 continue
             dec.decode(prompts)
-            got = dec.greedy_tokens(decoding)
+            got = greedy_tokens(lm, decoding)
             n_vocab = lm.model.n_vocab()
             for slot in decoding:
                 row = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(lm.ctx.ctx, slot.row),

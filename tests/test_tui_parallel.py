@@ -47,11 +47,13 @@ def parallel_app(home: Path, parallel: int, max_tokens: int,
     process of its own, as ``kvchat`` runs it; ``model``: other fields of the model's
     config."""
     model = {"n_ctx": 4096} | model
+    # Speculation off: each reply's pace must not hang on how repetitive its text
+    # turns out, or a reply meant to stream on may end before the test looks at it.
     config = KvchatConfig(model=ModelConfig(parallel=parallel, **model),
                           sampling=SamplingConfig(temperature=0.0, max_tokens=max_tokens),
-                          ui={"stream_view": "markdown"})
+                          speculative={"mode": "off"}, ui={"stream_view": "markdown"})
     kind = ProcessEngine if process else LocalEngine
-    engine = kind(config.model, config.sampling, config.kv)
+    engine = kind(config.model, config.sampling, config.kv, config.speculative)
     return KvchatApp(config, engine, Store(home / "kvchat.db"), route="chat", pinned=PINNED,
                      prefs_file=home / "ui-prefs.json", ignore_eos=True)
 

@@ -28,7 +28,7 @@ from engine.api import ChatMessage, ChatRequest
 from engine.batch.decoder import BatchDecoder
 from engine.batch.slots import Slot
 from engine.cache.pool import StateCache
-from engine.config import KVCacheConfig
+from engine.config import KVCacheConfig, SpeculativeConfig
 from engine.decode.context_map import (
     Evicted,
     MessageSpans,
@@ -79,10 +79,11 @@ class _Route:
 
 class BatchRunner:
     def __init__(self, lm: LoadedModel, n_seq: int, policy: KVCacheConfig,
+                 speculative: SpeculativeConfig | None = None,
                  states: StateCache | None = None) -> None:
         self.lm = lm
         self.decoder = BatchDecoder(lm, n_seq, discard_fraction=policy.discard_fraction,
-                                    states=states, policy=policy)
+                                    speculative=speculative, states=states, policy=policy)
         self._kept = KVCache(lm, policy)  # counts a conversation's kept prefix only
         self._routes: dict[int, _Route] = {}
         self._said: OrderedDict[str, tuple[list[int], list[Evicted]]] = OrderedDict()

@@ -262,7 +262,8 @@ class LocalEngine(ChatEngine):
             self._gen.warm_up()
             if self._model_config.parallel > 1:
                 self._batch = BatchRunner(self._lm, self._model_config.parallel,
-                                          self._kv_policy, states=self._states)
+                                          self._kv_policy, self._spec_config,
+                                          states=self._states)
             self._info = info
         assert self._info is not None
         return self._info

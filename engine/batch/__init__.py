@@ -20,9 +20,15 @@ cache (``saved.py``, over ``engine.cache``) an idle sequence is saved before its
 go (and at close), and a prompt that a saved state serves better than any idle
 sequence gets it restored into its sequence: the single path's rules and key.
 
-Speculative decoding stays on the single-sequence path (``engine.decode``): under load
-the batch already spends the memory bandwidth that speculation would exploit, and with
-one reply a model loaded with ``parallel`` 1 speculates as before.
+Each reply speculates on its own (``speculate.py``): its own prompt lookup over its
+conversation and a small controller whose draft length follows its acceptance; its
+pending token and drafts are consecutive rows of its sequence in the step's one decode,
+its own sampler verifies them row by row, and rejected drafts leave its cells. The
+step's rows stay within the load's batch-invariant rows, so greedy replies keep their
+plain tokens where each sequence has its own cells (``kv_layout = "split"``); in the
+shared pool another reply's token may take a rejected draft's cell and sum its
+attention in another order. A draft *model* stays on the single-sequence path: it would
+need a multi-sequence context of its own, decoded in step with the batch.
 
 May import: ``engine.model``, ``engine.decode`` (its sampling and window arithmetic),
 ``engine.structured``, ``engine.cache`` (the state cache's pool and per-sequence state

@@ -10,10 +10,12 @@ Replies join (``add``) and leave (``Done``, ``cancel``) between steps, as llama.
 server does with its slots.
 
     admit    queued groups that fit take sequences and cells (placement.py)
-    fill     the batch: pending tokens, then prompt chunks
+    fill     the batch: pending tokens (each followed by its reply's drafts, when it
+             speculates: speculate.py), then prompt chunks
     decode   one llama_decode
     sample   plain greedy rows by one argmax over their logits, the others each with
-             its reply's own chain; a finished prompt's cells shared
+             its reply's own chain (drafts verified row by row); a finished prompt's
+             cells shared
     release  finished replies free their share (the last keeps its cells, idle)
 """
 
@@ -23,19 +25,18 @@ import contextlib
 import time
 
 import llama_cpp
-import numpy as np
 from llama_cpp import _internals
 
 from engine.batch.admission import Admission
 from engine.batch.pace import PromptPace, prompt_budget
 from engine.batch.placement import Placement
-from engine.batch.samplers import Grammar, sampler_for, seeded
+from engine.batch.samplers import Grammar, greedy_tokens, sampler_for, seeded
 from engine.batch.saved import saved_seqs
 from engine.batch.slots import BatchStats, Group, ReplyTiming, Slot
+from engine.batch.speculate import begin, draft, plain, report, verify
 from engine.batch.window import evict, generation_span
 from engine.cache.pool import StateCache
-from engine.config import KVCacheConfig, SamplingConfig
-from engine.decode.sampling.chain import GreedyArgmax, best_allowed
+from engine.config import KVCacheConfig, SamplingConfig, SpeculativeConfig
 from engine.decode.turn_state import TurnStats, done_event
 from engine.errors import DecodeError, KvchatError
 from engine.events import Error, Event, FinishReason, KVUsage, Progress, PromptEvaluated, TokenChunk
@@ -53,12 +54,14 @@ class BatchDecoder(Placement):
     others' decoding; ``window``: cells one reply may hold (default: the context);
     ``max_queue``: replies that may wait for room; ``states``: the state cache that
     idle sequences are saved to and prompts restored from (saved.py), keyed with
-    ``policy``'s window, None for none."""
+    ``policy``'s window, None for none; ``speculative``: each reply's
+    prompt-lookup speculation (speculate.py), None for none."""
 
     def __init__(self, lm: LoadedModel, n_seq: int, *, chunk: int = 256,
                  window: int | None = None, max_queue: int = 64,
                  discard_fraction: float = 0.25, states: StateCache | None = None,
-                 policy: KVCacheConfig | None = None) -> None:
+                 policy: KVCacheConfig | None = None,
+                 speculative: SpeculativeConfig | None = None) -> None:
         loaded = lm.ctx.params.n_seq_max
         if n_seq > loaded:
             raise KvchatError(f"{n_seq} sequences at once need the model loaded with "
@@ -70,6 +73,7 @@ class BatchDecoder(Placement):
         self.window = min(window or per_seq, per_seq)
         self.discard_fraction = discard_fraction
         self.saved = saved_seqs(lm, n_seq, states, policy)
+        self.speculative = speculative
         self.ledger = Admission(lm.n_ctx, n_seq, max_queue)
         self.slots: dict[int, Slot] = {}
         """Replies not finished yet, queued ones included, by id."""
@@ -146,6 +150,7 @@ class BatchDecoder(Placement):
         for slot in group.members:
             slot.reply, self._next_id = self._next_id, self._next_id + 1
             slot.max_tokens, slot.budget = sampling.max_tokens, budget
+            slot.spec = begin(self.speculative, self.lm, sampling, group.logical)
             slot.stats.started = started
             self.slots[slot.reply] = slot
         self.ledger.waiting.append(group)
@@ -199,9 +204,10 @@ class BatchDecoder(Placement):
 
     def fill(self) -> tuple[list[Slot], int]:
         """Put the step's tokens into the batch: each decoding reply's pending token at
-        position ``len(cells)`` of its sequence, then prompt tokens (``prompt_budget``
-        of them) at positions ``evaluated..`` of their leader's sequence. Returns the
-        decoding slots and how many prompt tokens went in."""
+        position ``len(cells)`` of its sequence and its drafts after it, then prompt
+        tokens (``prompt_budget`` of them) at positions ``evaluated..`` of their
+        leader's sequence. Returns the decoding slots and how many prompt tokens went
+        in."""
         self.batch.reset()
         decoding = []
         for group in list(self.ledger.active):
@@ -209,13 +215,23 @@ class BatchDecoder(Placement):
                 if len(slot.cells) >= slot.budget and not self.slide(slot):
                     self.finish(slot, "context_full")
                     continue
-                assert slot.pending is not None
-                slot.row = self.put(slot.pending, len(slot.cells), slot.seq, True)
-                slot.cells.append(slot.pending)
-                slot.pending = None
                 decoding.append(slot)
         budget = prompt_budget(self.pace, len(decoding), self.chunk)
-        room, prompts = min(budget, self.lm.n_batch - len(decoding)), 0
+        reading = sum(len(g.prompt) - g.evaluated for g in self.ledger.active
+                      if g.phase == "prefill")
+        # Drafts get the rows the prompts leave: on a batch-invariant load, only as many
+        # as keep every row equal to a one-token decode.
+        draft(decoding, (self.lm.invariant_rows or self.lm.n_batch) - len(decoding)
+              - min(budget, reading))
+        for slot in decoding:
+            assert slot.pending is not None
+            slot.row = self.put(slot.pending, len(slot.cells), slot.seq, True)
+            slot.cells.append(slot.pending)
+            slot.pending = None
+            for token in slot.drafts:
+                self.put(token, len(slot.cells), slot.seq, True)
+                slot.cells.append(token)
+        room, prompts = min(budget, self.lm.n_batch - self.batch.n_tokens()), 0
         for group in self.ledger.active:
             if group.phase != "prefill" or room <= 0:
                 continue
@@ -260,6 +276,8 @@ class BatchDecoder(Placement):
             for slot in group.members:
                 if slot.stats.first_token_at and slot.row >= 0:
                     slot.stats.decode_s += elapsed
+                if slot.spec is not None:
+                    slot.spec.step_s = elapsed
                 if slot.eviction is not None:  # this decode applied its shift
                     self.emit(slot, slot.eviction.model_copy(update={
                         "shift_s": elapsed, "shift_tokens": 1}))
@@ -268,9 +286,14 @@ class BatchDecoder(Placement):
     def sample(self, decoding: list[Slot]) -> None:
         """Draw each row's token with its reply's chain; a prompt read to its end is
         shared with its group's other sequences, each of which draws from its row."""
-        greedy = self.greedy_tokens(decoding)
+        greedy = greedy_tokens(self.lm, decoding)
         for slot in decoding:
+            if slot.drafts:
+                verify(self, slot)
+                continue
             token = greedy.get(slot.reply)
+            if slot.spec is not None:
+                plain(self, slot)
             self.take(slot, slot.sampler.sample(self.lm.ctx, slot.row)
                       if token is None else token)
         for group in list(self.ledger.active):
@@ -279,26 +302,6 @@ class BatchDecoder(Placement):
             self.share(group)
             for slot in list(group.members):
                 self.take(slot, slot.sampler.sample(self.lm.ctx, group.leader.row))
-
-    def greedy_tokens(self, decoding: list[Slot]) -> dict[int, int]:
-        """The tokens of the plain greedy rows (the host argmax, which keeps no state to
-        accept into), by reply id, from one argmax over their logits. The decoding
-        rows are the batch's first, each with logits, so their logits are the first
-        rows of ``llama_get_logits`` in batch order. The first maximum wins, as in
-        llama.cpp's greedy sampler; a banned end of generation goes to the next best."""
-        greedy = [(s, s.sampler) for s in decoding if isinstance(s.sampler, GreedyArgmax)]
-        if not greedy:
-            return {}
-        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits(self.lm.ctx.ctx),
-                                       shape=(len(decoding), self.lm.model.n_vocab()))
-        # All greedy (the usual case): the rows are read in place, nothing is copied.
-        best = np.argmax(logits, axis=1) if len(greedy) == len(decoding) else \
-            [np.argmax(logits[s.row]) for s, _ in greedy]
-        tokens = {}
-        for (slot, sampler), token in zip(greedy, best, strict=True):
-            tokens[slot.reply] = int(token) if int(token) not in sampler.banned else \
-                best_allowed(logits[slot.row], sampler.banned)
-        return tokens
 
     def share(self, group: Group) -> None:
         """The prompt is in the leader's cells: the other answers' sequences get the
@@ -326,10 +329,12 @@ class BatchDecoder(Placement):
         st.first_token_at = st.first_token_at or now
         st.last_token_at = now
         st.sampled += 1
-        if self.lm.ends_turn(token) and (not slot.ignore_eos or slot.constrained):
-            self.finish(slot, "stop")  # a grammar's end ends the reply even when EOS is ignored
+        if self.ends(slot, token):
+            self.finish(slot, "stop")
             return
         slot.tokens.append(token)
+        if slot.spec is not None:
+            slot.spec.drafter.extend([token])
         st.completion_tokens = n = len(slot.tokens)
         self._events.append(TokenChunk(  # built with its reply: no copy per token
             text=slot.utf8.decode(self.lm.token_piece(token)), token_ids=[token],
@@ -342,6 +347,11 @@ class BatchDecoder(Placement):
             self.finish(slot, "length")
         else:
             slot.pending = token
+
+    def ends(self, slot: Slot, token: int) -> bool:
+        """Whether ``token`` ends ``slot``'s reply as a stop (not part of it); a
+        grammar's end ends it even when EOS is ignored."""
+        return self.lm.ends_turn(token) and (not slot.ignore_eos or slot.constrained)
 
     def slide(self, slot: Slot) -> bool:
         """Make room for one more cell in ``slot``'s own window; False when it cannot
@@ -366,6 +376,8 @@ class BatchDecoder(Placement):
         as its conversation's prefix when it is the last of its group."""
         text = b"".join(map(self.lm.token_piece, slot.tokens)).decode("utf-8", "replace")
         st = slot.stats
+        if slot.spec is not None and slot.spec.rounds:
+            self.emit(slot, report(self, slot))
         self.emit(slot, done_event(st, reason, text))
         span = st.last_token_at - st.first_token_at
         self.stats.replies[slot.reply] = ReplyTiming(

@@ -1,18 +1,26 @@
 """A sampler chain per reply: as the single-sequence path draws tokens
-(``engine.decode.sampling``), behind a grammar filter when one is given."""
+(``engine.decode.sampling``), behind a grammar filter when one is given; and the one
+argmax that draws a step's plain greedy rows together."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+import llama_cpp
+import numpy as np
 from llama_cpp import _internals
 
 from engine.config import SamplingConfig
-from engine.decode.sampling.chain import build_sampler
+from engine.decode.sampling.chain import GreedyArgmax, best_allowed, build_sampler
 from engine.decode.sampling.choice import Sampler
 from engine.decode.sampling.constrained import ConstrainedSampler, GrammarError
 from engine.errors import ConstraintError
 from engine.model.loader import LoadedModel
 from engine.structured.budget import budget_for
 from engine.structured.spec import OutputSpec, gbnf_for
+
+if TYPE_CHECKING:
+    from engine.batch.slots import Slot
 
 Grammar = OutputSpec | str
 """An output format (its grammar, and the budget that plans its end), or GBNF text."""
@@ -47,3 +55,27 @@ def seeded(sampling: SamplingConfig, k: int) -> SamplingConfig:
     if k == 0 or sampling.seed is None:
         return sampling
     return sampling.model_copy(update={"seed": sampling.seed + k})
+
+
+def greedy_tokens(lm: LoadedModel, decoding: list[Slot]) -> dict[int, int]:
+    """The tokens of a step's plain greedy rows (the host argmax, which keeps no state
+    to accept into) of replies with no drafts, by reply id, from one argmax over their
+    logits. The decoding rows (pending tokens and drafts) are the batch's first, each
+    with logits, so a row's logits are that row of ``llama_get_logits``. The first
+    maximum wins, as in llama.cpp's greedy sampler; a banned end of generation goes to
+    the next best."""
+    greedy = [(s, s.sampler) for s in decoding
+              if not s.drafts and isinstance(s.sampler, GreedyArgmax)]
+    if not greedy:
+        return {}
+    rows = decoding[-1].row + 1 + len(decoding[-1].drafts)
+    logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits(lm.ctx.ctx),
+                                   shape=(rows, lm.model.n_vocab()))
+    # One row each, all greedy (the usual case): read in place, nothing is copied.
+    best = np.argmax(logits, axis=1) if len(greedy) == rows else \
+        [np.argmax(logits[s.row]) for s, _ in greedy]
+    tokens = {}
+    for (slot, sampler), token in zip(greedy, best, strict=True):
+        tokens[slot.reply] = int(token) if int(token) not in sampler.banned else \
+            best_allowed(logits[slot.row], sampler.banned)
+    return tokens

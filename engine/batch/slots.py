@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import codecs
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from engine.decode.sampling.choice import Sampler
 from engine.decode.turn_state import TurnStats
 from engine.events import Eviction
+
+if TYPE_CHECKING:
+    from engine.batch.speculate import SlotSpec
 
 Phase = Literal["waiting", "prefill", "decode", "idle"]
 
@@ -51,6 +54,11 @@ class Slot:
     dropped: int = 0
     """Tokens of its conversation evicted after the kept prefix: its cells hold
     ``window(logical, group.n_keep, dropped)``."""
+    spec: SlotSpec | None = None
+    """Its speculation (speculate.py), None when it does not speculate."""
+    drafts: list[int] = field(default_factory=list)
+    """This step's drafts: rows ``row + 1..`` after its pending token's, at the
+    positions after it; verified and cleared when the step samples."""
 
     @property
     def shared(self) -> bool:
@@ -107,7 +115,7 @@ class BatchStats:
     steps: int = 0
     """``llama_decode`` calls."""
     rows_decoded: int = 0
-    """Pending tokens decoded (one per decoding reply per step)."""
+    """Rows of decoding replies: their pending tokens and drafts."""
     prompt_tokens_evaluated: int = 0
     """Prompt tokens evaluated; N answers of one prompt count it once."""
     prompt_tokens_reused: int = 0
@@ -117,5 +125,9 @@ class BatchStats:
     max_rows: int = 0
     """Most tokens one step carried."""
     evictions: int = 0
+    drafted: int = 0
+    """Tokens drafted by speculating replies."""
+    accepted: int = 0
+    """Of those, the ones their reply's sampler agreed with."""
     replies: dict[int, ReplyTiming] = field(default_factory=dict)
     """Each finished reply's timing, by reply id."""

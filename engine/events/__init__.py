@@ -10,7 +10,7 @@ The events live in modules by what they describe (``model``, ``turn``, ``kv``,
 
 Replies decoded together in one batch (``--parallel``, ``ChatEngine.answers``) share an
 engine, and N answers share one stream: the events of a reply (``prompt``, ``token``,
-``progress``, ``kv``, ``eviction``, ``queued``, ``done``, ``error``) carry its
+``progress``, ``kv``, ``eviction``, ``spec``, ``queued``, ``done``, ``error``) carry its
 ``reply`` number there, None for a reply decoded alone. A ``state_cache`` event
 carries the reply whose start saved, restored or missed a state.
 """

@@ -114,6 +114,10 @@ class SpecStats(_Event):
     drafter switches itself off or on."""
 
     type: Literal["spec"] = "spec"
+    reply: int | None = None
+    """Which of the replies decoded together this event belongs to (the id the batch
+    gave it; 0..n-1 for the N answers of ``ChatEngine.answers``); None for a reply
+    decoded alone."""
     drafter: Literal["prompt-lookup", "draft-model"]
     active: bool
     """False while speculation is switched off for costing more than it saves."""
