@@ -194,7 +194,7 @@ class _StepTimers:
     """Where a batch step's time goes, for steps that decode rows only (no prompt
     tokens): ``llama_decode`` made synchronous, sampling each row (its chain and the
     token's event), the decoder's own bookkeeping, and handing the events to the
-    replies' channels."""
+    replies' channels (which the synchronous decode keeps from overlapping it)."""
 
     def __init__(self) -> None:
         self.steps = 0
@@ -217,7 +217,8 @@ class _StepTimers:
         runner = eng._batch
         dec = runner.decoder
         ctx = dec.lm.ctx.ctx
-        decode, sample, step, outer = dec.decode, dec.sample, dec.step, runner.step
+        decode, sample, outer = dec.decode, dec.sample, runner.step
+        launch, collect = dec.launch, dec.collect
         parts = {"decode": 0.0, "sample": 0.0, "decoder": 0.0}
 
         def timed_decode(prompts: int) -> None:
@@ -232,10 +233,15 @@ class _StepTimers:
             sample(decoding)
             parts["sample"] = time.perf_counter() - t0
 
-        def timed_step() -> Any:
+        def timed_launch() -> None:
             t0 = time.perf_counter()
-            events = step()
+            launch()
             parts["decoder"] = time.perf_counter() - t0
+
+        def timed_collect() -> Any:
+            t0 = time.perf_counter()
+            events = collect()
+            parts["decoder"] += time.perf_counter() - t0
             return events
 
         def timed_outer() -> None:
@@ -248,8 +254,8 @@ class _StepTimers:
                 self.decoder_s += parts["decoder"]
                 self.total_s += time.perf_counter() - t0
 
-        dec.decode, dec.sample, dec.step, runner.step = (timed_decode, timed_sample,
-                                                         timed_step, timed_outer)
+        dec.decode, dec.sample, runner.step = timed_decode, timed_sample, timed_outer
+        dec.launch, dec.collect = timed_launch, timed_collect
 
 
 async def profile(settings: LoadSettings, prompt_tokens: int, tokens: int,

@@ -121,3 +121,53 @@ async def test_the_next_turn_of_a_conversation_evaluates_only_what_is_new(
         assert again.evaluated_tokens == again.prompt_tokens - again.reused_tokens
     finally:
         await engine.close()
+
+
+def test_overlapped_hand_over_gives_every_event_in_order_and_cancels_one(
+        default_path: Path) -> None:
+    """Where the output layer is on a GPU a step's events are handed over while the
+    next step's decode runs: the same events in the same order, a cancel included, the
+    last ones handed over once the batch is done."""
+    import threading
+
+    from engine.backends.batched import BatchRunner
+    from engine.config import KVCacheConfig
+    from engine.model.loader import load_model
+
+    lm = load_model(ModelConfig(path=default_path, n_ctx=512, parallel=2))
+    try:
+        def run(overlap: bool, cancel_after: int | None) -> list[list[Event]]:
+            runner = BatchRunner(lm, 2, KVCacheConfig(), overlap=overlap)
+            logs: list[list[Event]] = [[], []]
+            stops = [threading.Event(), threading.Event()]
+            for log, stop, q in zip(logs, stops, ("What is the capital of France?",
+                                                  "Name three primary colors."), strict=True):
+                runner.join(chat_request(ask(q), GREEDY), log.append, stop)
+            steps = 0
+            while runner.busy:
+                runner.step()
+                steps += 1
+                held = sum(isinstance(e, TokenChunk) for e in logs[1])
+                if cancel_after is not None and held >= cancel_after:
+                    stops[1].set()
+            runner.close()
+            assert not runner._held  # nothing left undelivered
+            return logs
+
+        plain, overlapped = run(False, None), run(True, None)
+        assert [[e.type for e in log] for log in overlapped] == \
+            [[e.type for e in log] for log in plain]
+        assert [[e.token_ids for e in log if isinstance(e, TokenChunk)] for log in overlapped] \
+            == [[e.token_ids for e in log if isinstance(e, TokenChunk)] for log in plain]
+        assert all(isinstance(log[-1], Done) for log in overlapped)
+        cut = run(True, 3)
+        assert isinstance(cut[1][-1], Done) and cut[1][-1].finish_reason == "cancelled"
+        tokens = [sum(len(e.token_ids) for e in log if isinstance(e, TokenChunk)) for log in cut]
+        assert 3 <= tokens[1] < sum(len(e.token_ids) for e in plain[1]
+                                    if isinstance(e, TokenChunk))
+        # The other reply goes on to its end (its tokens may part from the plain run's at
+        # a near tie: on a default load a row rounds differently in a smaller batch).
+        assert isinstance(cut[0][-1], Done) and cut[0][-1].finish_reason != "cancelled"
+        assert cut[0][-1].completion_tokens == tokens[0]
+    finally:
+        lm.close()

@@ -80,8 +80,13 @@ class _Route:
 class BatchRunner:
     def __init__(self, lm: LoadedModel, n_seq: int, policy: KVCacheConfig,
                  speculative: SpeculativeConfig | None = None,
-                 states: StateCache | None = None) -> None:
+                 states: StateCache | None = None, overlap: bool = False) -> None:
         self.lm = lm
+        self.overlap = overlap
+        """Hand a step's events over while the next step's decode runs: where the
+        output layer is on a GPU, ``llama_decode`` returns before its graph has run.
+        On a CPU it returns when done, and holding events would only delay them."""
+        self._held: list[Event] = []
         self.decoder = BatchDecoder(lm, n_seq, discard_fraction=policy.discard_fraction,
                                     speculative=speculative, states=states, policy=policy)
         self._kept = KVCache(lm, policy)  # counts a conversation's kept prefix only
@@ -140,12 +145,19 @@ class BatchRunner:
         for reply, route in list(self._routes.items()):
             if route.cancel.is_set():
                 self.decoder.cancel(reply)
+        held, self._held = self._held, []
         try:
-            events = self.decoder.step()
+            self.decoder.launch()
+            self._deliver(held)  # the last step's tokens, while this step's decode runs
+            held = []
+            events = self.decoder.collect()
         except KvchatError as exc:
             log.warning("batch decode failed: %s", exc.message)
-            events = self.decoder.fail(exc)
-        self._deliver(events)
+            events = held + self.decoder.fail(exc)
+        if self.overlap and self.decoder.busy:
+            self._held = events
+        else:
+            self._deliver(events)
 
     def cancel_all(self) -> None:
         for route in self._routes.values():
@@ -252,5 +264,6 @@ class BatchRunner:
         """Every reply still open ends cancelled; the decoder lets go of its cells."""
         for reply in list(self._routes):
             self.decoder.cancel(reply)
-        self._deliver(self.decoder.take_events())
+        held, self._held = self._held, []
+        self._deliver(held + self.decoder.take_events())
         self.decoder.close()

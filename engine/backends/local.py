@@ -263,7 +263,7 @@ class LocalEngine(ChatEngine):
             if self._model_config.parallel > 1:
                 self._batch = BatchRunner(self._lm, self._model_config.parallel,
                                           self._kv_policy, self._spec_config,
-                                          states=self._states)
+                                          states=self._states, overlap=info.output_on_gpu)
             self._info = info
         assert self._info is not None
         return self._info

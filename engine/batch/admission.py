@@ -74,3 +74,20 @@ class Admission:
                                   reply=slot.reply) for slot in group.members]
             ahead += len(group.members)
         return events
+
+
+def reply_budget(window: int, prompt_len: int, max_tokens: int, n: int) -> tuple[int, int]:
+    """(cells one reply may hold, of which its reply's share) in a ``window`` of cells.
+    Alone, a reply keeps at least a quarter of the window (or ``max_tokens``) free of
+    prompt; N answers share their prompt's cells, which never slide, so they must fit
+    whole."""
+    if n > 1:
+        if prompt_len + max_tokens > window:
+            raise KvchatError(f"{n} answers share their prompt's cells and cannot slide a "
+                              f"window: the prompt ({prompt_len} tokens) and max_tokens "
+                              f"({max_tokens}) must fit the {window}-token context")
+        return prompt_len + max_tokens, max_tokens
+    room = window - min(max_tokens, window // 4)
+    prompt_cells = min(prompt_len, room)
+    gen = min(max_tokens, window - prompt_cells)
+    return prompt_cells + gen, gen

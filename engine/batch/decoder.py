@@ -27,7 +27,7 @@ import time
 import llama_cpp
 from llama_cpp import _internals
 
-from engine.batch.admission import Admission
+from engine.batch.admission import Admission, reply_budget
 from engine.batch.pace import PromptPace, prompt_budget
 from engine.batch.placement import Placement
 from engine.batch.samplers import Grammar, greedy_tokens, sampler_for, seeded
@@ -81,6 +81,8 @@ class BatchDecoder(Placement):
         self.pace = PromptPace()
         self.batch = _internals.LlamaBatch(n_tokens=lm.n_batch, embd=0, n_seq_max=1)
         self._events: list[Event] = []
+        self._inflight: tuple[list[Slot], int, float] | None = None
+        """A launched step: its decoding slots, prompt tokens and start."""
         self._next_id = 0
         self.clear()  # the cells admission counts as free must be
 
@@ -130,7 +132,7 @@ class BatchDecoder(Placement):
             raise KvchatError("a reply needs a prompt of at least one token")
         keep = min(SINK_TOKENS if n_keep is None else n_keep, len(prompt) - 1)
         group = Group(prompt=list(prompt), logical=list(prompt), n_keep=max(0, keep))
-        budget, gen = self.plan(len(prompt), sampling.max_tokens, n)
+        budget, gen = reply_budget(self.window, len(prompt), sampling.max_tokens, n)
         group.room, group.reserved = budget - gen, budget - gen + n * gen
         group.members = [Slot(reply=-1, group=group, sampler=None, max_tokens=0,  # type: ignore[arg-type]
                               ignore_eos=ignore_eos, constrained=grammar is not None,
@@ -157,22 +159,6 @@ class BatchDecoder(Placement):
         self.admit()
         return [slot.reply for slot in group.members]
 
-    def plan(self, prompt_len: int, max_tokens: int, n: int) -> tuple[int, int]:
-        """(cells one reply may hold, of which its reply's share). Alone, a reply keeps
-        at least a quarter of the window (or ``max_tokens``) free of prompt; N answers
-        share their prompt's cells, which never slide, so they must fit whole."""
-        if n > 1:
-            if prompt_len + max_tokens > self.window:
-                raise KvchatError(f"{n} answers share their prompt's cells and cannot slide "
-                                  f"a window: the prompt ({prompt_len} tokens) and "
-                                  f"max_tokens ({max_tokens}) must fit the {self.window}-token "
-                                  "context")
-            return prompt_len + max_tokens, max_tokens
-        room = self.window - min(max_tokens, self.window // 4)
-        prompt_cells = min(prompt_len, room)
-        gen = min(max_tokens, self.window - prompt_cells)
-        return prompt_cells + gen, gen
-
     def cancel(self, reply: int) -> None:
         """Stop one reply now and free its sequence's cells; the others go on. Its
         ``Done`` (cancelled) comes with the next step's events."""
@@ -189,14 +175,27 @@ class BatchDecoder(Placement):
     def step(self) -> list[Event]:
         """One decode over every active reply, then one sample per row; the events of
         the step (and of anything that happened since the last one)."""
+        self.launch()
+        return self.collect()
+
+    def launch(self) -> None:
+        """Admit, fill the batch and start its decode. On a GPU ``llama_decode``
+        returns before its graph has run: what the caller does before ``collect``
+        (handing the last step's tokens over) overlaps the device's work."""
         self.admit()
         decoding, prompts = self.fill()
         if self.batch.n_tokens():
-            # Timed up to the sampled tokens, as a stream waits: reading the logits
-            # waits for a GPU's decode, which returns before its graph has run.
-            started = time.perf_counter()
+            self._inflight = (decoding, prompts, time.perf_counter())
             self.decode(prompts)
+
+    def collect(self) -> list[Event]:
+        """Sample the launched step's rows (reading the logits waits for the decode);
+        the events since the last ``collect``."""
+        if self._inflight is not None:
+            decoding, prompts, started = self._inflight
+            self._inflight = None
             self.sample(decoding)
+            # Timed from the launch up to the sampled tokens, as a stream waits.
             self.pace.observe(time.perf_counter() - started, len(decoding), prompts)
             self.admit()  # room freed by replies that ended goes to the queue at once
         events, self._events = self._events, []
@@ -404,6 +403,7 @@ class BatchDecoder(Placement):
             self.emit(slot, Error(code=exc.code, message=exc.message))
             slot.sampler.close()
         self.slots.clear()
+        self._inflight = None
         self.ledger = Admission(self.lm.n_ctx, self.n_seq, self.ledger.max_queue)
         self.clear()
         events, self._events = self._events, []
