@@ -25,6 +25,7 @@ from engine.config import ModelConfig, SamplingConfig, SpeculativeConfig
 from engine.events import Done, Event, Eviction, SpecStats, TokenChunk
 from engine.model.loader import LoadedModel, load_model
 from tests.conftest import chat_request
+from tests.test_batch import drain
 
 LOOKUP = SpeculativeConfig(mode="prompt-lookup")
 GREEDY = SamplingConfig(temperature=0.0, max_tokens=60, seed=0)
@@ -76,23 +77,12 @@ class Checked(BatchDecoder):
         return events
 
 
-def run(dec: BatchDecoder, log: list[Event] | None = None) -> dict[int, list[int]]:
-    out: dict[int, list[int]] = {}
-    while dec.busy:
-        for event in dec.step():
-            if log is not None:
-                log.append(event)
-            if isinstance(event, TokenChunk):
-                out.setdefault(event.reply or 0, []).extend(event.token_ids)
-    return out
-
-
 def together(lm: LoadedModel, prompts: list[list[int]], spec: SpeculativeConfig | None,
              sampling: SamplingConfig = GREEDY, log: list[Event] | None = None,
              ignore_eos: bool = True, **options: object) -> tuple[list[list[int]], Checked]:
     dec = Checked(lm, 3, chunk=4, speculative=spec, **options)  # type: ignore[arg-type]
     ids = [dec.add(p, sampling, ignore_eos=ignore_eos)[0] for p in prompts]
-    got = run(dec, log)
+    got = drain(dec, log)
     return [got[i] for i in ids], dec
 
 
@@ -154,7 +144,7 @@ def test_max_tokens_and_cancel_end_a_speculating_reply(split: LoadedModel) -> No
     dec.cancel(doomed)
     mem = llama_cpp.llama_get_memory(split.ctx.ctx)
     assert llama_cpp.llama_memory_seq_pos_max(mem, seq) == -1
-    run(dec, log)
+    drain(dec, log)
     got = {i: [t for e in log if isinstance(e, TokenChunk) and e.reply == i
                for t in e.token_ids] for i in (short, doomed)}
     ends = {e.reply: e for e in log if isinstance(e, Done)}
