@@ -195,3 +195,23 @@ async def test_long_history_is_windowed_at_a_turn_boundary_without_a_cut_note(
     view = await small.run_on_engine_thread(_view)
     assert view.n_keep > 4
     assert_in_step(view)
+
+
+@pytest.mark.parametrize("words", [200, 210])
+async def test_a_next_turn_cut_up_to_its_header_gets_no_cut_note(
+        small: LocalEngine, words: int) -> None:
+    """The window drops the whole last turn and, with it, the last reply's end of turn
+    (never in the cells) and part of the new message's header: history, not the
+    message, so no note. (A note saying 1 or 3 tokens were cut came here once.)"""
+    greedy = SamplingConfig(temperature=0, max_tokens=24, seed=0)
+    first = [ChatMessage(role="system", content="Be brief."),
+             ChatMessage(role="user", content="Name a colour. " + "word " * 20)]
+    done = (await collect(small.chat(chat_request(first, greedy, ignore_eos=True))))[-1]
+    assert isinstance(done, Done)
+    turn = [*first, ChatMessage(role="assistant", content=done.text),
+            ChatMessage(role="user", content="Thanks. " + "again " * words)]
+    events = await collect(small.chat(chat_request(turn, greedy, ignore_eos=True)))
+    assert isinstance(events[-1], Done)
+    (ev,) = [e for e in events if isinstance(e, Eviction)]
+    assert ev.reason == "prompt" and ev.end > ev.used_before  # past the cached reply
+    assert not any(isinstance(e, PromptTruncated) for e in events)

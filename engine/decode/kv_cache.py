@@ -111,8 +111,10 @@ class KVCache:
         # Extend the last turn's tokens so the reply keeps the tokens it was generated
         # as (re-tokenizing its text may split it differently).
         suffix = text[len(kv.rendered_text):]
-        logical = kv.rendered_tokens + self.lm.tokenize(suffix, add_bos=False)
-        return Prompt(text, logical, len(kv.rendered_tokens))
+        new = self.lm.tokenize(suffix, add_bos=False)
+        logical = kv.rendered_tokens + new
+        return Prompt(text, logical,
+                      len(kv.rendered_tokens) + self._header_tokens(messages, new))
 
     def _snapshot(self) -> Snapshot:
         kv = self.state
@@ -172,6 +174,19 @@ class KVCache:
             keep = max(keep, common_prefix(self._tokenize_fresh(head), prompt))
         # Whatever the system prompt, half the context stays free to slide.
         return min(keep, self.lm.n_ctx // 2, max(0, len(prompt) - MIN_TAIL))
+
+    def _header_tokens(self, messages: Sequence[ChatMessage], new: list[int]) -> int:
+        """How many of a next turn's ``new`` tokens come before its message's text: the
+        last reply's end of turn and the message's header, history a window may drop
+        without the message having been cut."""
+        rendered = self.state.rendered_text
+        probe = self.lm.chat_format.render([*messages[:-1], ChatMessage(
+            role=messages[-1].role, content=_SENTINEL)]) if messages else ""
+        at = probe.find(_SENTINEL)
+        if at < len(rendered) or not probe.startswith(rendered):
+            return 0
+        head = self.lm.tokenize(probe[len(rendered):at], add_bos=False)
+        return common_prefix(head, new)
 
     def message_start(self, messages: Sequence[ChatMessage], prompt: list[int]) -> int:
         """Where the last message's turn starts in ``prompt``."""
