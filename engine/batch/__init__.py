@@ -2,7 +2,8 @@
 
 Owns the :class:`~engine.batch.decoder.BatchDecoder`: every active reply has a sequence
 of its own in one context (``ModelConfig.parallel`` of them, sharing the ``n_ctx`` cells
-of a unified KV cache), and each step is one ``llama_decode`` carrying every decoding
+of a unified KV cache, or with ``kv_layout = "split"`` a stream of ``n_ctx / parallel``
+each), and each step is one ``llama_decode`` carrying every decoding
 reply's pending token plus at most ``chunk`` tokens of prompts still being read (while
 replies decode, only as many as keep the step within a few plain steps: ``pace.py``),
 so a long prompt joining never freezes the replies already streaming. Replies join and
@@ -15,7 +16,9 @@ position reported in ``Queued`` events), and past the queue's limit it is refuse
 reply that outgrows its reserve slides its own window (``window.py``, the arithmetic of
 ``engine.decode.kv_window``; ``seq_rm`` + ``seq_add`` on its sequence only). A finished
 reply's sequence stays, idle, as its conversation's prefix until its cells are needed
-(least recently used first): the next turn evaluates only what is new. With a state
+(least recently used first): the next turn evaluates only what is new. A step is
+launched and collected apart (``launch``, ``collect``): on a GPU the caller hands the
+last step's events over while the decode runs. With a state
 cache (``saved.py``, over ``engine.cache``) an idle sequence is saved before its cells
 go (and at close), and a prompt that a saved state serves better than any idle
 sequence gets it restored into its sequence: the single path's rules and key.
