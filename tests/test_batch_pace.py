@@ -97,3 +97,44 @@ def test_the_greedy_rows_of_a_step_take_each_row_s_first_maximum(default_path: P
     finally:
         dec.close()
         lm.close()
+
+
+def test_prompts_asked_together_go_at_the_full_chunk_and_a_joiner_is_paced(
+        default_path: Path) -> None:
+    lm = load_model(ModelConfig(path=default_path, n_ctx=1024, parallel=4))
+    dec = BatchDecoder(lm, 4, chunk=64)
+    greedy = SamplingConfig(temperature=0.0, max_tokens=40, seed=0)
+
+    def prompt(text: str) -> list[int]:
+        return lm.tokenize(lm.chat_format.render([ChatMessage(role="user", content=text)]),
+                           add_bos=False)
+
+    def steps() -> list[tuple[int, int]]:
+        """(rows decoded, prompt tokens read) of each step until no prompt is left."""
+        out = []
+        while any(g.phase == "prefill" for g in dec.ledger.active) or dec.ledger.waiting:
+            before = (dec.stats.rows_decoded, dec.stats.prompt_tokens_evaluated)
+            dec.step()
+            out.append((dec.stats.rows_decoded - before[0],
+                        dec.stats.prompt_tokens_evaluated - before[1]))
+        return out
+
+    try:
+        together = [prompt(f"Question {i}: " + "tell me about the sea " * 8) for i in range(3)]
+        for p in together:
+            dec.add(p, greedy, ignore_eos=True)
+        read = steps()
+        # The first reply decodes while the others' prompts are read, a full chunk a step.
+        assert any(rows for rows, _ in read[:-1])
+        assert all(tokens == 64 for _, tokens in read[:-1])
+        assert sum(tokens for _, tokens in read) == sum(map(len, together))
+        # A prompt asked while those stream is held to the pace: a short first chunk.
+        joiner = prompt("And now: " + "describe a forest in the morning " * 8)
+        dec.add(joiner, greedy)
+        paced = steps()
+        assert paced[0][0] == 3 and 0 < paced[0][1] <= START_TOKENS < 64
+        while dec.busy:
+            dec.step()
+    finally:
+        dec.close()
+        lm.close()

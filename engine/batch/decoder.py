@@ -28,7 +28,7 @@ import llama_cpp
 from llama_cpp import _internals
 
 from engine.batch.admission import Admission, reply_budget
-from engine.batch.pace import PromptPace, prompt_budget
+from engine.batch.pace import PromptPace, prompt_budget, streaming_before
 from engine.batch.placement import Placement
 from engine.batch.samplers import Grammar, greedy_tokens, sampler_for, seeded
 from engine.batch.saved import saved_seqs
@@ -215,7 +215,8 @@ class BatchDecoder(Placement):
                     self.finish(slot, "context_full")
                     continue
                 decoding.append(slot)
-        budget = prompt_budget(self.pace, len(decoding), self.chunk)
+        budget = prompt_budget(self.pace, streaming_before(decoding, self.ledger.active),
+                               self.chunk)
         reading = sum(len(g.prompt) - g.evaluated for g in self.ledger.active
                       if g.phase == "prefill")
         # Drafts get the rows the prompts leave: on a batch-invariant load, only as many

@@ -5,8 +5,9 @@ for it. So while replies decode, a step carries only as many prompt tokens as fi
 about ``STEP_RATIO`` plain decode steps, estimated from what the decoder measured: the
 recent plain step's time and the prompt tokens per second of recent chunks. Until both
 are known it starts at ``START_TOKENS``; the estimate grows at most twofold a step, so
-one optimistic measurement cannot stall the streams. With nothing decoding, prompts go
-at the full chunk. Pure arithmetic: the decoder times its steps and reports them here.
+one optimistic measurement cannot stall the streams. With nothing decoding, or only
+replies that were asked together with the prompt being read (``streaming_before``),
+prompts go at the full chunk. Pure arithmetic: the decoder times its steps and reports them here.
 
 The plain step is measured on steps that carry no prompt, so while a prompt is read it
 keeps its value from before: the streams' steps growing with the prompt's cells (every
@@ -16,7 +17,12 @@ feel it, until only the floor is left.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from engine.batch.slots import Group, Slot
 
 STEP_RATIO = 3.0
 """A step carrying prompt tokens takes at most about this many plain decode steps."""
@@ -69,6 +75,18 @@ def prompt_budget(pace: PromptPace, decoding: int, chunk: int) -> int:
         return min(chunk, START_TOKENS)
     fits = int((STEP_RATIO - 1.0) * pace.plain_step_s * pace.prompt_tokens_per_s)
     return min(ceiling, max(FLOOR_TOKENS, fits), chunk)
+
+
+def streaming_before(decoding: list[Slot], groups: Iterable[Group]) -> int:
+    """The decoding replies that were already streaming when the next prompt to read
+    arrived: only they are held to the pace. Replies asked at once (N clients at the
+    same moment, a batch's start) have their prompts read at the full chunk, as
+    llama-batched-bench reads all its prompts before decoding; a prompt joining
+    streams that were already going is paced."""
+    arrived = next((g.leader.stats.started for g in groups if g.phase == "prefill"), None)
+    if arrived is None:
+        return len(decoding)
+    return sum(1 for s in decoding if 0.0 < s.stats.first_token_at < arrived)
 
 
 def _smooth(old: float, new: float) -> float:
