@@ -104,6 +104,10 @@ def test_speculating_replies_give_the_greedy_tokens_they_give_without(
     for reply in (0, 1):
         assert spec[reply].accepted == done[reply].accepted_tokens > 0
         assert spec[reply].drafted == done[reply].drafted_tokens
+        # Timed from launch to tokens on steps that read no prompt, against a plain step.
+        assert spec[reply].spec_s_per_token > 0 and spec[reply].plain_s_per_token > 0
+        assert spec[reply].speedup == pytest.approx(
+            spec[reply].plain_s_per_token / spec[reply].spec_s_per_token)
     assert sum(e.accepted for e in spec.values()) == st.accepted
     dec.close()
 

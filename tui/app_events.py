@@ -38,6 +38,7 @@ class EventPanes(App[int]):
         last = samples[-1]
         status = self.query_one(StatusLine)
         status.ctx_used = last.used_cells
+        status.ctx_total = last.n_ctx  # a reply's own share when the cells are split
         status.evicted = last.evicted_total
         self.query_one(KVPane).show_usage(samples)
         self.query_one(MemoryPane).show_kv(last)

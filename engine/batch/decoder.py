@@ -196,7 +196,11 @@ class BatchDecoder(Placement):
             self._inflight = None
             self.sample(decoding)
             # Timed from the launch up to the sampled tokens, as a stream waits.
-            self.pace.observe(time.perf_counter() - started, len(decoding), prompts)
+            elapsed = time.perf_counter() - started
+            self.pace.observe(elapsed, len(decoding), prompts)
+            for slot in decoding:
+                if slot.spec is not None:
+                    slot.spec.timed(None if prompts else elapsed)
             self.admit()  # room freed by replies that ended goes to the queue at once
         events, self._events = self._events, []
         return events
@@ -276,8 +280,6 @@ class BatchDecoder(Placement):
             for slot in group.members:
                 if slot.stats.first_token_at and slot.row >= 0:
                     slot.stats.decode_s += elapsed
-                if slot.spec is not None:
-                    slot.spec.step_s = elapsed
                 if slot.eviction is not None:  # this decode applied its shift
                     self.emit(slot, slot.eviction.model_copy(update={
                         "shift_s": elapsed, "shift_tokens": 1}))

@@ -23,7 +23,9 @@ shapes it: short at first, longer while every draft lands, cut back to what does
 while (twice as long each time), then probes again. Unlike the single-sequence path
 there is no switch on measured speed: a step's time is shared by every reply in it, so
 one reply's speedup is not its own to measure; the ``SpecStats`` times are what the
-reply's steps took (the decode), per token they gave it.
+reply's steps took from launch to sampled tokens (steps that also read a prompt left
+out), per token they gave it, against its own plain steps or, before it has had any,
+the batch's.
 
 Modes: ``off`` and no config disable it; ``prompt-lookup`` always speculates; ``auto``
 stands aside for greedy replies on a load that is not batch-invariant (as on the
@@ -83,8 +85,9 @@ class SlotSpec:
     rounds: int = 0
     drafted: int = 0
     accepted: int = 0
-    step_s: float = 0.0
-    """Seconds of the last decode the reply took part in."""
+    last: tuple[str, int] | None = None
+    """The step just sampled, until it is timed: a round and the tokens it emitted, or
+    a plain token."""
     plain_times: deque[float] = field(default_factory=lambda: deque(maxlen=RECENT))
     recent: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=RECENT))
     """(seconds, tokens emitted) of recent rounds."""
@@ -97,7 +100,7 @@ class SlotSpec:
         self.rounds += 1
         self.drafted += drafted
         self.accepted += accepted
-        self.recent.append((self.step_s, accepted + 1))
+        self.last = ("round", accepted + 1)
         if accepted == drafted:
             self.draft_len = min(self.max_draft, self.draft_len + GROW_BY)
         else:
@@ -113,7 +116,7 @@ class SlotSpec:
 
     def after_plain(self) -> str:
         """Count a plain step; the reason when the pause ends and drafting resumes."""
-        self.plain_times.append(self.step_s)
+        self.last = ("plain", 1)
         if self.active:
             return ""
         self.wait -= 1
@@ -122,8 +125,23 @@ class SlotSpec:
         self.active, self.draft_len = True, min(START_DRAFT, self.max_draft)
         return "probing again after a pause"
 
-    def stats(self, running: float, reason: str = "") -> SpecStats:
-        plain = median(self.plain_times) if self.plain_times else 0.0
+    def timed(self, seconds: float | None) -> None:
+        """The step just sampled took ``seconds`` from its launch to its tokens; None
+        when it also read prompt tokens, which would charge a prompt to the reply."""
+        kind, tokens = self.last or ("", 0)
+        self.last = None
+        if seconds is None or not kind:
+            return
+        if kind == "plain":
+            self.plain_times.append(seconds)
+        else:
+            self.recent.append((seconds, tokens))
+
+    def stats(self, running: float, reason: str = "", plain_step_s: float = 0.0
+              ) -> SpecStats:
+        """``plain_step_s``: the batch's plain step, for a reply that has had none of
+        its own (it drafted from its first token)."""
+        plain = median(self.plain_times) if self.plain_times else plain_step_s
         tokens = sum(n for _, n in self.recent)
         per_token = sum(s for s, _ in self.recent) / tokens if tokens else 0.0
         return SpecStats(
@@ -221,4 +239,5 @@ def report(dec: BatchDecoder, slot: Slot, reason: str = "") -> SpecStats:
     """``slot``'s speculation so far, with the acceptance over every reply of the decoder."""
     assert slot.spec is not None
     st = dec.stats
-    return slot.spec.stats(st.accepted / st.drafted if st.drafted else 0.0, reason)
+    return slot.spec.stats(st.accepted / st.drafted if st.drafted else 0.0, reason,
+                           dec.pace.plain_step_s)
