@@ -6,6 +6,8 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from engine.model.memory.planner import MemoryPlan
 from tests.conftest import run_kvchat
 
@@ -101,3 +103,14 @@ def test_ask_prints_memory_events(kvchat_home: Path) -> None:
     assert loaded["kv_type"] == "q8_0"
     ratio = memory[1]["total_bytes"] / memory[0]["total_bytes"]
     assert 0.9 <= ratio <= 1.1
+
+
+@pytest.mark.parametrize("command", [[], ["ask", "hi"], ["serve"]])
+def test_the_kv_layout_option_reaches_the_model_config(kvchat_home: Path,
+                                                       command: list[str]) -> None:
+    from tui.cli import build_parser
+    from tui.cli.options import resolve_config
+
+    args = build_parser().parse_args([*command, "--parallel", "3", "--kv-layout", "split"])
+    model = resolve_config(args).model
+    assert (model.parallel, model.kv_layout) == (3, "split")

@@ -64,6 +64,9 @@ def add_serve_parser(commands: Any, positive: Callable[[str], int],
     model.add_argument("--parallel", metavar="N", type=positive, default=suppress,
                        help="replies decoded together in one batch, shared by every "
                             "client (default 1: one at a time, the rest queued)")
+    model.add_argument("--kv-layout", choices=["shared", "split"], default=suppress,
+                       help="with --parallel: one pool of cells (shared) or ctx / N each "
+                            "(split, as llama.cpp's server slots)")
     model.add_argument("--kv-type", choices=["auto", "f16", "q8_0", "q4_0"], default=suppress)
     model.add_argument("--budget", metavar="SIZE", default=suppress,
                        help="memory the model may use, e.g. 36GiB")
