@@ -322,7 +322,8 @@ class BatchDecoder(Placement):
             st.reused_tokens = len(group.prompt) - st.evaluated_tokens
             self.emit(slot, PromptEvaluated(
                 prompt_tokens=st.prompt_tokens, reused_tokens=st.reused_tokens,
-                evaluated_tokens=st.evaluated_tokens, prefill_s=st.prefill_s))
+                evaluated_tokens=st.evaluated_tokens, prefill_s=st.prefill_s,
+                restored_tokens=min(group.restored, st.reused_tokens)))
             self.emit(slot, self.usage(slot))
 
     def take(self, slot: Slot, token: int) -> None:

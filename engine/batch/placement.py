@@ -56,8 +56,6 @@ class Placement:
                 continue
             ledger.active.append(group)
         self._events += ledger.positions(in_flight=ledger.busy_seqs)
-        if self.saved is not None:  # after a step: its prompt events are in
-            self.saved.amend(self._events, self.slots)
 
     def place(self, group: Group) -> None:
         """Sequences and cells for ``group``; the state cache's events of it go to its
@@ -123,10 +121,8 @@ class Placement:
         if not kept:
             return
         leader.cells = list(found.entry.snap.cells[:kept])
-        group.evaluated = group.reused = kept
+        group.evaluated = group.reused = group.restored = kept
         self.stats.prompt_tokens_reused += kept
-        for slot in group.members:
-            self.saved.restored[slot.reply] = kept
 
     def best_idle(self, group: Group) -> tuple[Slot | None, int]:
         """The idle sequence sharing the longest prefix with ``group``'s prompt, and how
@@ -198,8 +194,6 @@ class Placement:
     def release(self, slot: Slot, *, keep: bool) -> None:
         """``slot`` ended: its sampler and its share of the cells go. The last reply of
         its group keeps its sequence idle, as its conversation's prefix, when ``keep``."""
-        if self.saved is not None:  # its prompt event may be in this step's events
-            self.saved.amend(self._events, self.slots)
         slot.sampler.close()
         self.slots.pop(slot.reply, None)
         group = slot.group

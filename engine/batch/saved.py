@@ -16,7 +16,6 @@ rendered text, so its states carry none and a prompt matches them by their cells
 from __future__ import annotations
 
 import time
-from collections.abc import Container
 from dataclasses import dataclass
 
 from engine.batch.slots import Slot
@@ -25,7 +24,7 @@ from engine.cache.pool import StateCache
 from engine.cache.sequence import SeqStates
 from engine.cache.state_file import StateFileError
 from engine.config import KVCacheConfig
-from engine.events import Event, PromptEvaluated, StateCacheNote
+from engine.events import StateCacheNote
 from engine.model.loader import LoadedModel
 
 
@@ -49,8 +48,6 @@ class SavedSeqs:
         self.pool = pool
         first = SeqStates(pool, lm, policy)
         self.seqs = [first.for_seq(seq) for seq in range(n_seq)]
-        self.restored: dict[int, int] = {}
-        """Cells restored for a reply, by reply id, until its ``prompt`` event says so."""
 
     def save(self, idle: Slot, stay: int = 0) -> None:
         """Save ``idle``'s cells as they are; ``stay``: how many of them its sequence
@@ -99,20 +96,6 @@ class SavedSeqs:
 
     def take_notes(self) -> list[StateCacheNote]:
         return self.pool.take_notes()
-
-    def amend(self, events: list[Event], live: Container[int]) -> None:
-        """Put the restored cells into the ``prompt`` events of the replies they served
-        (the decoder builds those events from its own counts); forget replies that
-        ended without one."""
-        if not self.restored:
-            return
-        for i, event in enumerate(events):
-            if isinstance(event, PromptEvaluated) and event.reply in self.restored:
-                restored = self.restored.pop(event.reply)
-                events[i] = event.model_copy(update={
-                    "restored_tokens": min(restored, event.reused_tokens or 0)})
-        for reply in [r for r in self.restored if r not in live]:
-            del self.restored[reply]
 
 
 def saved_seqs(lm: LoadedModel, n_seq: int, pool: StateCache | None,

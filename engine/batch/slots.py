@@ -83,7 +83,10 @@ class Group:
     evaluated: int = 0
     """Prompt positions the leader's sequence holds so far."""
     reused: int = 0
-    """Of those, the ones found in an idle sequence's cells (not evaluated)."""
+    """Of those, the ones found in an idle sequence's cells or a saved state (not
+    evaluated)."""
+    restored: int = 0
+    """Of ``reused``, the ones restored from a saved state (saved.py)."""
     phase: Phase = "waiting"
     room: int = 0
     """Cells its prompt may take: what the window leaves after the reply's share."""

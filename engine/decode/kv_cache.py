@@ -175,29 +175,29 @@ class KVCache:
         # Whatever the system prompt, half the context stays free to slide.
         return min(keep, self.lm.n_ctx // 2, max(0, len(prompt) - MIN_TAIL))
 
+    def _before_message(self, messages: Sequence[ChatMessage]) -> str | None:
+        """The conversation rendered up to where the last message's text starts; None
+        when the template does not show where (it rewrites the text)."""
+        if not messages:
+            return None
+        probe = self.lm.chat_format.render([*messages[:-1], ChatMessage(
+            role=messages[-1].role, content=_SENTINEL)])
+        at = probe.find(_SENTINEL)
+        return probe[:at] if at >= 0 else None
+
     def _header_tokens(self, messages: Sequence[ChatMessage], new: list[int]) -> int:
         """How many of a next turn's ``new`` tokens come before its message's text: the
         last reply's end of turn and the message's header, history a window may drop
         without the message having been cut."""
-        rendered = self.state.rendered_text
-        probe = self.lm.chat_format.render([*messages[:-1], ChatMessage(
-            role=messages[-1].role, content=_SENTINEL)]) if messages else ""
-        at = probe.find(_SENTINEL)
-        if at < len(rendered) or not probe.startswith(rendered):
+        rendered, head = self.state.rendered_text, self._before_message(messages)
+        if head is None or not head.startswith(rendered):
             return 0
-        head = self.lm.tokenize(probe[len(rendered):at], add_bos=False)
-        return common_prefix(head, new)
+        return common_prefix(self.lm.tokenize(head[len(rendered):], add_bos=False), new)
 
     def message_start(self, messages: Sequence[ChatMessage], prompt: list[int]) -> int:
         """Where the last message's turn starts in ``prompt``."""
-        if not messages:
-            return 0
-        probe = self.lm.chat_format.render([*messages[:-1], ChatMessage(
-            role=messages[-1].role, content=_SENTINEL)])
-        if _SENTINEL not in probe:
-            return 0
-        head = self._tokenize_fresh(probe[:probe.find(_SENTINEL)])
-        return common_prefix(head, prompt)
+        head = self._before_message(messages)
+        return 0 if head is None else common_prefix(self._tokenize_fresh(head), prompt)
 
     def reserve_for(self, req: ChatRequest) -> int:
         """Cells kept free for the reply when the prompt is fitted."""
